@@ -1,0 +1,3 @@
+from transcribed.cli import main
+
+raise SystemExit(main())

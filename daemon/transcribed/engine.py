@@ -1,0 +1,199 @@
+"""The resident Qwen3-ASR model (transformers' native classes), loaded once and kept.
+
+Hides every ML type behind `ChunkText`: callers hand in 16 kHz float32 arrays and get text.
+"""
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from transcribed.errors import ModelError, ShutdownRequested, TransientError
+from transcribed.logs import get_logger
+from transcribed.transcript import ChunkText, ModelInfo
+
+log = get_logger(__name__)
+
+# Fast speech is ~4.5 tokens/s in English and ~6 characters/s in Chinese; 8 leaves headroom
+# without letting a repetition loop run for long. The overhead covers "language X<asr_text>".
+TOKENS_PER_SECOND = 8
+TOKEN_OVERHEAD = 24
+
+
+def token_budget(seconds: float) -> int:
+    """New tokens allowed for a chunk of this length (the default 512 would cut ~2 min)."""
+    return math.ceil(seconds * TOKENS_PER_SECOND) + TOKEN_OVERHEAD
+
+
+def resolve_device(requested: str) -> torch.device:
+    """`auto` picks the first GPU when CUDA works, else the CPU; `cuda` without one is an error."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(
+            f"device = {requested!r} but no usable CUDA GPU was found (driver loaded? "
+            "nvidia-smi works?); use device = 'auto' or 'cpu' to run without one"
+        )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ModelError(f"device = {requested!r} but only {torch.cuda.device_count()} GPU(s) exist")
+    return device
+
+
+def resolve_model_folder(model: str, allow_download: bool) -> Path:
+    """A local folder holding the model: `model` itself, or its hub-cache snapshot."""
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        return folder
+    if model.startswith((".", "/", "~")):
+        raise ModelError(f"model folder {model} does not exist")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model, local_files_only=not allow_download))
+    except Exception as error:  # the hub raises many types; all mean "not available here"
+        raise ModelError(
+            f"model {model!r} is not in the local Hugging Face cache. Fetch it once while "
+            f"online: `hf download {model}` (or set allow_download = true for one run), "
+            "or set model to a local folder"
+        ) from error
+
+
+def check_layout(folder: Path) -> None:
+    """Refuse the original qwen-asr layout: transformers loads it silently and outputs garbage."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{folder} has no readable config.json; is it a model folder?") from error
+    if "thinker_config" in config or _has_thinker_weights(folder):
+        raise ModelError(
+            f"{folder} is the original qwen-asr checkpoint layout (thinker.* weights), which "
+            "transformers cannot use correctly. Use the converted checkpoint "
+            "Qwen/Qwen3-ASR-1.7B-hf (or Qwen/Qwen3-ASR-0.6B-hf)"
+        )
+    if config.get("model_type") != "qwen3_asr":
+        raise ModelError(
+            f"{folder} holds a {config.get('model_type')!r} model, not Qwen3-ASR; "
+            "use Qwen/Qwen3-ASR-1.7B-hf"
+        )
+
+
+def _has_thinker_weights(folder: Path) -> bool:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        return any(name.startswith("thinker.") for name in weight_map)
+    single = folder / "model.safetensors"
+    if single.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(single), framework="pt") as weights:
+            return any(name.startswith("thinker.") for name in weights.keys())  # noqa: SIM118
+    return False
+
+
+class Engine:
+    """Qwen3ASRForConditionalGeneration plus its processor, resident on one device."""
+
+    def __init__(self, model: Any, processor: Any, info: ModelInfo, batch_size: int) -> None:
+        self._model = model
+        self._processor = processor
+        self.info = info
+        self._batch_size = batch_size
+        self._eos_ids = _eos_ids(model)
+        from transformers.models.qwen3_asr.processing_qwen3_asr import LANGUAGE_CODE_TO_NAME
+
+        self._name_to_code = {name.lower(): code for code, name in LANGUAGE_CODE_TO_NAME.items()}
+
+    @classmethod
+    def load(cls, model: str, device: str, *, allow_download: bool, batch_size: int) -> "Engine":
+        from transformers import AutoProcessor, Qwen3ASRForConditionalGeneration
+
+        torch_device = resolve_device(device)
+        folder = resolve_model_folder(model, allow_download)
+        check_layout(folder)
+        dtype = torch.bfloat16 if torch_device.type == "cuda" else torch.float32
+        started = time.monotonic()
+        try:
+            processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+            network = Qwen3ASRForConditionalGeneration.from_pretrained(
+                folder, dtype=dtype, attn_implementation="sdpa", local_files_only=True
+            )
+        except (OSError, ValueError) as error:
+            raise ModelError(f"cannot load the model from {folder}: {error}") from error
+        network.to(torch_device).eval()
+        info = ModelInfo(id=model, device=str(torch_device), dtype=str(dtype).removeprefix("torch."))
+        log.info("model.loaded", model=model, device=info.device, dtype=info.dtype,
+                 seconds=round(time.monotonic() - started, 2))  # fmt: skip
+        return cls(network, processor, info, batch_size)
+
+    def transcribe(
+        self,
+        chunks: Sequence[np.ndarray],
+        language: str | None = None,
+        context: str | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> list[ChunkText]:
+        """Text for each 16 kHz chunk, in input order. Chunks are batched longest first so each
+        batch pads little; `should_stop` is checked between batches."""
+        order = sorted(range(len(chunks)), key=lambda index: -len(chunks[index]))
+        results: dict[int, ChunkText] = {}
+        for first in range(0, len(order), self._batch_size):
+            if should_stop():
+                raise ShutdownRequested("stopping between model batches")
+            batch = order[first : first + self._batch_size]
+            texts = self._generate_adaptive([chunks[i] for i in batch], language, context)
+            results.update(zip(batch, texts, strict=True))
+        return [results[index] for index in range(len(chunks))]
+
+    def _generate_adaptive(
+        self, audio: list[np.ndarray], language: str | None, context: str | None
+    ) -> list[ChunkText]:
+        """Generate; on CUDA out-of-memory halve the batch and retry; never lose the job."""
+        try:
+            return self._generate(audio, language, context)
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if len(audio) == 1:
+                raise TransientError("GPU out of memory even for a single chunk") from None
+            half = len(audio) // 2
+            log.warning("model.oom_split", batch=len(audio), into=half)
+            return self._generate_adaptive(audio[:half], language, context) + (
+                self._generate_adaptive(audio[half:], language, context)
+            )
+
+    @torch.inference_mode()
+    def _generate(
+        self, audio: list[np.ndarray], language: str | None, context: str | None
+    ) -> list[ChunkText]:
+        inputs = self._processor.apply_transcription_request(
+            audio=audio, language=language, prompt=[context] * len(audio) if context else None
+        ).to(self._model.device)
+        inputs["input_features"] = inputs["input_features"].to(self._model.dtype)
+        budget = token_budget(max(len(a) for a in audio) / 16_000)
+        generated = self._model.generate(**inputs, max_new_tokens=budget, do_sample=False)
+        new_tokens = generated[:, inputs["input_ids"].shape[1] :]
+        return [self._parse(row, language) for row in new_tokens]
+
+    def _parse(self, row: torch.Tensor, forced: str | None) -> ChunkText:
+        ids = row.tolist()
+        ended = any(token in self._eos_ids for token in ids)
+        parsed = self._processor.decode(row, return_format="parsed")
+        language = self.language_code(forced or parsed["language"])
+        return ChunkText(parsed["transcription"].strip(), language, truncated=not ended)
+
+    def language_code(self, language: str | None) -> str | None:
+        """ISO code for a language name or code the model knows; unknown names pass through."""
+        if not language:
+            return None
+        return self._name_to_code.get(language.lower(), language)
+
+
+def _eos_ids(model: Any) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    return set(eos) if isinstance(eos, list | tuple) else {eos}

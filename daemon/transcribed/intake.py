@@ -1,0 +1,231 @@
+"""Intake: from settled inbox paths to claimed, queued jobs.
+
+A claim opens the file without following symlinks or blocking on FIFOs, checks it is a
+single-link regular file on the inbox's filesystem, records the intent in the queue, renames
+it into the private work folder (atomic: same filesystem) and hashes it through the same
+descriptor. The record comes first so a crash at any point leaves nothing unaccounted for.
+"""
+
+import hashlib
+import os
+import queue
+import stat
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from transcribed.durable import fsync_dir
+from transcribed.logs import get_logger
+from transcribed.names import display_name
+from transcribed.queue import JobQueue, JobState
+from transcribed.readiness import Identity, SettleTracker
+from transcribed.watcher import walk_candidates
+
+log = get_logger(__name__)
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+class Refused(Exception):
+    """This inbox entry is not something we may take (symlink, FIFO, hard link, …)."""
+
+
+@dataclass
+class Intake:
+    """Owns the inbox side: arrivals, settling, rescans and claims. Driven by `step`."""
+
+    inbox: Path
+    work_dir: Path
+    jobs: JobQueue
+    arrivals: "queue.SimpleQueue[str]"
+    settle_seconds: float
+    rescan_seconds: float
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        self.work_dir.mkdir(mode=0o700, exist_ok=True)
+        self._inbox_dev = os.stat(self.inbox).st_dev
+        if os.stat(self.work_dir).st_dev != self._inbox_dev:
+            raise OSError(f"work folder {self.work_dir} is not on the inbox's filesystem")
+        self._tracker = SettleTracker(self.settle_seconds, self._look, self.clock)
+        self._ignored: dict[str, Identity] = {}
+        self._next_rescan = self.clock() + self.rescan_seconds
+        self._rescan_requested = False
+
+    def request_rescan(self) -> None:
+        """Thread-safe: make the next step rescan (after an observer restart)."""
+        self._rescan_requested = True
+
+    def step(self) -> int:
+        """Take in new arrivals, rescan when due, claim what has settled; return claims made."""
+        self._drain_arrivals()
+        if self._rescan_requested or self.clock() >= self._next_rescan:
+            self._rescan_requested = False
+            self.rescan()
+        return sum(self._claim_logged(relpath, identity) for relpath, identity in self._tracker.ready())
+
+    def rescan(self) -> None:
+        """Treat every candidate in the inbox as arrived: covers lost or impossible events."""
+        self._next_rescan = self.clock() + self.rescan_seconds
+        for relpath in walk_candidates(self.inbox):
+            self._tracker.arrived(relpath)
+
+    @property
+    def pending(self) -> int:
+        return len(self._tracker)
+
+    def run(self, stop: threading.Event, tick: float = 0.25) -> None:
+        """Plain runner for the intake thread."""
+        while not stop.is_set():
+            try:
+                self.step()
+            except Exception:  # keep taking files in; the failure is logged and retried
+                log.exception("intake.step_failed")
+                stop.wait(5)
+            stop.wait(tick)
+
+    def _drain_arrivals(self) -> None:
+        while True:
+            try:
+                self._tracker.arrived(self.arrivals.get_nowait())
+            except queue.Empty:
+                return
+
+    def _look(self, relpath: str) -> Identity | None:
+        try:
+            identity = Identity.of(os.stat(self.inbox / relpath, follow_symlinks=False))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        # Refusals are logged once, not on every rescan, until the entry changes.
+        return None if self._ignored.get(relpath) == identity else identity
+
+    def _claim_logged(self, relpath: str, identity: Identity) -> bool:
+        try:
+            return self.claim(relpath, identity)
+        except Refused as refusal:
+            self._ignored[relpath] = identity
+            log.warning("intake.ignored", file=display_name(relpath), reason=str(refusal))
+        except OSError as error:
+            log.warning("intake.claim_failed", file=display_name(relpath), error=str(error))
+        return False
+
+    def claim(self, relpath: str, settled: Identity) -> bool:
+        """Move one settled file into the work folder and queue it; False if it changed."""
+        parts = PurePosixPath(relpath).parts
+        parent_fd = _open_folder(self.inbox, parts[:-1])
+        try:
+            fd = _open_file(parts[-1], parent_fd)
+            try:
+                return self._claim_open_file(relpath, parts[-1], parent_fd, fd, settled)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(parent_fd)
+
+    def _claim_open_file(
+        self, relpath: str, name: str, parent_fd: int, fd: int, settled: Identity
+    ) -> bool:
+        info = os.fstat(fd)
+        _check_claimable(info, self._inbox_dev)
+        if Identity.of(info) != settled:
+            self._tracker.arrived(relpath)  # changed since it settled: watch it again
+            return False
+        work_name = f"{uuid.uuid4().hex}{PurePosixPath(name).suffix.lower()}"
+        job_id = self.jobs.begin_claim(os.fsencode(relpath), work_name)
+        if not self._move_to_work(name, parent_fd, work_name, info):
+            self.jobs.abandon_claim(job_id)
+            return False
+        digest, size = hash_descriptor(fd)
+        job = self.jobs.finish_claim(job_id, digest, size)
+        log.info(
+            "intake.claimed", job=job.id, file=display_name(relpath), bytes=size,
+            duplicate_of=job.duplicate_of if job.state == JobState.DUPLICATE else None,
+        )  # fmt: skip
+        return True
+
+    def _move_to_work(self, name: str, parent_fd: int, work_name: str, info: os.stat_result) -> bool:
+        work_fd = os.open(self.work_dir, _DIR_FLAGS)
+        try:
+            try:
+                os.rename(name, work_name, src_dir_fd=parent_fd, dst_dir_fd=work_fd)
+            except FileNotFoundError:
+                return False
+            moved = os.stat(work_name, dir_fd=work_fd, follow_symlinks=False)
+            if (moved.st_dev, moved.st_ino) != (info.st_dev, info.st_ino):
+                # Swapped between our checks and the rename: put it back untouched.
+                os.rename(work_name, name, src_dir_fd=work_fd, dst_dir_fd=parent_fd)
+                return False
+            os.fsync(work_fd)
+            os.fsync(parent_fd)
+            return True
+        finally:
+            os.close(work_fd)
+
+
+def _open_folder(root: Path, parts: tuple[str, ...]) -> int:
+    """Open a folder below `root` one component at a time, never following a symlink."""
+    fd = os.open(root, _DIR_FLAGS)
+    for part in parts:
+        try:
+            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+        except OSError as error:
+            os.close(fd)
+            raise Refused(f"folder {display_name(part)} cannot be entered safely: {error}") from None
+        os.close(fd)
+        fd = child
+    return fd
+
+
+def _open_file(name: str, parent_fd: int) -> int:
+    # Look before opening: opening a device node can have side effects (a tape rewinds).
+    if not stat.S_ISREG(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode):
+        raise Refused("not a regular file (symlink, FIFO, device or socket)")
+    try:
+        return os.open(name, _OPEN_FLAGS, dir_fd=parent_fd)
+    except OSError as error:
+        if error.errno == 40:  # ELOOP: O_NOFOLLOW met a symlink
+            raise Refused("symbolic link (never followed)") from None
+        raise
+
+
+def _check_claimable(info: os.stat_result, inbox_dev: int) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise Refused("not a regular file")
+    if info.st_nlink != 1:
+        raise Refused(f"has {info.st_nlink} hard links; the other names would keep the data")
+    if info.st_dev != inbox_dev:
+        raise Refused("on another filesystem than the inbox (a mount inside the inbox)")
+
+
+def hash_descriptor(fd: int) -> tuple[str, int]:
+    """SHA-256 and size of everything readable through `fd`, from the start."""
+    digest = hashlib.sha256()
+    size = 0
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, 1 << 20):
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def recover_claims(jobs: JobQueue, work_dir: Path) -> int:
+    """Finish claims a crash interrupted: hash files that reached the work folder, forget others."""
+    finished = 0
+    for job in jobs.in_state(JobState.CLAIMING):
+        try:
+            fd = os.open(work_dir / job.work_name, _OPEN_FLAGS)
+        except FileNotFoundError:
+            jobs.abandon_claim(job.id)
+            continue
+        try:
+            digest, size = hash_descriptor(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(work_dir)
+        jobs.finish_claim(job.id, digest, size)
+        finished += 1
+    return finished

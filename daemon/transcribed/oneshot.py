@@ -1,0 +1,61 @@
+"""`transcribed transcribe FILE…`: the daemon's pipeline for a few files, with a progress bar.
+
+Same decoder child, model and outbox writers as the daemon; no queue, no disposal.
+"""
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from transcribed.errors import TranscribedError
+from transcribed.intake import hash_descriptor
+from transcribed.logs import get_logger
+from transcribed.names import display_name
+from transcribed.outbox import Outbox
+from transcribed.pipeline import transcribe_audio
+from transcribed.service import load_engine, make_decoder
+from transcribed.settings import ModelSettings
+from transcribed.transcript import SourceInfo
+
+log = get_logger(__name__)
+
+
+def transcribe_files(files: list[Path], settings: ModelSettings, outbox_dir: Path | None) -> int:
+    """Transcribe each file; return how many failed. Outputs go beside each file by default."""
+    engine = load_engine(settings)
+    decoder = make_decoder(settings)
+    console = Console(stderr=True)
+    failures = 0
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    try:
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task("transcribing", total=len(files))
+            for path in files:
+                progress.update(task, description=display_name(path.name))
+                started = time.monotonic()
+                try:
+                    audio = decoder.decode(path)
+                    transcript = transcribe_audio(
+                        audio, _source(path), engine, chunk_seconds=settings.chunk_seconds,
+                        language=settings.language, started=started,
+                    )  # fmt: skip
+                    outbox = Outbox(outbox_dir or path.parent, mode=settings.output_mode)
+                    written = outbox.publish(transcript, path.name)
+                    console.print(f"{display_name(str(path))} -> {display_name(str(written[-1]))}")
+                except (TranscribedError, OSError) as error:
+                    failures += 1
+                    console.print(f"[red]{display_name(str(path))}: {error}[/red]")
+                    log.warning("transcribe.failed", file=display_name(str(path)), error=str(error))
+                progress.advance(task)
+    finally:
+        decoder.close()
+    return failures
+
+
+def _source(path: Path) -> SourceInfo:
+    with path.open("rb") as handle:
+        digest, size = hash_descriptor(handle.fileno())
+    return SourceInfo(name=display_name(path.name), sha256=digest, size=size)

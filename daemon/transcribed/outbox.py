@@ -1,0 +1,69 @@
+"""Transcript files: one small writer per format, published atomically into the outbox.
+
+A transcript is never visible half-written, and a transcript of other content is never
+overwritten: a suffixed name is chosen instead. The JSON goes first and marks whose files a
+name holds, so a retry after a crash finds and reuses its own name.
+"""
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+
+from transcribed.durable import fsync_dir, make_folders, publish_bytes
+from transcribed.transcript import Transcript
+
+
+def render_json(transcript: Transcript) -> bytes:
+    return json.dumps(transcript.to_json_dict(), indent=2, ensure_ascii=False).encode() + b"\n"
+
+
+def render_txt(transcript: Transcript) -> bytes:
+    return (transcript.text + "\n").encode() if transcript.text else b""
+
+
+WRITERS: dict[str, Callable[[Transcript], bytes]] = {"json": render_json, "txt": render_txt}
+
+
+class Outbox:
+    """Publishes transcripts below `root`, mirroring the recording's inbox subfolder."""
+
+    def __init__(self, root: Path, formats: tuple[str, ...] = ("json", "txt"), mode: int = 0o640):
+        # json first: it claims the name (see module doc).
+        self._root = root
+        self._formats = sorted(formats, key=lambda name: name != "json")
+        self._mode = mode
+
+    def publish(self, transcript: Transcript, relpath: str) -> list[Path]:
+        """Write every format for the recording at inbox-relative `relpath`; return the paths,
+        durable (files and folder fsynced) when this returns."""
+        folder = make_folders(self._root, Path(PurePosixPath(relpath).parent))
+        stem = self._free_stem(folder, PurePosixPath(relpath).stem, transcript.source.sha256)
+        written = []
+        for extension in self._formats:
+            target = folder / f"{stem}.{extension}"
+            publish_bytes(target, WRITERS[extension](transcript), replace=True, mode=self._mode)
+            written.append(target)
+        fsync_dir(folder)
+        return written
+
+    def _free_stem(self, folder: Path, stem: str, sha256: str) -> str:
+        """`stem`, or `stem-2`, `stem-3`…: the first whose files are absent or hold this content."""
+        candidate, number = stem, 2
+        while not self._usable(folder, candidate, sha256):
+            candidate, number = f"{stem}-{number}", number + 1
+        return candidate
+
+    def _usable(self, folder: Path, stem: str, sha256: str) -> bool:
+        marker = folder / f"{stem}.json"
+        if os.path.lexists(marker):
+            return _source_sha(marker) == sha256
+        return not any(os.path.lexists(folder / f"{stem}.{ext}") for ext in self._formats)
+
+
+def _source_sha(marker: Path) -> str | None:
+    try:
+        data = json.loads(marker.read_bytes())
+        return str(data["source"]["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # someone else's file: leave it alone

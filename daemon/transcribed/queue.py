@@ -1,0 +1,244 @@
+"""The durable job queue: one SQLite row per file dropped into the inbox.
+
+States and what each guarantees:
+  claiming  -> the file is being renamed out of the inbox; after a crash, `recover_claims`
+               finishes the claim (work file present) or forgets it (file never moved).
+  queued    -> the original sits in the work folder, waiting (not before `not_before`).
+  running   -> an attempt has started; the attempt was counted in the same transaction,
+               so a file that kills the daemon is eventually quarantined, not retried forever.
+  published -> its transcript is durable in the outbox; only disposal is left.
+  duplicate -> same content as job `duplicate_of`; disposed once that one is published.
+  done      -> transcript durable and original disposed.
+  failed    -> permanently failed; the original is in failed_dir with a reason file.
+"""
+
+import enum
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id           INTEGER PRIMARY KEY,
+    state        TEXT    NOT NULL,
+    relpath      BLOB    NOT NULL,  -- path below the inbox as raw bytes: names need not be UTF-8
+    work_name    TEXT    NOT NULL UNIQUE,
+    sha256       TEXT,
+    size         INTEGER,
+    duplicate_of INTEGER REFERENCES jobs(id),
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    not_before   REAL    NOT NULL DEFAULT 0,
+    error        TEXT,
+    outputs      TEXT,
+    disposed_to  TEXT,
+    created      REAL    NOT NULL,
+    updated      REAL    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, id);
+CREATE INDEX IF NOT EXISTS jobs_by_sha ON jobs(sha256);
+"""
+
+
+class JobState(enum.StrEnum):
+    CLAIMING = "claiming"
+    QUEUED = "queued"
+    RUNNING = "running"
+    PUBLISHED = "published"
+    DUPLICATE = "duplicate"
+    DONE = "done"
+    FAILED = "failed"
+
+
+# States whose content is, or will be, transcribed: a new copy of that content is a duplicate.
+_LIVE = (JobState.QUEUED, JobState.RUNNING, JobState.PUBLISHED, JobState.DONE)
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    state: JobState
+    relpath: bytes
+    work_name: str
+    sha256: str | None
+    size: int | None
+    attempts: int
+    duplicate_of: int | None
+    error: str | None
+    outputs: tuple[str, ...]
+    disposed_to: str | None
+
+
+class JobQueue:
+    """One connection. Use each JobQueue from one thread at a time (it may be created in another
+    and handed over); every method commits before it returns."""
+
+    def __init__(self, database: Path) -> None:
+        self._db = sqlite3.connect(
+            database, isolation_level=None, timeout=30, check_same_thread=False
+        )
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # WAL defaults to NORMAL, which can lose the last commits on power loss; we promise more.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+        self._now = time.time
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def ping(self) -> None:
+        """Raise if the database does not answer."""
+        self._db.execute("SELECT 1").fetchone()
+
+    def begin_claim(self, relpath: bytes, work_name: str) -> int:
+        """Record the intent to move `relpath` to `work_name` before the rename happens."""
+        now = self._now()
+        cursor = self._db.execute(
+            "INSERT INTO jobs (state, relpath, work_name, created, updated) VALUES (?, ?, ?, ?, ?)",
+            (JobState.CLAIMING, relpath, work_name, now, now),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def finish_claim(self, job_id: int, sha256: str, size: int) -> Job:
+        """The file is in the work folder: queue it, or mark it a duplicate of a live job."""
+        with self._transaction() as db:
+            original = db.execute(
+                f"SELECT id FROM jobs WHERE sha256 = ? AND id != ? AND state IN ({_marks(_LIVE)})"
+                " ORDER BY id LIMIT 1",
+                (sha256, job_id, *_LIVE),
+            ).fetchone()
+            state = JobState.DUPLICATE if original else JobState.QUEUED
+            db.execute(
+                "UPDATE jobs SET state = ?, sha256 = ?, size = ?, duplicate_of = ?, updated = ?"
+                " WHERE id = ?",
+                (state, sha256, size, original["id"] if original else None, self._now(), job_id),
+            )
+        return self.get(job_id)
+
+    def abandon_claim(self, job_id: int) -> None:
+        """The rename never happened: forget the intent."""
+        self._db.execute(
+            "DELETE FROM jobs WHERE id = ? AND state = ?", (job_id, JobState.CLAIMING)
+        )
+
+    def next_job(self) -> Job | None:
+        """Start the oldest due queued job: it becomes running and its attempt is counted."""
+        row = self._db.execute(
+            "UPDATE jobs SET state = ?, attempts = attempts + 1, updated = ?"
+            " WHERE id = (SELECT id FROM jobs WHERE state = ? AND not_before <= ?"
+            "             ORDER BY id LIMIT 1)"
+            " RETURNING *",
+            (JobState.RUNNING, self._now(), JobState.QUEUED, self._now()),
+        ).fetchone()
+        return _job(row) if row else None
+
+    def mark_published(self, job_id: int, outputs: list[str]) -> None:
+        """The transcript files are durable; disposal of the original may start."""
+        self._set(job_id, JobState.PUBLISHED, outputs=json.dumps(outputs), error=None)
+
+    def record_disposal_target(self, job_id: int, target: str) -> None:
+        """Remember where the original is being moved, so a retry after a crash reuses it."""
+        self._db.execute(
+            "UPDATE jobs SET disposed_to = ?, updated = ? WHERE id = ?",
+            (target, self._now(), job_id),
+        )
+
+    def mark_done(self, job_id: int) -> None:
+        """The original has been disposed of; nothing is left to do for this file."""
+        self._set(job_id, JobState.DONE)
+
+    def mark_failed(self, job_id: int, error: str) -> None:
+        """Permanently failed; the original has been moved to failed_dir."""
+        self._set(job_id, JobState.FAILED, error=error)
+
+    def requeue(self, job_id: int, delay: float, error: str | None, *, refund: bool) -> None:
+        """Back to the queue after `delay` seconds; `refund` un-counts an attempt that was not
+        the file's fault (shutdown, out of memory, disk full)."""
+        self._db.execute(
+            "UPDATE jobs SET state = ?, not_before = ?, error = ?, updated = ?,"
+            " attempts = attempts - ? WHERE id = ?",
+            (JobState.QUEUED, self._now() + delay, error, self._now(), int(refund), job_id),
+        )
+
+    def recover_running(self) -> int:
+        """After a restart: attempts that were cut short go back to the queue (still counted)."""
+        cursor = self._db.execute(
+            "UPDATE jobs SET state = ?, updated = ? WHERE state = ?",
+            (JobState.QUEUED, self._now(), JobState.RUNNING),
+        )
+        return cursor.rowcount
+
+    def in_state(self, state: JobState) -> list[Job]:
+        rows = self._db.execute("SELECT * FROM jobs WHERE state = ? ORDER BY id", (state,))
+        return [_job(row) for row in rows]
+
+    def duplicates_ready(self) -> list[Job]:
+        """Duplicates whose original's transcript is durable: safe to dispose of."""
+        rows = self._db.execute(
+            "SELECT d.* FROM jobs d JOIN jobs o ON o.id = d.duplicate_of"
+            " WHERE d.state = ? AND o.state IN (?, ?) ORDER BY d.id",
+            (JobState.DUPLICATE, JobState.PUBLISHED, JobState.DONE),
+        )
+        return [_job(row) for row in rows]
+
+    def orphan_duplicates(self) -> int:
+        """Duplicates whose original failed get a chance of their own."""
+        cursor = self._db.execute(
+            "UPDATE jobs SET state = ?, duplicate_of = NULL, updated = ?"
+            " WHERE state = ? AND duplicate_of IN (SELECT id FROM jobs WHERE state = ?)",
+            (JobState.QUEUED, self._now(), JobState.DUPLICATE, JobState.FAILED),
+        )
+        return cursor.rowcount
+
+    def get(self, job_id: int) -> Job:
+        row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise KeyError(job_id)
+        return _job(row)
+
+    def counts(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+        return {row["state"]: row["n"] for row in rows}
+
+    def _set(self, job_id: int, state: JobState, **columns: str | None) -> None:
+        assignments = "".join(f", {name} = ?" for name in columns)
+        self._db.execute(
+            f"UPDATE jobs SET state = ?, updated = ?{assignments} WHERE id = ?",  # noqa: S608
+            (state, self._now(), *columns.values(), job_id),
+        )
+
+
+def _marks(values: tuple[object, ...]) -> str:
+    return ", ".join("?" for _ in values)
+
+
+def _job(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"],
+        state=JobState(row["state"]),
+        relpath=bytes(row["relpath"]),
+        work_name=row["work_name"],
+        sha256=row["sha256"],
+        size=row["size"],
+        attempts=row["attempts"],
+        duplicate_of=row["duplicate_of"],
+        error=row["error"],
+        outputs=tuple(json.loads(row["outputs"])) if row["outputs"] else (),
+        disposed_to=row["disposed_to"],
+    )

@@ -1,0 +1,121 @@
+"""The one place that builds the daemon's objects from settings and runs them.
+
+Threads: watchdog's observer hands paths to the intake thread, which claims settled files
+into the queue; the worker thread transcribes; the main thread handles signals and restarts
+a dead observer. Signal handlers only set a flag; a second signal forces an exit.
+"""
+
+import os
+import queue
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from watchdog.observers.api import BaseObserver
+
+from transcribed.decoder import ChildDecoder
+from transcribed.disposal import Disposer
+from transcribed.engine import Engine
+from transcribed.intake import Intake, recover_claims
+from transcribed.logs import get_logger
+from transcribed.outbox import Outbox
+from transcribed.queue import JobQueue
+from transcribed.settings import ModelSettings, Settings, check_folders
+from transcribed.watcher import start_observer
+from transcribed.worker import Worker
+
+log = get_logger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 20.0
+
+
+def database_path(settings: Settings) -> Path:
+    return settings.state_dir / "jobs.sqlite3"
+
+
+def make_decoder(settings: ModelSettings) -> ChildDecoder:
+    return ChildDecoder(
+        timeout_seconds=settings.decode_timeout_seconds,
+        memory_bytes=settings.decode_memory_mb * 1024 * 1024,
+        max_seconds=settings.max_duration_seconds,
+    )
+
+
+def load_engine(settings: ModelSettings) -> Engine:
+    return Engine.load(settings.model, settings.device,
+                       allow_download=settings.allow_download, batch_size=settings.batch_size)  # fmt: skip
+
+
+class Daemon:
+    """Runs until SIGTERM/SIGINT; then stops intake, lets the current job finish or requeue."""
+
+    def __init__(self, settings: Settings) -> None:
+        check_folders(settings)
+        self.settings = settings
+        self.stop = threading.Event()
+        self._jobs = JobQueue(database_path(settings))
+        self._arrivals: queue.SimpleQueue[str] = queue.SimpleQueue()
+        settings.work_dir.mkdir(mode=0o700, exist_ok=True)
+        if recovered := recover_claims(self._jobs, settings.work_dir):
+            log.info("recover.claims_finished", jobs=recovered)
+        self._decoder = make_decoder(settings)
+        self._worker = Worker(
+            jobs=self._jobs, work_dir=settings.work_dir, decoder=self._decoder,
+            recognizer=load_engine(settings),
+            outbox=Outbox(settings.outbox, mode=settings.output_mode),
+            disposer=Disposer(self._jobs, settings.work_dir, settings.disposal,
+                              settings.archive_dir, settings.failed_dir, settings.output_mode),
+            chunk_seconds=settings.chunk_seconds, language=settings.language,
+            max_attempts=settings.max_attempts, stop=self.stop,
+        )  # fmt: skip
+        self._intake = Intake(
+            inbox=settings.inbox, work_dir=settings.work_dir,
+            jobs=JobQueue(database_path(settings)),  # its own connection: it runs in its own thread
+            arrivals=self._arrivals, settle_seconds=settings.settle_seconds,
+            rescan_seconds=settings.rescan_seconds,
+        )  # fmt: skip
+
+    def run(self) -> int:
+        self._install_signal_handlers()
+        self._worker.recover()
+        observer = self._start_observer()
+        self._intake.rescan()  # files that arrived while we were not running
+        log.info("daemon.ready", inbox=str(self.settings.inbox), counts=self._jobs.counts())
+        threads = [
+            threading.Thread(target=self._intake.run, args=(self.stop,), name="intake"),
+            threading.Thread(target=self._worker.run, name="worker"),
+        ]
+        for thread in threads:
+            thread.start()
+        while not self.stop.wait(1.0):
+            if not observer.is_alive():
+                log.warning("watch.observer_died_restarting")
+                observer = self._start_observer()
+                self._intake.request_rescan()
+        log.info("daemon.stopping")
+        observer.stop()
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in threads):
+            # The model is mid-batch; the job stays "running" and is requeued at next start.
+            log.warning("daemon.stop_timeout", seconds=SHUTDOWN_GRACE_SECONDS)
+        self._decoder.close()
+        log.info("daemon.stopped")
+        return 0
+
+    def _start_observer(self) -> BaseObserver:
+        return start_observer(self.settings.inbox, self._arrivals, self.settings.watch_mode,
+                              self.settings.poll_seconds)  # fmt: skip
+
+    def _install_signal_handlers(self) -> None:
+        def handle(signum: int, frame: FrameType | None) -> None:
+            if self.stop.is_set():
+                os._exit(1)  # second signal: the user insists; the queue recovers at next start
+            log.info("daemon.signal", signal=signal.Signals(signum).name)
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)

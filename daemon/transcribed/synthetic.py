@@ -1,0 +1,95 @@
+"""A tiny random Qwen3-ASR checkpoint built with transformers' own classes.
+
+Weights cannot be downloaded on build machines, so tests (and anyone trying the daemon without
+the real model) use this: it loads through exactly the same code path as Qwen/Qwen3-ASR-*-hf.
+Its text is random; it proves structure, never words.
+
+    python -m transcribed.synthetic /tmp/tiny-qwen3-asr
+"""
+
+import sys
+from pathlib import Path
+
+_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>",
+                   "<|audio_start|>", "<|audio_pad|>", "<|audio_end|>"]  # fmt: skip
+
+# The shape of Qwen3-ASR's chat template: system turn (context), user turn (audio), assistant.
+_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\n<|im_end|>\n{% endif %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'audio' %}<|audio_start|><|audio_pad|><|audio_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_CORPUS = [
+    "language English<asr_text>the quick brown fox jumps over the lazy dog",
+    "language Chinese<asr_text>你好世界 今天天气很好",
+    "language German<asr_text>guten Morgen",
+]
+
+
+def build_tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
+    """Write a tiny random Qwen3-ASR model, tokenizer and processor to `folder`."""
+    import torch
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen3ASRConfig,
+        Qwen3ASRFeatureExtractor,
+        Qwen3ASRForConditionalGeneration,
+        Qwen3ASRProcessor,
+    )
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(_CORPUS, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    ))  # fmt: skip
+    # <asr_text> is an ordinary added token in the real tokenizer: decoding keeps it, so the
+    # processor's parser can split "language X<asr_text>text".
+    bpe.add_tokens([AddedToken("<asr_text>", special=False)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        extra_special_tokens={"audio_token": "<|audio_pad|>", "audio_bos_token": "<|audio_start|>",
+                              "audio_eos_token": "<|audio_end|>"},
+    )  # fmt: skip
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in _SPECIAL_TOKENS}
+    config = Qwen3ASRConfig(
+        audio_config={"encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 32,
+                      "d_model": 16, "output_dim": 32, "downsample_hidden_size": 8},
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
+                     "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+                     "head_dim": 16, "max_position_embeddings": 8192},
+        audio_token_id=ids["<|audio_pad|>"], pad_token_id=ids["<|endoftext|>"],
+        eos_token_id=[ids["<|endoftext|>"], ids["<|im_end|>"]],
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = Qwen3ASRForConditionalGeneration(config)
+    with torch.no_grad():
+        # Zero the (tied) embeddings of special and whitespace-only tokens so random logits
+        # favour visible text: transcripts then hold characters, as a real model's would.
+        invisible = [i for i in range(len(tokenizer)) if not _visible(tokenizer.decode([i]))]
+        model.get_input_embeddings().weight[[*ids.values(), *invisible]] = 0
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    processor = Qwen3ASRProcessor(feature_extractor=Qwen3ASRFeatureExtractor(),
+                                  tokenizer=tokenizer, chat_template=_CHAT_TEMPLATE)  # fmt: skip
+    processor.save_pretrained(folder)
+    return folder
+
+
+def _visible(text: str) -> bool:
+    # Byte-level pieces of multi-byte characters decode to U+FFFD on their own.
+    return bool(text.strip()) and "\ufffd" not in text
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m transcribed.synthetic FOLDER")
+    print(build_tiny_checkpoint(Path(sys.argv[1])))

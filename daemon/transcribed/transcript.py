@@ -1,0 +1,91 @@
+"""Plain value types for a finished transcript, and the text rules that build one.
+
+No model types here: the outbox writers import this module and nothing heavier.
+"""
+
+import unicodedata
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ChunkText:
+    """What the model made of one chunk."""
+
+    text: str
+    language: str | None  # ISO 639-1 code (or the model's name for an unmapped language)
+    truncated: bool  # generation hit the token budget: the text may be cut short
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: float
+    end: float
+    text: str
+    language: str | None
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    name: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    device: str
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    language: str | None
+    segments: tuple[Segment, ...]
+    duration: float
+    source: SourceInfo
+    model: ModelInfo
+    created: str
+    processing_seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("extra")
+        data.update(self.extra)
+        return data
+
+
+def _is_unspaced_char(char: str) -> bool:
+    """Scripts written without spaces between words: CJK ideographs, kana, fullwidth marks."""
+    if not char:
+        return False
+    name = unicodedata.name(char, "")
+    return name.startswith(("CJK", "HIRAGANA", "KATAKANA", "IDEOGRAPHIC", "FULLWIDTH")) or (
+        "\u3000" <= char <= "\u303f"
+    )
+
+
+def join_texts(texts: list[str]) -> str:
+    """Join chunk texts: a space between space-delimited words, none between CJK characters."""
+    joined = ""
+    for text in (t.strip() for t in texts):
+        if not text:
+            continue
+        if joined and not (_is_unspaced_char(joined[-1]) and _is_unspaced_char(text[0])):
+            joined += " "
+        joined += text
+    return joined
+
+
+def main_language(segments: tuple[Segment, ...]) -> str | None:
+    """The language with the most speech time, or None when no segment has one."""
+    seconds: dict[str, float] = defaultdict(float)
+    for segment in segments:
+        if segment.language:
+            seconds[segment.language] += segment.end - segment.start
+    return max(seconds, key=lambda code: seconds[code]) if seconds else None

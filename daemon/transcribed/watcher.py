@@ -1,0 +1,94 @@
+"""Arrival signals from the inbox: watchdog events (or polling) and full rescans.
+
+Handlers only hand a relative path on and never raise: an exception in a watchdog handler
+kills its observer thread, and a full rescan covers whatever events are lost.
+"""
+
+import os
+import queue
+from collections.abc import Iterator
+from pathlib import Path
+
+from watchdog.events import (
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from transcribed.logs import get_logger
+from transcribed.names import display_name, is_candidate, is_temporary_name
+
+log = get_logger(__name__)
+
+
+class ArrivalHandler(FileSystemEventHandler):
+    """Turns watchdog events into relative paths on a thread-safe queue."""
+
+    def __init__(self, inbox: Path, arrivals: "queue.SimpleQueue[str]") -> None:
+        self._inbox = os.fsdecode(os.path.abspath(inbox))
+        self._arrivals = arrivals
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        try:
+            self._handle(event)
+        except Exception:  # a raising handler would silently kill the observer thread
+            log.exception("watch.handler_error")
+
+    def _handle(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            # A folder moved in brings files that produce no events of their own.
+            if isinstance(event, FileMovedEvent | FileCreatedEvent):
+                self._offer_tree(os.fsdecode(_target(event)))
+            return
+        if isinstance(event, FileClosedEvent | FileCreatedEvent | FileMovedEvent):
+            self._offer(os.fsdecode(_target(event)))
+
+    def _offer(self, path: str) -> None:
+        relpath = os.path.relpath(path, self._inbox)
+        if not relpath.startswith("..") and is_candidate(relpath):
+            self._arrivals.put(relpath)
+
+    def _offer_tree(self, folder: str) -> None:
+        for relpath in walk_candidates(Path(folder)):
+            self._offer(os.path.join(folder, relpath))
+
+
+def _target(event: FileSystemEvent) -> str | bytes:
+    return event.dest_path if isinstance(event, FileMovedEvent) else event.src_path
+
+
+def walk_candidates(root: Path) -> Iterator[str]:
+    """Relative paths of candidate files below `root`; never enters symlinked or hidden folders."""
+    stack = [""]
+    while stack:
+        relfolder = stack.pop()
+        try:
+            entries = sorted(os.scandir(root / relfolder), key=lambda entry: entry.name)
+        except OSError as error:
+            log.warning("scan.unreadable_folder", folder=display_name(relfolder), error=str(error))
+            continue
+        for entry in entries:
+            relpath = os.path.join(relfolder, entry.name)
+            if entry.is_dir(follow_symlinks=False):
+                if not is_temporary_name(entry.name):
+                    stack.append(relpath)
+            elif is_candidate(relpath):
+                yield relpath
+
+
+def start_observer(
+    inbox: Path, arrivals: "queue.SimpleQueue[str]", mode: str, poll_seconds: float
+) -> BaseObserver:
+    """A started, recursive observer feeding `arrivals`."""
+    observer: BaseObserver = (
+        PollingObserver(timeout=poll_seconds) if mode == "poll" else Observer()
+    )
+    observer.schedule(ArrivalHandler(inbox, arrivals), str(inbox), recursive=True)
+    observer.daemon = True
+    observer.start()
+    return observer
