@@ -113,7 +113,9 @@ class Engine:
     @classmethod
     def load(cls, model: str, device: str, *, allow_download: bool, batch_size: int) -> "Engine":
         from transformers import AutoProcessor, Qwen3ASRForConditionalGeneration
+        from transformers.utils import logging as transformers_logging
 
+        transformers_logging.disable_progress_bar()  # bars would garble the JSON log lines
         torch_device = resolve_device(device)
         folder = resolve_model_folder(model, allow_download)
         check_layout(folder)

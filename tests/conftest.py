@@ -1,0 +1,63 @@
+"""Shared fixtures: the tiny real checkpoint (built once per run) and daemon folders."""
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from transcribed.synthetic import build_tiny_checkpoint
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach for the network
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any connection beyond loopback or a local socket fails the test."""
+    real_connect = socket.socket.connect
+
+    def guarded(self: socket.socket, address: Any) -> Any:
+        if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in (
+            "127.0.0.1", "::1", "localhost",
+        ):
+            raise AssertionError(f"network access attempted: {address}")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-qwen3-asr"))
+
+
+@dataclass
+class Folders:
+    inbox: Path
+    outbox: Path
+    archive: Path
+    failed: Path
+    state: Path
+
+    def env(self, model: Path, **extra: str) -> dict[str, str]:
+        """Environment that configures `transcribed run` entirely through TRANSCRIBED_*."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSCRIBED_")}
+        env.update(
+            TRANSCRIBED_INBOX=str(self.inbox), TRANSCRIBED_OUTBOX=str(self.outbox),
+            TRANSCRIBED_ARCHIVE_DIR=str(self.archive), TRANSCRIBED_FAILED_DIR=str(self.failed),
+            TRANSCRIBED_STATE_DIR=str(self.state), TRANSCRIBED_MODEL=str(model),
+            TRANSCRIBED_DEVICE="cpu", TRANSCRIBED_DISPOSAL="move", HF_HUB_OFFLINE="1",
+            PYTHONUNBUFFERED="1",
+        )  # fmt: skip
+        env.update(extra)
+        return env
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> Folders:
+    made = Folders(*(tmp_path / name for name in ("inbox", "outbox", "archive", "failed", "state")))
+    for folder in vars(made).values():
+        folder.mkdir()
+    return made

@@ -1,0 +1,26 @@
+"""Chunks tile the recording, respect the maximum, and cut in quiet places."""
+
+import numpy as np
+
+from transcribed.chunking import plan_chunks
+
+
+def test_short_audio_is_one_chunk_and_empty_audio_none() -> None:
+    assert plan_chunks(np.ones(16000, np.float32), 16000, 30) == [(0, 16000)]
+    assert plan_chunks(np.zeros(0, np.float32), 16000, 30) == []
+
+
+def test_chunks_tile_without_gaps_and_stay_under_the_maximum() -> None:
+    audio = np.random.default_rng(0).standard_normal(16000 * 125).astype(np.float32)
+    ranges = plan_chunks(audio, 16000, 30)
+    assert ranges[0][0] == 0 and ranges[-1][1] == len(audio)
+    assert all(end == next_start for (_, end), (next_start, _) in zip(ranges, ranges[1:]))
+    assert all(0 < end - start <= 30 * 16000 for start, end in ranges)
+
+
+def test_cuts_land_in_the_silence() -> None:
+    rate = 16000
+    audio = np.random.default_rng(0).standard_normal(rate * 50).astype(np.float32)
+    audio[rate * 24 : rate * 25] = 0  # the only pause inside the search range
+    (first_start, first_end), _ = plan_chunks(audio, rate, 30)
+    assert rate * 24 <= first_end <= rate * 25

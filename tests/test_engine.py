@@ -1,0 +1,65 @@
+"""The engine on the tiny real checkpoint: same loading path as the real model."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from transcribed.engine import Engine, check_layout, resolve_device, resolve_model_folder, token_budget
+from transcribed.errors import ModelError
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model: Path) -> Engine:
+    return Engine.load(str(tiny_model), "cpu", allow_download=False, batch_size=3)
+
+
+def _noise(seconds: float, seed: int) -> np.ndarray:
+    return (0.1 * np.random.default_rng(seed).standard_normal(int(seconds * 16000))).astype(np.float32)
+
+
+def test_results_come_back_in_input_order_whatever_the_batching(engine: Engine) -> None:
+    chunks = [_noise(seconds, seed) for seed, seconds in enumerate([2, 7, 1, 5, 3])]
+    batched = engine.transcribe(chunks)
+    one_by_one = [engine.transcribe([chunk])[0] for chunk in chunks]
+    assert [r.text for r in batched] == [r.text for r in one_by_one]
+    assert all(result.text for result in batched)  # the tiny model writes visible characters
+    assert engine.info.device == "cpu" and engine.info.dtype == "float32"
+
+
+def test_a_forced_language_is_reported_as_its_code(engine: Engine) -> None:
+    [result] = engine.transcribe([_noise(2, 0)], language="zh")
+    assert result.language == "zh"
+    assert engine.language_code("Chinese") == "zh" and engine.language_code(None) is None
+
+
+def test_budget_grows_with_length_and_truncation_is_flagged(engine: Engine) -> None:
+    assert token_budget(120) > 512 > token_budget(30)
+    [result] = engine.transcribe([_noise(1, 0)])
+    assert result.truncated  # random weights never emit end-of-text within the budget
+
+
+def test_the_original_thinker_layout_is_refused_by_name(tiny_model: Path, tmp_path: Path) -> None:
+    original = tmp_path / "Qwen3-ASR-1.7B"
+    shutil.copytree(tiny_model, original)
+    config = json.loads((original / "config.json").read_text())
+    (original / "config.json").write_text(json.dumps({**config, "thinker_config": {}}))
+    with pytest.raises(ModelError, match="Qwen/Qwen3-ASR-1.7B-hf"):
+        check_layout(original)
+
+
+def test_a_missing_model_says_how_to_fetch_it_and_stays_offline() -> None:
+    with pytest.raises(ModelError, match="hf download Qwen/Qwen3-ASR-0.6B-hf"):
+        resolve_model_folder("Qwen/Qwen3-ASR-0.6B-hf", allow_download=False)
+    with pytest.raises(ModelError, match="does not exist"):
+        resolve_model_folder("/nonexistent/model", allow_download=False)
+
+
+def test_cuda_without_a_gpu_is_a_clear_error() -> None:
+    if resolve_device("auto").type == "cuda":
+        pytest.skip("this machine has a GPU; the no-GPU error cannot be provoked")
+    with pytest.raises(ModelError, match="no usable CUDA GPU"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"

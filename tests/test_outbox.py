@@ -1,0 +1,52 @@
+"""Atomic publishing, mirrored folders, and never overwriting another recording's transcript."""
+
+import json
+import os
+from pathlib import Path
+
+from transcribed.outbox import Outbox
+from transcribed.transcript import ModelInfo, Segment, SourceInfo, Transcript
+
+
+def _transcript(sha: str, text: str = "hello world") -> Transcript:
+    return Transcript(
+        text=text, language="en", segments=(Segment(0.0, 1.5, text, "en"),), duration=1.5,
+        source=SourceInfo("a.wav", sha, 10), model=ModelInfo("m", "cpu", "float32"),
+        created="2026-01-01T00:00:00+00:00", processing_seconds=0.1,
+    )  # fmt: skip
+
+
+def test_publishes_txt_and_json_with_every_key_mirroring_subfolders(tmp_path: Path) -> None:
+    written = Outbox(tmp_path, mode=0o640).publish(_transcript("a" * 64), "team/x/a.wav")
+    assert sorted(p.name for p in written) == ["a.json", "a.txt"]
+    data = json.loads((tmp_path / "team/x/a.json").read_text())
+    assert {"text", "language", "segments", "duration", "source", "model", "created",
+            "processing_seconds"} <= data.keys()  # fmt: skip
+    assert data["segments"][0].keys() >= {"start", "end", "text", "language"}
+    assert (tmp_path / "team/x/a.txt").read_text() == "hello world\n"
+    assert (tmp_path / "team/x/a.txt").stat().st_mode & 0o777 == 0o640
+    assert [p for p in (tmp_path / "team/x").iterdir() if p.name.startswith(".")] == []
+
+
+def test_other_content_gets_a_suffix_and_the_same_content_reuses_its_name(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path)
+    outbox.publish(_transcript("a" * 64, "first"), "a.wav")
+    second = outbox.publish(_transcript("b" * 64, "second"), "a.wav")
+    assert [p.name for p in second] == ["a-2.json", "a-2.txt"]
+    again = outbox.publish(_transcript("a" * 64, "first"), "a.wav")  # a retry after a crash
+    assert [p.name for p in again] == ["a.json", "a.txt"]
+    assert (tmp_path / "a.txt").read_text() == "first\n"
+    assert (tmp_path / "a-2.txt").read_text() == "second\n"
+
+
+def test_a_users_own_file_with_the_same_name_is_never_touched(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("my notes")
+    written = Outbox(tmp_path).publish(_transcript("a" * 64), "a.wav")
+    assert [p.name for p in written] == ["a-2.json", "a-2.txt"]
+    assert (tmp_path / "a.txt").read_text() == "my notes"
+
+
+def test_names_that_are_not_utf8_are_published(tmp_path: Path) -> None:
+    name = os.fsdecode(b"caf\xe9 \n.wav")
+    Outbox(tmp_path).publish(_transcript("c" * 64), name)
+    assert os.path.exists(os.fsencode(tmp_path) + b"/caf\xe9 \n.json")
