@@ -182,8 +182,11 @@ def _open_folder(root: Path, parts: tuple[str, ...]) -> int:
 
 def _open_file(name: str, parent_fd: int) -> int:
     # Look before opening: opening a device node can have side effects (a tape rewinds).
-    if not stat.S_ISREG(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode):
-        raise Refused("not a regular file (symlink, FIFO, device or socket)")
+    mode = os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode
+    if stat.S_ISLNK(mode):
+        raise Refused("symbolic link (never followed)")
+    if not stat.S_ISREG(mode):
+        raise Refused("not a regular file (FIFO, device, socket or folder)")
     try:
         return os.open(name, _OPEN_FLAGS, dir_fd=parent_fd)
     except OSError as error:
