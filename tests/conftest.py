@@ -20,7 +20,9 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def guarded(self: socket.socket, address: Any) -> Any:
         if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in (
-            "127.0.0.1", "::1", "localhost",
+            "127.0.0.1",
+            "::1",
+            "localhost",
         ):
             raise AssertionError(f"network access attempted: {address}")
         return real_connect(self, address)
@@ -45,12 +47,17 @@ class Folders:
         """Environment that configures `transcribed run` entirely through TRANSCRIBED_*."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSCRIBED_")}
         env.update(
-            TRANSCRIBED_INBOX=str(self.inbox), TRANSCRIBED_OUTBOX=str(self.outbox),
-            TRANSCRIBED_ARCHIVE_DIR=str(self.archive), TRANSCRIBED_FAILED_DIR=str(self.failed),
-            TRANSCRIBED_STATE_DIR=str(self.state), TRANSCRIBED_MODEL=str(model),
-            TRANSCRIBED_DEVICE="cpu", TRANSCRIBED_DISPOSAL="move", HF_HUB_OFFLINE="1",
+            TRANSCRIBED_INBOX=str(self.inbox),
+            TRANSCRIBED_OUTBOX=str(self.outbox),
+            TRANSCRIBED_ARCHIVE_DIR=str(self.archive),
+            TRANSCRIBED_FAILED_DIR=str(self.failed),
+            TRANSCRIBED_STATE_DIR=str(self.state),
+            TRANSCRIBED_MODEL=str(model),
+            TRANSCRIBED_DEVICE="cpu",
+            TRANSCRIBED_DISPOSAL="move",
+            HF_HUB_OFFLINE="1",
             PYTHONUNBUFFERED="1",
-        )  # fmt: skip
+        )
         env.update(extra)
         return env
 

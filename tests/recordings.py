@@ -17,14 +17,27 @@ def speechlike(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> n
     return np.stack([mono] * channels, axis=1) if channels > 1 else mono
 
 
-def write_soundfile(path: Path, seconds: float, rate: int, subtype: str | None = None,
-                    fmt: str | None = None, channels: int = 1, **extra: object) -> Path:
+def write_soundfile(
+    path: Path,
+    seconds: float,
+    rate: int,
+    subtype: str | None = None,
+    fmt: str | None = None,
+    channels: int = 1,
+    **extra: object,
+) -> Path:
     sf.write(path, speechlike(seconds, rate, channels), rate, subtype=subtype, format=fmt, **extra)
     return path
 
 
-def write_pyav(path: Path, seconds: float, rate: int, codec: str, container: str | None = None,
-               layout: str = "mono") -> Path:
+def write_pyav(
+    path: Path,
+    seconds: float,
+    rate: int,
+    codec: str,
+    container: str | None = None,
+    layout: str = "mono",
+) -> Path:
     """Encode with ffmpeg (PyAV): the formats libsndfile cannot write (m4a, webm, …)."""
     samples = speechlike(seconds, rate)
     with av.open(str(path), "w", format=container) as output:
@@ -54,19 +67,29 @@ def _as_format(data: np.ndarray, fmt: str) -> np.ndarray:
 def make_mixed_recordings(folder: Path, seconds: float = 6.0) -> dict[str, float]:
     """Every format the daemon promises to read, with its true duration."""
     made = {
-        "pcm16 mono 16k.wav": write_soundfile(folder / "pcm16 mono 16k.wav", seconds, 16000, "PCM_16"),
-        "pcm24 stereo 48k.wav": write_soundfile(folder / "pcm24 stereo 48k.wav", seconds, 48000, "PCM_24", channels=2),
+        "pcm16 mono 16k.wav": write_soundfile(
+            folder / "pcm16 mono 16k.wav", seconds, 16000, "PCM_16"
+        ),
+        "pcm24 stereo 48k.wav": write_soundfile(
+            folder / "pcm24 stereo 48k.wav", seconds, 48000, "PCM_24", channels=2
+        ),
         "float 44k.wav": write_soundfile(folder / "float 44k.wav", seconds, 44100, "FLOAT"),
         "ulaw 8k.wav": write_soundfile(folder / "ulaw 8k.wav", seconds, 8000, "ULAW"),
-        "会议记录.flac": write_soundfile(folder / "会议记录.flac", seconds, 22050, "PCM_16", "FLAC"),
-        "cbr.mp3": write_soundfile(folder / "cbr.mp3", seconds, 44100, "MPEG_LAYER_III", "MP3", bitrate_mode="CONSTANT"),
-        "vbr.mp3": write_soundfile(folder / "vbr.mp3", seconds, 32000, "MPEG_LAYER_III", "MP3", bitrate_mode="VARIABLE"),
+        "会议记录.flac": write_soundfile(
+            folder / "会议记录.flac", seconds, 22050, "PCM_16", "FLAC"
+        ),
+        "cbr.mp3": write_soundfile(
+            folder / "cbr.mp3", seconds, 44100, "MPEG_LAYER_III", "MP3", bitrate_mode="CONSTANT"
+        ),
+        "vbr.mp3": write_soundfile(
+            folder / "vbr.mp3", seconds, 32000, "MPEG_LAYER_III", "MP3", bitrate_mode="VARIABLE"
+        ),
         "vorbis.ogg": write_soundfile(folder / "vorbis.ogg", seconds, 44100, "VORBIS", "OGG"),
         "voice.opus": write_soundfile(folder / "voice.opus", seconds, 48000, "OPUS", "OGG"),
         "aac.m4a": write_pyav(folder / "aac.m4a", seconds, 44100, "aac", "mp4"),
         "clip.webm": write_pyav(folder / "clip.webm", seconds, 48000, "libopus", "webm"),
-    }  # fmt: skip
-    return {name: seconds for name in made}
+    }
+    return dict.fromkeys(made, seconds)
 
 
 def make_unreadable(folder: Path) -> list[str]:

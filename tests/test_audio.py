@@ -5,21 +5,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from recordings import make_mixed_recordings, make_unreadable, write_soundfile
 
+from recordings import make_mixed_recordings, make_unreadable, write_soundfile
 from transcribed.audio import SAMPLE_RATE, decode
 from transcribed.decoder import ChildDecoder
 from transcribed.errors import DecoderCrashed, PermanentError
 
 
 @pytest.fixture(scope="module")
-def decoder():  # type: ignore[no-untyped-def]
+def decoder():
     child = ChildDecoder(timeout_seconds=60, memory_bytes=4 << 30, max_seconds=3600)
     yield child
     child.close()
 
 
-def test_every_format_decodes_to_16k_mono_of_the_right_length(tmp_path, decoder) -> None:  # type: ignore[no-untyped-def]
+def test_every_format_decodes_to_16k_mono_of_the_right_length(tmp_path, decoder) -> None:
     for name, seconds in make_mixed_recordings(tmp_path).items():
         audio = decoder.decode(tmp_path / name)
         assert audio.dtype == np.float32 and audio.ndim == 1, name
@@ -27,29 +27,31 @@ def test_every_format_decodes_to_16k_mono_of_the_right_length(tmp_path, decoder)
         assert 0.05 < float(np.abs(audio).max()) <= 1.01, name  # real signal, not silence
 
 
-def test_unreadable_files_fail_permanently_with_a_reason(tmp_path, decoder) -> None:  # type: ignore[no-untyped-def]
+def test_unreadable_files_fail_permanently_with_a_reason(tmp_path, decoder) -> None:
     for name in make_unreadable(tmp_path):
         with pytest.raises(PermanentError) as caught:
             decoder.decode(tmp_path / name)
         assert str(caught.value) and str(tmp_path) not in str(caught.value)
 
 
-def test_the_duration_cap_is_enforced_while_decoding(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_duration_cap_is_enforced_while_decoding(tmp_path) -> None:
     path = write_soundfile(tmp_path / "long.flac", 20, 16000, "PCM_16", "FLAC")
     with pytest.raises(PermanentError, match="longer than max_duration_seconds"):
         decode(path, max_seconds=10)
 
 
-def test_a_playlist_pointing_at_another_file_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_playlist_pointing_at_another_file_is_refused(tmp_path) -> None:
     secret = write_soundfile(tmp_path / "secret.wav", 2, 16000, "PCM_16")
-    (tmp_path / "list.mp3").write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\n{secret}\n#EXT-X-ENDLIST\n")
+    (tmp_path / "list.mp3").write_text(
+        f"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\n{secret}\n#EXT-X-ENDLIST\n"
+    )
     (tmp_path / "concat.mp3").write_text(f"ffconcat version 1.0\nfile '{secret}'\n")
     for name in ("list.mp3", "concat.mp3"):
         with pytest.raises(PermanentError):
             decode(tmp_path / name, max_seconds=100)
 
 
-def test_a_decoder_that_dies_is_reported_and_replaced(tmp_path, decoder) -> None:  # type: ignore[no-untyped-def]
+def test_a_decoder_that_dies_is_reported_and_replaced(tmp_path, decoder) -> None:
     decoder._ensure_child()
     assert decoder._process is not None
     os.kill(decoder._process.pid, 9)
@@ -59,7 +61,7 @@ def test_a_decoder_that_dies_is_reported_and_replaced(tmp_path, decoder) -> None
     assert len(decoder.decode(path)) == SAMPLE_RATE
 
 
-def test_a_decode_that_runs_past_the_time_limit_kills_the_child(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_decode_that_runs_past_the_time_limit_kills_the_child(tmp_path) -> None:
     os.mkfifo(tmp_path / "hang.wav")  # opening a FIFO for reading blocks: a stand-in for a hang
     child = ChildDecoder(timeout_seconds=2, memory_bytes=1 << 30, max_seconds=100)
     try:

@@ -1,5 +1,7 @@
 """Chunks tile the recording, respect the maximum, and cut in quiet places."""
 
+import itertools
+
 import numpy as np
 
 from transcribed.chunking import plan_chunks
@@ -14,7 +16,7 @@ def test_chunks_tile_without_gaps_and_stay_under_the_maximum() -> None:
     audio = np.random.default_rng(0).standard_normal(16000 * 125).astype(np.float32)
     ranges = plan_chunks(audio, 16000, 30)
     assert ranges[0][0] == 0 and ranges[-1][1] == len(audio)
-    assert all(end == next_start for (_, end), (next_start, _) in zip(ranges, ranges[1:]))
+    assert all(end == next_start for (_, end), (next_start, _) in itertools.pairwise(ranges))
     assert all(0 < end - start <= 30 * 16000 for start, end in ranges)
 
 
@@ -22,5 +24,5 @@ def test_cuts_land_in_the_silence() -> None:
     rate = 16000
     audio = np.random.default_rng(0).standard_normal(rate * 50).astype(np.float32)
     audio[rate * 24 : rate * 25] = 0  # the only pause inside the search range
-    (first_start, first_end), _ = plan_chunks(audio, rate, 30)
+    (_first_start, first_end), _ = plan_chunks(audio, rate, 30)
     assert rate * 24 <= first_end <= rate * 25

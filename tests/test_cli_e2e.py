@@ -11,15 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
-from recordings import make_mixed_recordings, make_unreadable, speechlike, write_soundfile
-
 import soundfile as sf
+
+from recordings import make_mixed_recordings, make_unreadable, speechlike, write_soundfile
 
 CLI = [sys.executable, "-m", "transcribed"]
 pytestmark = pytest.mark.slow
 
 
-def _wait_for(predicate, timeout: float, process: subprocess.Popen) -> None:  # type: ignore[no-untyped-def, type-arg]
+def _wait_for(predicate, timeout: float, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -45,7 +45,7 @@ def _slow_writer(path: Path, seconds: float) -> None:
 
 def test_daemon_transcribes_a_mixed_inbox_archives_fails_and_stops_on_sigterm(
     folders, tiny_model, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     staging = tmp_path / "staging"
     staging.mkdir()
     durations = make_mixed_recordings(staging)
@@ -75,9 +75,11 @@ def test_daemon_transcribes_a_mixed_inbox_archives_fails_and_stops_on_sigterm(
         digests["slow writer.wav"] = _digest(folders.inbox / "slow writer.wav")
 
         def all_done() -> bool:
-            return all((folders.outbox / f"{Path(n).stem}.json").exists() for n in durations) and all(
-                (folders.failed / f"{n}.error.json").exists() for n in unreadable
-            ) and not any((folders.inbox / n).exists() for n in durations)
+            return (
+                all((folders.outbox / f"{Path(n).stem}.json").exists() for n in durations)
+                and all((folders.failed / f"{n}.error.json").exists() for n in unreadable)
+                and not any((folders.inbox / n).exists() for n in durations)
+            )
 
         _wait_for(all_done, 120, daemon)
         stopped_at = time.monotonic()
@@ -92,8 +94,15 @@ def test_daemon_transcribes_a_mixed_inbox_archives_fails_and_stops_on_sigterm(
     for name, seconds in durations.items():
         data = json.loads((folders.outbox / f"{Path(name).stem}.json").read_text())
         assert abs(data["duration"] - seconds) / seconds < 0.03, name
-        assert {"text", "language", "segments", "source", "model", "created",
-                "processing_seconds"} <= data.keys()  # fmt: skip
+        assert {
+            "text",
+            "language",
+            "segments",
+            "source",
+            "model",
+            "created",
+            "processing_seconds",
+        } <= data.keys()
         assert data["source"]["name"] == name and data["source"]["sha256"] == digests[name]
         assert (folders.outbox / f"{Path(name).stem}.txt").exists()
         assert _digest(folders.archive / name) == digests[name], "archived byte-identical"
@@ -102,7 +111,10 @@ def test_daemon_transcribes_a_mixed_inbox_archives_fails_and_stops_on_sigterm(
         assert json.loads((folders.failed / f"{name}.error.json").read_text())["error"]
     assert (folders.inbox / "link to outside.wav").is_symlink(), "the symlink is left alone"
     assert (outside.read_bytes(), outside.stat().st_mtime_ns) == outside_before
-    assert sorted(p.name for p in folders.inbox.iterdir()) == [".transcribed-work", "link to outside.wav"]
+    assert sorted(p.name for p in folders.inbox.iterdir()) == [
+        ".transcribed-work",
+        "link to outside.wav",
+    ]
     lines = (tmp_path / "daemon.log").read_text().splitlines()
     events = [json.loads(line) for line in lines if line.startswith("{")]
     assert len(events) == len(lines), "every log line is a JSON event"
@@ -110,27 +122,34 @@ def test_daemon_transcribes_a_mixed_inbox_archives_fails_and_stops_on_sigterm(
     assert any(e["event"] == "intake.ignored" and "symbolic link" in e["reason"] for e in events)
 
 
-def test_one_shot_transcribe_writes_beside_the_file_or_to_outbox(tiny_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_one_shot_transcribe_writes_beside_the_file_or_to_outbox(tiny_model, tmp_path) -> None:
     audio = write_soundfile(tmp_path / "memo.flac", 3, 16000, "PCM_16", "FLAC")
     env = {**os.environ, "TRANSCRIBED_MODEL": str(tiny_model), "TRANSCRIBED_DEVICE": "cpu"}
-    done = subprocess.run([*CLI, "transcribe", str(audio)], env=env, capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [*CLI, "transcribe", str(audio)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "memo.json").read_text())["duration"] == 3
     assert audio.exists(), "one-shot never disposes of the original"
     out = tmp_path / "out"
     out.mkdir()
     (tmp_path / "junk.mp3").write_text("not audio")
-    done = subprocess.run([*CLI, "transcribe", "--outbox", str(out), str(audio),
-                           str(tmp_path / "junk.mp3")], env=env, capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [*CLI, "transcribe", "--outbox", str(out), str(audio), str(tmp_path / "junk.mp3")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1 and "junk.mp3" in done.stderr
     assert sorted(p.name for p in out.iterdir()) == ["memo.json", "memo.txt"]
 
 
-def test_user_errors_get_one_clear_message_and_no_traceback(folders, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_user_errors_get_one_clear_message_and_no_traceback(folders, tmp_path) -> None:
     env = folders.env(Path("Qwen/Qwen3-ASR-1.7B-hf"))
-    missing_model = subprocess.run([*CLI, "run"], env=env, capture_output=True, text=True, timeout=60)
+    missing_model = subprocess.run(
+        [*CLI, "run"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert missing_model.returncode == 2
     assert "hf download Qwen/Qwen3-ASR-1.7B-hf" in missing_model.stderr
     env["TRANSCRIBED_OUTBOX"] = str(folders.inbox / "out")
@@ -139,5 +158,9 @@ def test_user_errors_get_one_clear_message_and_no_traceback(folders, tmp_path) -
     assert nested.returncode == 2 and "inside the inbox" in nested.stderr
     for result in (missing_model, nested):
         assert "Traceback" not in result.stderr
-    assert "settle_seconds" in subprocess.run([*CLI, "run", "--help"], capture_output=True,
-                                              text=True, timeout=60).stdout  # fmt: skip
+    assert (
+        "settle_seconds"
+        in subprocess.run(
+            [*CLI, "run", "--help"], capture_output=True, text=True, timeout=60
+        ).stdout
+    )

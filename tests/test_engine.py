@@ -7,7 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from transcribed.engine import Engine, check_layout, resolve_device, resolve_model_folder, token_budget
+from transcribed.engine import (
+    Engine,
+    check_layout,
+    resolve_device,
+    resolve_model_folder,
+    token_budget,
+)
 from transcribed.errors import ModelError
 
 
@@ -17,7 +23,9 @@ def engine(tiny_model: Path) -> Engine:
 
 
 def _noise(seconds: float, seed: int) -> np.ndarray:
-    return (0.1 * np.random.default_rng(seed).standard_normal(int(seconds * 16000))).astype(np.float32)
+    return (0.1 * np.random.default_rng(seed).standard_normal(int(seconds * 16000))).astype(
+        np.float32
+    )
 
 
 def test_results_come_back_in_input_order_whatever_the_batching(engine: Engine) -> None:
@@ -46,12 +54,12 @@ def test_the_original_thinker_layout_is_refused_by_name(tiny_model: Path, tmp_pa
     shutil.copytree(tiny_model, original)
     config = json.loads((original / "config.json").read_text())
     (original / "config.json").write_text(json.dumps({**config, "thinker_config": {}}))
-    with pytest.raises(ModelError, match="Qwen/Qwen3-ASR-1.7B-hf"):
+    with pytest.raises(ModelError, match=r"Qwen/Qwen3-ASR-1\.7B-hf"):
         check_layout(original)
 
 
 def test_a_missing_model_says_how_to_fetch_it_and_stays_offline() -> None:
-    with pytest.raises(ModelError, match="hf download Qwen/Qwen3-ASR-0.6B-hf"):
+    with pytest.raises(ModelError, match=r"hf download Qwen/Qwen3-ASR-0\.6B-hf"):
         resolve_model_folder("Qwen/Qwen3-ASR-0.6B-hf", allow_download=False)
     with pytest.raises(ModelError, match="does not exist"):
         resolve_model_folder("/nonexistent/model", allow_download=False)

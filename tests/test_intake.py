@@ -1,5 +1,6 @@
 """Intake with real files and a real observer: settle, claim safely, never follow links."""
 
+import contextlib
 import os
 import queue
 import shutil
@@ -23,9 +24,15 @@ class Clock:
 
 
 def _intake(inbox: Path, state: Path, clock: Clock) -> Intake:
-    return Intake(inbox=inbox, work_dir=inbox / ".transcribed-work", jobs=JobQueue(state / "q.db"),
-                  arrivals=queue.SimpleQueue(), settle_seconds=2, rescan_seconds=300,
-                  clock=clock)  # fmt: skip
+    return Intake(
+        inbox=inbox,
+        work_dir=inbox / ".transcribed-work",
+        jobs=JobQueue(state / "q.db"),
+        arrivals=queue.SimpleQueue(),
+        settle_seconds=2,
+        rescan_seconds=300,
+        clock=clock,
+    )
 
 
 def _settle(intake: Intake, clock: Clock) -> int:
@@ -34,7 +41,7 @@ def _settle(intake: Intake, clock: Clock) -> int:
     return claimed + intake.step()
 
 
-def test_rescan_claims_settled_files_into_the_work_folder(folders) -> None:  # type: ignore[no-untyped-def]
+def test_rescan_claims_settled_files_into_the_work_folder(folders) -> None:
     (folders.inbox / "team" / "a").mkdir(parents=True)
     (folders.inbox / "team" / "a" / "one.wav").write_bytes(b"RIFF1")
     (folders.inbox / "two.mp3").write_bytes(b"ID3-2")
@@ -49,7 +56,7 @@ def test_rescan_claims_settled_files_into_the_work_folder(folders) -> None:  # t
         assert (folders.inbox / ".transcribed-work" / job.work_name).is_file()
 
 
-def test_a_file_still_growing_is_not_claimed(folders) -> None:  # type: ignore[no-untyped-def]
+def test_a_file_still_growing_is_not_claimed(folders) -> None:
     path = folders.inbox / "rec.wav"
     path.write_bytes(b"x")
     clock = Clock()
@@ -65,7 +72,7 @@ def test_a_file_still_growing_is_not_claimed(folders) -> None:  # type: ignore[n
     assert intake.step() == 1
 
 
-def test_symlinks_fifos_hardlinks_and_folders_are_refused_untouched(folders, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_symlinks_fifos_hardlinks_and_folders_are_refused_untouched(folders, tmp_path) -> None:
     outside = tmp_path / "secret.wav"
     outside.write_bytes(b"outside the inbox")
     before = outside.stat()
@@ -84,10 +91,13 @@ def test_symlinks_fifos_hardlinks_and_folders_are_refused_untouched(folders, tmp
     assert (folders.inbox / "pipe.wav").exists() and (folders.inbox / "hard.wav").exists()
     after = outside.stat()
     assert (after.st_mtime_ns, after.st_mode, outside.read_bytes()) == (
-        before.st_mtime_ns, before.st_mode, b"outside the inbox")
+        before.st_mtime_ns,
+        before.st_mode,
+        b"outside the inbox",
+    )
 
 
-def test_identical_content_under_two_names_is_queued_once(folders) -> None:  # type: ignore[no-untyped-def]
+def test_identical_content_under_two_names_is_queued_once(folders) -> None:
     for name in ("a.wav", "copy of a.wav"):
         (folders.inbox / name).write_bytes(b"same recording")
     clock = Clock()
@@ -97,7 +107,7 @@ def test_identical_content_under_two_names_is_queued_once(folders) -> None:  # t
     assert intake.jobs.counts() == {"queued": 1, "duplicate": 1}
 
 
-def test_a_claim_interrupted_after_the_rename_is_finished_at_start(folders) -> None:  # type: ignore[no-untyped-def]
+def test_a_claim_interrupted_after_the_rename_is_finished_at_start(folders) -> None:
     work = folders.inbox / ".transcribed-work"
     work.mkdir()
     jobs = JobQueue(folders.state / "q.db")
@@ -111,7 +121,9 @@ def test_a_claim_interrupted_after_the_rename_is_finished_at_start(folders) -> N
 
 
 @pytest.mark.parametrize("mode", ["events", "poll"])
-def test_real_observer_reports_files_written_renamed_in_and_moved_from_outside(folders, tmp_path, mode) -> None:  # type: ignore[no-untyped-def]
+def test_real_observer_reports_files_written_renamed_in_and_moved_from_outside(
+    folders, tmp_path, mode
+) -> None:
     arrivals: queue.SimpleQueue[str] = queue.SimpleQueue()
     observer = start_observer(folders.inbox, arrivals, mode, poll_seconds=0.2)
     try:
@@ -124,17 +136,15 @@ def test_real_observer_reports_files_written_renamed_in_and_moved_from_outside(f
         seen: set[str] = set()
         deadline = time.monotonic() + 10
         while seen != {"written.wav", "renamed.wav", "moved.flac"} and time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(queue.Empty):
                 seen.add(arrivals.get(timeout=0.2))
-            except queue.Empty:
-                pass
         assert seen == {"written.wav", "renamed.wav", "moved.flac"}
     finally:
         observer.stop()
         observer.join()
 
 
-def test_intake_thread_survives_and_stops_on_request(folders) -> None:  # type: ignore[no-untyped-def]
+def test_intake_thread_survives_and_stops_on_request(folders) -> None:
     intake = _intake(folders.inbox, folders.state, Clock())
     stop = threading.Event()
     thread = threading.Thread(target=intake.run, args=(stop, 0.01))

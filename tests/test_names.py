@@ -5,16 +5,44 @@ import pytest
 from transcribed.names import display_name, is_candidate
 
 
-@pytest.mark.parametrize("name", ["a.wav", "x/y/Meeting 1.MP3", "会议.flac", "a.opus", "b.wma",
-                                  "c.amr", "d.webm", "e.m4a", "f.aac", "g.mp4", "h.ogg", "i.oga"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a.wav",
+        "x/y/Meeting 1.MP3",
+        "会议.flac",
+        "a.opus",
+        "b.wma",
+        "c.amr",
+        "d.webm",
+        "e.m4a",
+        "f.aac",
+        "g.mp4",
+        "h.ogg",
+        "i.oga",
+    ],
+)
 def test_audio_names_are_candidates(name: str) -> None:
     assert is_candidate(name)
 
 
-@pytest.mark.parametrize("name", [".hidden.wav", "a.wav.part", "a.wav.tmp", "~lock.wav",
-                                  ".a.wav.Xy12Zq", "a.wav.crdownload", "x.syncthing.a.wav.tmp",
-                                  ".goutputstream-ABC", "notes.txt", "a.wav/.cache/b.wav",
-                                  ".transcribed-work/1.wav", "noextension"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        ".hidden.wav",
+        "a.wav.part",
+        "a.wav.tmp",
+        "~lock.wav",
+        ".a.wav.Xy12Zq",
+        "a.wav.crdownload",
+        "x.syncthing.a.wav.tmp",
+        ".goutputstream-ABC",
+        "notes.txt",
+        "a.wav/.cache/b.wav",
+        ".transcribed-work/1.wav",
+        "noextension",
+    ],
+)
 def test_temporary_hidden_and_non_audio_names_are_not(name: str) -> None:
     assert not is_candidate(name)
 

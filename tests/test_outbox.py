@@ -10,18 +10,31 @@ from transcribed.transcript import ModelInfo, Segment, SourceInfo, Transcript
 
 def _transcript(sha: str, text: str = "hello world") -> Transcript:
     return Transcript(
-        text=text, language="en", segments=(Segment(0.0, 1.5, text, "en"),), duration=1.5,
-        source=SourceInfo("a.wav", sha, 10), model=ModelInfo("m", "cpu", "float32"),
-        created="2026-01-01T00:00:00+00:00", processing_seconds=0.1,
-    )  # fmt: skip
+        text=text,
+        language="en",
+        segments=(Segment(0.0, 1.5, text, "en"),),
+        duration=1.5,
+        source=SourceInfo("a.wav", sha, 10),
+        model=ModelInfo("m", "cpu", "float32"),
+        created="2026-01-01T00:00:00+00:00",
+        processing_seconds=0.1,
+    )
 
 
 def test_publishes_txt_and_json_with_every_key_mirroring_subfolders(tmp_path: Path) -> None:
     written = Outbox(tmp_path, mode=0o640).publish(_transcript("a" * 64), "team/x/a.wav")
     assert sorted(p.name for p in written) == ["a.json", "a.txt"]
     data = json.loads((tmp_path / "team/x/a.json").read_text())
-    assert {"text", "language", "segments", "duration", "source", "model", "created",
-            "processing_seconds"} <= data.keys()  # fmt: skip
+    assert {
+        "text",
+        "language",
+        "segments",
+        "duration",
+        "source",
+        "model",
+        "created",
+        "processing_seconds",
+    } <= data.keys()
     assert data["segments"][0].keys() >= {"start", "end", "text", "language"}
     assert (tmp_path / "team/x/a.txt").read_text() == "hello world\n"
     assert (tmp_path / "team/x/a.txt").stat().st_mode & 0o777 == 0o640

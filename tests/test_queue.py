@@ -79,4 +79,6 @@ def test_an_unfinished_claim_is_visible_for_recovery(tmp_path: Path) -> None:
     job_id = jobs.begin_claim(b"a.wav", "w.wav")
     assert [job.id for job in jobs.in_state(JobState.CLAIMING)] == [job_id]
     jobs.abandon_claim(job_id)
-    assert sqlite3.connect(tmp_path / "q.db").execute("SELECT COUNT(*) FROM jobs").fetchone() == (0,)
+    assert sqlite3.connect(tmp_path / "q.db").execute("SELECT COUNT(*) FROM jobs").fetchone() == (
+        0,
+    )

@@ -1,12 +1,13 @@
 """The worker driven step by step with real parts: queue, child decoder, tiny model, outbox."""
 
+import itertools
 import json
 import threading
 from pathlib import Path
 
 import pytest
-from recordings import write_soundfile
 
+from recordings import write_soundfile
 from transcribed.decoder import ChildDecoder
 from transcribed.disposal import Disposer
 from transcribed.engine import Engine
@@ -21,43 +22,52 @@ def engine(tiny_model: Path) -> Engine:
 
 
 @pytest.fixture
-def setup(folders, engine):  # type: ignore[no-untyped-def]
+def setup(folders, engine):
     work = folders.inbox / ".transcribed-work"
     work.mkdir()
     jobs = JobQueue(folders.state / "q.db")
     decoder = ChildDecoder(timeout_seconds=60, memory_bytes=4 << 30, max_seconds=3600)
-    worker = Worker(jobs=jobs, work_dir=work, decoder=decoder, recognizer=engine,
-                    outbox=Outbox(folders.outbox), chunk_seconds=30, language=None, max_attempts=3,
-                    disposer=Disposer(jobs, work, "move", folders.archive, folders.failed),
-                    stop=threading.Event())  # fmt: skip
+    worker = Worker(
+        jobs=jobs,
+        work_dir=work,
+        decoder=decoder,
+        recognizer=engine,
+        outbox=Outbox(folders.outbox),
+        chunk_seconds=30,
+        language=None,
+        max_attempts=3,
+        disposer=Disposer(jobs, work, "move", folders.archive, folders.failed),
+        stop=threading.Event(),
+    )
     yield worker, jobs, work
     decoder.close()
 
 
-def _claim(jobs: JobQueue, work: Path, relpath: str, make) -> int:  # type: ignore[no-untyped-def]
+def _claim(jobs: JobQueue, work: Path, relpath: str, make) -> int:
     job_id = jobs.begin_claim(relpath.encode(), f"{len(list(work.iterdir()))}.flac")
     path = make(work / f"{len(list(work.iterdir()))}.flac")
     jobs.finish_claim(job_id, path.name * 8, path.stat().st_size)
     return job_id
 
 
-def test_a_long_recording_is_chunked_into_tiling_segments(setup, folders) -> None:  # type: ignore[no-untyped-def]
+def test_a_long_recording_is_chunked_into_tiling_segments(setup, folders) -> None:
     worker, jobs, work = setup
-    job_id = _claim(jobs, work, "long/meeting.flac",
-                    lambda p: write_soundfile(p, 75, 16000, "PCM_16", "FLAC"))  # fmt: skip
+    job_id = _claim(
+        jobs, work, "long/meeting.flac", lambda p: write_soundfile(p, 75, 16000, "PCM_16", "FLAC")
+    )
     assert worker.step() is True
     data = json.loads((folders.outbox / "long/meeting.json").read_text())
     segments = data["segments"]
     assert len(segments) >= 3 and segments[0]["start"] == 0 and segments[-1]["end"] == 75
     assert all(0 < s["end"] - s["start"] <= 30 for s in segments)
-    assert all(a["end"] == b["start"] for a, b in zip(segments, segments[1:]))
+    assert all(a["end"] == b["start"] for a, b in itertools.pairwise(segments))
     assert data["text"] and data["duration"] == 75
     assert jobs.get(job_id).state == JobState.DONE
     assert (folders.archive / "long/meeting.flac").is_file()
     assert worker.step() is False
 
 
-def test_a_transient_error_waits_with_the_original_untouched(setup, folders, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_transient_error_waits_with_the_original_untouched(setup, folders, monkeypatch) -> None:
     worker, jobs, work = setup
     job_id = _claim(jobs, work, "a.flac", lambda p: write_soundfile(p, 2, 16000, "PCM_16", "FLAC"))
 
@@ -72,9 +82,13 @@ def test_a_transient_error_waits_with_the_original_untouched(setup, folders, mon
     assert (work / job.work_name).is_file() and list(folders.outbox.iterdir()) == []
 
 
-def test_a_job_that_keeps_crashing_is_quarantined_after_max_attempts(setup, folders, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_job_that_keeps_crashing_is_quarantined_after_max_attempts(
+    setup, folders, monkeypatch
+) -> None:
     worker, jobs, work = setup
-    job_id = _claim(jobs, work, "poison.flac", lambda p: write_soundfile(p, 1, 16000, "PCM_16", "FLAC"))
+    job_id = _claim(
+        jobs, work, "poison.flac", lambda p: write_soundfile(p, 1, 16000, "PCM_16", "FLAC")
+    )
 
     def explode(*args: object, **kwargs: object) -> None:
         raise RuntimeError("model blew up")
@@ -88,7 +102,7 @@ def test_a_job_that_keeps_crashing_is_quarantined_after_max_attempts(setup, fold
     assert report["attempts"] == 3 and "model blew up" in report["error"]
 
 
-def test_duplicates_are_disposed_once_the_original_is_published(setup, folders) -> None:  # type: ignore[no-untyped-def]
+def test_duplicates_are_disposed_once_the_original_is_published(setup, folders) -> None:
     worker, jobs, work = setup
     first = jobs.begin_claim(b"a.flac", "1.flac")
     write_soundfile(work / "1.flac", 1, 16000, "PCM_16", "FLAC")
@@ -103,7 +117,7 @@ def test_duplicates_are_disposed_once_the_original_is_published(setup, folders) 
     assert sorted(p.name for p in folders.archive.iterdir()) == ["a.flac", "copy.flac"]
 
 
-def test_shutdown_requeues_the_current_job_without_counting_it(setup, folders) -> None:  # type: ignore[no-untyped-def]
+def test_shutdown_requeues_the_current_job_without_counting_it(setup, folders) -> None:
     worker, jobs, work = setup
     job_id = _claim(jobs, work, "a.flac", lambda p: write_soundfile(p, 2, 16000, "PCM_16", "FLAC"))
     worker.stop.set()

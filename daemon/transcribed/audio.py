@@ -20,8 +20,7 @@ _BLOCK_FRAMES = 1 << 16
 
 # ffmpeg demuxers for the audio formats we accept; playlists (hls, concat, …) are not here.
 AUDIO_DEMUXERS = (
-    "wav,w64,flac,mp3,ogg,mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,aac,amr,amrnb,amrwb,asf,"
-    "aiff,caf,au"
+    "wav,w64,flac,mp3,ogg,mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,aac,amr,amrnb,amrwb,asf,aiff,caf,au"
 )
 
 

@@ -20,7 +20,9 @@ def plan_chunks(audio: np.ndarray, sample_rate: int, max_seconds: float) -> list
     ranges: list[tuple[int, int]] = []
     start = 0
     while total - start > window:
-        end = _quietest_cut(energy, frame, start + int(window * (1 - _SEARCH_FRACTION)), start + window)
+        end = _quietest_cut(
+            energy, frame, start + int(window * (1 - _SEARCH_FRACTION)), start + window
+        )
         ranges.append((start, end))
         start = end
     ranges.append((start, total))
@@ -30,7 +32,8 @@ def plan_chunks(audio: np.ndarray, sample_rate: int, max_seconds: float) -> list
 def _frame_energy(audio: np.ndarray, frame: int) -> np.ndarray:
     usable = len(audio) // frame * frame
     frames = audio[:usable].reshape(-1, frame)
-    return np.einsum("ij,ij->i", frames, frames, dtype=np.float64)
+    energy: np.ndarray = np.einsum("ij,ij->i", frames, frames, dtype=np.float64)
+    return energy
 
 
 def _quietest_cut(energy: np.ndarray, frame: int, lo: int, hi: int) -> int:

@@ -39,18 +39,21 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     run = commands.add_parser(
-        "run", help="run the daemon in the foreground (what the systemd unit starts)",
+        "run",
+        help="run the daemon in the foreground (what the systemd unit starts)",
         description="Watch the inbox and transcribe every recording dropped into it. "
         "SIGTERM or Ctrl-C stops intake, finishes or requeues the current job and exits 0.",
-        epilog=_settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+        epilog=_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.set_defaults(handler=_run)
 
     once = commands.add_parser(
-        "transcribe", help="transcribe files once, without the daemon",
+        "transcribe",
+        help="transcribe files once, without the daemon",
         description="Transcribe FILEs now and write <stem>.txt and <stem>.json next to each "
         "file (or into --outbox). The files themselves are not moved or changed.",
-    )  # fmt: skip
+    )
     once.add_argument("files", nargs="+", type=Path, metavar="FILE", help="recordings")
     once.add_argument("--outbox", type=Path, help="write transcripts here instead")
     once.add_argument("--model", help="hub id or local folder (default: from config)")
@@ -60,12 +63,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
     for command in (run, once):
         command.add_argument(
-            "--config", type=Path, metavar="PATH",
+            "--config",
+            type=Path,
+            metavar="PATH",
             help=f"TOML config file (default: {DEFAULT_CONFIG_PATH} when it exists); "
             "TRANSCRIBED_<NAME> environment variables override it",
-        )  # fmt: skip
-        command.add_argument("--log-level", default="INFO",
-                             choices=["DEBUG", "INFO", "WARNING", "ERROR"])  # fmt: skip
+        )
+        command.add_argument(
+            "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+        )
     return parser
 
 
@@ -112,4 +118,3 @@ def _transcribe(args: argparse.Namespace) -> int:
 
     failures = transcribe_files(args.files, settings, args.outbox)
     return EXIT_FAILED if failures else 0
-

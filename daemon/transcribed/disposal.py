@@ -10,8 +10,13 @@ import stat
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
-from transcribed.durable import fsync_dir, link_or_copy_no_overwrite, make_folders, publish_bytes
-from transcribed.durable import unique_name
+from transcribed.durable import (
+    fsync_dir,
+    link_or_copy_no_overwrite,
+    make_folders,
+    publish_bytes,
+    unique_name,
+)
 from transcribed.queue import Job, JobQueue
 
 _SHRED_BLOCK = 1 << 20
@@ -62,8 +67,9 @@ class Disposer:
         assert target is not None
         report = {"error": error, "attempts": job.attempts, "time": _now()}
         reason = target.with_name(target.name + ".error.json")
-        publish_bytes(reason, json.dumps(report, indent=2).encode() + b"\n", replace=True,
-                      mode=self._mode)  # fmt: skip
+        publish_bytes(
+            reason, json.dumps(report, indent=2).encode() + b"\n", replace=True, mode=self._mode
+        )
         fsync_dir(reason.parent)
         return target
 

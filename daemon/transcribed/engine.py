@@ -41,7 +41,9 @@ def resolve_device(requested: str) -> torch.device:
             "nvidia-smi works?); use device = 'auto' or 'cpu' to run without one"
         )
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ModelError(f"device = {requested!r} but only {torch.cuda.device_count()} GPU(s) exist")
+        raise ModelError(
+            f"device = {requested!r} but only {torch.cuda.device_count()} GPU(s) exist"
+        )
     return device
 
 
@@ -108,7 +110,9 @@ class Engine:
         self._eos_ids = _eos_ids(model)
         from transformers.models.qwen3_asr.processing_qwen3_asr import LANGUAGE_CODE_TO_NAME
 
-        self._name_to_code = {name.lower(): code for code, name in LANGUAGE_CODE_TO_NAME.items()}
+        self._name_to_code: dict[str, str] = {
+            name.lower(): code for code, name in LANGUAGE_CODE_TO_NAME.items()
+        }
 
     @classmethod
     def load(cls, model: str, device: str, *, allow_download: bool, batch_size: int) -> "Engine":
@@ -129,9 +133,16 @@ class Engine:
         except (OSError, ValueError) as error:
             raise ModelError(f"cannot load the model from {folder}: {error}") from error
         network.to(torch_device).eval()
-        info = ModelInfo(id=model, device=str(torch_device), dtype=str(dtype).removeprefix("torch."))
-        log.info("model.loaded", model=model, device=info.device, dtype=info.dtype,
-                 seconds=round(time.monotonic() - started, 2))  # fmt: skip
+        info = ModelInfo(
+            id=model, device=str(torch_device), dtype=str(dtype).removeprefix("torch.")
+        )
+        log.info(
+            "model.loaded",
+            model=model,
+            device=info.device,
+            dtype=info.dtype,
+            seconds=round(time.monotonic() - started, 2),
+        )
         return cls(network, processor, info, batch_size)
 
     def transcribe(

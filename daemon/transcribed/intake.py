@@ -66,7 +66,9 @@ class Intake:
         if self._rescan_requested or self.clock() >= self._next_rescan:
             self._rescan_requested = False
             self.rescan()
-        return sum(self._claim_logged(relpath, identity) for relpath, identity in self._tracker.ready())
+        return sum(
+            self._claim_logged(relpath, identity) for relpath, identity in self._tracker.ready()
+        )
 
     def rescan(self) -> None:
         """Treat every candidate in the inbox as arrived: covers lost or impossible events."""
@@ -142,12 +144,17 @@ class Intake:
         digest, size = hash_descriptor(fd)
         job = self.jobs.finish_claim(job_id, digest, size)
         log.info(
-            "intake.claimed", job=job.id, file=display_name(relpath), bytes=size,
+            "intake.claimed",
+            job=job.id,
+            file=display_name(relpath),
+            bytes=size,
             duplicate_of=job.duplicate_of if job.state == JobState.DUPLICATE else None,
-        )  # fmt: skip
+        )
         return True
 
-    def _move_to_work(self, name: str, parent_fd: int, work_name: str, info: os.stat_result) -> bool:
+    def _move_to_work(
+        self, name: str, parent_fd: int, work_name: str, info: os.stat_result
+    ) -> bool:
         work_fd = os.open(self.work_dir, _DIR_FLAGS)
         try:
             try:
@@ -174,7 +181,9 @@ def _open_folder(root: Path, parts: tuple[str, ...]) -> int:
             child = os.open(part, _DIR_FLAGS, dir_fd=fd)
         except OSError as error:
             os.close(fd)
-            raise Refused(f"folder {display_name(part)} cannot be entered safely: {error}") from None
+            raise Refused(
+                f"folder {display_name(part)} cannot be entered safely: {error}"
+            ) from None
         os.close(fd)
         fd = child
     return fd

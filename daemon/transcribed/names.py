@@ -6,10 +6,25 @@ from pathlib import PurePosixPath
 
 AUDIO_EXTENSIONS = frozenset(
     {
-        ".wav", ".wave", ".flac", ".mp3", ".m4a", ".aac", ".mp4", ".ogg", ".oga",
-        ".opus", ".webm", ".amr", ".wma", ".aiff", ".aif", ".caf", ".mka",
+        ".wav",
+        ".wave",
+        ".flac",
+        ".mp3",
+        ".m4a",
+        ".aac",
+        ".mp4",
+        ".ogg",
+        ".oga",
+        ".opus",
+        ".webm",
+        ".amr",
+        ".wma",
+        ".aiff",
+        ".aif",
+        ".caf",
+        ".mka",
     }
-)  # fmt: skip
+)
 
 # Names that writers use while a file is still being written or synced: never a finished file.
 _TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".crdownload", ".download", ".swp")
@@ -39,7 +54,7 @@ _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def display_name(path: str | bytes) -> str:
-    """A printable, single-line rendering of a file name: invalid UTF-8 and control chars escaped."""
+    """A printable, one-line rendering of a file name: invalid UTF-8 and control chars escaped."""
     raw = path if isinstance(path, bytes) else os.fsencode(path)
     text = raw.decode("utf-8", errors="backslashreplace")
     return _UNPRINTABLE.sub(lambda match: f"\\x{ord(match.group()):02x}", text)

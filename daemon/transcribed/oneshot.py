@@ -28,8 +28,12 @@ def transcribe_files(files: list[Path], settings: ModelSettings, outbox_dir: Pat
     decoder = make_decoder(settings)
     console = Console(stderr=True)
     failures = 0
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     try:
         with Progress(*columns, console=console, transient=False) as progress:
             task = progress.add_task("transcribing", total=len(files))
@@ -39,9 +43,13 @@ def transcribe_files(files: list[Path], settings: ModelSettings, outbox_dir: Pat
                 try:
                     audio = decoder.decode(path)
                     transcript = transcribe_audio(
-                        audio, _source(path), engine, chunk_seconds=settings.chunk_seconds,
-                        language=settings.language, started=started,
-                    )  # fmt: skip
+                        audio,
+                        _source(path),
+                        engine,
+                        chunk_seconds=settings.chunk_seconds,
+                        language=settings.language,
+                        started=started,
+                    )
                     outbox = Outbox(outbox_dir or path.parent, mode=settings.output_mode)
                     written = outbox.publish(transcript, path.name)
                     console.print(f"{display_name(str(path))} -> {display_name(str(written[-1]))}")

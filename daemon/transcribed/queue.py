@@ -119,7 +119,8 @@ class JobQueue:
         """The file is in the work folder: queue it, or mark it a duplicate of a live job."""
         with self._transaction() as db:
             original = db.execute(
-                f"SELECT id FROM jobs WHERE sha256 = ? AND id != ? AND state IN ({_marks(_LIVE)})"
+                # Only "?" placeholders are interpolated into the statement.
+                f"SELECT id FROM jobs WHERE sha256 = ? AND id != ? AND state IN ({_marks(_LIVE)})"  # noqa: S608
                 " ORDER BY id LIMIT 1",
                 (sha256, job_id, *_LIVE),
             ).fetchone()
@@ -133,9 +134,7 @@ class JobQueue:
 
     def abandon_claim(self, job_id: int) -> None:
         """The rename never happened: forget the intent."""
-        self._db.execute(
-            "DELETE FROM jobs WHERE id = ? AND state = ?", (job_id, JobState.CLAIMING)
-        )
+        self._db.execute("DELETE FROM jobs WHERE id = ? AND state = ?", (job_id, JobState.CLAIMING))
 
     def next_job(self) -> Job | None:
         """Start the oldest due queued job: it becomes running and its attempt is counted."""

@@ -44,8 +44,12 @@ def make_decoder(settings: ModelSettings) -> ChildDecoder:
 
 
 def load_engine(settings: ModelSettings) -> Engine:
-    return Engine.load(settings.model, settings.device,
-                       allow_download=settings.allow_download, batch_size=settings.batch_size)  # fmt: skip
+    return Engine.load(
+        settings.model,
+        settings.device,
+        allow_download=settings.allow_download,
+        batch_size=settings.batch_size,
+    )
 
 
 class Daemon:
@@ -62,20 +66,32 @@ class Daemon:
             log.info("recover.claims_finished", jobs=recovered)
         self._decoder = make_decoder(settings)
         self._worker = Worker(
-            jobs=self._jobs, work_dir=settings.work_dir, decoder=self._decoder,
+            jobs=self._jobs,
+            work_dir=settings.work_dir,
+            decoder=self._decoder,
             recognizer=load_engine(settings),
             outbox=Outbox(settings.outbox, mode=settings.output_mode),
-            disposer=Disposer(self._jobs, settings.work_dir, settings.disposal,
-                              settings.archive_dir, settings.failed_dir, settings.output_mode),
-            chunk_seconds=settings.chunk_seconds, language=settings.language,
-            max_attempts=settings.max_attempts, stop=self.stop,
-        )  # fmt: skip
+            disposer=Disposer(
+                self._jobs,
+                settings.work_dir,
+                settings.disposal,
+                settings.archive_dir,
+                settings.failed_dir,
+                settings.output_mode,
+            ),
+            chunk_seconds=settings.chunk_seconds,
+            language=settings.language,
+            max_attempts=settings.max_attempts,
+            stop=self.stop,
+        )
         self._intake = Intake(
-            inbox=settings.inbox, work_dir=settings.work_dir,
+            inbox=settings.inbox,
+            work_dir=settings.work_dir,
             jobs=JobQueue(database_path(settings)),  # its own connection: it runs in its own thread
-            arrivals=self._arrivals, settle_seconds=settings.settle_seconds,
+            arrivals=self._arrivals,
+            settle_seconds=settings.settle_seconds,
             rescan_seconds=settings.rescan_seconds,
-        )  # fmt: skip
+        )
 
     def run(self) -> int:
         self._install_signal_handlers()
@@ -107,8 +123,12 @@ class Daemon:
         return 0
 
     def _start_observer(self) -> BaseObserver:
-        return start_observer(self.settings.inbox, self._arrivals, self.settings.watch_mode,
-                              self.settings.poll_seconds)  # fmt: skip
+        return start_observer(
+            self.settings.inbox,
+            self._arrivals,
+            self.settings.watch_mode,
+            self.settings.poll_seconds,
+        )
 
     def _install_signal_handlers(self) -> None:
         def handle(signum: int, frame: FrameType | None) -> None:

@@ -67,9 +67,7 @@ class ModelSettings(BaseSettings):
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
-        if value in ("auto", "cpu", "cuda") or (
-            value.startswith("cuda:") and value[5:].isdigit()
-        ):
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError("must be auto, cpu, cuda or cuda:N (for example cuda:0)")
 
@@ -146,7 +144,9 @@ def load_settings(config_path: Path | None, kind: type[SettingsT], **overrides: 
     if path is not None and not path.is_file():
         raise ConfigError(f"config file {path} does not exist (check --config)")
 
-    file_settings = type(kind.__name__, (kind,), {"model_config": SettingsConfigDict(toml_file=path)})
+    file_settings = type(
+        kind.__name__, (kind,), {"model_config": SettingsConfigDict(toml_file=path)}
+    )
     try:
         return file_settings(**overrides)  # type: ignore[no-any-return]
     except ValidationError as error:
@@ -174,7 +174,11 @@ def _describe(error: ValidationError, path: Path | None) -> str:
 
 def check_folders(settings: Settings) -> None:
     """Refuse to run with folders that are missing, unwritable, or would loop through the inbox."""
-    folders = {"inbox": settings.inbox, "outbox": settings.outbox, "failed_dir": settings.failed_dir}
+    folders = {
+        "inbox": settings.inbox,
+        "outbox": settings.outbox,
+        "failed_dir": settings.failed_dir,
+    }
     if settings.archive_dir is not None and settings.disposal == "move":
         folders["archive_dir"] = settings.archive_dir
     problems = [p for name, folder in folders.items() if (p := _folder_problem(name, folder))]

@@ -10,8 +10,14 @@ Its text is random; it proves structure, never words.
 import sys
 from pathlib import Path
 
-_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>",
-                   "<|audio_start|>", "<|audio_pad|>", "<|audio_end|>"]  # fmt: skip
+_SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|audio_start|>",
+    "<|audio_pad|>",
+    "<|audio_end|>",
+]
 
 # The shape of Qwen3-ASR's chat template: system turn (context), user turn (audio), assistant.
 _CHAT_TEMPLATE = (
@@ -47,28 +53,51 @@ def build_tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(_CORPUS, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=_SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    ))  # fmt: skip
+    bpe.train_from_iterator(
+        _CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=_SPECIAL_TOKENS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     # <asr_text> is an ordinary added token in the real tokenizer: decoding keeps it, so the
     # processor's parser can split "language X<asr_text>text".
     bpe.add_tokens([AddedToken("<asr_text>", special=False)])
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        extra_special_tokens={"audio_token": "<|audio_pad|>", "audio_bos_token": "<|audio_start|>",
-                              "audio_eos_token": "<|audio_end|>"},
-    )  # fmt: skip
+        tokenizer_object=bpe,
+        eos_token="<|im_end|>",  # noqa: S106 (a token name, not a password)
+        pad_token="<|endoftext|>",  # noqa: S106
+        extra_special_tokens={
+            "audio_token": "<|audio_pad|>",
+            "audio_bos_token": "<|audio_start|>",
+            "audio_eos_token": "<|audio_end|>",
+        },
+    )
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in _SPECIAL_TOKENS}
     config = Qwen3ASRConfig(
-        audio_config={"encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 32,
-                      "d_model": 16, "output_dim": 32, "downsample_hidden_size": 8},
-        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
-                     "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
-                     "head_dim": 16, "max_position_embeddings": 8192},
-        audio_token_id=ids["<|audio_pad|>"], pad_token_id=ids["<|endoftext|>"],
+        audio_config={
+            "encoder_layers": 1,
+            "encoder_attention_heads": 2,
+            "encoder_ffn_dim": 32,
+            "d_model": 16,
+            "output_dim": 32,
+            "downsample_hidden_size": 8,
+        },
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 16,
+            "max_position_embeddings": 8192,
+        },
+        audio_token_id=ids["<|audio_pad|>"],
+        pad_token_id=ids["<|endoftext|>"],
         eos_token_id=[ids["<|endoftext|>"], ids["<|im_end|>"]],
-    )  # fmt: skip
+    )
     torch.manual_seed(seed)
     model = Qwen3ASRForConditionalGeneration(config)
     with torch.no_grad():
@@ -78,8 +107,11 @@ def build_tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
         model.get_input_embeddings().weight[[*ids.values(), *invisible]] = 0
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
-    processor = Qwen3ASRProcessor(feature_extractor=Qwen3ASRFeatureExtractor(),
-                                  tokenizer=tokenizer, chat_template=_CHAT_TEMPLATE)  # fmt: skip
+    processor = Qwen3ASRProcessor(
+        feature_extractor=Qwen3ASRFeatureExtractor(),
+        tokenizer=tokenizer,
+        chat_template=_CHAT_TEMPLATE,
+    )
     processor.save_pretrained(folder)
     return folder
 

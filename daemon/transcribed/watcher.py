@@ -85,9 +85,7 @@ def start_observer(
     inbox: Path, arrivals: "queue.SimpleQueue[str]", mode: str, poll_seconds: float
 ) -> BaseObserver:
     """A started, recursive observer feeding `arrivals`."""
-    observer: BaseObserver = (
-        PollingObserver(timeout=poll_seconds) if mode == "poll" else Observer()
-    )
+    observer: BaseObserver = PollingObserver(timeout=poll_seconds) if mode == "poll" else Observer()
     observer.schedule(ArrivalHandler(inbox, arrivals), str(inbox), recursive=True)
     observer.daemon = True
     observer.start()

@@ -11,8 +11,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -112,20 +112,31 @@ class Worker:
     def _transcribe_and_publish(self, job: Job, started: float) -> None:
         audio = self.decoder.decode(self.work_dir / job.work_name)
         assert job.sha256 is not None and job.size is not None
-        source = SourceInfo(name=display_name(os.path.basename(job.relpath)),
-                            sha256=job.sha256, size=job.size)  # fmt: skip
+        source = SourceInfo(
+            name=display_name(os.path.basename(job.relpath)), sha256=job.sha256, size=job.size
+        )
         transcript = transcribe_audio(
-            audio, source, self.recognizer, chunk_seconds=self.chunk_seconds,
-            language=self.language, should_stop=self.stop.is_set, started=started,
-        )  # fmt: skip
+            audio,
+            source,
+            self.recognizer,
+            chunk_seconds=self.chunk_seconds,
+            language=self.language,
+            should_stop=self.stop.is_set,
+            started=started,
+        )
         del audio
         try:
             outputs = self.outbox.publish(transcript, os.fsdecode(job.relpath))
         except OSError as error:  # disk full, unwritable, I/O error: nothing lost, try later
             raise TransientError(f"cannot write the transcript: {error}") from error
         self.jobs.mark_published(job.id, [str(path) for path in outputs])
-        log.info("job.published", job=job.id, audio_seconds=transcript.duration,
-                 segments=len(transcript.segments), language=transcript.language)  # fmt: skip
+        log.info(
+            "job.published",
+            job=job.id,
+            audio_seconds=transcript.duration,
+            segments=len(transcript.segments),
+            language=transcript.language,
+        )
 
     def _retry_or_quarantine(self, job: Job, error: str) -> None:
         if job.attempts >= self.max_attempts:
@@ -136,8 +147,13 @@ class Worker:
     def _fail(self, job: Job, error: str) -> None:
         target = self.disposer.quarantine(job, error)
         self.jobs.mark_failed(job.id, error)
-        log.warning("job.failed", job=job.id, file=display_name(job.relpath), error=error,
-                    moved_to=display_name(str(target)))  # fmt: skip
+        log.warning(
+            "job.failed",
+            job=job.id,
+            file=display_name(job.relpath),
+            error=error,
+            moved_to=display_name(str(target)),
+        )
         self.on_finished(job, "failed")
 
     def _dispose(self, job: Job) -> None:
