@@ -19,7 +19,7 @@ from transcribed.durable import (
 )
 from transcribed.queue import Job, JobQueue
 
-_SHRED_BLOCK = 1 << 20
+_BLOCK = 1 << 20
 
 
 class Disposer:
@@ -100,7 +100,7 @@ def _same_bytes(first: Path, second: Path) -> bool:
         return False
     with first.open("rb") as a, second.open("rb") as b:
         while True:
-            block_a, block_b = a.read(_SHRED_BLOCK), b.read(_SHRED_BLOCK)
+            block_a, block_b = a.read(_BLOCK), b.read(_BLOCK)
             if block_a != block_b:
                 return False
             if not block_a:
@@ -120,7 +120,7 @@ def shred(path: Path) -> None:
             raise OSError(f"refusing to shred {path}: not a single-link regular file")
         remaining = info.st_size
         while remaining:
-            written = os.write(fd, os.urandom(min(remaining, _SHRED_BLOCK)))
+            written = os.write(fd, os.urandom(min(remaining, _BLOCK)))
             remaining -= written
         os.fsync(fd)
         if not os.path.samestat(os.stat(path, follow_symlinks=False), info):

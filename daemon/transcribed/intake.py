@@ -76,10 +76,6 @@ class Intake:
         for relpath in walk_candidates(self.inbox):
             self._tracker.arrived(relpath)
 
-    @property
-    def pending(self) -> int:
-        return len(self._tracker)
-
     def run(self, stop: threading.Event, tick: float = 0.25) -> None:
         """Plain runner for the intake thread."""
         while not stop.is_set():
