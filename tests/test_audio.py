@@ -65,7 +65,7 @@ def test_a_decode_that_runs_past_the_time_limit_kills_the_child(tmp_path) -> Non
     os.mkfifo(tmp_path / "hang.wav")  # opening a FIFO for reading blocks: a stand-in for a hang
     child = ChildDecoder(timeout_seconds=2, memory_bytes=1 << 30, max_seconds=100)
     try:
-        with pytest.raises(DecoderCrashed, match="longer than 2 s"):
+        with pytest.raises(DecoderCrashed, match="no progress for 2 s"):
             child.decode(Path(tmp_path / "hang.wav"))
         assert child._process is None
     finally:

@@ -4,7 +4,7 @@ import itertools
 
 import numpy as np
 
-from transcribed.chunking import plan_chunks
+from transcribed.chunking import StreamChunker, plan_chunks
 
 
 def test_short_audio_is_one_chunk_and_empty_audio_none() -> None:
@@ -26,3 +26,21 @@ def test_cuts_land_in_the_silence() -> None:
     audio[rate * 24 : rate * 25] = 0  # the only pause inside the search range
     (_first_start, first_end), _ = plan_chunks(audio, rate, 30)
     assert rate * 24 <= first_end <= rate * 25
+
+
+def test_the_stream_chunker_matches_whole_file_planning_and_holds_little() -> None:
+    rate = 16000
+    audio = np.random.default_rng(1).standard_normal(rate * 200).astype(np.float32)
+    audio[rate * 45 : rate * 46] = 0
+    chunker = StreamChunker(rate, 30)
+    pieces = []
+    for start in range(0, len(audio), 12345):  # odd block sizes, like a decoder's
+        pieces += chunker.feed(audio[start : start + 12345])
+        assert len(chunker._buffer) <= 30 * rate + 12345
+    pieces += chunker.finish()
+    assert np.array_equal(np.concatenate([chunk for _, chunk in pieces]), audio)
+    assert [start for start, _ in pieces] == list(
+        itertools.accumulate([0] + [len(chunk) for _, chunk in pieces[:-1]])
+    )
+    assert all(0 < len(chunk) <= 30 * rate for _, chunk in pieces)
+    assert [(s, s + len(c)) for s, c in pieces] == plan_chunks(audio, rate, 30)

@@ -27,7 +27,7 @@ def test_attempt_is_counted_when_a_job_starts_and_survives_a_crash(tmp_path: Pat
 
     after_restart = JobQueue(tmp_path / "q.db")
     assert after_restart.get(job_id).state == JobState.RUNNING
-    assert after_restart.recover_running() == 1
+    assert after_restart.recover_running(refund=False) == 1
     again = after_restart.next_job()
     assert again is not None and again.attempts == 2
 
@@ -37,9 +37,20 @@ def test_same_content_is_a_duplicate_of_the_live_job(tmp_path: Path) -> None:
     first = _queued(jobs, b"a.wav", "same")
     second = jobs.get(_queued(jobs, b"copy of a.wav", "same"))
     assert (second.state, second.duplicate_of) == (JobState.DUPLICATE, first)
-    assert jobs.duplicates_ready() == []
+    assert jobs.disposals_due() == []
     jobs.mark_published(first, ["/out/a.json"])
-    assert [job.id for job in jobs.duplicates_ready()] == [second.id]
+    assert [job.id for job in jobs.disposals_due()] == [first, second.id]
+
+
+def test_a_failed_disposal_waits_for_its_retry_time(tmp_path: Path) -> None:
+    jobs = JobQueue(tmp_path / "q.db")
+    job_id = _queued(jobs, b"a.wav", "aa")
+    jobs.mark_published(job_id, ["/out/a.json"])
+    jobs.defer_disposal(job_id, 3600, "archive full")
+    assert jobs.disposals_due() == []
+    assert jobs.get(job_id).disposal_failures == 1
+    jobs.defer_disposal(job_id, -1, "archive full")
+    assert [job.id for job in jobs.disposals_due()] == [job_id]
 
 
 def test_duplicates_of_a_failed_job_get_their_own_chance(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ crafted playlist or concat list cannot make ffmpeg read other files or the netwo
 The duration cap is enforced on decoded samples, never trusted from headers.
 """
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,31 +27,47 @@ AUDIO_DEMUXERS = (
 
 def decode(path: Path, max_seconds: float) -> np.ndarray:
     """The whole recording as 16 kHz mono float32; PermanentError when it is not usable audio."""
+    return np.concatenate([np.zeros(0, np.float32), *decode_blocks(path, max_seconds)])
+
+
+def decode_blocks(path: Path, max_seconds: float) -> Iterator[np.ndarray]:
+    """The recording as consecutive 16 kHz mono float32 blocks of a few seconds each.
+
+    PermanentError when it is not usable audio (possibly after some blocks: a corrupt tail).
+    """
     try:
-        audio = _collect(_soundfile_blocks(path), max_seconds)
+        source = _soundfile_blocks(path)
+        first = next(source, None)
     except RuntimeError:  # LibsndfileError and friends: not a format libsndfile can read
-        audio = _collect(_pyav_blocks(path), max_seconds)
-    if audio.size == 0:
+        source, first = _pyav_blocks(path), None
+    else:
+        source = itertools.chain([first], source) if first is not None else iter(())
+    produced = False
+    for block in _resampled(source, max_seconds):
+        produced = produced or block.size > 0
+        yield block
+    if not produced:
         raise PermanentError("no audio samples could be decoded")
-    return audio
 
 
-def _collect(blocks: Iterator[tuple[np.ndarray, int]], max_seconds: float) -> np.ndarray:
+def _resampled(
+    blocks: Iterator[tuple[np.ndarray, int]], max_seconds: float
+) -> Iterator[np.ndarray]:
     """Downmix and resample block by block, failing as soon as the cap is passed."""
-    pieces: list[np.ndarray] = []
     resampler: soxr.ResampleStream | None = None
     decoded_seconds = 0.0
-    for block, rate in blocks:
-        if resampler is None:
-            resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
-        decoded_seconds += len(block) / rate
-        if decoded_seconds > max_seconds:
-            raise PermanentError(f"longer than max_duration_seconds ({max_seconds:.0f} s)")
-        pieces.append(resampler.resample_chunk(_mono(block)))
-    if resampler is None:
-        return np.zeros(0, dtype=np.float32)
-    pieces.append(resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
-    return np.concatenate(pieces).astype(np.float32, copy=False)
+    try:
+        for block, rate in blocks:
+            if resampler is None:
+                resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+            decoded_seconds += len(block) / rate
+            if decoded_seconds > max_seconds:
+                raise PermanentError(f"longer than max_duration_seconds ({max_seconds:.0f} s)")
+            yield resampler.resample_chunk(_mono(block))
+    except RuntimeError as error:  # libsndfile failing mid-file: a corrupt or cut-off body
+        raise PermanentError(f"corrupt audio ({_short(error)})") from None
+    if resampler is not None:
+        yield resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
 
 
 def _mono(block: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ kills a disposable child, never the daemon; the parent restarts it for the next 
 import multiprocessing
 import os
 import resource
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from transcribed import faults
 from transcribed.errors import DecoderCrashed, PermanentError, TransientError
 
 
@@ -27,28 +29,49 @@ class ChildDecoder:
         self._process: BaseProcess | None = None
         self._conn: Connection | None = None
 
-    def decode(self, path: Path) -> np.ndarray:
-        """16 kHz mono float32 samples of `path`.
+    def decode(self, path: Path, label: str = "") -> np.ndarray:
+        """The whole recording in memory: for short files and tests; the worker streams."""
+        return np.concatenate([np.zeros(0, np.float32), *self.stream(path, label)])
 
+    def stream(self, path: Path, label: str = "") -> Iterator[np.ndarray]:
+        """16 kHz mono float32 blocks of `path`, a few seconds each, as the child decodes them.
+
+        The child waits while we are busy with earlier blocks (the pipe is small), so memory
+        holds a few blocks, not the recording. `label` names the file for fault injection.
         Raises PermanentError for files that are not usable audio and DecoderCrashed when the
-        child died or ran past the time limit.
+        child died or made no progress for the time limit. Abandoning the iterator early
+        kills the child (it is mid-file); the next request starts a fresh one.
         """
         conn = self._ensure_child()
-        conn.send((str(path), self._max_seconds))
+        conn.send((str(path), self._max_seconds, label))
+        finished = False
+        try:
+            while True:
+                status, payload = self._receive(conn)
+                if status == "block":
+                    yield np.asarray(payload, dtype=np.float32)
+                    continue
+                finished = True
+                if status == "end":
+                    return
+                if status == "transient":
+                    raise TransientError(payload)
+                raise PermanentError(payload)
+        finally:
+            if not finished:
+                self.close()
+
+    def _receive(self, conn: Connection) -> tuple[str, Any]:
         if not conn.poll(self._timeout):
             self.close()
-            raise DecoderCrashed(f"decoding took longer than {self._timeout:.0f} s")
+            raise DecoderCrashed(f"decoding made no progress for {self._timeout:.0f} s")
         try:
-            status, payload = conn.recv()
+            message: tuple[str, Any] = conn.recv()
         except (EOFError, OSError):
             exit_code = self._process.exitcode if self._process else None
             self.close()
             raise DecoderCrashed(f"the decoder process died (exit code {exit_code})") from None
-        if status == "ok":
-            return np.asarray(payload, dtype=np.float32)
-        if status == "transient":
-            raise TransientError(payload)
-        raise PermanentError(payload)
+        return message
 
     def close(self) -> None:
         if self._process is not None:
@@ -74,28 +97,35 @@ class ChildDecoder:
 
 
 def _serve(conn: Connection, memory_bytes: int) -> None:
-    """Child main loop: decode each requested path, answer ("ok", samples) or ("error", why)."""
+    """Child main loop: stream each requested file as ("block", samples)… then ("end", None),
+    or ("error" | "transient", why)."""
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     # libmpg123 and ffmpeg print free-form notes about broken input; logs stay structured.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
-    from transcribed.audio import decode
-
     while True:
         try:
-            path, max_seconds = conn.recv()
+            path, max_seconds, label = conn.recv()
         except EOFError:
             return
-        answer: tuple[str, Any]
-        try:
-            answer = ("ok", decode(Path(path), max_seconds))
-        except PermanentError as error:
-            answer = ("error", str(error))
-        except MemoryError:
-            answer = ("error", "decoding needs more memory than decode_memory_mb allows")
-        except OSError as error:  # EIO, EACCES, a vanished mount: may work later
-            answer = ("transient", f"cannot read the file: {error}")
-        except Exception as error:  # any other decoder-library failure means unusable input
-            answer = ("error", f"cannot decode: {type(error).__name__}: {error}")
-        conn.send(answer)
+        faults.point("decoder.child", label)
+        conn.send(_stream_one(conn, Path(path), max_seconds))
+
+
+def _stream_one(conn: Connection, path: Path, max_seconds: float) -> tuple[str, Any]:
+    """Send the blocks of one file; return the closing message."""
+    from transcribed.audio import decode_blocks  # decoder libraries load only in the child
+
+    try:
+        for block in decode_blocks(path, max_seconds):
+            conn.send(("block", block))
+    except PermanentError as error:
+        return ("error", str(error))
+    except MemoryError:
+        return ("error", "decoding needs more memory than decode_memory_mb allows")
+    except OSError as error:  # EIO, EACCES, a vanished mount: may work later
+        return ("transient", f"cannot read the file: {error}")
+    except Exception as error:  # any other decoder-library failure means unusable input
+        return ("error", f"cannot decode: {type(error).__name__}: {error}")
+    return ("end", None)

@@ -3,8 +3,14 @@
 import contextlib
 import errno
 import os
+import re
 import secrets
 from pathlib import Path
+
+from transcribed import faults
+
+# Longest file name (in bytes) that common Linux filesystems accept.
+NAME_MAX = 255
 
 
 def fsync_dir(directory: Path) -> None:
@@ -16,20 +22,42 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+TEMP_SUFFIX = ".tmp"
+
+
 def temp_name(final_name: str) -> str:
     """A hidden temp name beside the final one: ignored by our watcher and by most tools."""
-    return f".{final_name}.{secrets.token_hex(4)}.tmp"
+    return "." + fit_name(final_name, f".{secrets.token_hex(4)}{TEMP_SUFFIX}", reserve=1)
 
 
-def write_temp(directory: Path, final_name: str, data: bytes, mode: int = 0o640) -> Path:
-    """Write `data` to a fresh fsynced temp file in `directory` and return its path."""
+def fit_name(stem: str, suffix: str, reserve: int = 0) -> str:
+    """`stem + suffix`, with `stem` shortened (on a character boundary) so the name fits in
+    NAME_MAX bytes with `reserve` bytes to spare: a 255-byte recording name still gets
+    `<name>.error.json`, `<stem>-2.json` and temp names."""
+    room = NAME_MAX - reserve - len(os.fsencode(suffix))
+    raw = os.fsencode(stem)
+    if len(raw) <= room:
+        return stem + suffix
+    return os.fsdecode(raw[:room].decode("utf-8", "ignore").encode()) + suffix
+
+
+def write_temp(
+    directory: Path, final_name: str, data: bytes, mode: int = 0o640, label: str = "file"
+) -> Path:
+    """Write `data` to a fresh fsynced temp file in `directory` and return its path.
+
+    The mode is set exactly (not filtered by the umask): it is the user's privacy setting.
+    """
     temp = directory / temp_name(final_name)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
     try:
+        os.fchmod(fd, mode)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
+        faults.point(f"{label}.written", final_name)
         os.fsync(fd)
+        faults.point(f"{label}.fsynced", final_name)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
@@ -39,21 +67,24 @@ def write_temp(directory: Path, final_name: str, data: bytes, mode: int = 0o640)
     return temp
 
 
-def publish_bytes(target: Path, data: bytes, *, replace: bool, mode: int = 0o640) -> bool:
+def publish_bytes(
+    target: Path, data: bytes, *, replace: bool, mode: int = 0o640, label: str = "file"
+) -> bool:
     """Atomically make `target` hold `data`; readers see the old file or the new, never a part.
 
     With `replace=False` an existing target is left alone and False is returned.
     The caller fsyncs the folder once after publishing everything that belongs together.
     """
-    temp = write_temp(target.parent, target.name, data, mode)
+    temp = write_temp(target.parent, target.name, data, mode, label)
     try:
         if replace:
             os.replace(temp, target)
-            return True
-        try:
-            os.link(temp, target)
-        except FileExistsError:
-            return False
+        else:
+            try:
+                os.link(temp, target)
+            except FileExistsError:
+                return False
+        faults.point(f"{label}.published", target.name)
         return True
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -98,15 +129,16 @@ def _copy_fsynced(source: Path, target: Path) -> None:
         os.close(src)
 
 
-def unique_name(directory: Path, name: str) -> Path:
-    """`directory/name`, or `stem-2.ext`, `stem-3.ext`… for the first name not yet taken."""
-    candidate = directory / name
+def unique_name(directory: Path, name: str, reserve: int = 0) -> Path:
+    """`directory/name`, or `stem-2.ext`, `stem-3.ext`… for the first name not yet taken,
+    shortened where needed to leave `reserve` bytes for a suffix the caller adds."""
     stem, dot, suffix = name.rpartition(".")
     if not stem:
         stem, dot, suffix = name, "", ""
+    candidate = directory / fit_name(stem, dot + suffix, reserve)
     number = 2
     while os.path.lexists(candidate):
-        candidate = directory / f"{stem}-{number}{dot}{suffix}"
+        candidate = directory / fit_name(stem, f"-{number}{dot}{suffix}", reserve)
         number += 1
     return candidate
 
@@ -123,3 +155,21 @@ def make_folders(root: Path, relative: Path) -> Path:
             pass
         folder = child
     return folder
+
+
+_OUR_TEMP = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$", re.DOTALL)
+
+
+def remove_stale_temps(root: Path) -> int:
+    """Delete temp files a crash left below `root` (never a finished file: those have their
+    final names); return how many. Only our own pattern is touched, and no symlink followed."""
+    removed = 0
+    for folder, _subfolders, files in os.walk(root):  # os.walk never enters symlinked folders
+        stale = [name for name in files if _OUR_TEMP.match(name)]
+        for name in stale:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(folder, name))
+                removed += 1
+        if stale:
+            fsync_dir(Path(folder))
+    return removed

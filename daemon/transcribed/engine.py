@@ -106,7 +106,7 @@ class Engine:
         self._model = model
         self._processor = processor
         self.info = info
-        self._batch_size = batch_size
+        self.batch_size = batch_size
         self._eos_ids = _eos_ids(model)
         from transformers.models.qwen3_asr.processing_qwen3_asr import LANGUAGE_CODE_TO_NAME
 
@@ -156,10 +156,10 @@ class Engine:
         batch pads little; `should_stop` is checked between batches."""
         order = sorted(range(len(chunks)), key=lambda index: -len(chunks[index]))
         results: dict[int, ChunkText] = {}
-        for first in range(0, len(order), self._batch_size):
+        for first in range(0, len(order), self.batch_size):
             if should_stop():
                 raise ShutdownRequested("stopping between model batches")
-            batch = order[first : first + self._batch_size]
+            batch = order[first : first + self.batch_size]
             texts = self._generate_adaptive([chunks[i] for i in batch], language, context)
             results.update(zip(batch, texts, strict=True))
         return [results[index] for index in range(len(chunks))]

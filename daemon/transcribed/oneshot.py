@@ -14,7 +14,7 @@ from transcribed.intake import hash_descriptor
 from transcribed.logs import get_logger
 from transcribed.names import display_name
 from transcribed.outbox import Outbox
-from transcribed.pipeline import transcribe_audio
+from transcribed.pipeline import transcribe_stream
 from transcribed.service import load_engine, make_decoder
 from transcribed.settings import ModelSettings
 from transcribed.transcript import SourceInfo
@@ -41,9 +41,8 @@ def transcribe_files(files: list[Path], settings: ModelSettings, outbox_dir: Pat
                 progress.update(task, description=display_name(path.name))
                 started = time.monotonic()
                 try:
-                    audio = decoder.decode(path)
-                    transcript = transcribe_audio(
-                        audio,
+                    transcript = transcribe_stream(
+                        decoder.stream(path, path.name),
                         _source(path),
                         engine,
                         chunk_seconds=settings.chunk_seconds,

@@ -10,7 +10,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-from transcribed.durable import fsync_dir, make_folders, publish_bytes
+from transcribed import faults
+from transcribed.durable import fit_name, fsync_dir, make_folders, publish_bytes
 from transcribed.transcript import Transcript
 
 
@@ -42,16 +43,19 @@ class Outbox:
         written = []
         for extension in self._formats:
             target = folder / f"{stem}.{extension}"
-            publish_bytes(target, WRITERS[extension](transcript), replace=True, mode=self._mode)
+            data = WRITERS[extension](transcript)
+            publish_bytes(target, data, replace=True, mode=self._mode, label=f"outbox.{extension}")
             written.append(target)
         fsync_dir(folder)
+        faults.point("outbox.fsynced", stem)
         return written
 
     def _free_stem(self, folder: Path, stem: str, sha256: str) -> str:
         """`stem`, or `stem-2`, `stem-3`…: the first whose files are absent or hold this content."""
-        candidate, number = stem, 2
+        reserve = max(len(f".{extension}") for extension in self._formats)
+        candidate, number = fit_name(stem, "", reserve), 2
         while not self._usable(folder, candidate, sha256):
-            candidate, number = f"{stem}-{number}", number + 1
+            candidate, number = fit_name(stem, f"-{number}", reserve), number + 1
         return candidate
 
     def _usable(self, folder: Path, stem: str, sha256: str) -> bool:

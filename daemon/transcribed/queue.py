@@ -14,12 +14,15 @@ States and what each guarantees:
 
 import enum
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from transcribed import faults
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -35,6 +38,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     error        TEXT,
     outputs      TEXT,
     disposed_to  TEXT,
+    disposal_failures INTEGER NOT NULL DEFAULT 0,
     created      REAL    NOT NULL,
     updated      REAL    NOT NULL
 );
@@ -70,6 +74,7 @@ class Job:
     error: str | None
     outputs: tuple[str, ...]
     disposed_to: str | None
+    disposal_failures: int = 0
 
 
 class JobQueue:
@@ -86,7 +91,16 @@ class JobQueue:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         self._now = time.time
+
+    def _migrate(self) -> None:
+        """Bring a database written by an older version up to this schema."""
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "disposal_failures" not in columns:
+            self._db.execute(
+                "ALTER TABLE jobs ADD COLUMN disposal_failures INTEGER NOT NULL DEFAULT 0"
+            )
 
     def close(self) -> None:
         self._db.close()
@@ -113,6 +127,7 @@ class JobQueue:
             (JobState.CLAIMING, relpath, work_name, now, now),
         )
         assert cursor.lastrowid is not None
+        faults.point("db.claiming")
         return cursor.lastrowid
 
     def finish_claim(self, job_id: int, sha256: str, size: int) -> Job:
@@ -130,6 +145,7 @@ class JobQueue:
                 " WHERE id = ?",
                 (state, sha256, size, original["id"] if original else None, self._now(), job_id),
             )
+        faults.point(f"db.{state}")
         return self.get(job_id)
 
     def abandon_claim(self, job_id: int) -> None:
@@ -137,15 +153,20 @@ class JobQueue:
         self._db.execute("DELETE FROM jobs WHERE id = ? AND state = ?", (job_id, JobState.CLAIMING))
 
     def next_job(self) -> Job | None:
-        """Start the oldest due queued job: it becomes running and its attempt is counted."""
-        row = self._db.execute(
-            "UPDATE jobs SET state = ?, attempts = attempts + 1, updated = ?"
-            " WHERE id = (SELECT id FROM jobs WHERE state = ? AND not_before <= ?"
-            "             ORDER BY id LIMIT 1)"
-            " RETURNING *",
-            (JobState.RUNNING, self._now(), JobState.QUEUED, self._now()),
-        ).fetchone()
-        return _job(row) if row else None
+        """Start the oldest due queued job: it becomes running and its attempt is counted, in
+        one committed transaction before any work starts."""
+        with self._transaction() as db:
+            rows = db.execute(
+                "UPDATE jobs SET state = ?, attempts = attempts + 1, updated = ?"
+                " WHERE id = (SELECT id FROM jobs WHERE state = ? AND not_before <= ?"
+                "             ORDER BY id LIMIT 1)"
+                " RETURNING *",
+                (JobState.RUNNING, self._now(), JobState.QUEUED, self._now()),
+            ).fetchall()  # all rows read: the statement is finished before COMMIT
+        if not rows:
+            return None
+        faults.point("db.running", os.fsdecode(bytes(rows[0]["relpath"])))
+        return _job(rows[0])
 
     def mark_published(self, job_id: int, outputs: list[str]) -> None:
         """The transcript files are durable; disposal of the original may start."""
@@ -157,6 +178,7 @@ class JobQueue:
             "UPDATE jobs SET disposed_to = ?, updated = ? WHERE id = ?",
             (target, self._now(), job_id),
         )
+        faults.point("db.disposal_target")
 
     def mark_done(self, job_id: int) -> None:
         """The original has been disposed of; nothing is left to do for this file."""
@@ -175,24 +197,42 @@ class JobQueue:
             (JobState.QUEUED, self._now() + delay, error, self._now(), int(refund), job_id),
         )
 
-    def recover_running(self) -> int:
-        """After a restart: attempts that were cut short go back to the queue (still counted)."""
+    def recover_running(self, *, refund: bool) -> int:
+        """Attempts that were cut short go back to the queue; `refund` un-counts them (when the
+        cause was ours, e.g. the database could not be written)."""
         cursor = self._db.execute(
-            "UPDATE jobs SET state = ?, updated = ? WHERE state = ?",
-            (JobState.QUEUED, self._now(), JobState.RUNNING),
+            "UPDATE jobs SET state = ?, updated = ?, attempts = attempts - ? WHERE state = ?",
+            (JobState.QUEUED, self._now(), int(refund), JobState.RUNNING),
         )
         return cursor.rowcount
+
+    def defer_disposal(self, job_id: int, delay: float, error: str) -> None:
+        """Disposal failed (archive full, unwritable…): try again after `delay` seconds."""
+        self._db.execute(
+            "UPDATE jobs SET not_before = ?, error = ?, disposal_failures = disposal_failures + 1,"
+            " updated = ? WHERE id = ?",
+            (self._now() + delay, error, self._now(), job_id),
+        )
 
     def in_state(self, state: JobState) -> list[Job]:
         rows = self._db.execute("SELECT * FROM jobs WHERE state = ? ORDER BY id", (state,))
         return [_job(row) for row in rows]
 
-    def duplicates_ready(self) -> list[Job]:
-        """Duplicates whose original's transcript is durable: safe to dispose of."""
+    def disposals_due(self) -> list[Job]:
+        """Originals that may be disposed of now: their own transcript is durable (published),
+        or they duplicate one whose transcript is; minus those waiting after a failure."""
         rows = self._db.execute(
-            "SELECT d.* FROM jobs d JOIN jobs o ON o.id = d.duplicate_of"
-            " WHERE d.state = ? AND o.state IN (?, ?) ORDER BY d.id",
-            (JobState.DUPLICATE, JobState.PUBLISHED, JobState.DONE),
+            "SELECT j.* FROM jobs j LEFT JOIN jobs o ON o.id = j.duplicate_of"
+            " WHERE j.not_before <= ? AND (j.state = ?"
+            "   OR (j.state = ? AND o.state IN (?, ?)))"
+            " ORDER BY j.id",
+            (
+                self._now(),
+                JobState.PUBLISHED,
+                JobState.DUPLICATE,
+                JobState.PUBLISHED,
+                JobState.DONE,
+            ),
         )
         return [_job(row) for row in rows]
 
@@ -221,6 +261,7 @@ class JobQueue:
             f"UPDATE jobs SET state = ?, updated = ?{assignments} WHERE id = ?",  # noqa: S608
             (state, self._now(), *columns.values(), job_id),
         )
+        faults.point(f"db.{state}")
 
 
 def _marks(values: tuple[object, ...]) -> str:
@@ -240,4 +281,5 @@ def _job(row: sqlite3.Row) -> Job:
         error=row["error"],
         outputs=tuple(json.loads(row["outputs"])) if row["outputs"] else (),
         disposed_to=row["disposed_to"],
+        disposal_failures=row["disposal_failures"],
     )

@@ -13,17 +13,16 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from watchdog.observers.api import BaseObserver
-
 from transcribed.decoder import ChildDecoder
 from transcribed.disposal import Disposer
+from transcribed.durable import remove_stale_temps
 from transcribed.engine import Engine
 from transcribed.intake import Intake, recover_claims
 from transcribed.logs import get_logger
 from transcribed.outbox import Outbox
 from transcribed.queue import JobQueue
 from transcribed.settings import ModelSettings, Settings, check_folders
-from transcribed.watcher import start_observer
+from transcribed.watcher import ObserverSupervisor
 from transcribed.worker import Worker
 
 log = get_logger(__name__)
@@ -64,6 +63,9 @@ class Daemon:
         settings.work_dir.mkdir(mode=0o700, exist_ok=True)
         if recovered := recover_claims(self._jobs, settings.work_dir):
             log.info("recover.claims_finished", jobs=recovered)
+        for folder in (settings.outbox, settings.archive_dir, settings.failed_dir):
+            if folder is not None and (removed := remove_stale_temps(folder)):
+                log.info("recover.temp_files_removed", folder=str(folder), files=removed)
         self._decoder = make_decoder(settings)
         self._worker = Worker(
             jobs=self._jobs,
@@ -82,6 +84,7 @@ class Daemon:
             chunk_seconds=settings.chunk_seconds,
             language=settings.language,
             max_attempts=settings.max_attempts,
+            retry_seconds=settings.retry_seconds,
             stop=self.stop,
         )
         self._intake = Intake(
@@ -96,7 +99,13 @@ class Daemon:
     def run(self) -> int:
         self._install_signal_handlers()
         self._worker.recover()
-        observer = self._start_observer()
+        watch = ObserverSupervisor(
+            self.settings.inbox,
+            self._arrivals,
+            self.settings.watch_mode,
+            self.settings.poll_seconds,
+            self._intake.request_rescan,
+        )
         self._intake.rescan()  # files that arrived while we were not running
         log.info("daemon.ready", inbox=str(self.settings.inbox), counts=self._jobs.counts())
         threads = [
@@ -106,12 +115,9 @@ class Daemon:
         for thread in threads:
             thread.start()
         while not self.stop.wait(1.0):
-            if not observer.is_alive():
-                log.warning("watch.observer_died_restarting")
-                observer = self._start_observer()
-                self._intake.request_rescan()
+            watch.check()
         log.info("daemon.stopping")
-        observer.stop()
+        watch.stop()
         deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -121,14 +127,6 @@ class Daemon:
         self._decoder.close()
         log.info("daemon.stopped")
         return 0
-
-    def _start_observer(self) -> BaseObserver:
-        return start_observer(
-            self.settings.inbox,
-            self._arrivals,
-            self.settings.watch_mode,
-            self.settings.poll_seconds,
-        )
 
     def _install_signal_handlers(self) -> None:
         def handle(signum: int, frame: FrameType | None) -> None:

@@ -49,7 +49,9 @@ class ModelSettings(BaseSettings):
     )
     batch_size: int = Field(default=8, ge=1, le=256, description="Chunks per model call.")
     decode_timeout_seconds: float = Field(
-        default=600.0, gt=0, description="Decoding a single file longer than this fails it."
+        default=600.0,
+        gt=0,
+        description="A decoder that produces no audio this long is killed (counts as an attempt).",
     )
     decode_memory_mb: int = Field(
         default=8192, ge=256, description="Address-space limit of the decoder child process."
@@ -118,6 +120,11 @@ class Settings(ModelSettings):
     poll_seconds: float = Field(default=5.0, gt=0, description="Poll interval in poll mode.")
     max_attempts: int = Field(
         default=3, ge=1, description="Tries before a recording is quarantined in failed_dir."
+    )
+    retry_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="First wait before a retry; doubles each time, at most 10 minutes.",
     )
 
     @model_validator(mode="after")

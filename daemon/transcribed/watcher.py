@@ -6,7 +6,7 @@ kills its observer thread, and a full rescan covers whatever events are lost.
 
 import os
 import queue
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from watchdog.events import (
@@ -90,3 +90,35 @@ def start_observer(
     observer.daemon = True
     observer.start()
     return observer
+
+
+class ObserverSupervisor:
+    """Keeps one observer running: watchdog's thread can die (a raising handler, an inotify
+    error) without telling anyone. `check` restarts a dead one and asks for a rescan, since
+    events were lost while it was down."""
+
+    def __init__(
+        self,
+        inbox: Path,
+        arrivals: "queue.SimpleQueue[str]",
+        mode: str,
+        poll_seconds: float,
+        request_rescan: Callable[[], None],
+    ) -> None:
+        self._args = (inbox, arrivals, mode, poll_seconds)
+        self._request_rescan = request_rescan
+        self.observer = start_observer(*self._args)
+        self.restarts = 0
+
+    def check(self) -> bool:
+        """Restart the observer if its thread died; True when it did."""
+        if self.observer.is_alive():
+            return False
+        log.warning("watch.observer_died_restarting", restarts=self.restarts + 1)
+        self.observer = start_observer(*self._args)
+        self.restarts += 1
+        self._request_rescan()
+        return True
+
+    def stop(self) -> None:
+        self.observer.stop()

@@ -3,38 +3,53 @@
 `step()` does one unit of work so tests can drive it; `run()` is the plain loop.
 Failure classes decide the job's fate: permanent -> failed_dir at once; transient -> retry
 with backoff, attempt refunded, original untouched; anything else (a crash, a hang) -> counted
-attempt, quarantined after `max_attempts`.
+attempt, quarantined after `max_attempts`. A job the daemon died in (kill -9, power loss, a
+file that kills the process) counts too: the attempt was committed before the work started,
+so `recover` quarantines it once its attempts are spent instead of looping forever.
 """
 
+import contextlib
+import errno
 import os
+import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from transcribed import faults
 from transcribed.disposal import Disposer
 from transcribed.errors import DecoderCrashed, PermanentError, ShutdownRequested, TransientError
 from transcribed.logs import get_logger
 from transcribed.names import display_name
 from transcribed.outbox import Outbox
-from transcribed.pipeline import Recognizer, transcribe_audio
+from transcribed.pipeline import Recognizer, transcribe_stream
 from transcribed.queue import Job, JobQueue, JobState
 from transcribed.transcript import SourceInfo
 
 log = get_logger(__name__)
 
-_BACKOFF_BASE_SECONDS = 30.0
-_BACKOFF_MAX_SECONDS = 3600.0
+BACKOFF_MAX_SECONDS = 600.0
+
+# What to tell the operator for the OS errors that stop a transcript from being written.
+_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space; the job resumes by itself",
+    errno.EDQUOT: "the disk quota is exhausted: free some space; the job resumes by itself",
+    errno.EACCES: "permission denied: let the service user write there",
+    errno.EPERM: "permission denied: let the service user write there",
+    errno.EROFS: "the folder is on a read-only filesystem: remount it read-write",
+    errno.EIO: "the disk reported an I/O error: check it; the files are written again",
+}
 
 
 class Decoder(Protocol):
-    """Turns a recording into 16 kHz mono samples: `decoder.ChildDecoder` in production."""
+    """Turns a recording into 16 kHz mono sample blocks: `decoder.ChildDecoder` in production."""
 
-    def decode(self, path: Path) -> np.ndarray: ...
+    def stream(self, path: Path, label: str = "") -> Iterator[np.ndarray]: ...
 
 
 @dataclass
@@ -49,20 +64,28 @@ class Worker:
     language: str | None
     max_attempts: int
     stop: threading.Event
+    retry_seconds: float = 30.0
     on_finished: Callable[[Job, str], None] = lambda job, outcome: None
 
     def recover(self) -> None:
-        """After a restart: requeue cut-short attempts and finish interrupted disposals."""
-        if requeued := self.jobs.recover_running():
-            log.info("recover.requeued", jobs=requeued)
-        for job in self.jobs.in_state(JobState.PUBLISHED):
-            self._dispose(job)
+        """After a restart: requeue attempts a crash cut short (quarantining a file that has
+        now used up its attempts: it is what keeps killing us) and retry pending disposals."""
+        for job in self.jobs.in_state(JobState.RUNNING):
+            if job.attempts >= self.max_attempts:
+                self._fail(
+                    job,
+                    f"the daemon stopped during each of {job.attempts} attempts "
+                    "(a crash, a kill or a power cut): this file may be what kills it",
+                )
+            else:
+                self.jobs.requeue(job.id, 0, "interrupted by a restart", refund=False)
+                log.info("recover.requeued", job=job.id, attempts=job.attempts)
 
     def step(self) -> bool:
-        """Dispose of settled duplicates, then process the next due job; False when idle."""
+        """Dispose of what is ready, then process the next due job; False when idle."""
         self.jobs.orphan_duplicates()
-        for duplicate in self.jobs.duplicates_ready():
-            self._dispose(duplicate)
+        for ready in self.jobs.disposals_due():
+            self._dispose(ready)
         job = self.jobs.next_job()
         if job is None:
             return False
@@ -70,15 +93,33 @@ class Worker:
         return True
 
     def run(self, idle_wait: float = 0.5) -> None:
+        failures = 0
         while not self.stop.is_set():
             try:
                 busy = self.step()
-            except Exception:  # a bug or a dead database: log, back off, keep the daemon up
+                failures = 0
+            except (OSError, sqlite3.Error) as error:  # the state dir is full, read-only, …
+                failures += 1
+                busy = self._wait_out_failure(error, failures)
+            except Exception:  # a bug: log it, back off, keep the daemon up
+                failures += 1
                 log.exception("worker.step_failed")
-                busy = False
-                self.stop.wait(5)
+                busy = self._wait_out_failure(None, failures)
             if not busy:
                 self.stop.wait(idle_wait)
+
+    def _wait_out_failure(self, error: BaseException | None, failures: int) -> bool:
+        """Back off, then put back the job that was cut short: the failure was in our own
+        bookkeeping, not the file, so its attempt is refunded."""
+        delay = _backoff(self.retry_seconds, failures)
+        if error is not None:
+            log.error(
+                "worker.cannot_record_progress", error=str(error), retry_in=delay, hint=_hint(error)
+            )
+        self.stop.wait(delay)
+        with contextlib.suppress(sqlite3.Error):  # still broken: the next step waits again
+            self.jobs.recover_running(refund=True)
+        return False
 
     def _process(self, job: Job) -> None:
         name = display_name(job.relpath)
@@ -98,9 +139,15 @@ class Worker:
             self._retry_or_quarantine(job, str(error))
             return
         except TransientError as error:
-            delay = _backoff(job.attempts)
+            delay = _backoff(self.retry_seconds, job.attempts)
             self.jobs.requeue(job.id, delay, str(error), refund=True)
-            log.warning("job.retry_later", job=job.id, error=str(error), retry_in=delay)
+            log.warning(
+                "job.retry_later",
+                job=job.id,
+                error=str(error),
+                retry_in=delay,
+                hint=_hint(error.__cause__),
+            )
             return
         except Exception as error:  # unexpected: counts as an attempt, like a crash would
             log.exception("job.attempt_failed", job=job.id, attempt=job.attempts)
@@ -110,13 +157,12 @@ class Worker:
         log.info("job.done", job=job.id, file=name, seconds=round(time.monotonic() - started, 3))
 
     def _transcribe_and_publish(self, job: Job, started: float) -> None:
-        audio = self.decoder.decode(self.work_dir / job.work_name)
         assert job.sha256 is not None and job.size is not None
-        source = SourceInfo(
-            name=display_name(os.path.basename(job.relpath)), sha256=job.sha256, size=job.size
-        )
-        transcript = transcribe_audio(
-            audio,
+        name = os.fsdecode(os.path.basename(job.relpath))
+        faults.point("job.decoding", name)
+        source = SourceInfo(name=display_name(name), sha256=job.sha256, size=job.size)
+        transcript = transcribe_stream(
+            self.decoder.stream(self.work_dir / job.work_name, name),
             source,
             self.recognizer,
             chunk_seconds=self.chunk_seconds,
@@ -124,7 +170,6 @@ class Worker:
             should_stop=self.stop.is_set,
             started=started,
         )
-        del audio
         try:
             outputs = self.outbox.publish(transcript, os.fsdecode(job.relpath))
         except OSError as error:  # disk full, unwritable, I/O error: nothing lost, try later
@@ -142,7 +187,9 @@ class Worker:
         if job.attempts >= self.max_attempts:
             self._fail(job, f"gave up after {job.attempts} attempts; last error: {error}")
         else:
-            self.jobs.requeue(job.id, _backoff(job.attempts), error, refund=False)
+            self.jobs.requeue(
+                job.id, _backoff(self.retry_seconds, job.attempts), error, refund=False
+            )
 
     def _fail(self, job: Job, error: str) -> None:
         target = self.disposer.quarantine(job, error)
@@ -159,13 +206,29 @@ class Worker:
     def _dispose(self, job: Job) -> None:
         try:
             outcome = self.disposer.dispose(job)
-        except OSError as error:  # the transcript is safe; disposal is retried at next start
-            log.warning("job.disposal_failed", job=job.id, error=str(error))
+        except OSError as error:  # the transcript is safe; the original waits in the work folder
+            delay = _backoff(self.retry_seconds, job.disposal_failures + 1)
+            self.jobs.defer_disposal(job.id, delay, str(error))
+            log.warning(
+                "job.disposal_failed",
+                job=job.id,
+                error=str(error),
+                retry_in=delay,
+                hint=_hint(error),
+            )
             return
         self.jobs.mark_done(job.id)
         log.info("job.disposed", job=job.id, disposal=outcome)
         self.on_finished(job, outcome)
 
 
-def _backoff(attempts: int) -> float:
-    return float(min(_BACKOFF_MAX_SECONDS, _BACKOFF_BASE_SECONDS * 2 ** max(0, attempts - 1)))
+def _backoff(base: float, attempts: int) -> float:
+    return float(min(BACKOFF_MAX_SECONDS, base * 2 ** max(0, attempts - 1)))
+
+
+def _hint(error: BaseException | None) -> str | None:
+    if isinstance(error, OSError) and error.errno in _HINTS:
+        return _HINTS[error.errno]
+    if isinstance(error, sqlite3.Error):
+        return "the job database cannot be written: check free space and permissions of state_dir"
+    return None
