@@ -63,3 +63,16 @@ def test_names_that_are_not_utf8_are_published(tmp_path: Path) -> None:
     name = os.fsdecode(b"caf\xe9 \n.wav")
     Outbox(tmp_path).publish(_transcript("c" * 64), name)
     assert os.path.exists(os.fsencode(tmp_path) + b"/caf\xe9 \n.json")
+
+
+def test_retract_removes_only_the_failed_jobs_own_transcript(tmp_path) -> None:
+    outbox = Outbox(tmp_path)
+    ours, theirs = _transcript("a" * 64), _transcript("b" * 64)
+    outbox.publish(theirs, "talk.wav")  # another recording with the same name came first
+    outbox.publish(ours, "talk.wav")
+    assert outbox.retract("talk.wav", "a" * 64) == [
+        tmp_path / "talk-2.txt",
+        tmp_path / "talk-2.json",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["talk.json", "talk.txt"]
+    assert outbox.retract("talk.wav", "c" * 64) == []

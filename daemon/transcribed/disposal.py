@@ -10,6 +10,7 @@ import stat
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
+from transcribed import faults
 from transcribed.durable import (
     fsync_dir,
     link_or_copy_no_overwrite,
@@ -20,6 +21,7 @@ from transcribed.durable import (
 from transcribed.queue import Job, JobQueue
 
 _BLOCK = 1 << 20
+_REASON_SUFFIX = ".error.json"
 
 
 class Disposer:
@@ -54,6 +56,7 @@ class Disposer:
             shred(source)
             return "shredded"
         source.unlink()
+        faults.point("disposal.unlinked")
         fsync_dir(self._work)
         return "deleted"
 
@@ -63,27 +66,35 @@ class Disposer:
         source = self._work / job.work_name
         target = Path(job.disposed_to) if job.disposed_to else None
         if os.path.lexists(source):
-            target = self._move(job, source, self._failed)
+            target = self._move(job, source, self._failed, reserve=len(_REASON_SUFFIX))
         assert target is not None
         report = {"error": error, "attempts": job.attempts, "time": _now()}
-        reason = target.with_name(target.name + ".error.json")
+        reason = target.with_name(target.name + _REASON_SUFFIX)
         publish_bytes(
-            reason, json.dumps(report, indent=2).encode() + b"\n", replace=True, mode=self._mode
+            reason,
+            json.dumps(report, indent=2).encode() + b"\n",
+            replace=True,
+            mode=self._mode,
+            label="reason",
         )
         fsync_dir(reason.parent)
         return target
 
-    def _move(self, job: Job, source: Path, root: Path) -> Path:
+    def _move(self, job: Job, source: Path, root: Path, reserve: int = 0) -> Path:
         relpath = PurePosixPath(os.fsdecode(job.relpath))
         target = Path(job.disposed_to) if job.disposed_to else None
         if target is None or not _holds(target, source):
             folder = make_folders(root, Path(relpath.parent))
-            target = unique_name(folder, relpath.name)
+            target = unique_name(folder, relpath.name, reserve)
             self._jobs.record_disposal_target(job.id, str(target))
             link_or_copy_no_overwrite(source, target)
+            faults.point("disposal.linked")
         fsync_dir(target.parent)
+        faults.point("disposal.target_fsynced")
         source.unlink()
+        faults.point("disposal.unlinked")
         fsync_dir(self._work)
+        faults.point("disposal.work_fsynced")
         return target
 
 
@@ -123,9 +134,11 @@ def shred(path: Path) -> None:
             written = os.write(fd, os.urandom(min(remaining, _BLOCK)))
             remaining -= written
         os.fsync(fd)
+        faults.point("shred.overwritten")
         if not os.path.samestat(os.stat(path, follow_symlinks=False), info):
             raise OSError(f"refusing to unlink {path}: it was replaced while being shredded")
         path.unlink()
+        faults.point("disposal.unlinked")
     finally:
         os.close(fd)
     fsync_dir(path.parent)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from transcribed import faults
 from transcribed.durable import fsync_dir
 from transcribed.logs import get_logger
 from transcribed.names import display_name
@@ -138,6 +139,7 @@ class Intake:
             self.jobs.abandon_claim(job_id)
             return False
         digest, size = hash_descriptor(fd)
+        faults.point("claim.hashed", name)
         job = self.jobs.finish_claim(job_id, digest, size)
         log.info(
             "intake.claimed",
@@ -157,6 +159,7 @@ class Intake:
                 os.rename(name, work_name, src_dir_fd=parent_fd, dst_dir_fd=work_fd)
             except FileNotFoundError:
                 return False
+            faults.point("claim.renamed", name)
             moved = os.stat(work_name, dir_fd=work_fd, follow_symlinks=False)
             if (moved.st_dev, moved.st_ino) != (info.st_dev, info.st_ino):
                 # Swapped between our checks and the rename: put it back untouched.
@@ -164,6 +167,7 @@ class Intake:
                 return False
             os.fsync(work_fd)
             os.fsync(parent_fd)
+            faults.point("claim.fsynced", name)
             return True
         finally:
             os.close(work_fd)

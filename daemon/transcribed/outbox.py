@@ -50,6 +50,19 @@ class Outbox:
         faults.point("outbox.fsynced", stem)
         return written
 
+    def retract(self, relpath: str, sha256: str) -> list[Path]:
+        """Remove the transcript files a failed job may have published before a crash (I2: its
+        content may still get a transcript under a duplicate's name). Returns what was removed."""
+        folder = self._root / PurePosixPath(relpath).parent
+        stem = self._free_stem(folder, PurePosixPath(relpath).stem, sha256)
+        if _source_sha(folder / f"{stem}.json") != sha256:
+            return []  # nothing of ours was published
+        removed = [folder / f"{stem}.{ext}" for ext in reversed(self._formats)]
+        for path in removed:  # json last: it marks the name as ours until the rest is gone
+            path.unlink(missing_ok=True)
+        fsync_dir(folder)
+        return removed
+
     def _free_stem(self, folder: Path, stem: str, sha256: str) -> str:
         """`stem`, or `stem-2`, `stem-3`…: the first whose files are absent or hold this content."""
         reserve = max(len(f".{extension}") for extension in self._formats)

@@ -192,6 +192,8 @@ class Worker:
             )
 
     def _fail(self, job: Job, error: str) -> None:
+        if job.sha256 is not None:
+            self.outbox.retract(os.fsdecode(job.relpath), job.sha256)
         target = self.disposer.quarantine(job, error)
         self.jobs.mark_failed(job.id, error)
         log.warning(

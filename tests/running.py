@@ -1,0 +1,60 @@
+"""Running the real `transcribed` CLI as a subprocess, the way systemd does."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+CLI = [sys.executable, "-m", "transcribed"]
+NET_GUARD = Path(__file__).parent / "netguard"  # sitecustomize that fails any remote connect
+
+
+class Daemon:
+    """One `transcribed run` process writing its log to `log_path` (appending)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        env = {**env, "PYTHONPATH": f"{NET_GUARD}:{env.get('PYTHONPATH', '')}"}
+        with log_path.open("a") as log:
+            self.process = subprocess.Popen(
+                [*CLI, "run"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            assert self.process.poll() is None, f"the daemon exited early: {self.tail()}"
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for the daemon: {self.tail()}")
+
+    def wait_exit(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise AssertionError(f"the daemon did not exit: {self.tail()}") from None
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.wait_exit(timeout)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+    def tail(self, lines: int = 15) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def events(log_path: Path) -> list[dict[str, object]]:
+    """Every log line as a JSON event; asserts there is nothing else (no tracebacks)."""
+    lines = log_path.read_text().splitlines()
+    parsed = [json.loads(line) for line in lines if line.startswith("{")]
+    assert len(parsed) == len(lines), "every log line is a JSON event"
+    return parsed
