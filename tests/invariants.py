@@ -70,8 +70,8 @@ def check_i1_i2(folders: Folders, dropped: dict[str, str]) -> None:
 
 
 def check_final(
-    folders: Folders, dropped: dict[str, str], unreadable: set[str] = set()
-) -> dict[str, int]:  # noqa: B006
+    folders: Folders, dropped: dict[str, str], unreadable: frozenset[str] = frozenset()
+) -> dict[str, int]:
     """After the daemon finished: each recording transcribed once and archived, or failed with
     a reason; nothing left in the inbox. Returns how many ended each way."""
     check_i1_i2(folders, dropped)
@@ -90,6 +90,6 @@ def check_final(
             assert name not in unreadable, f"{name} should have failed"
             assert sha in transcripts and sha in archived, f"I4: {name} neither done nor failed"
             outcome["transcribed"] += 1
-    leftovers = [path for path in _files(folders.inbox)]
+    leftovers = _files(folders.inbox)
     assert leftovers == [], f"I4: left behind {leftovers}"
     return outcome

@@ -95,7 +95,7 @@ def test_a_crash_after_any_step_loses_nothing_and_duplicates_nothing(
     finally:
         assert daemon.stop() == 0
     if policy == "move":
-        outcome = check_final(folders, dropped, unreadable)
+        outcome = check_final(folders, dropped, frozenset(unreadable))
         assert outcome["failed"] == len(unreadable), "only the unreadable files failed"
     else:
         _check_shredded(folders, dropped, unreadable)
