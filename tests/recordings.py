@@ -24,9 +24,11 @@ def write_soundfile(
     subtype: str | None = None,
     fmt: str | None = None,
     channels: int = 1,
+    seed: int = 0,
     **extra: object,
 ) -> Path:
-    sf.write(path, speechlike(seconds, rate, channels), rate, subtype=subtype, format=fmt, **extra)
+    samples = speechlike(seconds, rate, channels, seed)
+    sf.write(path, samples, rate, subtype=subtype, format=fmt, **extra)
     return path
 
 

@@ -17,11 +17,21 @@ class Daemon:
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
+        self._readies_before = self._readies()
         env = {**env, "PYTHONPATH": f"{NET_GUARD}:{env.get('PYTHONPATH', '')}"}
         with log_path.open("a") as log:
             self.process = subprocess.Popen(
                 [*CLI, "run"], env=env, stdout=log, stderr=subprocess.STDOUT
             )
+
+    def _readies(self) -> int:
+        if not self.log_path.exists():
+            return 0
+        return self.log_path.read_text(errors="replace").count('"event": "daemon.ready"')
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until this process has recovered, loaded the model and scanned the inbox."""
+        self.wait_for(lambda: self._readies() > self._readies_before, timeout)
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout

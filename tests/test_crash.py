@@ -91,6 +91,7 @@ def test_a_crash_after_any_step_loses_nothing_and_duplicates_nothing(
 
     daemon = Daemon(env, log)
     try:
+        daemon.wait_ready()
         daemon.wait_for(lambda: not _pending(folders), 120)
     finally:
         assert daemon.stop() == 0
