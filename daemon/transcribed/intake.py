@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from transcribed import faults
+from transcribed.completeness import incomplete_reason
 from transcribed.durable import fsync_dir
 from transcribed.logs import get_logger
 from transcribed.names import display_name
@@ -33,6 +34,10 @@ _DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 
 class Refused(Exception):
     """This inbox entry is not something we may take (symlink, FIFO, hard link, …)."""
+
+
+class NotFinished(Refused):
+    """The file looks unfinished (truncated, header not finalized); taken once it changes."""
 
 
 @dataclass
@@ -105,6 +110,9 @@ class Intake:
     def _claim_logged(self, relpath: str, identity: Identity) -> bool:
         try:
             return self.claim(relpath, identity)
+        except NotFinished as unfinished:
+            self._ignored[relpath] = identity  # looked at again when it changes
+            log.info("intake.waiting", file=display_name(relpath), reason=str(unfinished))
         except Refused as refusal:
             self._ignored[relpath] = identity
             log.warning("intake.ignored", file=display_name(relpath), reason=str(refusal))
@@ -133,6 +141,8 @@ class Intake:
         if Identity.of(info) != settled:
             self._tracker.arrived(relpath)  # changed since it settled: watch it again
             return False
+        if reason := incomplete_reason(fd, info.st_size, info.st_mtime_ns):
+            raise NotFinished(reason)
         work_name = f"{uuid.uuid4().hex}{PurePosixPath(name).suffix.lower()}"
         job_id = self.jobs.begin_claim(os.fsencode(relpath), work_name)
         if not self._move_to_work(name, parent_fd, work_name, info):
