@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     not_before   REAL    NOT NULL DEFAULT 0,
     error        TEXT,
     outputs      TEXT,
-    disposed_to  TEXT,
+    disposed_to  BLOB,  -- bytes, like relpath
     disposal_failures INTEGER NOT NULL DEFAULT 0,
     created      REAL    NOT NULL,
     updated      REAL    NOT NULL
@@ -176,7 +176,7 @@ class JobQueue:
         """Remember where the original is being moved, so a retry after a crash reuses it."""
         self._db.execute(
             "UPDATE jobs SET disposed_to = ?, updated = ? WHERE id = ?",
-            (target, self._now(), job_id),
+            (os.fsencode(target), self._now(), job_id),  # bytes: names need not be UTF-8
         )
         faults.point("db.disposal_target")
 
@@ -264,6 +264,11 @@ class JobQueue:
         faults.point(f"db.{state}")
 
 
+def _text(value: bytes | str | None) -> str | None:
+    """Paths are stored as bytes (they need not be UTF-8) and used as str with surrogates."""
+    return os.fsdecode(value) if value is not None else None
+
+
 def _marks(values: tuple[object, ...]) -> str:
     return ", ".join("?" for _ in values)
 
@@ -280,6 +285,6 @@ def _job(row: sqlite3.Row) -> Job:
         duplicate_of=row["duplicate_of"],
         error=row["error"],
         outputs=tuple(json.loads(row["outputs"])) if row["outputs"] else (),
-        disposed_to=row["disposed_to"],
+        disposed_to=_text(row["disposed_to"]),
         disposal_failures=row["disposal_failures"],
     )
