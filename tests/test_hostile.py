@@ -4,7 +4,6 @@ No crash, no hang, nothing outside our folders read or changed (canaries keep by
 mtime), names escaped in the logs, one transcript per content.
 """
 
-import json
 import os
 import shutil
 import stat
