@@ -61,6 +61,7 @@ def test_a_file_that_kills_the_daemon_is_quarantined_after_three_deaths_not_a_cr
     env = folders.env(
         tiny_model,
         TRANSCRIBED_SETTLE_SECONDS="0.5",
+        TRANSCRIBED_RETRY_SECONDS="0.5",
         TRANSCRIBED_TEST_FAULTS="job.decoding~killer=exit",
     )
     log = tmp_path / "daemon.log"

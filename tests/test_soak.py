@@ -92,8 +92,10 @@ def test_random_kills_lose_nothing_and_never_show_a_partial_or_second_transcript
     outcome = check_final(folders, dropped)
     assert not watcher.problem, watcher.problem
     assert outcome["transcribed"] + outcome["failed"] == RECORDINGS
-    starts = sum(1 for event in events(log) if event["event"] == "model.loaded")
+    names = [str(event["event"]) for event in events(log)]
     print(
-        f"soak: {RECORDINGS} recordings, {KILLS} kills, {starts} starts, {outcome}, "
-        f"{watcher.looks} looks at the outbox"
+        f"soak: {RECORDINGS} recordings, {KILLS} kills, {names.count('daemon.ready')} ready,"
+        f" {names.count('recover.requeued')} jobs cut short mid-run,"
+        f" {names.count('recover.claims_finished')} claims finished after a kill,"
+        f" {outcome}, {watcher.looks} looks at the outbox"
     )

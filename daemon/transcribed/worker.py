@@ -78,8 +78,11 @@ class Worker:
                     "(a crash, a kill or a power cut): this file may be what kills it",
                 )
             else:
-                self.jobs.requeue(job.id, 0, "interrupted by a restart", refund=False)
-                log.info("recover.requeued", job=job.id, attempts=job.attempts)
+                # After the others: a file that kills us must not block the queue, and a
+                # good file is less likely to be hit by the next kill as well.
+                delay = _backoff(self.retry_seconds, job.attempts)
+                self.jobs.requeue(job.id, delay, "interrupted by a restart", refund=False)
+                log.info("recover.requeued", job=job.id, attempts=job.attempts, retry_in=delay)
 
     def step(self) -> bool:
         """Dispose of what is ready, then process the next due job; False when idle."""
