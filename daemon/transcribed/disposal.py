@@ -87,6 +87,7 @@ class Disposer:
             folder = make_folders(root, Path(relpath.parent))
             target = unique_name(folder, relpath.name, reserve)
             self._jobs.record_disposal_target(job.id, str(target))
+            faults.point("disposal.linking")
             link_or_copy_no_overwrite(source, target)
             faults.point("disposal.linked")
         fsync_dir(target.parent)

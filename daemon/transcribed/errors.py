@@ -1,5 +1,27 @@
 """The daemon's error types: one base, split by what the caller should do about them."""
 
+import errno
+import sqlite3
+
+# What to tell the operator for the OS errors that stop a transcript from being written.
+_ADVICE = {
+    errno.ENOSPC: "the disk is full: free some space; work resumes by itself",
+    errno.EDQUOT: "the disk quota is exhausted: free some space; work resumes by itself",
+    errno.EACCES: "permission denied: let the service user write there",
+    errno.EPERM: "permission denied: let the service user write there",
+    errno.EROFS: "the folder is on a read-only filesystem: remount it read-write",
+    errno.EIO: "the disk reported an I/O error: check it; the files are written again",
+}
+
+
+def advice(error: BaseException | None) -> str | None:
+    """One line on what the operator can do about `error`, when we know."""
+    if isinstance(error, OSError) and error.errno in _ADVICE:
+        return _ADVICE[error.errno]
+    if isinstance(error, sqlite3.Error):
+        return "the job database cannot be written: check free space and permissions of state_dir"
+    return None
+
 
 class TranscribedError(Exception):
     """Base of every error the daemon raises on purpose."""

@@ -6,9 +6,11 @@ it into the private work folder (atomic: same filesystem) and hashes it through 
 descriptor. The record comes first so a crash at any point leaves nothing unaccounted for.
 """
 
+import contextlib
 import hashlib
 import os
 import queue
+import sqlite3
 import stat
 import threading
 import time
@@ -20,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from transcribed import faults
 from transcribed.completeness import incomplete_reason
 from transcribed.durable import fsync_dir
+from transcribed.errors import advice
 from transcribed.logs import get_logger
 from transcribed.names import display_name
 from transcribed.queue import JobQueue, JobState
@@ -84,13 +87,28 @@ class Intake:
 
     def run(self, stop: threading.Event, tick: float = 0.25) -> None:
         """Plain runner for the intake thread."""
+        failures = 0
         while not stop.is_set():
             try:
                 self.step()
-            except Exception:  # keep taking files in; the failure is logged and retried
+                failures = 0
+            except (OSError, sqlite3.Error) as error:  # e.g. the state dir is full
+                failures += 1
+                log.error("intake.cannot_record", error=str(error), hint=advice(error))
+                self._recover_after_failure(stop, failures)
+            except Exception:  # a bug: keep taking files in; logged and retried
+                failures += 1
                 log.exception("intake.step_failed")
-                stop.wait(5)
+                self._recover_after_failure(stop, failures)
             stop.wait(tick)
+
+    def _recover_after_failure(self, stop: threading.Event, failures: int) -> None:
+        """Back off; then finish any claim the failure cut short, and look at everything again
+        (files that had settled in the failed step are no longer being watched)."""
+        stop.wait(min(60.0, 2.0**failures))
+        with contextlib.suppress(OSError, sqlite3.Error):
+            recover_claims(self.jobs, self.work_dir)
+        self.request_rescan()
 
     def _drain_arrivals(self) -> None:
         while True:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from transcribed import faults
-from transcribed.durable import fit_name, fsync_dir, make_folders, publish_bytes
+from transcribed.durable import fit_name, fsync_dir, make_folders, write_temp
 from transcribed.transcript import Transcript
 
 
@@ -40,15 +40,24 @@ class Outbox:
         durable (files and folder fsynced) when this returns."""
         folder = make_folders(self._root, Path(PurePosixPath(relpath).parent))
         stem = self._free_stem(folder, PurePosixPath(relpath).stem, transcript.source.sha256)
-        written = []
-        for extension in self._formats:
-            target = folder / f"{stem}.{extension}"
-            data = WRITERS[extension](transcript)
-            publish_bytes(target, data, replace=True, mode=self._mode, label=f"outbox.{extension}")
-            written.append(target)
+        # Every file is written and fsynced before any becomes visible: a failed write or
+        # fsync (disk full, EIO) leaves nothing behind but hidden temp files we remove.
+        staged: list[tuple[Path, Path]] = []
+        try:
+            for extension in self._formats:
+                target = folder / f"{stem}.{extension}"
+                data = WRITERS[extension](transcript)
+                label = f"outbox.{extension}"
+                staged.append((write_temp(folder, target.name, data, self._mode, label), target))
+            for temp, target in staged:
+                os.replace(temp, target)
+                faults.point(f"outbox.{target.suffix[1:]}.published", target.name)
+        finally:
+            for temp, _target in staged:
+                temp.unlink(missing_ok=True)
         fsync_dir(folder)
         faults.point("outbox.fsynced", stem)
-        return written
+        return [target for _temp, target in staged]
 
     def retract(self, relpath: str, sha256: str) -> list[Path]:
         """Remove the transcript files a failed job may have published before a crash (I2: its

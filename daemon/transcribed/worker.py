@@ -9,7 +9,6 @@ so `recover` quarantines it once its attempts are spent instead of looping forev
 """
 
 import contextlib
-import errno
 import os
 import sqlite3
 import threading
@@ -23,7 +22,13 @@ import numpy as np
 
 from transcribed import faults
 from transcribed.disposal import Disposer
-from transcribed.errors import DecoderCrashed, PermanentError, ShutdownRequested, TransientError
+from transcribed.errors import (
+    DecoderCrashed,
+    PermanentError,
+    ShutdownRequested,
+    TransientError,
+    advice,
+)
 from transcribed.logs import get_logger
 from transcribed.names import display_name
 from transcribed.outbox import Outbox
@@ -34,16 +39,6 @@ from transcribed.transcript import SourceInfo
 log = get_logger(__name__)
 
 BACKOFF_MAX_SECONDS = 600.0
-
-# What to tell the operator for the OS errors that stop a transcript from being written.
-_HINTS = {
-    errno.ENOSPC: "the disk is full: free some space; the job resumes by itself",
-    errno.EDQUOT: "the disk quota is exhausted: free some space; the job resumes by itself",
-    errno.EACCES: "permission denied: let the service user write there",
-    errno.EPERM: "permission denied: let the service user write there",
-    errno.EROFS: "the folder is on a read-only filesystem: remount it read-write",
-    errno.EIO: "the disk reported an I/O error: check it; the files are written again",
-}
 
 
 class Decoder(Protocol):
@@ -117,7 +112,10 @@ class Worker:
         delay = _backoff(self.retry_seconds, failures)
         if error is not None:
             log.error(
-                "worker.cannot_record_progress", error=str(error), retry_in=delay, hint=_hint(error)
+                "worker.cannot_record_progress",
+                error=str(error),
+                retry_in=delay,
+                hint=advice(error),
             )
         self.stop.wait(delay)
         with contextlib.suppress(sqlite3.Error):  # still broken: the next step waits again
@@ -149,7 +147,7 @@ class Worker:
                 job=job.id,
                 error=str(error),
                 retry_in=delay,
-                hint=_hint(error.__cause__),
+                hint=advice(error.__cause__),
             )
             return
         except Exception as error:  # unexpected: counts as an attempt, like a crash would
@@ -219,7 +217,7 @@ class Worker:
                 job=job.id,
                 error=str(error),
                 retry_in=delay,
-                hint=_hint(error),
+                hint=advice(error),
             )
             return
         self.jobs.mark_done(job.id)
@@ -229,11 +227,3 @@ class Worker:
 
 def _backoff(base: float, attempts: int) -> float:
     return float(min(BACKOFF_MAX_SECONDS, base * 2 ** max(0, attempts - 1)))
-
-
-def _hint(error: BaseException | None) -> str | None:
-    if isinstance(error, OSError) and error.errno in _HINTS:
-        return _HINTS[error.errno]
-    if isinstance(error, sqlite3.Error):
-        return "the job database cannot be written: check free space and permissions of state_dir"
-    return None
