@@ -104,6 +104,12 @@ def test_daemon_transcribes_a_mixed_inbox_archives_fails_and_stops_on_sigterm(
             "processing_seconds",
         } <= data.keys()
         assert data["source"]["name"] == name and data["source"]["sha256"] == digests[name]
+        assert data["disposal"] == {
+            "method": "move",
+            "assurance": "kept",
+            "filesystem": data["disposal"]["filesystem"],
+            "rotational": data["disposal"]["rotational"],
+        }
         assert (folders.outbox / f"{Path(name).stem}.txt").exists()
         assert _digest(folders.archive / name) == digests[name], "archived byte-identical"
     for name in unreadable:

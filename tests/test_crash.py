@@ -5,6 +5,7 @@ cleanup, no flush, like kill -9 at that instant). One chain of runs per disposal
 run drops fresh files, crashes at the next step, and inherits whatever the last crash left.
 """
 
+import json
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from invariants import check_final, check_i1_i2, digest, visible_transcripts
 from recordings import make_unreadable, write_soundfile
 from running import Daemon, events
+from transcribed.assurance import assess
 from transcribed.faults import CRASH_EXIT_CODE
 
 pytestmark = pytest.mark.slow
@@ -115,4 +117,7 @@ def _check_shredded(folders, dropped: dict[str, str], unreadable: set[str]) -> N
     failed = {digest(p) for p in folders.failed.iterdir() if not p.name.endswith(".json")}
     for name, sha in dropped.items():
         assert (sha in failed) if name in unreadable else (sha in transcripts), name
+    expected = assess("shred", folders.inbox)
+    for [path] in transcripts.values():  # the JSON says what shredding achieved here
+        assert json.loads(path.read_text())["disposal"] == expected.as_dict()
     assert _pending(folders) == [] and list(folders.archive.iterdir()) == []

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from transcribed import faults
+from transcribed.assurance import Assurance, assess
 from transcribed.durable import (
     fsync_dir,
     link_or_copy_no_overwrite,
@@ -42,6 +43,9 @@ class Disposer:
         self._archive = archive_dir
         self._failed = failed_dir
         self._mode = mode
+        # Originals are disposed of from the work folder: its storage decides what shredding
+        # can promise. Recorded in every transcript's JSON.
+        self.assurance: Assurance = assess(policy, work_dir)
 
     def dispose(self, job: Job) -> str:
         """Apply the policy to a job whose transcript is durable; returns what was done."""

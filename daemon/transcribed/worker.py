@@ -9,6 +9,7 @@ so `recover` quarantines it once its attempts are spent instead of looping forev
 """
 
 import contextlib
+import dataclasses
 import os
 import sqlite3
 import threading
@@ -171,6 +172,8 @@ class Worker:
             should_stop=self.stop.is_set,
             started=started,
         )
+        disposal = {"disposal": self.disposer.assurance.as_dict()}
+        transcript = dataclasses.replace(transcript, extra=transcript.extra | disposal)
         try:
             outputs = self.outbox.publish(transcript, os.fsdecode(job.relpath))
         except OSError as error:  # disk full, unwritable, I/O error: nothing lost, try later
@@ -221,7 +224,12 @@ class Worker:
             )
             return
         self.jobs.mark_done(job.id)
-        log.info("job.disposed", job=job.id, disposal=outcome)
+        log.info(
+            "job.disposed",
+            job=job.id,
+            disposal=outcome,
+            assurance=self.disposer.assurance.assurance,
+        )
         self.on_finished(job, outcome)
 
 
