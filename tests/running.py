@@ -1,6 +1,7 @@
 """Running the real `transcribed` CLI as a subprocess, the way systemd does."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,13 +16,17 @@ NET_GUARD = Path(__file__).parent / "netguard"  # sitecustomize that fails any r
 class Daemon:
     """One `transcribed run` process writing its log to `log_path` (appending)."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, umask: int = 0o022) -> None:
         self.log_path = log_path
         self._readies_before = self._readies()
         env = {**env, "PYTHONPATH": f"{NET_GUARD}:{env.get('PYTHONPATH', '')}"}
         with log_path.open("a") as log:
             self.process = subprocess.Popen(
-                [*CLI, "run"], env=env, stdout=log, stderr=subprocess.STDOUT
+                [*CLI, "run"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=lambda: os.umask(umask),
             )
 
     def _readies(self) -> int:
