@@ -17,6 +17,7 @@ import numpy as np
 
 from transcribed import faults
 from transcribed.errors import DecoderCrashed, PermanentError, TransientError
+from transcribed.memory import pin_mmap_threshold
 
 
 class ChildDecoder:
@@ -101,6 +102,7 @@ def _serve(conn: Connection, memory_bytes: int) -> None:
     or ("error" | "transient", why)."""
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    pin_mmap_threshold()
     # libmpg123 and ffmpeg print free-form notes about broken input; logs stay structured.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)

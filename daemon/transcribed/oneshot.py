@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transcribed.errors import TranscribedError
 from transcribed.intake import hash_descriptor
 from transcribed.logs import get_logger
+from transcribed.memory import pin_mmap_threshold
 from transcribed.names import display_name
 from transcribed.outbox import Outbox
 from transcribed.pipeline import transcribe_stream
@@ -24,6 +25,7 @@ log = get_logger(__name__)
 
 def transcribe_files(files: list[Path], settings: ModelSettings, outbox_dir: Path | None) -> int:
     """Transcribe each file; return how many failed. Outputs go beside each file by default."""
+    pin_mmap_threshold()
     engine = load_engine(settings)
     decoder = make_decoder(settings)
     console = Console(stderr=True)

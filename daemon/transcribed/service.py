@@ -19,6 +19,7 @@ from transcribed.durable import remove_stale_temps
 from transcribed.engine import Engine
 from transcribed.intake import Intake, recover_claims
 from transcribed.logs import get_logger
+from transcribed.memory import pin_mmap_threshold
 from transcribed.outbox import Outbox
 from transcribed.queue import JobQueue
 from transcribed.settings import ModelSettings, Settings, check_folders
@@ -56,6 +57,7 @@ class Daemon:
 
     def __init__(self, settings: Settings) -> None:
         check_folders(settings)
+        pin_mmap_threshold()
         self.settings = settings
         self.stop = threading.Event()
         self._jobs = JobQueue(database_path(settings))
