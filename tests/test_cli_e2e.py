@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 
 from recordings import make_mixed_recordings, make_unreadable, speechlike, write_soundfile
+from running import NET_GUARD
 
 CLI = [sys.executable, "-m", "transcribed"]
 pytestmark = pytest.mark.slow
@@ -61,7 +62,7 @@ def test_daemon_transcribes_a_mixed_inbox_archives_fails_and_stops_on_sigterm(
     (folders.inbox / "link to outside.wav").symlink_to(outside)
 
     log = (tmp_path / "daemon.log").open("w")
-    env = folders.env(tiny_model, TRANSCRIBED_SETTLE_SECONDS="1.5")
+    env = folders.env(tiny_model, TRANSCRIBED_SETTLE_SECONDS="1.5", PYTHONPATH=str(NET_GUARD))
     daemon = subprocess.Popen([*CLI, "run"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         for name in sorted(durations)[5:]:  # renamed in from a dot-named temp file
@@ -126,6 +127,7 @@ def test_daemon_transcribes_a_mixed_inbox_archives_fails_and_stops_on_sigterm(
     assert len(events) == len(lines), "every log line is a JSON event"
     assert not any("Traceback" in line for line in lines)
     assert any(e["event"] == "intake.ignored" and "symbolic link" in e["reason"] for e in events)
+    assert not any(e["event"] == "test.network_attempt" for e in events)
 
 
 def test_one_shot_transcribe_writes_beside_the_file_or_to_outbox(tiny_model, tmp_path) -> None:
@@ -152,7 +154,8 @@ def test_one_shot_transcribe_writes_beside_the_file_or_to_outbox(tiny_model, tmp
 
 
 def test_user_errors_get_one_clear_message_and_no_traceback(folders, tmp_path) -> None:
-    env = folders.env(Path("Qwen/Qwen3-ASR-1.7B-hf"))
+    env = folders.env(Path("Qwen/Qwen3-ASR-1.7B-hf"), PYTHONPATH=str(NET_GUARD))
+    del env["HF_HUB_OFFLINE"]  # the daemon itself must keep the hub offline
     missing_model = subprocess.run(
         [*CLI, "run"], env=env, capture_output=True, text=True, timeout=60
     )
@@ -164,6 +167,7 @@ def test_user_errors_get_one_clear_message_and_no_traceback(folders, tmp_path) -
     assert nested.returncode == 2 and "inside the inbox" in nested.stderr
     for result in (missing_model, nested):
         assert "Traceback" not in result.stderr
+        assert "test.network_attempt" not in result.stderr, "the model loads local files only"
     assert (
         "settle_seconds"
         in subprocess.run(
