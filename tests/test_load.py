@@ -18,7 +18,7 @@ from invariants import check_final, digest
 from recordings import speechlike
 from running import Daemon, events
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3 * 3600)]  # the full forms take a while
 
 FILES = int(os.environ.get("TRANSCRIBED_LOAD_FILES", "300"))
 HOURS = float(os.environ.get("TRANSCRIBED_LOAD_HOURS", "1"))

@@ -16,7 +16,7 @@ from invariants import check_final, check_i1_i2, digest, visible_transcripts
 from recordings import write_soundfile
 from running import Daemon, events
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3 * 3600)]  # the full forms take a while
 
 RECORDINGS = int(os.environ.get("TRANSCRIBED_SOAK_RECORDINGS", "40"))
 KILLS = int(os.environ.get("TRANSCRIBED_SOAK_KILLS", "6"))
