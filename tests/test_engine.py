@@ -1,11 +1,13 @@
 """The engine on the tiny real checkpoint: same loading path as the real model."""
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from transcribed.engine import (
     Engine,
@@ -39,8 +41,29 @@ def test_results_come_back_in_input_order_whatever_the_batching(engine: Engine) 
 
 def test_a_forced_language_is_reported_as_its_code(engine: Engine) -> None:
     [result] = engine.transcribe([_noise(2, 0)], language="zh")
-    assert result.language == "zh"
+    assert (result.language, result.language_name, result.language_confidence) == (
+        "zh",
+        "Chinese",
+        None,  # forced, not detected: no confidence to report
+    )
     assert engine.language_code("Chinese") == "zh" and engine.language_code(None) is None
+    assert engine.language_name("en") == "English" and engine.language_name("Klingon") == "Klingon"
+
+
+def test_a_detected_language_is_parsed_and_scored_from_the_generated_tokens(
+    engine: Engine,
+) -> None:
+    """The random model never writes a language, so feed the real processor a row shaped like
+    the real model's output, with the per-step scores the recorder would have kept."""
+    tokenizer = engine._processor.tokenizer
+    ids = tokenizer.encode("language English<asr_text>hello world", add_special_tokens=False)
+    marker = ids.index(tokenizer.convert_tokens_to_ids("<asr_text>"))
+    eos = sorted(engine._eos_ids)[0]
+    scores = [math.log(0.9)] * marker + [0.0] * (len(ids) + 1 - marker)
+    result = engine._parse(torch.tensor([*ids, eos]), scores, None)
+    assert (result.language, result.language_name) == ("en", "English")
+    assert result.language_confidence == round(0.9**marker, 4)
+    assert result.text == "hello world" and not result.truncated
 
 
 def test_budget_grows_with_length_and_truncation_is_flagged(engine: Engine) -> None:

@@ -12,7 +12,9 @@ def _transcript(sha: str, text: str = "hello world") -> Transcript:
     return Transcript(
         text=text,
         language="en",
-        segments=(Segment(0.0, 1.5, text, "en"),),
+        language_confidence=0.97,
+        languages={"en": 1.0},
+        segments=(Segment(0.0, 1.5, text, "en", "English", 0.97),),
         duration=1.5,
         source=SourceInfo("a.wav", sha, 10),
         model=ModelInfo("m", "cpu", "float32"),

@@ -12,9 +12,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from transcribed.errors import ModelError, ShutdownRequested, TransientError
 from transcribed.logs import get_logger
+from transcribed.scoring import LANGUAGE_STEPS, language_confidence
 from transcribed.transcript import ChunkText, ModelInfo
 
 log = get_logger(__name__)
@@ -113,6 +115,8 @@ class Engine:
         self._name_to_code: dict[str, str] = {
             name.lower(): code for code, name in LANGUAGE_CODE_TO_NAME.items()
         }
+        self._code_to_name: dict[str, str] = dict(LANGUAGE_CODE_TO_NAME)
+        self._marker_id = int(processor.tokenizer.convert_tokens_to_ids("<asr_text>"))
 
     @classmethod
     def load(cls, model: str, device: str, *, allow_download: bool, batch_size: int) -> "Engine":
@@ -189,22 +193,61 @@ class Engine:
         ).to(self._model.device)
         inputs["input_features"] = inputs["input_features"].to(self._model.dtype)
         budget = token_budget(max(len(a) for a in audio) / 16_000)
-        generated = self._model.generate(**inputs, max_new_tokens=budget, do_sample=False)
+        recorder = _ChosenTokenScores()
+        generated = self._model.generate(
+            **inputs,
+            max_new_tokens=budget,
+            do_sample=False,
+            logits_processor=LogitsProcessorList([recorder]),
+        )
         new_tokens = generated[:, inputs["input_ids"].shape[1] :]
-        return [self._parse(row, language) for row in new_tokens]
+        scores = recorder.per_row() or [[] for _ in range(len(audio))]
+        return [self._parse(row, scores[index], language) for index, row in enumerate(new_tokens)]
 
-    def _parse(self, row: torch.Tensor, forced: str | None) -> ChunkText:
+    def _parse(self, row: torch.Tensor, scores: list[float], forced: str | None) -> ChunkText:
         ids = row.tolist()
         ended = any(token in self._eos_ids for token in ids)
         parsed = self._processor.decode(row, return_format="parsed")
-        language = self.language_code(forced or parsed["language"])
-        return ChunkText(parsed["transcription"].strip(), language, truncated=not ended)
+        name = forced or parsed["language"]
+        confidence = None if forced else language_confidence(ids, scores, self._marker_id)
+        return ChunkText(
+            parsed["transcription"].strip(),
+            self.language_code(name),
+            truncated=not ended,
+            language_name=self.language_name(name),
+            language_confidence=confidence if name else None,
+        )
+
+    def language_name(self, language: str | None) -> str | None:
+        """English name for a language code or name the model knows; unknown ones pass through."""
+        if not language:
+            return None
+        return self._code_to_name.get(self.language_code(language) or "", language)
 
     def language_code(self, language: str | None) -> str | None:
         """ISO code for a language name or code the model knows; unknown names pass through."""
         if not language:
             return None
         return self._name_to_code.get(language.lower(), language)
+
+
+class _ChosenTokenScores(LogitsProcessor):  # type: ignore[misc]  # transformers is untyped here
+    """Keeps the log-probability of the greedy choice for the first few steps (the language
+    part of the output): one small tensor per step, no full score matrices."""
+
+    def __init__(self) -> None:
+        self._steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if len(self._steps) < LANGUAGE_STEPS:
+            self._steps.append(torch.log_softmax(scores.float(), dim=-1).max(dim=-1).values)
+        return scores
+
+    def per_row(self) -> list[list[float]]:
+        if not self._steps:
+            return []
+        rows: list[list[float]] = torch.stack(self._steps, dim=1).cpu().tolist()
+        return rows
 
 
 def _eos_ids(model: Any) -> set[int]:

@@ -16,6 +16,8 @@ from transcribed.transcript import (
     SourceInfo,
     Transcript,
     join_texts,
+    language_confidence,
+    language_shares,
     main_language,
 )
 
@@ -64,9 +66,12 @@ def transcribe_stream(
     pending += chunker.finish()
     segments += _recognize(pending, recognizer, language, should_stop)
     duration = segments[-1].end if segments else 0.0
+    language = main_language(tuple(segments))
     return Transcript(
         text=join_texts([segment.text for segment in segments]),
-        language=main_language(tuple(segments)),
+        language=language,
+        language_confidence=language_confidence(tuple(segments), language),
+        languages=language_shares(tuple(segments)),
         segments=tuple(segments),
         duration=duration,
         source=source,
@@ -94,6 +99,8 @@ def _recognize(
             end=round((start + len(chunk)) / SAMPLE_RATE, 3),
             text=text.text,
             language=text.language,
+            language_name=text.language_name,
+            language_confidence=text.language_confidence,
             truncated=text.truncated,
         )
         for (start, chunk), text in zip(pieces, texts, strict=True)

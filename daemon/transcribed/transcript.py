@@ -16,6 +16,8 @@ class ChunkText:
     text: str
     language: str | None  # ISO 639-1 code (or the model's name for an unmapped language)
     truncated: bool  # generation hit the token budget: the text may be cut short
+    language_name: str | None = None  # English name, e.g. "Chinese"
+    language_confidence: float | None = None  # P(detected language); None when forced or none
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,8 @@ class Segment:
     end: float
     text: str
     language: str | None
+    language_name: str | None = None
+    language_confidence: float | None = None
     truncated: bool = False
 
 
@@ -45,6 +49,8 @@ class ModelInfo:
 class Transcript:
     text: str
     language: str | None
+    language_confidence: float | None  # duration-weighted over the main language's segments
+    languages: dict[str, float]  # share of speech time per language, largest first
     segments: tuple[Segment, ...]
     duration: float
     source: SourceInfo
@@ -89,3 +95,25 @@ def main_language(segments: tuple[Segment, ...]) -> str | None:
         if segment.language:
             seconds[segment.language] += segment.end - segment.start
     return max(seconds, key=lambda code: seconds[code]) if seconds else None
+
+
+def language_shares(segments: tuple[Segment, ...]) -> dict[str, float]:
+    """Each detected language's share of the speech time (segments with a language), largest
+    first, rounded to 2 places: e.g. {"zh": 0.63, "en": 0.37}."""
+    seconds: dict[str, float] = defaultdict(float)
+    for segment in segments:
+        if segment.language:
+            seconds[segment.language] += segment.end - segment.start
+    total = sum(seconds.values())
+    ranked = sorted(seconds.items(), key=lambda item: -item[1])
+    return {code: round(time / total, 2) for code, time in ranked} if total else {}
+
+
+def language_confidence(segments: tuple[Segment, ...], language: str | None) -> float | None:
+    """Duration-weighted confidence of `language` over its segments that have one."""
+    scored = [s for s in segments if s.language == language and s.language_confidence is not None]
+    weight = sum(s.end - s.start for s in scored)
+    if not scored or not weight:
+        return None
+    total = sum((s.end - s.start) * (s.language_confidence or 0.0) for s in scored)
+    return round(total / weight, 4)
