@@ -14,9 +14,8 @@ from transcribed.intake import hash_descriptor
 from transcribed.logs import get_logger
 from transcribed.memory import pin_mmap_threshold
 from transcribed.names import display_name
-from transcribed.outbox import Outbox
 from transcribed.pipeline import transcribe_stream
-from transcribed.service import load_engine, make_decoder
+from transcribed.service import load_engine, make_decoder, make_outbox
 from transcribed.settings import ModelSettings
 from transcribed.transcript import SourceInfo
 
@@ -51,7 +50,7 @@ def transcribe_files(files: list[Path], settings: ModelSettings, outbox_dir: Pat
                         language=settings.language,
                         started=started,
                     )
-                    outbox = Outbox(outbox_dir or path.parent, mode=settings.output_mode)
+                    outbox = make_outbox(outbox_dir or path.parent, settings)
                     written = outbox.publish(transcript, path.name)
                     console.print(f"{display_name(str(path))} -> {display_name(str(written[-1]))}")
                 except (TranscribedError, OSError) as error:

@@ -9,9 +9,11 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from transcribed import faults
 from transcribed.durable import fit_name, fsync_dir, make_folders, write_temp
+from transcribed.subtitles import render_srt, render_tsv, render_vtt
 from transcribed.transcript import Transcript
 
 
@@ -23,17 +25,33 @@ def render_txt(transcript: Transcript) -> bytes:
     return (transcript.text + "\n").encode() if transcript.text else b""
 
 
-WRITERS: dict[str, Callable[[Transcript], bytes]] = {"json": render_json, "txt": render_txt}
+WRITERS: dict[str, Callable[[Transcript], bytes]] = {
+    "json": render_json,
+    "txt": render_txt,
+    "srt": render_srt,
+    "vtt": render_vtt,
+    "tsv": render_tsv,
+}
+FORMATS = tuple(WRITERS)
+SUBTITLES = ("srt", "vtt")  # the formats that may carry the language in their name
+_LANGUAGE_TAG = 12  # bytes kept free for ".<code>" in subtitle names
 
 
 class Outbox:
     """Publishes transcripts below `root`, mirroring the recording's inbox subfolder."""
 
-    def __init__(self, root: Path, formats: tuple[str, ...] = ("json", "txt"), mode: int = 0o640):
-        # json first: it claims the name (see module doc).
+    def __init__(
+        self,
+        root: Path,
+        formats: tuple[str, ...] = ("json", "txt"),
+        mode: int = 0o640,
+        language_in_names: bool = False,
+    ):
+        # JSON is always written, first: it records the source and claims the name (see above).
         self._root = root
-        self._formats = sorted(formats, key=lambda name: name != "json")
+        self._formats = ["json", *(name for name in dict.fromkeys(formats) if name != "json")]
         self._mode = mode
+        self._language_in_names = language_in_names
 
     def publish(self, transcript: Transcript, relpath: str) -> list[Path]:
         """Write every format for the recording at inbox-relative `relpath`; return the paths,
@@ -44,8 +62,7 @@ class Outbox:
         # fsync (disk full, EIO) leaves nothing behind but hidden temp files we remove.
         staged: list[tuple[Path, Path]] = []
         try:
-            for extension in self._formats:
-                target = folder / f"{stem}.{extension}"
+            for extension, target in self._targets(folder, stem, transcript.language):
                 data = WRITERS[extension](transcript)
                 label = f"outbox.{extension}"
                 staged.append((write_temp(folder, target.name, data, self._mode, label), target))
@@ -64,17 +81,28 @@ class Outbox:
         content may still get a transcript under a duplicate's name). Returns what was removed."""
         folder = self._root / PurePosixPath(relpath).parent
         stem = self._free_stem(folder, PurePosixPath(relpath).stem, sha256)
-        if _source_sha(folder / f"{stem}.json") != sha256:
+        marker = _read_marker(folder / f"{stem}.json")
+        if marker is None or marker.get("source", {}).get("sha256") != sha256:
             return []  # nothing of ours was published
-        removed = [folder / f"{stem}.{ext}" for ext in reversed(self._formats)]
+        targets = self._targets(folder, stem, marker.get("language"))
+        removed = [path for _extension, path in reversed(targets)]
         for path in removed:  # json last: it marks the name as ours until the rest is gone
             path.unlink(missing_ok=True)
         fsync_dir(folder)
         return removed
 
+    def _targets(self, folder: Path, stem: str, language: str | None) -> list[tuple[str, Path]]:
+        """(format, path) for each file of a transcript, JSON first."""
+        targets = []
+        for extension in self._formats:
+            tagged = self._language_in_names and language and extension in SUBTITLES
+            name = f"{stem}.{language}.{extension}" if tagged else f"{stem}.{extension}"
+            targets.append((extension, folder / name))
+        return targets
+
     def _free_stem(self, folder: Path, stem: str, sha256: str) -> str:
         """`stem`, or `stem-2`, `stem-3`…: the first whose files are absent or hold this content."""
-        reserve = max(len(f".{extension}") for extension in self._formats)
+        reserve = max(len(f".{extension}") for extension in self._formats) + _LANGUAGE_TAG
         candidate, number = fit_name(stem, "", reserve), 2
         while not self._usable(folder, candidate, sha256):
             candidate, number = fit_name(stem, f"-{number}", reserve), number + 1
@@ -87,9 +115,16 @@ class Outbox:
         return not any(os.path.lexists(folder / f"{stem}.{ext}") for ext in self._formats)
 
 
-def _source_sha(marker: Path) -> str | None:
+def _read_marker(marker: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(marker.read_bytes())
-        return str(data["source"]["sha256"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _source_sha(marker: Path) -> str | None:
+    try:
+        return str(_read_marker(marker)["source"]["sha256"])  # type: ignore[index]
+    except (KeyError, TypeError):
         return None  # someone else's file: leave it alone

@@ -43,6 +43,15 @@ def make_decoder(settings: ModelSettings) -> ChildDecoder:
     )
 
 
+def make_outbox(root: Path, settings: ModelSettings) -> Outbox:
+    return Outbox(
+        root,
+        formats=tuple(settings.formats),
+        mode=settings.output_mode,
+        language_in_names=settings.language_in_names,
+    )
+
+
 def load_engine(settings: ModelSettings) -> Engine:
     return Engine.load(
         settings.model,
@@ -74,7 +83,7 @@ class Daemon:
             work_dir=settings.work_dir,
             decoder=self._decoder,
             recognizer=load_engine(settings),
-            outbox=Outbox(settings.outbox, mode=settings.output_mode),
+            outbox=make_outbox(settings.outbox, settings),
             disposer=Disposer(
                 self._jobs,
                 settings.work_dir,

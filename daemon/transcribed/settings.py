@@ -59,6 +59,15 @@ class ModelSettings(BaseSettings):
     output_mode: int = Field(
         default=0o640, description="Permission bits of transcripts, octal (e.g. 0640)."
     )
+    formats: list[Literal["txt", "json", "srt", "vtt", "tsv"]] = Field(
+        default=["txt", "json"],
+        min_length=1,
+        description="Transcript files to write: txt, json, srt, vtt, tsv (json is always kept).",
+    )
+    language_in_names: bool = Field(
+        default=False,
+        description="Put the language code in subtitle names: meeting.zh.srt, meeting.zh.vtt.",
+    )
 
     @field_validator("output_mode", mode="before")
     @classmethod

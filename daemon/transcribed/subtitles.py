@@ -1,0 +1,105 @@
+"""SRT, WebVTT and TSV renderings of a transcript's segments.
+
+Segments are up to `chunk_seconds` long: far too long for one subtitle. Without word timing,
+each is split into cues of at most two readable lines at word boundaries (characters for
+unspaced scripts), and the segment's time is shared out in proportion to the text.
+"""
+
+import re
+from dataclasses import dataclass
+
+from transcribed.transcript import Segment, Transcript
+
+MAX_CUE_CHARS = 84  # two lines of 42: the usual broadcast limit
+_LINE_CHARS = 42
+
+
+@dataclass(frozen=True)
+class Cue:
+    start: float
+    end: float
+    text: str
+
+
+def cues(segments: tuple[Segment, ...], max_chars: int = MAX_CUE_CHARS) -> list[Cue]:
+    """Subtitle cues in order, none overlapping, none empty."""
+    result: list[Cue] = []
+    for segment in segments:
+        pieces = _split(" ".join(segment.text.split()), max_chars)
+        total = sum(len(piece) for piece in pieces)
+        start = segment.start
+        for piece in pieces:
+            end = start + (segment.end - segment.start) * len(piece) / total
+            result.append(Cue(round(start, 3), round(end, 3), piece))
+            start = end
+    return result
+
+
+def _split(text: str, max_chars: int) -> list[str]:
+    """Pieces of at most `max_chars`, cut at spaces where the text has them."""
+    pieces: list[str] = []
+    while len(text) > max_chars:
+        cut = text.rfind(" ", 0, max_chars + 1)
+        cut = cut if cut > 0 else max_chars  # no space (CJK, one long word): cut anywhere
+        pieces.append(text[:cut].strip())
+        text = text[cut:].strip()
+    if text:
+        pieces.append(text)
+    return pieces
+
+
+def _lines(text: str) -> str:
+    """Break a cue into two lines near the middle, at a space when there is one."""
+    if len(text) <= _LINE_CHARS:
+        return text
+    middle = len(text) // 2
+    left, right = text.rfind(" ", 0, middle + 1), text.find(" ", middle)
+    candidates = [i for i in (left, right) if i > 0]
+    if not candidates:
+        return text
+    cut = min(candidates, key=lambda i: abs(i - middle))
+    return text[:cut] + "\n" + text[cut + 1 :]
+
+
+def _clock(seconds: float, separator: str) -> str:
+    millis = round(seconds * 1000)
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
+
+
+def _no_arrow(text: str) -> str:
+    return text.replace("-->", "->")  # the one sequence both formats reserve
+
+
+def render_srt(transcript: Transcript) -> bytes:
+    blocks = [
+        f"{number}\n{_clock(cue.start, ',')} --> {_clock(cue.end, ',')}\n"
+        f"{_lines(_no_arrow(cue.text))}\n"
+        for number, cue in enumerate(cues(transcript.segments), start=1)
+    ]
+    return "\n".join(blocks).encode()
+
+
+_VTT_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
+def render_vtt(transcript: Transcript) -> bytes:
+    lines = ["WEBVTT", ""]
+    for cue in cues(transcript.segments):
+        text = re.sub(r"[&<>]", lambda m: _VTT_ESCAPES[m.group()], _no_arrow(cue.text))
+        lines += [f"{_clock(cue.start, '.')} --> {_clock(cue.end, '.')}", _lines(text), ""]
+    return "\n".join(lines).encode()
+
+
+def render_tsv(transcript: Transcript) -> bytes:
+    """One row per segment: start and end in milliseconds, then the text (tabs removed)."""
+    rows = ["start\tend\tlanguage\ttext"]
+    for segment in transcript.segments:
+        text = " ".join(segment.text.split())
+        rows.append(
+            f"{round(segment.start * 1000)}\t{round(segment.end * 1000)}\t"
+            f"{segment.language or ''}\t{text}"
+        )
+    return ("\n".join(rows) + "\n").encode()
