@@ -94,3 +94,17 @@ def test_cuda_without_a_gpu_is_a_clear_error() -> None:
     with pytest.raises(ModelError, match="no usable CUDA GPU"):
         resolve_device("cuda")
     assert resolve_device("auto").type == "cpu"
+
+
+def test_the_models_no_speech_answer_and_loops_are_handled(engine: Engine) -> None:
+    tokenizer = engine._processor.tokenizer
+    eos = sorted(engine._eos_ids)[0]
+
+    def parse(text: str):
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        return engine._parse(torch.tensor([*ids, eos]), [0.0] * (len(ids) + 1), None)
+
+    silence = parse("language None<asr_text>thank you for watching")
+    assert (silence.text, silence.no_speech, silence.language) == ("", True, None)
+    loop = parse("language English<asr_text>" + "ha" * 40)
+    assert (loop.text, loop.repetition_fixed, loop.no_speech) == ("ha", True, False)

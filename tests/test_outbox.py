@@ -16,6 +16,7 @@ def _transcript(sha: str, text: str = "hello world") -> Transcript:
         languages={"en": 1.0},
         segments=(Segment(0.0, 1.5, text, "en", "English", 0.97),),
         duration=1.5,
+        status="ok",
         source=SourceInfo("a.wav", sha, 10),
         model=ModelInfo("m", "cpu", "float32"),
         created="2026-01-01T00:00:00+00:00",

@@ -31,6 +31,7 @@ def _transcript(segments: tuple[Segment, ...] = SEGMENTS) -> Transcript:
         languages={"en": 0.6, "zh": 0.4},
         segments=segments,
         duration=segments[-1].end,
+        status="ok",
         source=SourceInfo("talk.wav", "a" * 64, 1),
         model=ModelInfo("m", "cpu", "float32"),
         created="2026-11-21T00:00:00+00:00",

@@ -16,6 +16,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from transcribed.errors import ModelError, ShutdownRequested, TransientError
 from transcribed.logs import get_logger
+from transcribed.repetition import collapse_repetitions
 from transcribed.scoring import LANGUAGE_STEPS, language_confidence
 from transcribed.transcript import ChunkText, ModelInfo
 
@@ -208,14 +209,23 @@ class Engine:
         ids = row.tolist()
         ended = any(token in self._eos_ids for token in ids)
         parsed = self._processor.decode(row, return_format="parsed")
+        raw = self._processor.tokenizer.decode(row, skip_special_tokens=True)
+        if not forced and raw.strip().lower().startswith("language none"):
+            # The model's own "no speech" answer: whatever text follows is invented.
+            return ChunkText("", None, truncated=False, no_speech=True)
         name = forced or parsed["language"]
         confidence = None if forced else language_confidence(ids, scores, self._marker_id)
+        # The text from the raw output, not the parsed one: the processor quietly collapses
+        # loops itself, and we want to know (and say) when that happened.
+        _prefix, marker, body = raw.partition("<asr_text>")
+        text, repeated = collapse_repetitions((body if marker else raw).strip())
         return ChunkText(
-            parsed["transcription"].strip(),
+            text,
             self.language_code(name),
             truncated=not ended,
             language_name=self.language_name(name),
             language_confidence=confidence if name else None,
+            repetition_fixed=repeated,
         )
 
     def language_name(self, language: str | None) -> str | None:

@@ -8,7 +8,7 @@ from typing import Protocol
 import numpy as np
 
 from transcribed.audio import SAMPLE_RATE
-from transcribed.chunking import StreamChunker
+from transcribed.chunking import StreamChunker, plan_chunks
 from transcribed.transcript import (
     ChunkText,
     ModelInfo,
@@ -20,6 +20,9 @@ from transcribed.transcript import (
     language_shares,
     main_language,
 )
+
+_SILENCE_RMS = 1e-3
+_MIN_RETRY_SAMPLES = 5 * SAMPLE_RATE  # halves shorter than this are not worth a retry
 
 
 class Recognizer(Protocol):
@@ -66,6 +69,7 @@ def transcribe_stream(
     pending += chunker.finish()
     segments += _recognize(pending, recognizer, language, should_stop)
     duration = segments[-1].end if segments else 0.0
+    spoken = any(segment.text for segment in segments)
     language = main_language(tuple(segments))
     return Transcript(
         text=join_texts([segment.text for segment in segments]),
@@ -74,6 +78,7 @@ def transcribe_stream(
         languages=language_shares(tuple(segments)),
         segments=tuple(segments),
         duration=duration,
+        status="ok" if spoken else "no_speech",
         source=source,
         model=recognizer.info,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -88,20 +93,61 @@ def _recognize(
     language: str | None,
     should_stop: Callable[[], bool],
 ) -> list[Segment]:
-    if not pieces:
-        return []
-    texts = recognizer.transcribe(
-        [chunk for _, chunk in pieces], language=language, should_stop=should_stop
+    """Segments for consecutive pieces: silent ones skip the model; a piece whose text hit the
+    token budget is transcribed again in two halves (cut at a quiet point), once."""
+    silent = [_is_silent(chunk) for _, chunk in pieces]
+    spoken = [piece for piece, quiet in zip(pieces, silent, strict=True) if not quiet]
+    texts = iter(
+        recognizer.transcribe([c for _, c in spoken], language=language, should_stop=should_stop)
+        if spoken
+        else []
     )
+    segments: list[Segment] = []
+    for (start, chunk), quiet in zip(pieces, silent, strict=True):
+        if quiet:
+            segments.append(_segment(start, chunk, ChunkText("", None, False, no_speech=True)))
+            continue
+        text = next(texts)
+        if text.truncated and len(chunk) >= 2 * _MIN_RETRY_SAMPLES:
+            segments += _retry_in_halves(start, chunk, recognizer, language, should_stop)
+        else:
+            segments.append(_segment(start, chunk, text))
+    return segments
+
+
+def _retry_in_halves(
+    start: int,
+    chunk: np.ndarray,
+    recognizer: Recognizer,
+    language: str | None,
+    should_stop: Callable[[], bool],
+) -> list[Segment]:
+    """A truncated chunk (usually a loop, or very dense speech) gets a second chance in two
+    pieces, each with its own budget; a piece still truncated stays flagged."""
+    halves = plan_chunks(chunk, SAMPLE_RATE, len(chunk) / 2 / SAMPLE_RATE + 1)
+    parts = [chunk[a:b] for a, b in halves]
+    texts = recognizer.transcribe(parts, language=language, should_stop=should_stop)
     return [
-        Segment(
-            start=round(start / SAMPLE_RATE, 3),
-            end=round((start + len(chunk)) / SAMPLE_RATE, 3),
-            text=text.text,
-            language=text.language,
-            language_name=text.language_name,
-            language_confidence=text.language_confidence,
-            truncated=text.truncated,
-        )
-        for (start, chunk), text in zip(pieces, texts, strict=True)
+        _segment(start + a, part, text)
+        for (a, _b), part, text in zip(halves, parts, texts, strict=True)
     ]
+
+
+def _is_silent(chunk: np.ndarray) -> bool:
+    """Below -60 dBFS RMS: digital silence or a muted microphone. The model is not asked, as
+    it tends to invent text for silence."""
+    return bool(np.sqrt(np.mean(np.square(chunk, dtype=np.float64))) < _SILENCE_RMS)
+
+
+def _segment(start: int, chunk: np.ndarray, text: ChunkText) -> Segment:
+    return Segment(
+        start=round(start / SAMPLE_RATE, 3),
+        end=round((start + len(chunk)) / SAMPLE_RATE, 3),
+        text=text.text,
+        language=text.language,
+        language_name=text.language_name,
+        language_confidence=text.language_confidence,
+        truncated=text.truncated,
+        repetition_fixed=text.repetition_fixed,
+        no_speech=text.no_speech,
+    )

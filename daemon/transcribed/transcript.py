@@ -18,6 +18,8 @@ class ChunkText:
     truncated: bool  # generation hit the token budget: the text may be cut short
     language_name: str | None = None  # English name, e.g. "Chinese"
     language_confidence: float | None = None  # P(detected language); None when forced or none
+    repetition_fixed: bool = False  # a repetition loop was collapsed
+    no_speech: bool = False  # silence, or the model said there is no speech: text is empty
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class Segment:
     language_name: str | None = None
     language_confidence: float | None = None
     truncated: bool = False
+    repetition_fixed: bool = False
+    no_speech: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class Transcript:
     languages: dict[str, float]  # share of speech time per language, largest first
     segments: tuple[Segment, ...]
     duration: float
+    status: str  # "ok", or "no_speech" when no segment has speech (the text is then empty)
     source: SourceInfo
     model: ModelInfo
     created: str
