@@ -108,3 +108,13 @@ def test_the_models_no_speech_answer_and_loops_are_handled(engine: Engine) -> No
     assert (silence.text, silence.no_speech, silence.language) == ("", True, None)
     loop = parse("language English<asr_text>" + "ha" * 40)
     assert (loop.text, loop.repetition_fixed, loop.no_speech) == ("ha", True, False)
+
+
+def test_context_goes_into_the_prompt(engine: Engine) -> None:
+    inputs = engine._processor.apply_transcription_request(
+        audio=[_noise(1, 0)], prompt=["Kubernetes Grafana"]
+    )
+    prompt = engine._processor.tokenizer.decode(inputs["input_ids"][0])
+    assert "Kubernetes Grafana" in prompt
+    [result] = engine.transcribe([_noise(1, 0)], context="Kubernetes Grafana")
+    assert "Kubernetes Grafana" not in result.text

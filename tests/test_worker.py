@@ -9,10 +9,12 @@ import pytest
 
 from recordings import write_soundfile
 from transcribed.decoder import ChildDecoder
+from transcribed.destinations import Destinations
 from transcribed.disposal import Disposer
 from transcribed.engine import Engine
 from transcribed.outbox import Outbox
 from transcribed.queue import JobQueue, JobState
+from transcribed.rules import Rules
 from transcribed.worker import Worker
 
 
@@ -32,11 +34,15 @@ def setup(folders, engine):
         work_dir=work,
         decoder=decoder,
         recognizer=engine,
-        outbox=Outbox(folders.outbox),
+        rules=Rules(
+            [], inbox=folders.inbox, language=None, formats=("json", "txt"), disposal="move"
+        ),
+        destinations=Destinations(
+            lambda formats: Outbox(folders.outbox, formats=formats),
+            lambda policy: Disposer(jobs, work, policy, folders.archive, folders.failed),
+        ),
         chunk_seconds=30,
-        language=None,
         max_attempts=3,
-        disposer=Disposer(jobs, work, "move", folders.archive, folders.failed),
         stop=threading.Event(),
     )
     yield worker, jobs, work
@@ -74,7 +80,7 @@ def test_a_transient_error_waits_with_the_original_untouched(setup, folders, mon
     def disk_full(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(worker.outbox, "publish", disk_full)
+    monkeypatch.setattr(worker.destinations.outbox(("json", "txt")), "publish", disk_full)
     worker.step()
     job = jobs.get(job_id)
     assert (job.state, job.attempts) == (JobState.QUEUED, 0)

@@ -16,7 +16,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from transcribed.errors import ModelError, ShutdownRequested, TransientError
 from transcribed.logs import get_logger
-from transcribed.repetition import collapse_repetitions
+from transcribed.repetition import collapse_repetitions, remove_context_echo
 from transcribed.scoring import LANGUAGE_STEPS, language_confidence
 from transcribed.transcript import ChunkText, ModelInfo
 
@@ -203,9 +203,14 @@ class Engine:
         )
         new_tokens = generated[:, inputs["input_ids"].shape[1] :]
         scores = recorder.per_row() or [[] for _ in range(len(audio))]
-        return [self._parse(row, scores[index], language) for index, row in enumerate(new_tokens)]
+        return [
+            self._parse(row, scores[index], language, context)
+            for index, row in enumerate(new_tokens)
+        ]
 
-    def _parse(self, row: torch.Tensor, scores: list[float], forced: str | None) -> ChunkText:
+    def _parse(
+        self, row: torch.Tensor, scores: list[float], forced: str | None, context: str | None = None
+    ) -> ChunkText:
         ids = row.tolist()
         ended = any(token in self._eos_ids for token in ids)
         parsed = self._processor.decode(row, return_format="parsed")
@@ -219,6 +224,7 @@ class Engine:
         # loops itself, and we want to know (and say) when that happened.
         _prefix, marker, body = raw.partition("<asr_text>")
         text, repeated = collapse_repetitions((body if marker else raw).strip())
+        text, _echoed = remove_context_echo(text, context)
         return ChunkText(
             text,
             self.language_code(name),

@@ -47,6 +47,7 @@ def transcribe_stream(
     *,
     chunk_seconds: float,
     language: str | None,
+    context: str | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     started: float | None = None,
 ) -> Transcript:
@@ -62,12 +63,11 @@ def transcribe_stream(
     for block in blocks:
         pending += chunker.feed(block)
         while len(pending) >= recognizer.batch_size:
-            segments += _recognize(
-                pending[: recognizer.batch_size], recognizer, language, should_stop
-            )
+            batch = pending[: recognizer.batch_size]
+            segments += _recognize(batch, recognizer, language, context, should_stop)
             del pending[: recognizer.batch_size]
     pending += chunker.finish()
-    segments += _recognize(pending, recognizer, language, should_stop)
+    segments += _recognize(pending, recognizer, language, context, should_stop)
     duration = segments[-1].end if segments else 0.0
     spoken = any(segment.text for segment in segments)
     language = main_language(tuple(segments))
@@ -91,6 +91,7 @@ def _recognize(
     pieces: list[tuple[int, np.ndarray]],
     recognizer: Recognizer,
     language: str | None,
+    context: str | None,
     should_stop: Callable[[], bool],
 ) -> list[Segment]:
     """Segments for consecutive pieces: silent ones skip the model; a piece whose text hit the
@@ -98,7 +99,9 @@ def _recognize(
     silent = [_is_silent(chunk) for _, chunk in pieces]
     spoken = [piece for piece, quiet in zip(pieces, silent, strict=True) if not quiet]
     texts = iter(
-        recognizer.transcribe([c for _, c in spoken], language=language, should_stop=should_stop)
+        recognizer.transcribe(
+            [c for _, c in spoken], language=language, context=context, should_stop=should_stop
+        )
         if spoken
         else []
     )
@@ -109,7 +112,7 @@ def _recognize(
             continue
         text = next(texts)
         if text.truncated and len(chunk) >= 2 * _MIN_RETRY_SAMPLES:
-            segments += _retry_in_halves(start, chunk, recognizer, language, should_stop)
+            segments += _retry_in_halves(start, chunk, recognizer, language, context, should_stop)
         else:
             segments.append(_segment(start, chunk, text))
     return segments
@@ -120,13 +123,16 @@ def _retry_in_halves(
     chunk: np.ndarray,
     recognizer: Recognizer,
     language: str | None,
+    context: str | None,
     should_stop: Callable[[], bool],
 ) -> list[Segment]:
     """A truncated chunk (usually a loop, or very dense speech) gets a second chance in two
     pieces, each with its own budget; a piece still truncated stays flagged."""
     halves = plan_chunks(chunk, SAMPLE_RATE, len(chunk) / 2 / SAMPLE_RATE + 1)
     parts = [chunk[a:b] for a, b in halves]
-    texts = recognizer.transcribe(parts, language=language, should_stop=should_stop)
+    texts = recognizer.transcribe(
+        parts, language=language, context=context, should_stop=should_stop
+    )
     return [
         _segment(start + a, part, text)
         for (a, _b), part, text in zip(halves, parts, texts, strict=True)

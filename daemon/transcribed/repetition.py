@@ -1,4 +1,5 @@
-"""Collapse the model's repetition loops ("the the the …", one sentence forty times).
+"""Clean-ups of the model's known failure modes: repetition loops ("the the the …", one
+sentence forty times) and the context prompt echoed into the transcript.
 
 A decoder stuck in a loop repeats a short unit many times or a long one a few times; real
 speech does neither at these counts. Each run is collapsed to a single occurrence.
@@ -21,3 +22,19 @@ def collapse_repetitions(text: str) -> tuple[str, bool]:
     for loop in _LOOPS:
         fixed = loop.sub(r"\1", fixed)
     return fixed, fixed != text
+
+
+_MIN_ECHO_CHARS = 12  # shorter glossary entries are words the speaker may well have said
+
+
+def remove_context_echo(text: str, context: str | None) -> tuple[str, bool]:
+    """Drop the context prompt where the model copied it into the transcript: the whole
+    context, or any of its lines, verbatim and long enough not to be ordinary speech."""
+    if not context:
+        return text, False
+    pieces = [" ".join(context.split())] + [" ".join(line.split()) for line in context.splitlines()]
+    cleaned = " ".join(text.split())
+    for piece in sorted({p for p in pieces if len(p) >= _MIN_ECHO_CHARS}, key=len, reverse=True):
+        cleaned = cleaned.replace(piece, " ")
+    cleaned = " ".join(cleaned.split())
+    return (cleaned, True) if cleaned != " ".join(text.split()) else (text, False)

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import FrameType
 
 from transcribed.decoder import ChildDecoder
+from transcribed.destinations import Destinations
 from transcribed.disposal import Disposer
 from transcribed.durable import remove_stale_temps
 from transcribed.engine import Engine
@@ -22,6 +23,7 @@ from transcribed.logs import get_logger
 from transcribed.memory import pin_mmap_threshold
 from transcribed.outbox import Outbox
 from transcribed.queue import JobQueue
+from transcribed.rules import Rules
 from transcribed.settings import ModelSettings, Settings, check_folders
 from transcribed.watcher import ObserverSupervisor
 from transcribed.worker import Worker
@@ -43,12 +45,24 @@ def make_decoder(settings: ModelSettings) -> ChildDecoder:
     )
 
 
-def make_outbox(root: Path, settings: ModelSettings) -> Outbox:
+def make_outbox(
+    root: Path, settings: ModelSettings, formats: tuple[str, ...] | None = None
+) -> Outbox:
     return Outbox(
         root,
-        formats=tuple(settings.formats),
+        formats=formats or tuple(settings.formats),
         mode=settings.output_mode,
         language_in_names=settings.language_in_names,
+    )
+
+
+def make_rules(settings: Settings) -> Rules:
+    return Rules(
+        settings.folders,
+        inbox=settings.inbox,
+        language=settings.language,
+        formats=tuple(settings.formats),
+        disposal=settings.disposal,
     )
 
 
@@ -83,17 +97,9 @@ class Daemon:
             work_dir=settings.work_dir,
             decoder=self._decoder,
             recognizer=load_engine(settings),
-            outbox=make_outbox(settings.outbox, settings),
-            disposer=Disposer(
-                self._jobs,
-                settings.work_dir,
-                settings.disposal,
-                settings.archive_dir,
-                settings.failed_dir,
-                settings.output_mode,
-            ),
+            rules=make_rules(settings),
+            destinations=self._destinations(settings),
             chunk_seconds=settings.chunk_seconds,
-            language=settings.language,
             max_attempts=settings.max_attempts,
             retry_seconds=settings.retry_seconds,
             stop=self.stop,
@@ -105,6 +111,19 @@ class Daemon:
             arrivals=self._arrivals,
             settle_seconds=settings.settle_seconds,
             rescan_seconds=settings.rescan_seconds,
+        )
+
+    def _destinations(self, settings: Settings) -> Destinations:
+        return Destinations(
+            lambda formats: make_outbox(settings.outbox, settings, formats),
+            lambda policy: Disposer(
+                self._jobs,
+                settings.work_dir,
+                policy,
+                settings.archive_dir,
+                settings.failed_dir,
+                settings.output_mode,
+            ),
         )
 
     def run(self) -> int:

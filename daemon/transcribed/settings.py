@@ -13,6 +13,7 @@ from pydantic_settings import (
 )
 
 from transcribed.errors import ConfigError
+from transcribed.rules import FolderRule
 
 DEFAULT_CONFIG_PATH = Path("/etc/transcribed/config.toml")
 DEFAULT_MODEL = "Qwen/Qwen3-ASR-1.7B-hf"
@@ -127,6 +128,11 @@ class Settings(ModelSettings):
         default="events", description="events (inotify) | poll (network mounts written elsewhere)."
     )
     poll_seconds: float = Field(default=5.0, gt=0, description="Poll interval in poll mode.")
+    folders: list[FolderRule] = Field(
+        default=[],
+        description="Per-folder rules ([[folders]] in the config): path, language, context, "
+        "formats, disposal, output.",
+    )
     max_attempts: int = Field(
         default=3, ge=1, description="Tries before a recording is quarantined in failed_dir."
     )
@@ -138,8 +144,12 @@ class Settings(ModelSettings):
 
     @model_validator(mode="after")
     def _archive_needed_for_move(self) -> "Settings":
-        if self.disposal == "move" and self.archive_dir is None:
+        moves = self.disposal == "move" or any(rule.disposal == "move" for rule in self.folders)
+        if moves and self.archive_dir is None:
             raise ValueError("disposal = 'move' needs archive_dir (or choose delete / shred)")
+        paths = [rule.path for rule in self.folders]
+        if len(paths) != len(set(paths)):
+            raise ValueError("two [[folders]] rules have the same path")
         return self
 
     @property

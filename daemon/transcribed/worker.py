@@ -22,7 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from transcribed import faults
-from transcribed.disposal import Disposer
+from transcribed.destinations import Destinations
 from transcribed.errors import (
     DecoderCrashed,
     PermanentError,
@@ -32,9 +32,9 @@ from transcribed.errors import (
 )
 from transcribed.logs import get_logger
 from transcribed.names import display_name
-from transcribed.outbox import Outbox
 from transcribed.pipeline import Recognizer, transcribe_stream
 from transcribed.queue import Job, JobQueue, JobState
+from transcribed.rules import Rules
 from transcribed.transcript import SourceInfo
 
 log = get_logger(__name__)
@@ -54,10 +54,9 @@ class Worker:
     work_dir: Path
     decoder: Decoder
     recognizer: Recognizer
-    outbox: Outbox
-    disposer: Disposer
+    rules: Rules
+    destinations: Destinations
     chunk_seconds: float
-    language: str | None
     max_attempts: int
     stop: threading.Event
     retry_seconds: float = 30.0
@@ -160,6 +159,7 @@ class Worker:
 
     def _transcribe_and_publish(self, job: Job, started: float) -> None:
         assert job.sha256 is not None and job.size is not None
+        plan = self.rules.plan(os.fsdecode(job.relpath))
         name = os.fsdecode(os.path.basename(job.relpath))
         faults.point("job.decoding", name)
         source = SourceInfo(name=display_name(name), sha256=job.sha256, size=job.size)
@@ -168,14 +168,16 @@ class Worker:
             source,
             self.recognizer,
             chunk_seconds=self.chunk_seconds,
-            language=self.language,
+            language=plan.language,
+            context=plan.context,
             should_stop=self.stop.is_set,
             started=started,
         )
-        disposal = {"disposal": self.disposer.assurance.as_dict()}
+        disposal = {"disposal": self.destinations.disposer(plan.disposal).assurance.as_dict()}
         transcript = dataclasses.replace(transcript, extra=transcript.extra | disposal)
         try:
-            outputs = self.outbox.publish(transcript, os.fsdecode(job.relpath))
+            outbox = self.destinations.outbox(plan.formats)
+            outputs = outbox.publish(transcript, plan.output_relpath)
         except OSError as error:  # disk full, unwritable, I/O error: nothing lost, try later
             raise TransientError(f"cannot write the transcript: {error}") from error
         self.jobs.mark_published(job.id, [str(path) for path in outputs])
@@ -196,9 +198,10 @@ class Worker:
             )
 
     def _fail(self, job: Job, error: str) -> None:
+        plan = self.rules.plan(os.fsdecode(job.relpath))
         if job.sha256 is not None:
-            self.outbox.retract(os.fsdecode(job.relpath), job.sha256)
-        target = self.disposer.quarantine(job, error)
+            self.destinations.outbox(plan.formats).retract(plan.output_relpath, job.sha256)
+        target = self.destinations.disposer(plan.disposal).quarantine(job, error)
         self.jobs.mark_failed(job.id, error)
         log.warning(
             "job.failed",
@@ -211,7 +214,10 @@ class Worker:
 
     def _dispose(self, job: Job) -> None:
         try:
-            outcome = self.disposer.dispose(job)
+            disposer = self.destinations.disposer(
+                self.rules.plan(os.fsdecode(job.relpath)).disposal
+            )
+            outcome = disposer.dispose(job)
         except OSError as error:  # the transcript is safe; the original waits in the work folder
             delay = _backoff(self.retry_seconds, job.disposal_failures + 1)
             self.jobs.defer_disposal(job.id, delay, str(error))
@@ -228,7 +234,7 @@ class Worker:
             "job.disposed",
             job=job.id,
             disposal=outcome,
-            assurance=self.disposer.assurance.assurance,
+            assurance=disposer.assurance.assurance,
         )
         self.on_finished(job, outcome)
 

@@ -1,0 +1,138 @@
+"""Per-folder rules: an inbox subfolder can force a language, add context (hotwords), choose
+formats, a disposal policy and an outbox subfolder. The deepest matching rule wins; anything
+a rule leaves unset comes from the global settings.
+
+A `.context.txt` in an inbox folder (or any folder above it, up to the inbox) adds to the
+context of recordings below it. The inbox is shared, so that file is read like untrusted
+input: no symlinks, regular files only, at most a few KB.
+"""
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+CONTEXT_FILE = ".context.txt"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+MAX_CONTEXT_BYTES = 4096  # the model's prompt is for a glossary, not a document
+
+Format = Literal["txt", "json", "srt", "vtt", "tsv"]
+Disposal = Literal["move", "delete", "shred"]
+
+
+def _relative_folder(value: str) -> str:
+    path = PurePosixPath(value)
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        raise ValueError(f"{value!r} must be a folder below the inbox or outbox, like 'team/zh'")
+    return str(path)
+
+
+class FolderRule(BaseModel):
+    """One `[[folders]]` entry of the config file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(description="Inbox subfolder the rule applies to (and everything below).")
+    language: str | None = Field(default=None, description="Force this language.")
+    context: str | None = Field(
+        default=None, max_length=MAX_CONTEXT_BYTES, description="Glossary / hotwords."
+    )
+    formats: list[Format] | None = Field(default=None, min_length=1)
+    disposal: Disposal | None = None
+    output: str | None = Field(default=None, description="Outbox subfolder for its transcripts.")
+
+    @field_validator("path", "output")
+    @classmethod
+    def _relative(cls, value: str | None) -> str | None:
+        return None if value is None else _relative_folder(value)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do with one recording, rules applied."""
+
+    language: str | None
+    context: str | None
+    formats: tuple[str, ...]
+    disposal: str
+    output_relpath: str  # where its transcripts go, relative to the outbox (with its name)
+    forced_by_rule: bool
+
+
+class Rules:
+    def __init__(
+        self,
+        rules: list[FolderRule],
+        *,
+        inbox: Path,
+        language: str | None,
+        formats: tuple[str, ...],
+        disposal: str,
+    ) -> None:
+        self._rules = sorted(rules, key=lambda rule: -len(PurePosixPath(rule.path).parts))
+        self._inbox = inbox
+        self._language = language
+        self._formats = formats
+        self._disposal = disposal
+
+    def plan(self, relpath: str) -> Plan:
+        """The plan for the recording at inbox-relative `relpath`."""
+        path = PurePosixPath(relpath)
+        rule = next((r for r in self._rules if _below(path, PurePosixPath(r.path))), None)
+        contexts = [rule.context if rule else None, read_context(self._inbox, path)]
+        output = str(path)
+        if rule and rule.output:
+            output = str(PurePosixPath(rule.output) / path.relative_to(rule.path))
+        return Plan(
+            language=(rule.language if rule and rule.language else self._language),
+            context="\n".join(c for c in contexts if c) or None,
+            formats=tuple(rule.formats) if rule and rule.formats else self._formats,
+            disposal=rule.disposal if rule and rule.disposal else self._disposal,
+            output_relpath=output,
+            forced_by_rule=bool(rule and rule.language),
+        )
+
+    def disposals(self) -> set[str]:
+        return {self._disposal, *(rule.disposal for rule in self._rules if rule.disposal)}
+
+
+def _below(path: PurePosixPath, folder: PurePosixPath) -> bool:
+    return path.parts[: len(folder.parts)] == folder.parts and len(path.parts) > len(folder.parts)
+
+
+def read_context(inbox: Path, relpath: PurePosixPath) -> str | None:
+    """The nearest `.context.txt` at or above the recording's folder, read safely: folders are
+    entered one by one without following symlinks, so nothing outside the inbox is read."""
+    found: str | None = None
+    fd = os.open(inbox, _DIR_FLAGS)
+    try:
+        found = _read_context_at(fd) or found
+        for part in relpath.parent.parts:
+            try:
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                break  # gone, or swapped for a symlink: stop here
+            os.close(fd)
+            fd = child
+            found = _read_context_at(fd) or found
+    finally:
+        os.close(fd)
+    return found
+
+
+def _read_context_at(folder_fd: int) -> str | None:
+    try:
+        fd = os.open(CONTEXT_FILE, _FILE_FLAGS, dir_fd=folder_fd)
+    except OSError:
+        return None  # absent, a symlink, unreadable: no context from here
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        text = os.read(fd, MAX_CONTEXT_BYTES).decode("utf-8", errors="replace").strip()
+        return text or None
+    finally:
+        os.close(fd)
