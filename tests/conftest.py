@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from transcribed.synthetic import build_tiny_checkpoint
+from transcribed.synthetic import build_tiny_aligner, build_tiny_checkpoint
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach for the network
 
@@ -33,6 +33,11 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-qwen3-asr"))
+
+
+@pytest.fixture(scope="session")
+def tiny_aligner(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_aligner(tmp_path_factory.mktemp("tiny-qwen3-aligner"))
 
 
 @dataclass

@@ -15,7 +15,7 @@ from transcribed.logs import get_logger
 from transcribed.memory import pin_mmap_threshold
 from transcribed.names import display_name
 from transcribed.pipeline import transcribe_stream
-from transcribed.service import load_engine, make_decoder, make_outbox
+from transcribed.service import load_aligner, load_engine, make_decoder, make_outbox
 from transcribed.settings import ModelSettings
 from transcribed.transcript import SourceInfo
 
@@ -26,6 +26,7 @@ def transcribe_files(files: list[Path], settings: ModelSettings, outbox_dir: Pat
     """Transcribe each file; return how many failed. Outputs go beside each file by default."""
     pin_mmap_threshold()
     engine = load_engine(settings)
+    aligner = load_aligner(settings)
     decoder = make_decoder(settings)
     console = Console(stderr=True)
     failures = 0
@@ -48,6 +49,7 @@ def transcribe_files(files: list[Path], settings: ModelSettings, outbox_dir: Pat
                         engine,
                         chunk_seconds=settings.chunk_seconds,
                         language=settings.language,
+                        aligner=aligner,
                         started=started,
                     )
                     outbox = make_outbox(outbox_dir or path.parent, settings)

@@ -1,5 +1,6 @@
 """From decoded audio to a Transcript: chunk at quiet points, transcribe, assemble segments."""
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from transcribed.transcript import (
     Segment,
     SourceInfo,
     Transcript,
+    Word,
     join_texts,
     language_confidence,
     language_shares,
@@ -23,6 +25,12 @@ from transcribed.transcript import (
 
 _SILENCE_RMS = 1e-3
 _MIN_RETRY_SAMPLES = 5 * SAMPLE_RATE  # halves shorter than this are not worth a retry
+
+
+class WordAligner(Protocol):
+    """Word timing for a piece of audio and its text: `aligner.Aligner` in production."""
+
+    def align(self, audio: np.ndarray, text: str, language: str | None) -> tuple[Word, ...]: ...
 
 
 class Recognizer(Protocol):
@@ -48,6 +56,7 @@ def transcribe_stream(
     chunk_seconds: float,
     language: str | None,
     context: str | None = None,
+    aligner: WordAligner | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     started: float | None = None,
 ) -> Transcript:
@@ -64,10 +73,12 @@ def transcribe_stream(
         pending += chunker.feed(block)
         while len(pending) >= recognizer.batch_size:
             batch = pending[: recognizer.batch_size]
-            segments += _recognize(batch, recognizer, language, context, should_stop)
+            found = _recognize(batch, recognizer, language, context, should_stop)
+            segments += _with_words(found, batch, aligner)
             del pending[: recognizer.batch_size]
     pending += chunker.finish()
-    segments += _recognize(pending, recognizer, language, context, should_stop)
+    found = _recognize(pending, recognizer, language, context, should_stop)
+    segments += _with_words(found, pending, aligner)
     duration = segments[-1].end if segments else 0.0
     spoken = any(segment.text for segment in segments)
     language = main_language(tuple(segments))
@@ -85,6 +96,29 @@ def transcribe_stream(
         processing_seconds=round(time.monotonic() - started, 3),
         extra={"language_forced": language is not None},
     )
+
+
+def _with_words(
+    segments: list[Segment], pieces: list[tuple[int, np.ndarray]], aligner: WordAligner | None
+) -> list[Segment]:
+    """Word timing for each spoken segment of these consecutive pieces, when an aligner is set."""
+    if aligner is None or not pieces:
+        return segments
+    audio = np.concatenate([chunk for _, chunk in pieces])
+    base = pieces[0][0]
+    timed = []
+    for segment in segments:
+        first = round(segment.start * SAMPLE_RATE) - base
+        last = round(segment.end * SAMPLE_RATE) - base
+        words = (
+            aligner.align(audio[first:last], segment.text, segment.language) if segment.text else ()
+        )
+        shifted = tuple(
+            Word(w.text, round(segment.start + w.start, 3), round(segment.start + w.end, 3))
+            for w in words
+        )
+        timed.append(dataclasses.replace(segment, words=shifted))
+    return timed
 
 
 def _recognize(

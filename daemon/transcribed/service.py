@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from transcribed.aligner import Aligner
 from transcribed.decoder import ChildDecoder
 from transcribed.destinations import Destinations
 from transcribed.disposal import Disposer
@@ -66,6 +67,12 @@ def make_rules(settings: Settings) -> Rules:
     )
 
 
+def load_aligner(settings: ModelSettings) -> Aligner | None:
+    if settings.aligner is None:
+        return None
+    return Aligner.load(settings.aligner, settings.device, allow_download=settings.allow_download)
+
+
 def load_engine(settings: ModelSettings) -> Engine:
     return Engine.load(
         settings.model,
@@ -102,6 +109,7 @@ class Daemon:
             chunk_seconds=settings.chunk_seconds,
             max_attempts=settings.max_attempts,
             retry_seconds=settings.retry_seconds,
+            aligner=load_aligner(settings),
             stop=self.stop,
         )
         self._intake = Intake(

@@ -48,6 +48,11 @@ class ModelSettings(BaseSettings):
     chunk_seconds: float = Field(
         default=30.0, ge=5, le=300, description="Longest piece handed to the model at once."
     )
+    aligner: str | None = Field(
+        default=None,
+        description="Word timing model (hub id or folder), e.g. Qwen/Qwen3-ForcedAligner-0.6B-hf; "
+        "off by default.",
+    )
     batch_size: int = Field(default=8, ge=1, le=256, description="Chunks per model call.")
     decode_timeout_seconds: float = Field(
         default=600.0,

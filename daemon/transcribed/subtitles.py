@@ -1,14 +1,16 @@
 """SRT, WebVTT and TSV renderings of a transcript's segments.
 
-Segments are up to `chunk_seconds` long: far too long for one subtitle. Without word timing,
-each is split into cues of at most two readable lines at word boundaries (characters for
-unspaced scripts), and the segment's time is shared out in proportion to the text.
+Segments are up to `chunk_seconds` long: far too long for one subtitle, so each is split into
+cues of at most two readable lines. With word timing (the aligner) cues are cut after a word
+and take that word's times; without it they are cut at spaces (characters for unspaced
+scripts) and the segment's time is shared out in proportion to the text.
 """
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
-from transcribed.transcript import Segment, Transcript
+from transcribed.transcript import Segment, Transcript, Word
 
 MAX_CUE_CHARS = 84  # two lines of 42: the usual broadcast limit
 _LINE_CHARS = 42
@@ -25,7 +27,12 @@ def cues(segments: tuple[Segment, ...], max_chars: int = MAX_CUE_CHARS) -> list[
     """Subtitle cues in order, none overlapping, none empty."""
     result: list[Cue] = []
     for segment in segments:
-        pieces = _split(" ".join(segment.text.split()), max_chars)
+        text = " ".join(segment.text.split())
+        ends = _word_ends(text, segment.words) if segment.words else None
+        if ends is not None:
+            result += _word_cues(text, segment, ends, max_chars)
+            continue
+        pieces = _split(text, max_chars)
         total = sum(len(piece) for piece in pieces)
         start = segment.start
         for piece in pieces:
@@ -33,6 +40,41 @@ def cues(segments: tuple[Segment, ...], max_chars: int = MAX_CUE_CHARS) -> list[
             result.append(Cue(round(start, 3), round(end, 3), piece))
             start = end
     return result
+
+
+def _word_ends(text: str, words: tuple[Word, ...]) -> list[int] | None:
+    """Where each aligned word ends in `text` (with punctuation that follows it), or None when
+    the words cannot be found in order (then the proportional split is used)."""
+    ends, position = [], 0
+    for word in words:
+        found = text.find(word.text, position)
+        if found < 0:
+            return None
+        position = found + len(word.text)
+        while position < len(text) and unicodedata.category(text[position]).startswith("P"):
+            position += 1
+        ends.append(position)
+    return ends
+
+
+def _word_cues(text: str, segment: Segment, ends: list[int], max_chars: int) -> list[Cue]:
+    """Cues cut after whole words, timed by the words they hold."""
+    made: list[Cue] = []
+    first_word, first_char = 0, 0
+    for index in range(len(segment.words)):
+        last = index == len(segment.words) - 1
+        too_long = len(text[first_char : ends[index]].strip()) > max_chars
+        if too_long and index > first_word:
+            made.append(_cue(text[first_char : ends[index - 1]], segment, first_word, index - 1))
+            first_word, first_char = index, ends[index - 1]
+        if last:
+            made.append(_cue(text[first_char:], segment, first_word, index))
+    return made
+
+
+def _cue(text: str, segment: Segment, first: int, last: int) -> Cue:
+    start, end = segment.words[first].start, segment.words[last].end
+    return Cue(start, max(start, end), text.strip())
 
 
 def _split(text: str, max_chars: int) -> list[str]:

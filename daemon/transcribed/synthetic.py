@@ -9,6 +9,7 @@ Its text is random; it proves structure, never words.
 
 import sys
 from pathlib import Path
+from typing import Any
 
 _SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -38,17 +39,68 @@ _CORPUS = [
 ]
 
 
+# The aligner's template puts a start and an end <timestamp> slot after every word; the model
+# classifies each slot into a time bin (timestamp_segment_time ms each).
+_ALIGNER_TEMPLATE = (
+    "<|im_start|>system\n<|im_end|>\n"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'audio' %}<|audio_start|><|audio_pad|><|audio_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}<timestamp><timestamp>{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endfor %}"
+)
+_TIME_BINS = 5000  # the real aligner's classes: 5000 bins of 80 ms
+
+
 def build_tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
     """Write a tiny random Qwen3-ASR model, tokenizer and processor to `folder`."""
     import torch
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (
-        PreTrainedTokenizerFast,
-        Qwen3ASRConfig,
-        Qwen3ASRFeatureExtractor,
-        Qwen3ASRForConditionalGeneration,
-        Qwen3ASRProcessor,
+    from transformers import Qwen3ASRForConditionalGeneration
+
+    tokenizer = _tokenizer()
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in _SPECIAL_TOKENS}
+    config = _config(tokenizer)
+    torch.manual_seed(seed)
+    model = Qwen3ASRForConditionalGeneration(config)
+    with torch.no_grad():
+        # Zero the (tied) embeddings of special and whitespace-only tokens so random logits
+        # favour visible text: transcripts then hold characters, as a real model's would.
+        invisible = [i for i in range(len(tokenizer)) if not _visible(tokenizer.decode([i]))]
+        model.get_input_embeddings().weight[[*ids.values(), *invisible]] = 0
+    _save(folder, model, tokenizer, _CHAT_TEMPLATE)
+    return folder
+
+
+def build_tiny_aligner(folder: Path, seed: int = 0) -> Path:
+    """Write a tiny random Qwen3-ForcedAligner (token classification over time bins)."""
+    import torch
+    from transformers import Qwen3ASRForTokenClassification
+
+    tokenizer = _tokenizer(extra_tokens=("<timestamp>",))
+    config = _config(
+        tokenizer,
+        num_labels=_TIME_BINS,
+        timestamp_token_id=tokenizer.convert_tokens_to_ids("<timestamp>"),
     )
+    torch.manual_seed(seed)
+    _save(folder, Qwen3ASRForTokenClassification(config), tokenizer, _ALIGNER_TEMPLATE)
+    return folder
+
+
+def _save(folder: Path, model: Any, tokenizer: Any, template: str) -> None:
+    from transformers import Qwen3ASRFeatureExtractor, Qwen3ASRProcessor
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    processor = Qwen3ASRProcessor(
+        feature_extractor=Qwen3ASRFeatureExtractor(), tokenizer=tokenizer, chat_template=template
+    )
+    processor.save_pretrained(folder)
+
+
+def _tokenizer(extra_tokens: tuple[str, ...] = ()) -> Any:
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -64,7 +116,8 @@ def build_tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
     # <asr_text> is an ordinary added token in the real tokenizer: decoding keeps it, so the
     # processor's parser can split "language X<asr_text>text".
     bpe.add_tokens([AddedToken("<asr_text>", special=False)])
-    tokenizer = PreTrainedTokenizerFast(
+    bpe.add_special_tokens([AddedToken(token, special=True) for token in extra_tokens])
+    return PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         eos_token="<|im_end|>",  # noqa: S106 (a token name, not a password)
         pad_token="<|endoftext|>",  # noqa: S106
@@ -74,8 +127,13 @@ def build_tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
             "audio_eos_token": "<|audio_end|>",
         },
     )
+
+
+def _config(tokenizer: Any, **extra: Any) -> Any:
+    from transformers import Qwen3ASRConfig
+
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in _SPECIAL_TOKENS}
-    config = Qwen3ASRConfig(
+    return Qwen3ASRConfig(
         audio_config={
             "encoder_layers": 1,
             "encoder_attention_heads": 2,
@@ -97,23 +155,8 @@ def build_tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
         audio_token_id=ids["<|audio_pad|>"],
         pad_token_id=ids["<|endoftext|>"],
         eos_token_id=[ids["<|endoftext|>"], ids["<|im_end|>"]],
+        **extra,
     )
-    torch.manual_seed(seed)
-    model = Qwen3ASRForConditionalGeneration(config)
-    with torch.no_grad():
-        # Zero the (tied) embeddings of special and whitespace-only tokens so random logits
-        # favour visible text: transcripts then hold characters, as a real model's would.
-        invisible = [i for i in range(len(tokenizer)) if not _visible(tokenizer.decode([i]))]
-        model.get_input_embeddings().weight[[*ids.values(), *invisible]] = 0
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    processor = Qwen3ASRProcessor(
-        feature_extractor=Qwen3ASRFeatureExtractor(),
-        tokenizer=tokenizer,
-        chat_template=_CHAT_TEMPLATE,
-    )
-    processor.save_pretrained(folder)
-    return folder
 
 
 def _visible(text: str) -> bool:
@@ -122,6 +165,9 @@ def _visible(text: str) -> bool:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m transcribed.synthetic FOLDER")
-    print(build_tiny_checkpoint(Path(sys.argv[1])))
+    if len(sys.argv) not in (2, 3) or (sys.argv[1:2] == ["--aligner"] and len(sys.argv) != 3):
+        sys.exit("usage: python -m transcribed.synthetic [--aligner] FOLDER")
+    if sys.argv[1] == "--aligner":
+        print(build_tiny_aligner(Path(sys.argv[2])))
+    else:
+        print(build_tiny_checkpoint(Path(sys.argv[1])))

@@ -23,6 +23,15 @@ class ChunkText:
 
 
 @dataclass(frozen=True)
+class Word:
+    """A word (a character, for Chinese) with times in seconds, from the forced aligner."""
+
+    text: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
 class Segment:
     start: float
     end: float
@@ -33,6 +42,7 @@ class Segment:
     truncated: bool = False
     repetition_fixed: bool = False
     no_speech: bool = False
+    words: tuple[Word, ...] = ()  # only with the aligner; times in seconds of the recording
 
 
 @dataclass(frozen=True)

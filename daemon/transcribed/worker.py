@@ -32,7 +32,7 @@ from transcribed.errors import (
 )
 from transcribed.logs import get_logger
 from transcribed.names import display_name
-from transcribed.pipeline import Recognizer, transcribe_stream
+from transcribed.pipeline import Recognizer, WordAligner, transcribe_stream
 from transcribed.queue import Job, JobQueue, JobState
 from transcribed.rules import Rules
 from transcribed.transcript import SourceInfo
@@ -60,6 +60,7 @@ class Worker:
     max_attempts: int
     stop: threading.Event
     retry_seconds: float = 30.0
+    aligner: WordAligner | None = None
     on_finished: Callable[[Job, str], None] = lambda job, outcome: None
 
     def recover(self) -> None:
@@ -170,6 +171,7 @@ class Worker:
             chunk_seconds=self.chunk_seconds,
             language=plan.language,
             context=plan.context,
+            aligner=self.aligner,
             should_stop=self.stop.is_set,
             started=started,
         )
