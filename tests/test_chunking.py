@@ -44,3 +44,12 @@ def test_the_stream_chunker_matches_whole_file_planning_and_holds_little() -> No
     )
     assert all(0 < len(chunk) <= 30 * rate for _, chunk in pieces)
     assert [(s, s + len(c)) for s, c in pieces] == plan_chunks(audio, rate, 30)
+
+
+def test_a_long_pause_ends_a_chunk_early_even_in_a_short_recording() -> None:
+    rate = 16000
+    audio = np.random.default_rng(2).standard_normal(rate * 25).astype(np.float32)
+    audio[rate * 12 : rate * 15] = 0  # a 3 s pause
+    audio[rate * 2 : rate * 3] = 0  # a 1 s pause and one too early: neither ends a chunk
+    ranges = plan_chunks(audio, rate, 30)
+    assert len(ranges) == 2 and rate * 13 <= ranges[0][1] <= rate * 14

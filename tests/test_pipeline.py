@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from transcribed.outbox import render_txt
+from transcribed.pauses import quiet_edges
 from transcribed.pipeline import transcribe_stream
 from transcribed.transcript import ChunkText, ModelInfo, SourceInfo
 
@@ -73,3 +75,22 @@ def test_a_chunk_still_truncated_after_the_retry_stays_flagged() -> None:
     model = Scripted(lambda chunk: ChunkText("loop", "en", truncated=True))
     transcript = _run(_speech(30), model)
     assert len(transcript.segments) == 2 and all(s.truncated for s in transcript.segments)
+
+
+def test_the_txt_starts_a_paragraph_after_a_long_pause() -> None:
+    audio = np.concatenate([_speech(10), np.zeros(3 * RATE, np.float32), _speech(10, 1)])
+    model = Scripted(lambda chunk: ChunkText("words", "en", False))
+    transcript = _run(audio, model)
+    assert [s.text for s in transcript.segments] == ["words", "words"]
+    assert transcript.segments[1].pause_before >= 2.0
+    assert render_txt(transcript) == b"words\n\nwords\n"
+    assert transcript.text == "words words"
+
+
+def test_quiet_edges_measure_the_silence_at_each_end() -> None:
+    audio = np.concatenate(
+        [np.zeros(RATE, np.float32), _speech(2), np.zeros(RATE // 2, np.float32)]
+    )
+    leading, trailing = quiet_edges(audio)
+    assert abs(leading - 1.0) <= 0.05 and abs(trailing - 0.5) <= 0.05
+    assert quiet_edges(np.zeros(RATE, np.float32)) == (1.0, 1.0)

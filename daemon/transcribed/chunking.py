@@ -6,6 +6,12 @@ _FRAME_SECONDS = 0.05
 # Look for the cut in the last third of each window: pieces stay long (good for throughput and
 # context) while there is room to find real silence.
 _SEARCH_FRACTION = 1 / 3
+# A pause this long ends a chunk early: a natural boundary for the model, and where the .txt
+# starts a new paragraph. Chunks cut there are at least _MIN_CHUNK_SECONDS long.
+LONG_PAUSE_SECONDS = 2.0
+_MIN_CHUNK_SECONDS = 5.0
+_QUIET_ENERGY = 0.01  # -20 dB below the window's loud frames
+_SILENCE_ENERGY = 1e-6  # (-60 dBFS RMS)²: digital silence, whatever the level around it
 
 
 def plan_chunks(audio: np.ndarray, sample_rate: int, max_seconds: float) -> list[tuple[int, int]]:
@@ -21,6 +27,23 @@ def _frame_energy(audio: np.ndarray, frame: int) -> np.ndarray:
     frames = audio[:usable].reshape(-1, frame)
     energy: np.ndarray = np.einsum("ij,ij->i", frames, frames, dtype=np.float64)
     return energy
+
+
+def _first_long_pause(energy: np.ndarray, frame: int, rate: int) -> int | None:
+    """The sample in the middle of the first run of quiet frames at least LONG_PAUSE_SECONDS
+    long that starts after _MIN_CHUNK_SECONDS and ends before the window does."""
+    if not len(energy):
+        return None
+    threshold = max(_SILENCE_ENERGY * frame, _QUIET_ENERGY * float(np.percentile(energy, 90)))
+    quiet = np.concatenate([[False], energy < threshold, [False]])
+    edges = np.flatnonzero(np.diff(quiet.astype(np.int8)))
+    starts, ends = edges[0::2], edges[1::2]  # runs of quiet frames: [start, end)
+    needed = LONG_PAUSE_SECONDS * rate / frame
+    earliest = _MIN_CHUNK_SECONDS * rate / frame
+    for start, end in zip(starts, ends, strict=True):
+        if end - start >= needed and start >= earliest and end < len(energy):
+            return int((start + end) // 2 * frame)
+    return None
 
 
 def _quietest_cut(energy: np.ndarray, frame: int, lo: int, hi: int) -> int:
@@ -47,17 +70,28 @@ class StreamChunker:
         """Add decoded samples; return the (start sample, chunk) pieces now final."""
         self._buffer = np.concatenate((self._buffer, block))
         ready = []
-        while len(self._buffer) > self._window:
-            ready.append(self._take(self._next_cut()))
+        while (cut := self._next_cut(final=False)) is not None:
+            ready.append(self._take(cut))
         return ready
 
     def finish(self) -> list[tuple[int, np.ndarray]]:
-        """The tail, once the recording has ended."""
-        return [self._take(len(self._buffer))] if len(self._buffer) else []
+        """The rest, once the recording has ended."""
+        ready = []
+        while (cut := self._next_cut(final=True)) is not None:
+            ready.append(self._take(cut))
+        return ready
 
-    def _next_cut(self) -> int:
+    def _next_cut(self, final: bool) -> int | None:
+        """Where the next chunk ends: in the middle of the first long pause; else, when the
+        buffer is longer than a window, at the quietest point of the window's last third."""
+        if not len(self._buffer) or (not final and len(self._buffer) <= self._window):
+            return None
         frame = max(1, int(_FRAME_SECONDS * self._rate))
         energy = _frame_energy(self._buffer[: self._window], frame)
+        if (pause := _first_long_pause(energy, frame, self._rate)) is not None:
+            return pause
+        if len(self._buffer) <= self._window:
+            return len(self._buffer)  # final: the tail is one chunk
         lowest = int(self._window * (1 - _SEARCH_FRACTION))
         return _quietest_cut(energy, frame, lowest, self._window)
 

@@ -14,15 +14,27 @@ from typing import Any
 from transcribed import faults
 from transcribed.durable import fit_name, fsync_dir, make_folders, write_temp
 from transcribed.subtitles import render_srt, render_tsv, render_vtt
-from transcribed.transcript import Transcript
+from transcribed.transcript import Transcript, join_texts
 
 
 def render_json(transcript: Transcript) -> bytes:
     return json.dumps(transcript.to_json_dict(), indent=2, ensure_ascii=False).encode() + b"\n"
 
 
+PARAGRAPH_PAUSE_SECONDS = 2.0
+
+
 def render_txt(transcript: Transcript) -> bytes:
-    return (transcript.text + "\n").encode() if transcript.text else b""
+    """The text, with a new paragraph wherever the speaker paused for 2 s or more."""
+    paragraphs: list[list[str]] = [[]]
+    for segment in transcript.segments:
+        if not segment.text:
+            continue
+        if segment.pause_before >= PARAGRAPH_PAUSE_SECONDS and paragraphs[-1]:
+            paragraphs.append([])
+        paragraphs[-1].append(segment.text)
+    text = "\n\n".join(join_texts(paragraph) for paragraph in paragraphs if paragraph)
+    return (text + "\n").encode() if text else b""
 
 
 WRITERS: dict[str, Callable[[Transcript], bytes]] = {

@@ -10,6 +10,7 @@ import numpy as np
 
 from transcribed.audio import SAMPLE_RATE
 from transcribed.chunking import StreamChunker, plan_chunks
+from transcribed.pauses import PauseTracker
 from transcribed.transcript import (
     ChunkText,
     ModelInfo,
@@ -69,16 +70,17 @@ def transcribe_stream(
     chunker = StreamChunker(SAMPLE_RATE, chunk_seconds)
     pending: list[tuple[int, np.ndarray]] = []
     segments: list[Segment] = []
+    pauses = PauseTracker()
     for block in blocks:
         pending += chunker.feed(block)
         while len(pending) >= recognizer.batch_size:
             batch = pending[: recognizer.batch_size]
             found = _recognize(batch, recognizer, language, context, should_stop)
-            segments += _with_words(found, batch, aligner)
+            segments += pauses.assign(_with_words(found, batch, aligner), batch)
             del pending[: recognizer.batch_size]
     pending += chunker.finish()
     found = _recognize(pending, recognizer, language, context, should_stop)
-    segments += _with_words(found, pending, aligner)
+    segments += pauses.assign(_with_words(found, pending, aligner), pending)
     duration = segments[-1].end if segments else 0.0
     spoken = any(segment.text for segment in segments)
     language = main_language(tuple(segments))

@@ -43,6 +43,7 @@ class Segment:
     repetition_fixed: bool = False
     no_speech: bool = False
     words: tuple[Word, ...] = ()  # only with the aligner; times in seconds of the recording
+    pause_before: float = 0.0  # seconds of quiet between the previous speech and this
 
 
 @dataclass(frozen=True)
