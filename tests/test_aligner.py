@@ -1,5 +1,6 @@
 """Word timing with the forced aligner (tiny real checkpoint), and subtitles cut at words."""
 
+import importlib.util
 import itertools
 import json
 import os
@@ -98,3 +99,10 @@ def test_the_aligner_setting_adds_words_to_json_and_subtitles(
     word_starts = {w["start"] for s in spoken for w in s["words"]}
     parsed = list(srt.parse((tmp_path / "talk.srt").read_text()))
     assert parsed and all(round(c.start.total_seconds(), 3) in word_starts for c in parsed)
+
+
+def test_a_language_whose_word_splitter_is_missing_keeps_segment_timing(aligner: Aligner) -> None:
+    if importlib.util.find_spec("nagisa"):
+        pytest.skip("nagisa is installed here: Japanese is aligned")
+    assert aligner.align(_noise(3), "こんにちは 世界", "ja") == ()  # no ImportError, no failed job
+    assert not aligner.supports("ja"), "asked once, then skipped"

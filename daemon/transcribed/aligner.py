@@ -34,6 +34,7 @@ class Aligner:
         self._processor = processor
         self._names = LANGUAGE_CODE_TO_NAME
         self._supported = FORCED_ALIGNER_LANGUAGES
+        self._unsupported: set[str] = set()  # languages whose word splitter is not installed
 
     @classmethod
     def load(cls, model: str, device: str, *, allow_download: bool) -> "Aligner":
@@ -58,7 +59,11 @@ class Aligner:
 
     def supports(self, language: str | None) -> bool:
         """None (not detected) is tried with the default word splitting."""
-        return language is None or self._names.get(language, language) in self._supported
+        if language is None:
+            return True
+        return language not in self._unsupported and (
+            self._names.get(language, language) in self._supported
+        )
 
     @torch.inference_mode()
     def align(self, audio: np.ndarray, text: str, language: str | None) -> tuple[Word, ...]:
@@ -67,9 +72,14 @@ class Aligner:
         seconds = len(audio) / _RATE
         if not text.strip() or seconds > WINDOW_SECONDS or not self.supports(language):
             return ()
-        inputs, word_lists = self._processor.prepare_forced_aligner_inputs(
-            [audio], [text], language=language
-        )
+        try:
+            inputs, word_lists = self._processor.prepare_forced_aligner_inputs(
+                [audio], [text], language=language
+            )
+        except ImportError as missing:  # ja needs nagisa, ko needs soynlp to split words
+            self._unsupported.add(str(language))
+            log.warning("aligner.language_needs_package", language=language, error=str(missing))
+            return ()
         if not word_lists[0]:
             return ()
         inputs = inputs.to(self._model.device)
