@@ -112,3 +112,11 @@ def test_subtitle_names_can_carry_the_language_and_retract_finds_them(tmp_path) 
     assert [p.name for p in written] == ["talk.json", "talk.en.srt", "talk.en.vtt", "talk.tsv"]
     assert outbox.retract("talk.wav", "a" * 64) == list(reversed(written))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_users_own_tagged_subtitle_is_never_overwritten(tmp_path) -> None:
+    (tmp_path / "talk.en.srt").write_text("mine")
+    outbox = Outbox(tmp_path, formats=("srt",), language_in_names=True)
+    written = outbox.publish(_transcript(), "talk.wav")
+    assert [p.name for p in written] == ["talk-2.json", "talk-2.en.srt"]
+    assert (tmp_path / "talk.en.srt").read_text() == "mine"

@@ -69,7 +69,9 @@ class Outbox:
         """Write every format for the recording at inbox-relative `relpath`; return the paths,
         durable (files and folder fsynced) when this returns."""
         folder = make_folders(self._root, Path(PurePosixPath(relpath).parent))
-        stem = self._free_stem(folder, PurePosixPath(relpath).stem, transcript.source.sha256)
+        stem = self._free_stem(
+            folder, PurePosixPath(relpath).stem, transcript.source.sha256, transcript.language
+        )
         # Every file is written and fsynced before any becomes visible: a failed write or
         # fsync (disk full, EIO) leaves nothing behind but hidden temp files we remove.
         staged: list[tuple[Path, Path]] = []
@@ -112,19 +114,20 @@ class Outbox:
             targets.append((extension, folder / name))
         return targets
 
-    def _free_stem(self, folder: Path, stem: str, sha256: str) -> str:
+    def _free_stem(self, folder: Path, stem: str, sha256: str, language: str | None = None) -> str:
         """`stem`, or `stem-2`, `stem-3`…: the first whose files are absent or hold this content."""
         reserve = max(len(f".{extension}") for extension in self._formats) + _LANGUAGE_TAG
         candidate, number = fit_name(stem, "", reserve), 2
-        while not self._usable(folder, candidate, sha256):
+        while not self._usable(folder, candidate, sha256, language):
             candidate, number = fit_name(stem, f"-{number}", reserve), number + 1
         return candidate
 
-    def _usable(self, folder: Path, stem: str, sha256: str) -> bool:
+    def _usable(self, folder: Path, stem: str, sha256: str, language: str | None) -> bool:
         marker = folder / f"{stem}.json"
         if os.path.lexists(marker):
             return _source_sha(marker) == sha256
-        return not any(os.path.lexists(folder / f"{stem}.{ext}") for ext in self._formats)
+        targets = self._targets(folder, stem, language)
+        return not any(os.path.lexists(path) for _extension, path in targets)
 
 
 def _read_marker(marker: Path) -> dict[str, Any] | None:
