@@ -13,6 +13,16 @@ CLI = [sys.executable, "-m", "transcribed"]
 NET_GUARD = Path(__file__).parent / "netguard"  # sitecustomize that fails any remote connect
 
 
+def transcribe_once(audio: Path, model: Path, **settings: str) -> None:
+    """`transcribed transcribe AUDIO` on CPU with TRANSCRIBED_<KEY> settings; must succeed."""
+    env = {**os.environ, "TRANSCRIBED_MODEL": str(model), "TRANSCRIBED_DEVICE": "cpu"}
+    env |= {f"TRANSCRIBED_{key.upper()}": value for key, value in settings.items()}
+    done = subprocess.run(
+        [*CLI, "transcribe", str(audio)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+
+
 class Daemon:
     """One `transcribed run` process writing its log to `log_path` (appending)."""
 

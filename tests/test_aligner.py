@@ -3,15 +3,13 @@
 import importlib.util
 import itertools
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import srt
 
 from recordings import write_soundfile
+from running import transcribe_once
 from transcribed.aligner import Aligner, monotonic_words
 from transcribed.subtitles import cues
 from transcribed.transcript import Segment, Word
@@ -74,21 +72,7 @@ def test_the_aligner_setting_adds_words_to_json_and_subtitles(
     tiny_model, tiny_aligner, tmp_path
 ) -> None:
     audio = write_soundfile(tmp_path / "talk.wav", 45, 16000, "PCM_16")
-    env = {
-        **os.environ,
-        "TRANSCRIBED_MODEL": str(tiny_model),
-        "TRANSCRIBED_ALIGNER": str(tiny_aligner),
-        "TRANSCRIBED_DEVICE": "cpu",
-        "TRANSCRIBED_FORMATS": '["json", "srt"]',
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "transcribed", "transcribe", str(audio)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
+    transcribe_once(audio, tiny_model, aligner=str(tiny_aligner), formats='["json", "srt"]')
     segments = json.loads((tmp_path / "talk.json").read_text())["segments"]
     spoken = [s for s in segments if s["text"]]
     assert spoken and all(s["words"] for s in spoken)

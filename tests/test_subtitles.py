@@ -3,14 +3,12 @@
 import io
 import itertools
 import json
-import os
-import subprocess
-import sys
 
 import srt
 import webvtt
 
 from recordings import write_soundfile
+from running import transcribe_once
 from transcribed.outbox import Outbox
 from transcribed.subtitles import cues, render_srt, render_tsv, render_vtt
 from transcribed.transcript import ModelInfo, Segment, SourceInfo, Transcript
@@ -75,21 +73,12 @@ def test_all_four_formats_appear_with_language_names_and_a_tiling_json(
 ) -> None:
     """A recording several minutes long, through the real one-shot CLI."""
     audio = write_soundfile(tmp_path / "meeting.flac", 200, 16000, "PCM_16", "FLAC")
-    env = {
-        **os.environ,
-        "TRANSCRIBED_MODEL": str(tiny_model),
-        "TRANSCRIBED_DEVICE": "cpu",
-        "TRANSCRIBED_FORMATS": '["txt", "json", "srt", "vtt"]',
-        "TRANSCRIBED_LANGUAGE_IN_NAMES": "true",  # the random model detects no language
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "transcribed", "transcribe", str(audio)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    transcribe_once(
+        audio,
+        tiny_model,
+        formats='["txt", "json", "srt", "vtt"]',
+        language_in_names="true",  # the random model detects no language: plain names
     )
-    assert done.returncode == 0, done.stderr
     names = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("meeting."))
     assert names == ["meeting.flac", "meeting.json", "meeting.srt", "meeting.txt", "meeting.vtt"]
     data = json.loads((tmp_path / "meeting.json").read_text())
