@@ -64,6 +64,7 @@ class Intake:
         self._ignored: dict[str, Identity] = {}
         self._next_rescan = self.clock() + self.rescan_seconds
         self._rescan_requested = False
+        self.last_rescan: float | None = None  # clock() of the last full rescan
 
     def request_rescan(self) -> None:
         """Thread-safe: make the next step rescan (after an observer restart)."""
@@ -84,6 +85,7 @@ class Intake:
         self._next_rescan = self.clock() + self.rescan_seconds
         for relpath in walk_candidates(self.inbox):
             self._tracker.arrived(relpath)
+        self.last_rescan = self.clock()
 
     def run(self, stop: threading.Event, tick: float = 0.25) -> None:
         """Plain runner for the intake thread."""

@@ -8,6 +8,7 @@ a dead observer. Signal handlers only set a flag; a second signal forces an exit
 import os
 import queue
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from transcribed.engine import Engine
 from transcribed.intake import Intake, recover_claims
 from transcribed.logs import get_logger
 from transcribed.memory import pin_mmap_threshold
+from transcribed.notify import Notifier
 from transcribed.outbox import Outbox
 from transcribed.queue import JobQueue
 from transcribed.rules import Rules
@@ -32,6 +34,18 @@ from transcribed.worker import Worker
 log = get_logger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 20.0
+MODEL_LOAD_BUDGET_SECONDS = 600.0  # asked of systemd before loading: large models load slowly
+WORKER_STALL_SECONDS = 600.0  # no beat for this long: the worker is stuck (a hung GPU call)
+
+
+def status_line(counts: dict[str, int]) -> str:
+    """One line for `systemctl status`: what is waiting, running, finished and failed."""
+    waiting = counts.get("queued", 0) + counts.get("claiming", 0) + counts.get("duplicate", 0)
+    finished = counts.get("done", 0) + counts.get("published", 0)
+    return (
+        f"{waiting} queued, {counts.get('running', 0)} running, {finished} done,"
+        f" {counts.get('failed', 0)} failed"
+    )
 
 
 def database_path(settings: Settings) -> Path:
@@ -88,6 +102,9 @@ class Daemon:
     def __init__(self, settings: Settings) -> None:
         check_folders(settings)
         pin_mmap_threshold()
+        self.notifier = Notifier()
+        self.notifier.extend_timeout(MODEL_LOAD_BUDGET_SECONDS)
+        self.notifier.status("recovering and loading the model")
         self.settings = settings
         self.stop = threading.Event()
         self._jobs = JobQueue(database_path(settings))
@@ -146,14 +163,20 @@ class Daemon:
         )
         self._intake.rescan()  # files that arrived while we were not running
         log.info("daemon.ready", inbox=str(self.settings.inbox), counts=self._jobs.counts())
+        health = JobQueue(database_path(self.settings))  # the main thread's own connection
+        self.notifier.ready(status_line(health.counts()))
         threads = [
             threading.Thread(target=self._intake.run, args=(self.stop,), name="intake"),
             threading.Thread(target=self._worker.run, name="worker"),
         ]
         for thread in threads:
             thread.start()
-        while not self.stop.wait(1.0):
+        watchdog = self.notifier.watchdog_seconds
+        tick = min(1.0, watchdog / 2) if watchdog else 1.0
+        while not self.stop.wait(tick):
             watch.check()
+            self._report(health, watch, threads)
+        self.notifier.stopping()
         log.info("daemon.stopping")
         watch.stop()
         deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
@@ -165,6 +188,36 @@ class Daemon:
         self._decoder.close()
         log.info("daemon.stopped")
         return 0
+
+    def _report(
+        self, health: JobQueue, watch: ObserverSupervisor, threads: list[threading.Thread]
+    ) -> None:
+        """Tell systemd how things stand; ping its watchdog only when every part is healthy."""
+        try:
+            counts = health.counts()  # also proves the database answers
+        except sqlite3.Error as error:
+            log.warning("health.database", error=str(error))
+            return
+        self.notifier.status(status_line(counts))
+        if problem := self._health_problem(watch, threads):
+            log.warning("health.unhealthy", problem=problem)
+            return
+        self.notifier.watchdog()
+
+    def _health_problem(
+        self, watch: ObserverSupervisor, threads: list[threading.Thread]
+    ) -> str | None:
+        now = time.monotonic()
+        if not watch.observer.is_alive():
+            return "the inbox watcher is not running"
+        if not all(thread.is_alive() for thread in threads):
+            return "a worker thread has died"
+        if now - self._worker.last_beat > WORKER_STALL_SECONDS:
+            return f"the worker has made no progress for {WORKER_STALL_SECONDS:.0f} s"
+        last_rescan = self._intake.last_rescan
+        if last_rescan is None or now - last_rescan > 2 * self.settings.rescan_seconds + 60:
+            return "the periodic rescan is overdue"
+        return None
 
     def _install_signal_handlers(self) -> None:
         def handle(signum: int, frame: FrameType | None) -> None:

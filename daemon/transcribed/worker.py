@@ -61,6 +61,8 @@ class Worker:
     stop: threading.Event
     retry_seconds: float = 30.0
     aligner: WordAligner | None = None
+    # When the worker last showed it is alive: each loop turn and each model batch.
+    last_beat: float = dataclasses.field(default_factory=time.monotonic)
     on_finished: Callable[[Job, str], None] = lambda job, outcome: None
 
     def recover(self) -> None:
@@ -94,6 +96,7 @@ class Worker:
     def run(self, idle_wait: float = 0.5) -> None:
         failures = 0
         while not self.stop.is_set():
+            self.last_beat = time.monotonic()
             try:
                 busy = self.step()
                 failures = 0
@@ -172,7 +175,7 @@ class Worker:
             language=plan.language,
             context=plan.context,
             aligner=self.aligner,
-            should_stop=self.stop.is_set,
+            should_stop=self._beat_and_check_stop,
             started=started,
         )
         disposal = {"disposal": self.destinations.disposer(plan.disposal).assurance.as_dict()}
@@ -190,6 +193,11 @@ class Worker:
             segments=len(transcript.segments),
             language=transcript.language,
         )
+
+    def _beat_and_check_stop(self) -> bool:
+        """Called between model batches: proof of progress, and the chance to stop."""
+        self.last_beat = time.monotonic()
+        return self.stop.is_set()
 
     def _retry_or_quarantine(self, job: Job, error: str) -> None:
         if job.attempts >= self.max_attempts:

@@ -1,0 +1,100 @@
+"""systemd's notify protocol, heard on a real datagram socket given to the real daemon."""
+
+import itertools
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from recordings import write_soundfile
+from running import Daemon
+from transcribed.notify import Notifier, _watchdog_seconds
+from transcribed.service import status_line
+
+pytestmark = pytest.mark.slow
+
+
+class Listener(threading.Thread):
+    """Collects (time, message) from a bound AF_UNIX datagram socket."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        # Socket paths are limited to 108 bytes: pytest's tmp_path can be longer.
+        self.folder = Path(tempfile.mkdtemp(prefix="notify-", dir="/tmp"))
+        self.path = self.folder / "sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                self.messages.append((time.monotonic(), self.sock.recv(4096).decode()))
+            except TimeoutError:
+                continue
+
+    def lines(self) -> list[str]:
+        return [line for _, message in self.messages for line in message.splitlines()]
+
+    def close(self) -> None:
+        self.done.set()
+        self.join(5)
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+        self.folder.rmdir()
+
+
+def test_ready_status_watchdog_and_stopping_in_order(folders, tiny_model, tmp_path) -> None:
+    listener = Listener()
+    listener.start()
+    env = folders.env(
+        tiny_model,
+        TRANSCRIBED_SETTLE_SECONDS="0.3",
+        NOTIFY_SOCKET=str(listener.path),
+        WATCHDOG_USEC="2000000",
+    )
+    try:
+        daemon = Daemon(env, tmp_path / "daemon.log")
+        try:
+            daemon.wait_for(lambda: "READY=1" in listener.lines(), 60)
+            ready_at = time.monotonic()
+            for seed in range(2):
+                path = write_soundfile(
+                    folders.inbox / f".r{seed}.wav", 2, 16000, "PCM_16", seed=seed
+                )
+                path.rename(folders.inbox / f"r{seed}.wav")
+            daemon.wait_for(
+                lambda: "STATUS=0 queued, 0 running, 2 done, 0 failed" in listener.lines(), 60
+            )
+            time.sleep(3)
+        finally:
+            assert daemon.stop() == 0
+        time.sleep(0.3)
+    finally:
+        listener.close()
+    lines = listener.lines()
+    assert lines.index("READY=1") < lines.index("STOPPING=1") == len(lines) - 2  # then STATUS
+    assert any(line.startswith("EXTEND_TIMEOUT_USEC=") for line in lines[: lines.index("READY=1")])
+    statuses = [line for line in lines if line.startswith("STATUS=")]
+    assert "STATUS=0 queued, 0 running, 0 done, 0 failed" in statuses
+    assert len(set(statuses)) >= 3, "the status changes as files are processed"
+    pings = [at for at, message in listener.messages if message == "WATCHDOG=1"]
+    assert pings and pings[0] - ready_at < 1.5
+    assert max(b - a for a, b in itertools.pairwise(pings)) <= 1.0 + 0.5  # half of 2 s
+
+
+def test_without_notify_socket_nothing_is_sent_and_the_watchdog_is_for_this_process() -> None:
+    quiet = Notifier({})
+    assert not quiet.enabled and quiet.watchdog_seconds is None
+    quiet.ready("x")  # no socket: a no-op, no error
+    assert _watchdog_seconds({"WATCHDOG_USEC": "3000000"}) == 3.0
+    assert _watchdog_seconds({"WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "1"}) is None
+    assert Notifier({"NOTIFY_SOCKET": "@abstract"})._address == "\0abstract"
+    assert status_line({"queued": 2, "claiming": 1, "done": 5, "failed": 1, "running": 1}) == (
+        "3 queued, 1 running, 5 done, 1 failed"
+    )
