@@ -26,12 +26,12 @@ def test_the_deepest_rule_wins_and_unset_fields_fall_back(tmp_path: Path) -> Non
     )
     plan = rules.plan("team/zh/2026/standup.wav")
     assert (plan.language, plan.formats, plan.disposal) == ("zh", ("txt", "json"), "move")
-    assert plan.output_relpath == "chinese/2026/standup.wav" and plan.forced_by_rule
+    assert plan.output_relpath == "chinese/2026/standup.wav"
     team = rules.plan("team/notes.wav")
     assert (team.language, team.formats, team.disposal) == (None, ("srt",), "delete")
     assert team.output_relpath == "team/notes.wav"
     other = rules.plan("teamwork/x.wav")  # a prefix of the name is not the folder
-    assert (other.formats, other.disposal, other.forced_by_rule) == (("txt", "json"), "move", False)
+    assert (other.language, other.formats, other.disposal) == (None, ("txt", "json"), "move")
 
 
 def test_rules_are_validated_at_start(tmp_path: Path) -> None:
@@ -81,7 +81,8 @@ def test_the_nearest_context_file_is_read_and_symlinks_are_not_followed(tmp_path
     (inbox / ".context.txt").write_bytes(b"x" * 10_000)
     assert len(read_context(inbox, PurePosixPath("c.wav")) or "") == 4096
     rules = _rules(inbox, FolderRule(path="team", context="Sprint review"))
-    assert rules.plan("team/a.wav").context == "Sprint review\n" + "x" * 4096
+    assert rules.context(rules.plan("team/a.wav")) == "Sprint review\n" + "x" * 4096
+    assert rules.context(rules.plan("b.wav")) == "x" * 4096
 
 
 @pytest.mark.slow

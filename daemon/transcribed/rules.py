@@ -55,12 +55,12 @@ class FolderRule(BaseModel):
 class Plan:
     """What to do with one recording, rules applied."""
 
+    relpath: str  # the recording, relative to the inbox
     language: str | None
-    context: str | None
+    rule_context: str | None  # the rule's glossary; `.context.txt` files are read by `context`
     formats: tuple[str, ...]
     disposal: str
     output_relpath: str  # where its transcripts go, relative to the outbox (with its name)
-    forced_by_rule: bool
 
 
 class Rules:
@@ -80,24 +80,26 @@ class Rules:
         self._disposal = disposal
 
     def plan(self, relpath: str) -> Plan:
-        """The plan for the recording at inbox-relative `relpath`."""
+        """The plan for the recording at inbox-relative `relpath` (no file is read)."""
         path = PurePosixPath(relpath)
         rule = next((r for r in self._rules if _below(path, PurePosixPath(r.path))), None)
-        contexts = [rule.context if rule else None, read_context(self._inbox, path)]
         output = str(path)
         if rule and rule.output:
             output = str(PurePosixPath(rule.output) / path.relative_to(rule.path))
         return Plan(
+            relpath=relpath,
             language=(rule.language if rule and rule.language else self._language),
-            context="\n".join(c for c in contexts if c) or None,
+            rule_context=rule.context if rule else None,
             formats=tuple(rule.formats) if rule and rule.formats else self._formats,
             disposal=rule.disposal if rule and rule.disposal else self._disposal,
             output_relpath=output,
-            forced_by_rule=bool(rule and rule.language),
         )
 
-    def disposals(self) -> set[str]:
-        return {self._disposal, *(rule.disposal for rule in self._rules if rule.disposal)}
+    def context(self, plan: Plan) -> str | None:
+        """The model's context for a planned recording: its rule's glossary plus the nearest
+        `.context.txt`. Reads the inbox, so it is asked only when transcribing."""
+        found = read_context(self._inbox, PurePosixPath(plan.relpath))
+        return "\n".join(c for c in (plan.rule_context, found) if c) or None
 
 
 def _below(path: PurePosixPath, folder: PurePosixPath) -> bool:

@@ -173,7 +173,7 @@ class Worker:
             self.recognizer,
             chunk_seconds=self.chunk_seconds,
             language=plan.language,
-            context=plan.context,
+            context=self.rules.context(plan),
             aligner=self.aligner,
             should_stop=self._beat_and_check_stop,
             started=started,
