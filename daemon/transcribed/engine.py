@@ -213,15 +213,15 @@ class Engine:
     ) -> ChunkText:
         ids = row.tolist()
         ended = any(token in self._eos_ids for token in ids)
-        parsed = self._processor.decode(row, return_format="parsed")
+        # Decoded once: the language comes from the processor's own parser, the text from the
+        # raw output (the parser quietly collapses loops, and we want to know and say so).
         raw = self._processor.tokenizer.decode(row, skip_special_tokens=True)
+        parsed = self._processor.parse_output(raw)
         if not forced and raw.strip().lower().startswith("language none"):
             # The model's own "no speech" answer: whatever text follows is invented.
             return ChunkText("", None, truncated=False, no_speech=True)
         name = forced or parsed["language"]
         confidence = None if forced else language_confidence(ids, scores, self._marker_id)
-        # The text from the raw output, not the parsed one: the processor quietly collapses
-        # loops itself, and we want to know (and say) when that happened.
         _prefix, marker, body = raw.partition("<asr_text>")
         text, repeated = collapse_repetitions((body if marker else raw).strip())
         text, _echoed = remove_context_echo(text, context)
