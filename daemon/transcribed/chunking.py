@@ -10,8 +10,10 @@ _SEARCH_FRACTION = 1 / 3
 # starts a new paragraph. Chunks cut there are at least _MIN_CHUNK_SECONDS long.
 LONG_PAUSE_SECONDS = 2.0
 _MIN_CHUNK_SECONDS = 5.0
-_QUIET_ENERGY = 0.01  # -20 dB below the window's loud frames
-_SILENCE_ENERGY = 1e-6  # (-60 dBFS RMS)²: digital silence, whatever the level around it
+# Quiet means below a tenth (-20 dB) of the loud frames' level, or below -60 dBFS (digital
+# silence, a muted microphone) whatever the level around it. Shared with pauses and pipeline.
+RELATIVE_QUIET = 0.1
+SILENCE_RMS = 1e-3
 
 
 def plan_chunks(audio: np.ndarray, sample_rate: int, max_seconds: float) -> list[tuple[int, int]]:
@@ -22,33 +24,38 @@ def plan_chunks(audio: np.ndarray, sample_rate: int, max_seconds: float) -> list
     return [(start, start + len(chunk)) for start, chunk in pieces]
 
 
-def _frame_energy(audio: np.ndarray, frame: int) -> np.ndarray:
+def frame_rms(audio: np.ndarray, frame: int) -> np.ndarray:
+    """RMS level of each whole `frame`-sample frame of `audio`."""
     usable = len(audio) // frame * frame
     frames = audio[:usable].reshape(-1, frame)
     energy: np.ndarray = np.einsum("ij,ij->i", frames, frames, dtype=np.float64)
-    return energy
+    return np.sqrt(energy / frame)
 
 
-def _first_long_pause(energy: np.ndarray, frame: int, rate: int) -> int | None:
+def quiet_threshold(rms: np.ndarray) -> float:
+    """The level below which a frame of this stretch of audio counts as quiet."""
+    return max(SILENCE_RMS, RELATIVE_QUIET * float(np.percentile(rms, 90)))
+
+
+def _first_long_pause(rms: np.ndarray, frame: int, rate: int) -> int | None:
     """The sample in the middle of the first run of quiet frames at least LONG_PAUSE_SECONDS
     long that starts after _MIN_CHUNK_SECONDS and ends before the window does."""
-    if not len(energy):
+    if not len(rms):
         return None
-    threshold = max(_SILENCE_ENERGY * frame, _QUIET_ENERGY * float(np.percentile(energy, 90)))
-    quiet = np.concatenate([[False], energy < threshold, [False]])
+    quiet = np.concatenate([[False], rms < quiet_threshold(rms), [False]])
     edges = np.flatnonzero(np.diff(quiet.astype(np.int8)))
     starts, ends = edges[0::2], edges[1::2]  # runs of quiet frames: [start, end)
     needed = LONG_PAUSE_SECONDS * rate / frame
     earliest = _MIN_CHUNK_SECONDS * rate / frame
     for start, end in zip(starts, ends, strict=True):
-        if end - start >= needed and start >= earliest and end < len(energy):
+        if end - start >= needed and start >= earliest and end < len(rms):
             return int((start + end) // 2 * frame)
     return None
 
 
-def _quietest_cut(energy: np.ndarray, frame: int, lo: int, hi: int) -> int:
+def _quietest_cut(rms: np.ndarray, frame: int, lo: int, hi: int) -> int:
     first, last = lo // frame, max(lo // frame + 1, hi // frame)
-    candidates = energy[first:last]
+    candidates = rms[first:last]
     if not len(candidates):
         return hi
     # Cut in the middle of the quietest frame; ties go to the latest (longest chunk).
@@ -87,13 +94,13 @@ class StreamChunker:
         if not len(self._buffer) or (not final and len(self._buffer) <= self._window):
             return None
         frame = max(1, int(_FRAME_SECONDS * self._rate))
-        energy = _frame_energy(self._buffer[: self._window], frame)
-        if (pause := _first_long_pause(energy, frame, self._rate)) is not None:
+        rms = frame_rms(self._buffer[: self._window], frame)
+        if (pause := _first_long_pause(rms, frame, self._rate)) is not None:
             return pause
         if len(self._buffer) <= self._window:
             return len(self._buffer)  # final: the tail is one chunk
         lowest = int(self._window * (1 - _SEARCH_FRACTION))
-        return _quietest_cut(energy, frame, lowest, self._window)
+        return _quietest_cut(rms, frame, lowest, self._window)
 
     def _take(self, length: int) -> tuple[int, np.ndarray]:
         piece = (self._offset, self._buffer[:length].copy())

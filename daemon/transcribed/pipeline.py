@@ -9,7 +9,7 @@ from typing import Protocol
 import numpy as np
 
 from transcribed.audio import SAMPLE_RATE
-from transcribed.chunking import StreamChunker, plan_chunks
+from transcribed.chunking import SILENCE_RMS, StreamChunker, plan_chunks
 from transcribed.pauses import PauseTracker
 from transcribed.transcript import (
     ChunkText,
@@ -24,7 +24,6 @@ from transcribed.transcript import (
     main_language,
 )
 
-_SILENCE_RMS = 1e-3
 _MIN_RETRY_SAMPLES = 5 * SAMPLE_RATE  # halves shorter than this are not worth a retry
 
 
@@ -76,11 +75,11 @@ def transcribe_stream(
         while len(pending) >= recognizer.batch_size:
             batch = pending[: recognizer.batch_size]
             found = _recognize(batch, recognizer, language, context, should_stop)
-            segments += pauses.assign(_with_words(found, batch, aligner), batch)
+            segments += _finish(found, batch, aligner, pauses)
             del pending[: recognizer.batch_size]
     pending += chunker.finish()
     found = _recognize(pending, recognizer, language, context, should_stop)
-    segments += pauses.assign(_with_words(found, pending, aligner), pending)
+    segments += _finish(found, pending, aligner, pauses)
     duration = segments[-1].end if segments else 0.0
     spoken = any(segment.text for segment in segments)
     language = main_language(tuple(segments))
@@ -100,27 +99,32 @@ def transcribe_stream(
     )
 
 
-def _with_words(
-    segments: list[Segment], pieces: list[tuple[int, np.ndarray]], aligner: WordAligner | None
+def _finish(
+    segments: list[Segment],
+    pieces: list[tuple[int, np.ndarray]],
+    aligner: WordAligner | None,
+    pauses: PauseTracker,
 ) -> list[Segment]:
-    """Word timing for each spoken segment of these consecutive pieces, when an aligner is set."""
-    if aligner is None or not pieces:
+    """Add what needs each segment's own samples: word timing (with an aligner) and the
+    pause before it. `segments` tile `pieces` (a retried chunk gives two segments)."""
+    if not pieces:
         return segments
     audio = np.concatenate([chunk for _, chunk in pieces])
     base = pieces[0][0]
-    timed = []
+    finished = []
     for segment in segments:
-        first = round(segment.start * SAMPLE_RATE) - base
-        last = round(segment.end * SAMPLE_RATE) - base
-        words = (
-            aligner.align(audio[first:last], segment.text, segment.language) if segment.text else ()
-        )
-        shifted = tuple(
-            Word(w.text, round(segment.start + w.start, 3), round(segment.start + w.end, 3))
-            for w in words
-        )
-        timed.append(dataclasses.replace(segment, words=shifted))
-    return timed
+        samples = audio[
+            round(segment.start * SAMPLE_RATE) - base : round(segment.end * SAMPLE_RATE) - base
+        ]
+        if aligner is not None and segment.text:
+            words = aligner.align(samples, segment.text, segment.language)
+            shifted = tuple(
+                Word(w.text, round(segment.start + w.start, 3), round(segment.start + w.end, 3))
+                for w in words
+            )
+            segment = dataclasses.replace(segment, words=shifted)
+        finished.append(pauses.measure(segment, samples))
+    return finished
 
 
 def _recognize(
@@ -176,9 +180,9 @@ def _retry_in_halves(
 
 
 def _is_silent(chunk: np.ndarray) -> bool:
-    """Below -60 dBFS RMS: digital silence or a muted microphone. The model is not asked, as
-    it tends to invent text for silence."""
-    return bool(np.sqrt(np.mean(np.square(chunk, dtype=np.float64))) < _SILENCE_RMS)
+    """Digital silence or a muted microphone. The model is not asked: it tends to invent text
+    for silence."""
+    return bool(np.sqrt(np.mean(np.square(chunk, dtype=np.float64))) < SILENCE_RMS)
 
 
 def _segment(start: int, chunk: np.ndarray, text: ChunkText) -> Segment:
