@@ -6,9 +6,9 @@ from transcribed import scoring
 from transcribed.transcript import (
     Segment,
     join_texts,
-    language_confidence,
     language_shares,
     main_language,
+    weighted_confidence,
 )
 
 
@@ -37,8 +37,8 @@ def test_mixed_speech_gets_shares_and_a_weighted_confidence() -> None:
         Segment(63, 70, "", None),
     )
     assert language_shares(segments) == {"zh": 0.68, "en": 0.32}
-    assert language_confidence(segments, "zh") == round((30 * 0.9 + 13 * 0.5) / 43, 4)
-    assert language_confidence(segments, None) is None
+    assert weighted_confidence(segments, "zh") == round((30 * 0.9 + 13 * 0.5) / 43, 4)
+    assert weighted_confidence(segments, None) is None
     assert language_shares((Segment(0, 1, "", None),)) == {}
 
 

@@ -38,7 +38,9 @@ def fit_name(stem: str, suffix: str, reserve: int = 0) -> str:
     raw = os.fsencode(stem)
     if len(raw) <= room:
         return stem + suffix
-    return os.fsdecode(raw[:room].decode("utf-8", "ignore").encode()) + suffix
+    while room and raw[room] & 0xC0 == 0x80:  # do not cut a UTF-8 character in two
+        room -= 1
+    return os.fsdecode(raw[:room]) + suffix
 
 
 def write_temp(

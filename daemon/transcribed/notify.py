@@ -21,10 +21,6 @@ class Notifier:
         self._warned = False
         self.watchdog_seconds = _watchdog_seconds(environ)
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._address)
-
     def ready(self, status: str) -> None:
         self._send(f"READY=1\nSTATUS={status}")
 

@@ -44,7 +44,6 @@ WRITERS: dict[str, Callable[[Transcript], bytes]] = {
     "vtt": render_vtt,
     "tsv": render_tsv,
 }
-FORMATS = tuple(WRITERS)
 SUBTITLES = ("srt", "vtt")  # the formats that may carry the language in their name
 _LANGUAGE_TAG = 12  # bytes kept free for ".<code>" in subtitle names
 

@@ -19,9 +19,9 @@ from transcribed.transcript import (
     Transcript,
     Word,
     join_texts,
-    language_confidence,
     language_shares,
     main_language,
+    weighted_confidence,
 )
 
 _MIN_RETRY_SAMPLES = 5 * SAMPLE_RATE  # halves shorter than this are not worth a retry
@@ -86,7 +86,7 @@ def transcribe_stream(
     return Transcript(
         text=join_texts([segment.text for segment in segments]),
         language=language,
-        language_confidence=language_confidence(tuple(segments), language),
+        language_confidence=weighted_confidence(tuple(segments), language),
         languages=language_shares(tuple(segments)),
         segments=tuple(segments),
         duration=duration,

@@ -13,7 +13,7 @@ from pydantic_settings import (
 )
 
 from transcribed.errors import ConfigError
-from transcribed.rules import FolderRule
+from transcribed.rules import Disposal, FolderRule, Format
 
 DEFAULT_CONFIG_PATH = Path("/etc/transcribed/config.toml")
 DEFAULT_MODEL = "Qwen/Qwen3-ASR-1.7B-hf"
@@ -65,7 +65,7 @@ class ModelSettings(BaseSettings):
     output_mode: int = Field(
         default=0o640, description="Permission bits of transcripts, octal (e.g. 0640)."
     )
-    formats: list[Literal["txt", "json", "srt", "vtt", "tsv"]] = Field(
+    formats: list[Format] = Field(
         default=["txt", "json"],
         min_length=1,
         description="Transcript files to write: txt, json, srt, vtt, tsv (json is always kept).",
@@ -120,7 +120,7 @@ class Settings(ModelSettings):
         default_factory=_default_state_dir,
         description="Local folder for the job database (never on a network share).",
     )
-    disposal: Literal["move", "delete", "shred"] = Field(
+    disposal: Disposal = Field(
         default="move", description="What happens to an original once its transcript is durable."
     )
     settle_seconds: float = Field(

@@ -125,7 +125,7 @@ def language_shares(segments: tuple[Segment, ...]) -> dict[str, float]:
     return {code: round(time / total, 2) for code, time in ranked} if total else {}
 
 
-def language_confidence(segments: tuple[Segment, ...], language: str | None) -> float | None:
+def weighted_confidence(segments: tuple[Segment, ...], language: str | None) -> float | None:
     """Duration-weighted confidence of `language` over its segments that have one."""
     scored = [s for s in segments if s.language == language and s.language_confidence is not None]
     weight = sum(s.end - s.start for s in scored)
