@@ -77,7 +77,6 @@ class Disposer:
         publish_bytes(
             reason,
             json.dumps(report, indent=2).encode() + b"\n",
-            replace=True,
             mode=self._mode,
             label="reason",
         )

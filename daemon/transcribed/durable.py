@@ -69,25 +69,15 @@ def write_temp(
     return temp
 
 
-def publish_bytes(
-    target: Path, data: bytes, *, replace: bool, mode: int = 0o640, label: str = "file"
-) -> bool:
+def publish_bytes(target: Path, data: bytes, *, mode: int = 0o640, label: str = "file") -> None:
     """Atomically make `target` hold `data`; readers see the old file or the new, never a part.
 
-    With `replace=False` an existing target is left alone and False is returned.
     The caller fsyncs the folder once after publishing everything that belongs together.
     """
     temp = write_temp(target.parent, target.name, data, mode, label)
     try:
-        if replace:
-            os.replace(temp, target)
-        else:
-            try:
-                os.link(temp, target)
-            except FileExistsError:
-                return False
+        os.replace(temp, target)
         faults.point(f"{label}.published", target.name)
-        return True
     finally:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
