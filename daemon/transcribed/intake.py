@@ -123,6 +123,7 @@ class Intake:
         try:
             identity = Identity.of(os.stat(self.inbox / relpath, follow_symlinks=False))
         except (FileNotFoundError, NotADirectoryError):
+            self._ignored.pop(relpath, None)  # gone: nothing to remember for months
             return None
         # Refusals are logged once, not on every rescan, until the entry changes.
         return None if self._ignored.get(relpath) == identity else identity
