@@ -10,6 +10,7 @@ Rules are separated by ";", each `STEP[~TEXT][@N]=ACTION`:
   ~TEXT   only when the step's subject (a file name) contains TEXT
   @N      only at the N-th matching hit (counted per process), else at every hit
   ACTION  `exit` (os._exit, like kill -9 at that instant), `hang` (sleep forever),
+          `raise` (an unexpected RuntimeError, e.g. to kill the thread it happens in),
           or an errno name such as `EIO` (raises OSError)
 Errno faults stay active while the file named by TRANSCRIBED_TEST_FAULT_SWITCH exists (when
 that is set): deleting it is how a test "repairs the disk".
@@ -69,6 +70,8 @@ def _act(action: str, step: str) -> None:
     if action == "hang":
         while True:
             time.sleep(3600)
+    if action == "raise":
+        raise RuntimeError(f"injected at {step}")
     switch = os.environ.get(_SWITCH_ENV)
     if switch is None or os.path.exists(switch):
         code = getattr(errno, action)

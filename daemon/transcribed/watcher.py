@@ -20,6 +20,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from transcribed import faults
 from transcribed.logs import get_logger
 from transcribed.names import display_name, is_candidate, is_temporary_name
 
@@ -34,6 +35,7 @@ class ArrivalHandler(FileSystemEventHandler):
         self._arrivals = arrivals
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        faults.point("watch.event", os.fsdecode(event.src_path))  # tests: kill this thread
         try:
             self._handle(event)
         except Exception:  # a raising handler would silently kill the observer thread
@@ -95,7 +97,12 @@ def start_observer(
 class ObserverSupervisor:
     """Keeps one observer running: watchdog's thread can die (a raising handler, an inotify
     error) without telling anyone. `check` restarts a dead one and asks for a rescan, since
-    events were lost while it was down."""
+    events were lost while it was down.
+
+    With `restart=False` (under systemd's watchdog) a dead observer stays dead: the health
+    check then withholds the watchdog pings and systemd restarts the whole service, which
+    recovers from a clean start and shows up in its restart counter and the journal.
+    """
 
     def __init__(
         self,
@@ -104,15 +111,18 @@ class ObserverSupervisor:
         mode: str,
         poll_seconds: float,
         request_rescan: Callable[[], None],
+        restart: bool = True,
     ) -> None:
         self._args = (inbox, arrivals, mode, poll_seconds)
         self._request_rescan = request_rescan
+        self._restart = restart
         self.observer = start_observer(*self._args)
         self.restarts = 0
 
     def check(self) -> bool:
-        """Restart the observer if its thread died; True when it did."""
-        if self.observer.is_alive():
+        """Restart the observer if its thread died (and restarting is ours to do); True when
+        it did."""
+        if self.observer.is_alive() or not self._restart:
             return False
         log.warning("watch.observer_died_restarting", restarts=self.restarts + 1)
         self.observer = start_observer(*self._args)
