@@ -3,7 +3,7 @@
 import sqlite3
 from pathlib import Path
 
-from transcribed.queue import JobQueue, JobState
+from transcribed.queue import FailureKind, JobQueue, JobState
 
 
 def _queued(jobs: JobQueue, name: bytes, sha: str) -> int:
@@ -38,14 +38,14 @@ def test_same_content_is_a_duplicate_of_the_live_job(tmp_path: Path) -> None:
     second = jobs.get(_queued(jobs, b"copy of a.wav", "same"))
     assert (second.state, second.duplicate_of) == (JobState.DUPLICATE, first)
     assert jobs.disposals_due() == []
-    jobs.mark_published(first, ["/out/a.json"])
+    jobs.mark_published(first, ["/out/a.json"], 2.0, 0.5)
     assert [job.id for job in jobs.disposals_due()] == [first, second.id]
 
 
 def test_a_failed_disposal_waits_for_its_retry_time(tmp_path: Path) -> None:
     jobs = JobQueue(tmp_path / "q.db")
     job_id = _queued(jobs, b"a.wav", "aa")
-    jobs.mark_published(job_id, ["/out/a.json"])
+    jobs.mark_published(job_id, ["/out/a.json"], 2.0, 0.5)
     jobs.defer_disposal(job_id, 3600, "archive full")
     assert jobs.disposals_due() == []
     assert jobs.get(job_id).disposal_failures == 1
@@ -57,7 +57,7 @@ def test_duplicates_of_a_failed_job_get_their_own_chance(tmp_path: Path) -> None
     jobs = JobQueue(tmp_path / "q.db")
     first = _queued(jobs, b"a.wav", "same")
     second = _queued(jobs, b"b.wav", "same")
-    jobs.mark_failed(first, "corrupt")
+    jobs.mark_failed(first, "corrupt", FailureKind.UNREADABLE)
     assert jobs.orphan_duplicates() == 1
     assert jobs.get(second).state == JobState.QUEUED
 

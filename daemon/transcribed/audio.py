@@ -50,6 +50,25 @@ def decode_blocks(path: Path, max_seconds: float) -> Iterator[np.ndarray]:
         raise PermanentError("no audio samples could be decoded")
 
 
+def claimed_seconds(path: Path) -> float | None:
+    """The length the file's header claims, or None: for progress display only (a header
+    may lie; the duration cap counts decoded samples)."""
+    try:
+        with soundfile.SoundFile(path) as source:
+            return source.frames / source.samplerate if source.frames > 0 else None
+    except (RuntimeError, OSError, ValueError, ZeroDivisionError):
+        pass
+    try:
+        import av
+
+        options = {"protocol_whitelist": "file", "format_whitelist": AUDIO_DEMUXERS}
+        with av.open(str(path), mode="r", options=options, timeout=30.0) as container:
+            duration = container.duration  # microseconds
+            return duration / 1_000_000 if duration and duration > 0 else None
+    except Exception:  # any failure here only means "no progress figure"
+        return None
+
+
 def _resampled(
     blocks: Iterator[tuple[np.ndarray, int]], max_seconds: float
 ) -> Iterator[np.ndarray]:

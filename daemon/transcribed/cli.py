@@ -102,7 +102,7 @@ def _run(args: argparse.Namespace) -> int:
     _offline_unless(settings.allow_download)
     from transcribed.service import Daemon
 
-    return Daemon(settings).run()
+    return Daemon(settings, args.config).run()
 
 
 def _transcribe(args: argparse.Namespace) -> int:

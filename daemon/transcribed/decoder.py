@@ -29,6 +29,9 @@ class ChildDecoder:
         self._max_seconds = max_seconds
         self._process: BaseProcess | None = None
         self._conn: Connection | None = None
+        # What the current file's header claims its length is: shown as progress, never
+        # trusted for anything else (the duration cap counts decoded samples).
+        self.expected_seconds: float | None = None
 
     def decode(self, path: Path, label: str = "") -> np.ndarray:
         """The whole recording in memory: for short files and tests; the worker streams."""
@@ -45,12 +48,16 @@ class ChildDecoder:
         """
         conn = self._ensure_child()
         conn.send((str(path), self._max_seconds, label))
+        self.expected_seconds = None
         finished = False
         try:
             while True:
                 status, payload = self._receive(conn)
                 if status == "block":
                     yield np.asarray(payload, dtype=np.float32)
+                    continue
+                if status == "length":
+                    self.expected_seconds = float(payload)
                     continue
                 finished = True
                 if status == "end":
@@ -98,7 +105,8 @@ class ChildDecoder:
 
 
 def _serve(conn: Connection, memory_bytes: int) -> None:
-    """Child main loop: stream each requested file as ("block", samples)… then ("end", None),
+    """Child main loop: stream each requested file as ("length", claimed seconds) when the
+    header says, ("block", samples)… then ("end", None),
     or ("error" | "transient", why)."""
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -117,8 +125,10 @@ def _serve(conn: Connection, memory_bytes: int) -> None:
 
 def _stream_one(conn: Connection, path: Path, max_seconds: float) -> tuple[str, Any]:
     """Send the blocks of one file; return the closing message."""
-    from transcribed.audio import decode_blocks  # decoder libraries load only in the child
+    from transcribed.audio import claimed_seconds, decode_blocks  # libraries: child only
 
+    if (length := claimed_seconds(path)) is not None:
+        conn.send(("length", length))
     try:
         for block in decode_blocks(path, max_seconds):
             conn.send(("block", block))

@@ -50,6 +50,26 @@ def resolve_device(requested: str) -> torch.device:
     return device
 
 
+def announce_device(requested: str, chosen: torch.device) -> None:
+    """Say loudly what `auto` chose: a CPU fallback is 50-100x slower and must not go unseen."""
+    if requested != "auto":
+        log.info("device.chosen", device=str(chosen), requested=requested)
+    elif chosen.type == "cuda":
+        log.info("device.chosen", device=str(chosen), requested="auto", gpu=_gpu_name(chosen))
+    else:
+        log.warning(
+            "device.cpu_fallback",
+            requested="auto",
+            hint="no usable CUDA GPU: transcription runs on the CPU, far slower. Check "
+            "`nvidia-smi` and `transcribed doctor`; set device = 'cuda' to refuse to run "
+            "without a GPU (systemd then retries)",
+        )
+
+
+def _gpu_name(device: torch.device) -> str:
+    return str(torch.cuda.get_device_name(device))
+
+
 def resolve_model_folder(model: str, allow_download: bool) -> Path:
     """A local folder holding the model: `model` itself, or its hub-cache snapshot."""
     folder = Path(model).expanduser()
@@ -126,6 +146,7 @@ class Engine:
 
         transformers_logging.disable_progress_bar()  # bars would garble the JSON log lines
         torch_device = resolve_device(device)
+        announce_device(device, torch_device)
         folder = resolve_model_folder(model, allow_download)
         check_layout(folder)
         dtype = torch.bfloat16 if torch_device.type == "cuda" else torch.float32

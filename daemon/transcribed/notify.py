@@ -7,6 +7,7 @@ $NOTIFY_SOCKET (not under systemd) every call does nothing.
 
 import os
 import socket
+import time
 
 from transcribed.logs import get_logger
 
@@ -32,6 +33,11 @@ class Notifier:
 
     def stopping(self) -> None:
         self._send("STOPPING=1\nSTATUS=stopping")
+
+    def reloading(self) -> None:
+        """Reloading the config; READY=1 follows when done (as Type=notify-reload expects)."""
+        monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self._send(f"RELOADING=1\nMONOTONIC_USEC={monotonic_usec}")
 
     def extend_timeout(self, seconds: float) -> None:
         self._send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")

@@ -58,12 +58,14 @@ def transcribe_stream(
     context: str | None = None,
     aligner: WordAligner | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    on_progress: Callable[[float], None] = lambda seconds: None,
     started: float | None = None,
 ) -> Transcript:
     """A complete transcript of audio arriving as 16 kHz mono float32 blocks.
 
     Chunks go to the model a batch at a time while decoding continues, so memory holds one
     batch of chunks, not the recording: a 12-hour file needs no more than a 1-minute one.
+    `on_progress` hears the seconds of audio transcribed after each batch.
     """
     started = time.monotonic() if started is None else started
     chunker = StreamChunker(SAMPLE_RATE, chunk_seconds)
@@ -77,6 +79,7 @@ def transcribe_stream(
             found = _recognize(batch, recognizer, language, context, should_stop)
             segments += _finish(found, batch, aligner, pauses)
             del pending[: recognizer.batch_size]
+            on_progress(segments[-1].end)
     pending += chunker.finish()
     found = _recognize(pending, recognizer, language, context, should_stop)
     segments += _finish(found, pending, aligner, pauses)

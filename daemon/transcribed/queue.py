@@ -39,12 +39,38 @@ CREATE TABLE IF NOT EXISTS jobs (
     outputs      TEXT,
     disposed_to  BLOB,  -- bytes, like relpath
     disposal_failures INTEGER NOT NULL DEFAULT 0,
+    failure_kind TEXT,  -- failed jobs: unreadable | gave_up | kills_daemon (for metrics)
+    started      REAL,  -- the current or last attempt began (wall clock)
+    finished     REAL,  -- the transcript was published, or the job failed
+    audio_seconds      REAL,  -- published: the recording's length
+    processing_seconds REAL,  -- published: wall time from start to published transcript
+    progress_seconds   REAL,  -- running: audio transcribed so far
+    expected_seconds   REAL,  -- running: length the file's header claims (for an ETA only)
     created      REAL    NOT NULL,
     updated      REAL    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, id);
 CREATE INDEX IF NOT EXISTS jobs_by_sha ON jobs(sha256);
 """
+
+
+# Columns added after the first release, with their definitions, for `_migrate`.
+_ADDED_COLUMNS = {
+    "disposal_failures": "INTEGER NOT NULL DEFAULT 0",
+    "failure_kind": "TEXT",
+    "started": "REAL",
+    "finished": "REAL",
+    "audio_seconds": "REAL",
+    "processing_seconds": "REAL",
+    "progress_seconds": "REAL",
+    "expected_seconds": "REAL",
+}
+
+
+class FailureKind(enum.StrEnum):
+    UNREADABLE = "unreadable"  # not usable audio: failed at once
+    GAVE_UP = "gave_up"  # crashed, hung or errored on every attempt
+    KILLS_DAEMON = "kills_daemon"  # the daemon died during every attempt
 
 
 class JobState(enum.StrEnum):
@@ -75,6 +101,14 @@ class Job:
     outputs: tuple[str, ...]
     disposed_to: str | None
     disposal_failures: int = 0
+    failure_kind: str | None = None
+    started: float | None = None
+    finished: float | None = None
+    audio_seconds: float | None = None
+    processing_seconds: float | None = None
+    progress_seconds: float | None = None
+    expected_seconds: float | None = None
+    updated: float = 0.0
 
 
 class JobQueue:
@@ -97,10 +131,9 @@ class JobQueue:
     def _migrate(self) -> None:
         """Bring a database written by an older version up to this schema."""
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        if "disposal_failures" not in columns:
-            self._db.execute(
-                "ALTER TABLE jobs ADD COLUMN disposal_failures INTEGER NOT NULL DEFAULT 0"
-            )
+        for name, definition in _ADDED_COLUMNS.items():
+            if name not in columns:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
 
     def close(self) -> None:
         self._db.close()
@@ -157,20 +190,38 @@ class JobQueue:
         one committed transaction before any work starts."""
         with self._transaction() as db:
             rows = db.execute(
-                "UPDATE jobs SET state = ?, attempts = attempts + 1, updated = ?"
+                "UPDATE jobs SET state = ?, attempts = attempts + 1, updated = ?, started = ?,"
+                " progress_seconds = 0, expected_seconds = NULL"
                 " WHERE id = (SELECT id FROM jobs WHERE state = ? AND not_before <= ?"
                 "             ORDER BY id LIMIT 1)"
                 " RETURNING *",
-                (JobState.RUNNING, self._now(), JobState.QUEUED, self._now()),
+                (JobState.RUNNING, self._now(), self._now(), JobState.QUEUED, self._now()),
             ).fetchall()  # all rows read: the statement is finished before COMMIT
         if not rows:
             return None
         faults.point("db.running", os.fsdecode(bytes(rows[0]["relpath"])))
         return _job(rows[0])
 
-    def mark_published(self, job_id: int, outputs: list[str]) -> None:
+    def mark_published(
+        self, job_id: int, outputs: list[str], audio_seconds: float, processing_seconds: float
+    ) -> None:
         """The transcript files are durable; disposal of the original may start."""
-        self._set(job_id, JobState.PUBLISHED, outputs=json.dumps(outputs), error=None)
+        self._set(
+            job_id,
+            JobState.PUBLISHED,
+            outputs=json.dumps(outputs),
+            error=None,
+            audio_seconds=audio_seconds,
+            processing_seconds=processing_seconds,
+            finished=self._now(),
+        )
+
+    def record_progress(self, job_id: int, done: float, expected: float | None) -> None:
+        """Audio seconds transcribed so far, for `transcribed status`; not a durable step."""
+        self._db.execute(
+            "UPDATE jobs SET progress_seconds = ?, expected_seconds = ? WHERE id = ?",
+            (done, expected, job_id),
+        )
 
     def record_disposal_target(self, job_id: int, target: str) -> None:
         """Remember where the original is being moved, so a retry after a crash reuses it."""
@@ -184,9 +235,48 @@ class JobQueue:
         """The original has been disposed of; nothing is left to do for this file."""
         self._set(job_id, JobState.DONE)
 
-    def mark_failed(self, job_id: int, error: str) -> None:
+    def mark_failed(self, job_id: int, error: str, kind: FailureKind) -> None:
         """Permanently failed; the original has been moved to failed_dir."""
-        self._set(job_id, JobState.FAILED, error=error)
+        self._set(job_id, JobState.FAILED, error=error, failure_kind=kind, finished=self._now())
+
+    def forget(self, job_id: int) -> Job:
+        """Delete a finished (done or failed) job's row, so the same content is transcribed
+        anew if it is dropped again. Raises KeyError or ValueError (not finished)."""
+        with self._transaction() as db:
+            job = self.get(job_id)
+            if job.state not in (JobState.DONE, JobState.FAILED):
+                raise ValueError(f"job {job_id} is {job.state}; only done or failed jobs")
+            db.execute("UPDATE jobs SET duplicate_of = NULL WHERE duplicate_of = ?", (job_id,))
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        return job
+
+    def listing(self, state: JobState | None = None, limit: int = 50) -> list[Job]:
+        """The newest jobs first, optionally in one state."""
+        if state is None:
+            rows = self._db.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE state = ? ORDER BY id DESC LIMIT ?", (state, limit)
+            )
+        return [_job(row) for row in rows]
+
+    def finished_since(self, since: float) -> tuple[int, float, float]:
+        """(recordings, audio seconds, processing seconds) published since `since`."""
+        row = self._db.execute(
+            "SELECT COUNT(*) AS n, TOTAL(audio_seconds) AS audio,"
+            " TOTAL(processing_seconds) AS busy FROM jobs"
+            " WHERE finished >= ? AND audio_seconds IS NOT NULL",
+            (since,),
+        ).fetchone()
+        return int(row["n"]), float(row["audio"]), float(row["busy"])
+
+    def failures_by_kind(self) -> dict[str, int]:
+        rows = self._db.execute(
+            "SELECT COALESCE(failure_kind, 'unknown') AS kind, COUNT(*) AS n FROM jobs"
+            " WHERE state = ? GROUP BY kind",
+            (JobState.FAILED,),
+        )
+        return {row["kind"]: row["n"] for row in rows}
 
     def requeue(self, job_id: int, delay: float, error: str | None, *, refund: bool) -> None:
         """Back to the queue after `delay` seconds; `refund` un-counts an attempt that was not
@@ -255,7 +345,7 @@ class JobQueue:
         rows = self._db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
         return {row["state"]: row["n"] for row in rows}
 
-    def _set(self, job_id: int, state: JobState, **columns: str | None) -> None:
+    def _set(self, job_id: int, state: JobState, **columns: str | float | None) -> None:
         assignments = "".join(f", {name} = ?" for name in columns)
         self._db.execute(
             f"UPDATE jobs SET state = ?, updated = ?{assignments} WHERE id = ?",  # noqa: S608
@@ -287,4 +377,12 @@ def _job(row: sqlite3.Row) -> Job:
         outputs=tuple(json.loads(row["outputs"])) if row["outputs"] else (),
         disposed_to=_text(row["disposed_to"]),
         disposal_failures=row["disposal_failures"],
+        failure_kind=row["failure_kind"],
+        started=row["started"],
+        finished=row["finished"],
+        audio_seconds=row["audio_seconds"],
+        processing_seconds=row["processing_seconds"],
+        progress_seconds=row["progress_seconds"],
+        expected_seconds=row["expected_seconds"],
+        updated=row["updated"],
     )

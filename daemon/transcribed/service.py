@@ -1,8 +1,10 @@
 """The one place that builds the daemon's objects from settings and runs them.
 
 Threads: watchdog's observer hands paths to the intake thread, which claims settled files
-into the queue; the worker thread transcribes; the main thread handles signals and restarts
-a dead observer. Signal handlers only set a flag; a second signal forces an exit.
+into the queue; the worker thread transcribes; hooks run on their own thread; the main
+thread reports health to systemd, reloads the config on SIGHUP and restarts a dead observer
+(unless systemd's watchdog is on: then systemd restarts the whole service). Signal handlers
+only set a flag; a second SIGTERM forces an exit.
 """
 
 import os
@@ -20,14 +22,19 @@ from transcribed.destinations import Destinations
 from transcribed.disposal import Disposer
 from transcribed.durable import remove_stale_temps
 from transcribed.engine import Engine
+from transcribed.errors import ConfigError
+from transcribed.hooks import HookCall, Hooks
 from transcribed.intake import Intake, recover_claims
+from transcribed.isolation import ISOLATION_HINT, isolation_problem
 from transcribed.logs import get_logger
 from transcribed.memory import pin_mmap_threshold
+from transcribed.metrics import write_metrics
+from transcribed.names import display_name
 from transcribed.notify import Notifier
 from transcribed.outbox import Outbox
-from transcribed.queue import JobQueue
+from transcribed.queue import Job, JobQueue
 from transcribed.rules import Rules
-from transcribed.settings import ModelSettings, Settings, check_folders
+from transcribed.settings import ModelSettings, Settings, check_folders, load_settings
 from transcribed.watcher import ObserverSupervisor
 from transcribed.worker import Worker
 
@@ -39,6 +46,28 @@ WORKER_STALL_SECONDS = 600.0  # no beat for this long: the worker is stuck (a hu
 # Counting jobs scans the state index (10 ms at 200,000 jobs): the STATUS line is refreshed
 # this often, while the watchdog check only pings the database.
 STATUS_SECONDS = 5.0
+# Settings a SIGHUP applies to the running daemon (to jobs started after it); any other change
+# needs a restart, and the reload says so.
+RELOADABLE = frozenset(
+    {
+        "language",
+        "formats",
+        "language_in_names",
+        "output_mode",
+        "folders",
+        "disposal",
+        "archive_dir",
+        "failed_dir",
+        "outbox",
+        "max_attempts",
+        "retry_seconds",
+        "chunk_seconds",
+        "on_done",
+        "on_failed",
+        "hook_timeout_seconds",
+        "metrics_file",
+    }
+)
 
 
 def status_line(counts: dict[str, int]) -> str:
@@ -102,9 +131,13 @@ def load_engine(settings: ModelSettings) -> Engine:
 class Daemon:
     """Runs until SIGTERM/SIGINT; then stops intake, lets the current job finish or requeue."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, config_path: Path | None = None) -> None:
         check_folders(settings)
+        check_isolation(settings.require_offline)
         pin_mmap_threshold()
+        self._config_path = config_path
+        self._reload = threading.Event()
+        self._problem: str | None = None  # the last health problem logged
         self.notifier = Notifier()
         self.notifier.extend_timeout(MODEL_LOAD_BUDGET_SECONDS)
         self.notifier.status("recovering and loading the model")
@@ -132,7 +165,9 @@ class Daemon:
             retry_seconds=settings.retry_seconds,
             aligner=load_aligner(settings),
             stop=self.stop,
+            on_finished=self._job_finished,
         )
+        self._hooks = Hooks(settings.on_done, settings.on_failed, settings.hook_timeout_seconds)
         self._intake = Intake(
             inbox=settings.inbox,
             work_dir=settings.work_dir,
@@ -141,6 +176,13 @@ class Daemon:
             settle_seconds=settings.settle_seconds,
             rescan_seconds=settings.rescan_seconds,
         )
+
+    def _job_finished(self, job: Job, outcome: str) -> None:
+        """Called on the worker thread when a job is done (disposed) or failed for good."""
+        failed = outcome == "failed"
+        if not failed and not job.outputs:
+            return  # a duplicate: its transcript is the original's, which had its own hook
+        self._hooks.submit(HookCall("failed" if failed else "done", job.id, hook_environment(job)))
 
     def _destinations(self, settings: Settings) -> Destinations:
         return Destinations(
@@ -158,12 +200,14 @@ class Daemon:
     def run(self) -> int:
         self._install_signal_handlers()
         self._worker.recover()
+        watchdog = self.notifier.watchdog_seconds
         watch = ObserverSupervisor(
             self.settings.inbox,
             self._arrivals,
             self.settings.watch_mode,
             self.settings.poll_seconds,
             self._intake.request_rescan,
+            restart=not watchdog,  # under systemd's watchdog, systemd restarts us instead
         )
         self._intake.rescan()  # files that arrived while we were not running
         log.info("daemon.ready", inbox=str(self.settings.inbox), counts=self._jobs.counts())
@@ -175,14 +219,17 @@ class Daemon:
         ]
         for thread in threads:
             thread.start()
-        watchdog = self.notifier.watchdog_seconds
         tick = min(1.0, watchdog / 2) if watchdog else 1.0
         while not self.stop.wait(tick):
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
             watch.check()
             self._report(health, watch, threads)
         self.notifier.stopping()
         log.info("daemon.stopping")
         watch.stop()
+        self._hooks.close(timeout=5)
         deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -201,14 +248,67 @@ class Daemon:
             if time.monotonic() >= self._status_due:
                 self.notifier.status(status_line(health.counts()))
                 self._status_due = time.monotonic() + STATUS_SECONDS
+                self._write_metrics(health)
             health.ping()
         except sqlite3.Error as error:
             log.warning("health.database", error=str(error))
             return
-        if problem := self._health_problem(watch, threads):
-            log.warning("health.unhealthy", problem=problem)
+        problem = self._health_problem(watch, threads)
+        if problem != self._problem:  # said once when it starts and once when it ends
+            if problem:
+                log.error("health.unhealthy", problem=problem, watchdog_pings="stopped")
+            else:
+                log.info("health.healthy")
+            self._problem = problem
+        if not problem:
+            self.notifier.watchdog()
+
+    def _write_metrics(self, health: JobQueue) -> None:
+        path = self.settings.metrics_file
+        if path is None:
             return
-        self.notifier.watchdog()
+        try:
+            write_metrics(path, health, self.settings.output_mode)
+        except OSError as error:  # a monitoring problem must not become a service problem
+            log.warning("metrics.cannot_write", path=str(path), error=str(error))
+
+    def reload(self) -> None:
+        """Re-read the config (SIGHUP). A new config that does not load, or whose folders are
+        unusable, is rejected whole and the running one kept."""
+        self.notifier.reloading()
+        try:
+            new = load_settings(self._config_path, Settings)
+            check_folders(new)
+        except ConfigError as error:
+            log.error("config.reload_rejected", error=str(error), kept="the running config")
+            self.notifier.ready(f"config reload rejected: {str(error).splitlines()[0]}")
+            return
+        old = self.settings.model_dump()
+        changed = sorted(name for name, value in new.model_dump().items() if old[name] != value)
+        if needs_restart := [name for name in changed if name not in RELOADABLE]:
+            log.warning(
+                "config.needs_restart",
+                settings=needs_restart,
+                hint="these take effect after `systemctl restart transcribed`",
+            )
+        self._apply(new)
+        log.info("config.reloaded", changed=[n for n in changed if n in RELOADABLE])
+        self.notifier.ready("config reloaded")
+
+    def _apply(self, new: Settings) -> None:
+        """Hand the reloadable settings to the worker and hooks: jobs started from now on use
+        them; a job mid-way finishes as it began."""
+        live = {name: getattr(new, name) for name in RELOADABLE}
+        self.settings = self.settings.model_copy(update=live)
+        worker = self._worker
+        worker.rules = make_rules(self.settings)
+        worker.destinations = self._destinations(self.settings)
+        worker.max_attempts = self.settings.max_attempts
+        worker.retry_seconds = self.settings.retry_seconds
+        worker.chunk_seconds = self.settings.chunk_seconds
+        self._hooks.configure(
+            self.settings.on_done, self.settings.on_failed, self.settings.hook_timeout_seconds
+        )
 
     def _health_problem(
         self, watch: ObserverSupervisor, threads: list[threading.Thread]
@@ -232,5 +332,40 @@ class Daemon:
             log.info("daemon.signal", signal=signal.Signals(signum).name)
             self.stop.set()
 
+        def reload(signum: int, frame: FrameType | None) -> None:
+            self._reload.set()  # the main loop reloads: no work inside a signal handler
+
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
+        signal.signal(signal.SIGHUP, reload)
+
+
+def check_isolation(required: bool) -> None:
+    """Say whether the network is reachable from here; refuse to run if it must not be."""
+    problem = isolation_problem()
+    if problem is None:
+        log.info("network.isolated")
+        return
+    if required:
+        raise ConfigError(f"require_offline = true, but {problem}; {ISOLATION_HINT}")
+    log.warning("network.not_isolated", problem=problem, hint=ISOLATION_HINT)
+
+
+def hook_environment(job: Job) -> dict[str, str]:
+    """What a hook learns about a job: paths and figures, never transcript text."""
+    environment = {
+        "TRANSCRIBED_JOB": str(job.id),
+        "TRANSCRIBED_SOURCE": display_name(job.relpath),
+        "TRANSCRIBED_OUTPUTS": "\n".join(job.outputs),
+    }
+    named = {".txt": "TRANSCRIBED_TRANSCRIPT", ".json": "TRANSCRIBED_JSON"}
+    for output in job.outputs:
+        if variable := named.get(Path(output).suffix):
+            environment[variable] = output
+    if job.state == "failed" or job.error:
+        environment["TRANSCRIBED_ERROR"] = job.error or ""
+        if job.disposed_to:
+            environment["TRANSCRIBED_FAILED_PATH"] = job.disposed_to
+    if job.audio_seconds is not None:
+        environment["TRANSCRIBED_AUDIO_SECONDS"] = f"{job.audio_seconds:.3f}"
+    return environment

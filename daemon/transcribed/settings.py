@@ -147,6 +147,37 @@ class Settings(ModelSettings):
         description="First wait before a retry; doubles each time, at most 10 minutes.",
     )
 
+    require_offline: bool = Field(
+        default=False,
+        description="Refuse to start unless the process is cut off from the network "
+        "(as under the systemd unit's PrivateNetwork=yes); otherwise it only warns.",
+    )
+    on_done: list[str] | None = Field(
+        default=None,
+        description="Command run after each transcript, as an argument list (no shell); "
+        "paths in TRANSCRIBED_TRANSCRIPT, TRANSCRIBED_JSON, … (README).",
+    )
+    on_failed: list[str] | None = Field(
+        default=None,
+        description="Command run when a recording fails for good, as an argument list; "
+        "the reason in TRANSCRIBED_ERROR.",
+    )
+    hook_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="A hook still running after this long is killed."
+    )
+    metrics_file: Path | None = Field(
+        default=None,
+        description="Prometheus textfile (e.g. /var/lib/node_exporter/textfile/"
+        "transcribed.prom), rewritten atomically; off by default.",
+    )
+
+    @field_validator("on_done", "on_failed")
+    @classmethod
+    def _nonempty_command(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or not value[0]):
+            raise ValueError('must be a non-empty argument list, e.g. ["/usr/local/bin/notify"]')
+        return value
+
     @model_validator(mode="after")
     def _archive_needed_for_move(self) -> "Settings":
         moves = self.disposal == "move" or any(rule.disposal == "move" for rule in self.folders)

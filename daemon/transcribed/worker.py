@@ -33,7 +33,7 @@ from transcribed.errors import (
 from transcribed.logs import get_logger
 from transcribed.names import display_name
 from transcribed.pipeline import Recognizer, WordAligner, transcribe_stream
-from transcribed.queue import Job, JobQueue, JobState
+from transcribed.queue import FailureKind, Job, JobQueue, JobState
 from transcribed.rules import Rules
 from transcribed.transcript import SourceInfo
 
@@ -42,8 +42,14 @@ log = get_logger(__name__)
 BACKOFF_MAX_SECONDS = 600.0
 
 
+PROGRESS_SECONDS = 2.0  # how often a running job's progress is written for `status`
+
+
 class Decoder(Protocol):
     """Turns a recording into 16 kHz mono sample blocks: `decoder.ChildDecoder` in production."""
+
+    # The length the current file's header claims, once known: for progress display only.
+    expected_seconds: float | None
 
     def stream(self, path: Path, label: str = "") -> Iterator[np.ndarray]: ...
 
@@ -64,6 +70,7 @@ class Worker:
     # When the worker last showed it is alive: each loop turn and each model batch.
     last_beat: float = dataclasses.field(default_factory=time.monotonic)
     on_finished: Callable[[Job, str], None] = lambda job, outcome: None
+    _progress_written: float = 0.0
 
     def recover(self) -> None:
         """After a restart: requeue attempts a crash cut short (quarantining a file that has
@@ -74,6 +81,7 @@ class Worker:
                     job,
                     f"the daemon stopped during each of {job.attempts} attempts "
                     "(a crash, a kill or a power cut): this file may be what kills it",
+                    FailureKind.KILLS_DAEMON,
                 )
             else:
                 # After the others: a file that kills us must not block the queue, and a
@@ -137,7 +145,7 @@ class Worker:
             log.info("job.requeued_for_shutdown", job=job.id)
             return
         except PermanentError as error:
-            self._fail(job, str(error))
+            self._fail(job, str(error), FailureKind.UNREADABLE)
             return
         except DecoderCrashed as error:
             log.warning("job.decoder_crashed", job=job.id, error=str(error), attempt=job.attempts)
@@ -176,6 +184,7 @@ class Worker:
             context=self.rules.context(plan),
             aligner=self.aligner,
             should_stop=self._beat_and_check_stop,
+            on_progress=lambda seconds: self._record_progress(job, seconds),
             started=started,
         )
         disposal = {"disposal": self.destinations.disposer(plan.disposal).assurance.as_dict()}
@@ -185,7 +194,12 @@ class Worker:
             outputs = outbox.publish(transcript, plan.output_relpath)
         except OSError as error:  # disk full, unwritable, I/O error: nothing lost, try later
             raise TransientError(f"cannot write the transcript: {error}") from error
-        self.jobs.mark_published(job.id, [str(path) for path in outputs])
+        self.jobs.mark_published(
+            job.id,
+            [str(path) for path in outputs],
+            audio_seconds=transcript.duration,
+            processing_seconds=round(time.monotonic() - started, 3),
+        )
         log.info(
             "job.published",
             job=job.id,
@@ -194,6 +208,13 @@ class Worker:
             language=transcript.language,
         )
 
+    def _record_progress(self, job: Job, seconds: float) -> None:
+        """At most every PROGRESS_SECONDS: progress is for people, not worth an fsync a batch."""
+        now = time.monotonic()
+        if now - self._progress_written >= PROGRESS_SECONDS:
+            self._progress_written = now
+            self.jobs.record_progress(job.id, seconds, self.decoder.expected_seconds)
+
     def _beat_and_check_stop(self) -> bool:
         """Called between model batches: proof of progress, and the chance to stop."""
         self.last_beat = time.monotonic()
@@ -201,18 +222,22 @@ class Worker:
 
     def _retry_or_quarantine(self, job: Job, error: str) -> None:
         if job.attempts >= self.max_attempts:
-            self._fail(job, f"gave up after {job.attempts} attempts; last error: {error}")
+            self._fail(
+                job,
+                f"gave up after {job.attempts} attempts; last error: {error}",
+                FailureKind.GAVE_UP,
+            )
         else:
             self.jobs.requeue(
                 job.id, _backoff(self.retry_seconds, job.attempts), error, refund=False
             )
 
-    def _fail(self, job: Job, error: str) -> None:
+    def _fail(self, job: Job, error: str, kind: FailureKind) -> None:
         plan = self.rules.plan(os.fsdecode(job.relpath))
         if job.sha256 is not None:
             self.destinations.outbox(plan.formats).retract(plan.output_relpath, job.sha256)
         target = self.destinations.disposer(plan.disposal).quarantine(job, error)
-        self.jobs.mark_failed(job.id, error)
+        self.jobs.mark_failed(job.id, error, kind)
         log.warning(
             "job.failed",
             job=job.id,
@@ -220,7 +245,7 @@ class Worker:
             error=error,
             moved_to=display_name(str(target)),
         )
-        self.on_finished(job, "failed")
+        self.on_finished(self.jobs.get(job.id), "failed")
 
     def _dispose(self, job: Job) -> None:
         try:
