@@ -1,15 +1,26 @@
-"""The `transcribed` command: `run` the daemon, or `transcribe` files once."""
+"""The `transcribed` command: `run` the daemon, `transcribe` files once, and the operator
+commands `status`, `jobs`, `doctor` and `config show`."""
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from transcribed import __version__
+from transcribed.admin import OperatorError
 from transcribed.errors import ConfigError, ModelError
 from transcribed.logs import configure_logging
-from transcribed.settings import DEFAULT_CONFIG_PATH, ModelSettings, Settings, load_settings
+from transcribed.queue import JobState
+from transcribed.settings import (
+    DEFAULT_CONFIG_PATH,
+    ModelSettings,
+    Settings,
+    load_settings,
+    setting_sources,
+)
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2  # usage and configuration errors, like argparse's own
@@ -24,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ModelError) as error:
         print(f"transcribed: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    except OperatorError as error:
+        print(f"transcribed: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
 
@@ -61,7 +75,66 @@ def _build_parser() -> argparse.ArgumentParser:
     once.add_argument("--language", help="force a language, e.g. en or zh (default: detect)")
     once.set_defaults(handler=_transcribe)
 
-    for command in (run, once):
+    status = commands.add_parser(
+        "status",
+        help="what the daemon is doing: queued, running (with progress), failed, last hour",
+        description="Read the job database (safe while the daemon runs) and show queued jobs, "
+        "running ones with progress and an ETA, recent failures with their reasons, and "
+        "the throughput of the last hour.",
+    )
+    status.set_defaults(handler=_status)
+
+    jobs = commands.add_parser(
+        "jobs",
+        help="list, retry or forget jobs",
+        description="Inspect and act on individual jobs (safe while the daemon runs).",
+    )
+    actions = jobs.add_subparsers(required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="the newest jobs, optionally in one state")
+    listing.add_argument("--state", choices=[str(state) for state in JobState])
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    listing.set_defaults(handler=_jobs_list)
+    again = actions.add_parser(
+        "retry",
+        help="put a failed job's recording back into the inbox",
+        description="Move a failed recording from failed_dir back into the inbox under its "
+        "original name; the daemon transcribes it as a new arrival. The copy in the inbox "
+        "is durable before the failed copy is removed.",
+    )
+    again.add_argument("job", type=int, metavar="ID")
+    again.set_defaults(handler=_jobs_retry)
+    drop = actions.add_parser(
+        "forget",
+        help="forget a done or failed job, so the same recording is transcribed again",
+        description="Delete a done or failed job's record. Its files stay where they are; "
+        "the same recording dropped again is then transcribed anew instead of being "
+        "recognised as a duplicate.",
+    )
+    drop.add_argument("job", type=int, metavar="ID")
+    drop.set_defaults(handler=_jobs_forget)
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="check this machine: GPU, model files, folders, inotify, network isolation",
+        description="Check everything the daemon needs and print one line per check "
+        "(ok / warn / fail) with what to do. Exits 1 when any check fails.",
+    )
+    doctor.set_defaults(handler=_doctor)
+
+    config = commands.add_parser("config", help="show the effective configuration")
+    config_actions = config.add_subparsers(required=True, metavar="ACTION")
+    show = config_actions.add_parser(
+        "show",
+        help="every setting, its value and where it came from",
+        description="Every setting with its effective value and its source: an environment "
+        "variable, the config file, or the default.",
+    )
+    show.set_defaults(handler=_config_show)
+
+    with_json = (status, listing, doctor, show)
+    for command in with_json:
+        command.add_argument("--json", action="store_true", help="machine-readable output")
+    for command in (run, once, status, listing, again, drop, doctor, show):
         command.add_argument(
             "--config",
             type=Path,
@@ -118,3 +191,73 @@ def _transcribe(args: argparse.Namespace) -> int:
 
     failures = transcribe_files(args.files, settings, args.outbox)
     return EXIT_FAILED if failures else 0
+
+
+def _print(data: object, as_json: bool, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if as_json else text)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from transcribed import admin
+
+    jobs = admin.open_queue(load_settings(args.config, Settings))
+    report = admin.status_report(jobs)
+    _print(report, args.json, admin.render_status(report))
+    return 0
+
+
+def _jobs_list(args: argparse.Namespace) -> int:
+    from transcribed import admin
+
+    jobs = admin.open_queue(load_settings(args.config, Settings))
+    rows = admin.job_rows(jobs, JobState(args.state) if args.state else None, args.limit)
+    _print(rows, args.json, admin.render_jobs(rows))
+    return 0
+
+
+def _jobs_retry(args: argparse.Namespace) -> int:
+    from transcribed import admin
+
+    settings = load_settings(args.config, Settings)
+    target = admin.retry(admin.open_queue(settings), settings, args.job)
+    print(f"job {args.job}: the recording is back in the inbox as {target}")
+    return 0
+
+
+def _jobs_forget(args: argparse.Namespace) -> int:
+    from transcribed import admin
+
+    job = admin.forget(admin.open_queue(load_settings(args.config, Settings)), args.job)
+    print(f"job {args.job} ({job.state}) forgotten; its files were not touched")
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from transcribed import doctor
+
+    try:
+        settings = load_settings(args.config, Settings)
+    except ConfigError as error:
+        findings = [doctor.Finding("config", "fail", str(error), "fix the config file")]
+    else:
+        _offline_unless(False)  # doctor only looks: never fetch anything
+        findings = [doctor.Finding("config", "ok", "the configuration is valid")]
+        findings += doctor.diagnose(settings)
+    rows = [dataclasses.asdict(finding) for finding in findings]
+    _print(rows, args.json, doctor.render(findings))
+    return EXIT_FAILED if any(finding.level == "fail" for finding in findings) else 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, Settings)
+    sources = setting_sources(args.config, settings)
+    values = settings.model_dump(mode="json")
+    values["output_mode"] = f"{settings.output_mode:04o}"
+    rows = {name: {"value": values[name], "source": sources[name]} for name in values}
+    width = max(map(len, rows))
+    text = "\n".join(
+        f"{name:<{width}}  {json.dumps(row['value'])}  ({row['source']})"
+        for name, row in rows.items()
+    )
+    _print(rows, args.json, text)
+    return 0

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from transcribed.admin import status_line
 from transcribed.aligner import Aligner
 from transcribed.decoder import ChildDecoder
 from transcribed.destinations import Destinations
@@ -68,20 +69,6 @@ RELOADABLE = frozenset(
         "metrics_file",
     }
 )
-
-
-def status_line(counts: dict[str, int]) -> str:
-    """One line for `systemctl status`: what is waiting, running, finished and failed."""
-    waiting = counts.get("queued", 0) + counts.get("claiming", 0) + counts.get("duplicate", 0)
-    finished = counts.get("done", 0) + counts.get("published", 0)
-    return (
-        f"{waiting} queued, {counts.get('running', 0)} running, {finished} done,"
-        f" {counts.get('failed', 0)} failed"
-    )
-
-
-def database_path(settings: Settings) -> Path:
-    return settings.state_dir / "jobs.sqlite3"
 
 
 def make_decoder(settings: ModelSettings) -> ChildDecoder:
@@ -144,7 +131,7 @@ class Daemon:
         self._status_due = 0.0  # when the STATUS line is next refreshed
         self.settings = settings
         self.stop = threading.Event()
-        self._jobs = JobQueue(database_path(settings))
+        self._jobs = JobQueue(settings.database)
         self._arrivals: queue.SimpleQueue[str] = queue.SimpleQueue()
         settings.work_dir.mkdir(mode=0o700, exist_ok=True)
         if recovered := recover_claims(self._jobs, settings.work_dir):
@@ -171,7 +158,7 @@ class Daemon:
         self._intake = Intake(
             inbox=settings.inbox,
             work_dir=settings.work_dir,
-            jobs=JobQueue(database_path(settings)),  # its own connection: it runs in its own thread
+            jobs=JobQueue(settings.database),  # its own connection: it runs in its own thread
             arrivals=self._arrivals,
             settle_seconds=settings.settle_seconds,
             rescan_seconds=settings.rescan_seconds,
@@ -211,7 +198,7 @@ class Daemon:
         )
         self._intake.rescan()  # files that arrived while we were not running
         log.info("daemon.ready", inbox=str(self.settings.inbox), counts=self._jobs.counts())
-        health = JobQueue(database_path(self.settings))  # the main thread's own connection
+        health = JobQueue(self.settings.database)  # the main thread's own connection
         self.notifier.ready(status_line(health.counts()))
         threads = [
             threading.Thread(target=self._intake.run, args=(self.stop,), name="intake"),

@@ -1,6 +1,7 @@
 """Settings: a TOML file and TRANSCRIBED_* environment variables (env wins), validated at start."""
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -189,6 +190,11 @@ class Settings(ModelSettings):
         return self
 
     @property
+    def database(self) -> Path:
+        """The job queue."""
+        return self.state_dir / "jobs.sqlite3"
+
+    @property
     def work_dir(self) -> Path:
         """Private folder inside the inbox: same filesystem, so claiming is an atomic rename."""
         return self.inbox / ".transcribed-work"
@@ -271,3 +277,23 @@ def _nesting_problems(inbox: Path, folders: dict[str, Path]) -> list[str]:
         if name != "inbox" and real.is_relative_to(real_inbox):
             problems.append(f"{name}: {folder} is inside the inbox; it would be picked up again")
     return problems
+
+
+def setting_sources(config_path: Path | None, settings: ModelSettings) -> dict[str, str]:
+    """Where each effective setting came from: the environment, the config file, or the
+    default (the same precedence `load_settings` applies)."""
+    path = config_path if config_path is not None else _system_config()
+    in_file: set[str] = set()
+    if path is not None:
+        with path.open("rb") as handle:
+            in_file = set(tomllib.load(handle))
+    sources = {}
+    for name in type(settings).model_fields:
+        variable = f"TRANSCRIBED_{name.upper()}"
+        if variable in os.environ:
+            sources[name] = f"environment {variable}"
+        elif name in in_file:
+            sources[name] = f"file {path}"
+        else:
+            sources[name] = "default"
+    return sources

@@ -1,0 +1,227 @@
+"""Operator commands on the job database, safe while the daemon runs: `status` and `jobs`.
+
+Every change goes through one SQLite transaction (the daemon's own locking applies), and a
+retry never moves a file out of the failed folder before its copy is back in the inbox.
+"""
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from transcribed.durable import fsync_dir, link_or_copy_no_overwrite, make_folders, unique_name
+from transcribed.errors import ConfigError
+from transcribed.names import display_name
+from transcribed.queue import Job, JobQueue, JobState
+from transcribed.settings import Settings
+
+_HOUR = 3600.0
+_FAILED_SHOWN = 10
+_REASON_SUFFIX = ".error.json"
+
+
+class OperatorError(Exception):
+    """A request that cannot be carried out, with what to do instead."""
+
+
+def open_queue(settings: Settings) -> JobQueue:
+    """The daemon's job database; never a new, empty one in the wrong place."""
+    path = settings.database
+    if not path.is_file():
+        raise ConfigError(
+            f"no job database at {path}: the daemon has not run with state_dir = "
+            f"{settings.state_dir} (pass the daemon's config with --config, or set state_dir)"
+        )
+    try:
+        return JobQueue(path)
+    except Exception as error:  # sqlite3 errors: permissions, a locked or damaged file
+        raise ConfigError(
+            f"cannot open {path}: {error}; run this as the service's user "
+            "(e.g. `sudo -u transcribed transcribed status`)"
+        ) from None
+
+
+# --- status ---------------------------------------------------------------------------------
+
+
+def status_line(counts: dict[str, int]) -> str:
+    """One line for `systemctl status`: what is waiting, running, finished and failed."""
+    waiting = counts.get("queued", 0) + counts.get("claiming", 0) + counts.get("duplicate", 0)
+    finished = counts.get("done", 0) + counts.get("published", 0)
+    return (
+        f"{waiting} queued, {counts.get('running', 0)} running, {finished} done,"
+        f" {counts.get('failed', 0)} failed"
+    )
+
+
+def status_report(jobs: JobQueue, now: float | None = None) -> dict[str, Any]:
+    """What the daemon is doing, as plain data (the --json form)."""
+    now = time.time() if now is None else now
+    counts = jobs.counts()
+    recordings, audio, busy = jobs.finished_since(now - _HOUR)
+    queued = jobs.in_state(JobState.QUEUED)
+    return {
+        "summary": status_line(counts),
+        "counts": counts,
+        "running": [_running(job, now) for job in jobs.in_state(JobState.RUNNING)],
+        "queued": [_brief(job) | {"waiting_for_retry": bool(job.error)} for job in queued],
+        "failed": [_failed(job) for job in jobs.listing(JobState.FAILED, _FAILED_SHOWN)],
+        "last_hour": {
+            "recordings": recordings,
+            "audio_seconds": round(audio, 1),
+            "processing_seconds": round(busy, 1),
+            "times_real_time": round(audio / busy, 1) if busy > 0 else None,
+        },
+    }
+
+
+def _brief(job: Job) -> dict[str, Any]:
+    return {"id": job.id, "file": display_name(job.relpath), "attempts": job.attempts}
+
+
+def _running(job: Job, now: float) -> dict[str, Any]:
+    done, expected = job.progress_seconds or 0.0, job.expected_seconds
+    fraction = min(1.0, done / expected) if expected else None
+    elapsed = now - job.started if job.started else None
+    eta = None
+    if fraction and elapsed is not None and fraction > 0:
+        eta = round(elapsed * (1 - fraction) / fraction)
+    return _brief(job) | {
+        "audio_done_seconds": round(done, 1),
+        "audio_expected_seconds": round(expected, 1) if expected else None,
+        "percent": round(100 * fraction) if fraction is not None else None,
+        "elapsed_seconds": round(elapsed) if elapsed is not None else None,
+        "eta_seconds": eta,
+    }
+
+
+def _failed(job: Job) -> dict[str, Any]:
+    return _brief(job) | {
+        "reason": job.error,
+        "kind": job.failure_kind,
+        "moved_to": display_name(job.disposed_to) if job.disposed_to else None,
+    }
+
+
+def render_status(report: dict[str, Any]) -> str:
+    """The report for a person."""
+    lines = [f"transcribed: {report['summary']}"]
+    for job in report["running"]:
+        progress = "starting"
+        if job["percent"] is not None:
+            progress = (
+                f"{job['percent']}% ({_clock(job['audio_done_seconds'])} of "
+                f"{_clock(job['audio_expected_seconds'])} audio)"
+            )
+            if job["eta_seconds"] is not None:
+                progress += f", about {_clock(job['eta_seconds'])} left"
+        elif job["audio_done_seconds"]:
+            progress = f"{_clock(job['audio_done_seconds'])} of audio done"
+        lines.append(f"  running  #{job['id']} {job['file']}: {progress}")
+    queued = report["queued"]
+    if queued:
+        names = ", ".join(job["file"] for job in queued[:5]) + (", …" if len(queued) > 5 else "")
+        retrying = sum(job["waiting_for_retry"] for job in queued)
+        note = f" ({retrying} waiting to retry after an error)" if retrying else ""
+        lines.append(f"  queued   {len(queued)}: {names}{note}")
+    for job in report["failed"]:
+        lines.append(f"  failed   #{job['id']} {job['file']}: {job['reason']}")
+        if job["moved_to"]:
+            lines.append(f"           now at {job['moved_to']}")
+    if report["failed"]:
+        lines.append("           retry one with `transcribed jobs retry ID`")
+    hour = report["last_hour"]
+    if hour["recordings"]:
+        speed = f", {hour['times_real_time']}x real time" if hour["times_real_time"] else ""
+        lines.append(
+            f"  last hour: {_count(hour['recordings'], 'recording')}, {_clock(hour['audio_seconds'])} "
+            f"of audio in {_clock(hour['processing_seconds'])}{speed}"
+        )
+    else:
+        lines.append("  last hour: nothing finished")
+    return "\n".join(lines)
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+# --- jobs -----------------------------------------------------------------------------------
+
+
+def job_rows(jobs: JobQueue, state: JobState | None, limit: int) -> list[dict[str, Any]]:
+    return [
+        _brief(job)
+        | {
+            "state": str(job.state),
+            "error": job.error,
+            "audio_seconds": job.audio_seconds,
+            "outputs": list(job.outputs),
+            "updated": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.updated)),
+        }
+        for job in jobs.listing(state, limit)
+    ]
+
+
+def render_jobs(rows: Sequence[dict[str, Any]]) -> str:
+    if not rows:
+        return "no jobs"
+    lines = [f"{'ID':>6}  {'STATE':<9}  {'UPDATED':<19}  FILE"]
+    for row in rows:
+        detail = f"  ({row['error']})" if row["error"] else ""
+        lines.append(
+            f"{row['id']:>6}  {row['state']:<9}  {row['updated']:<19}  {row['file']}{detail}"
+        )
+    return "\n".join(lines)
+
+
+def retry(jobs: JobQueue, settings: Settings, job_id: int) -> Path:
+    """Put a failed job's original back into the inbox (under its old name) and forget the
+    failure; the daemon picks it up as a new arrival. Returns where the file now is."""
+    job = _get(jobs, job_id)
+    if job.state != JobState.FAILED:
+        raise OperatorError(f"job {job_id} is {job.state}; only failed jobs can be retried")
+    quarantined = Path(job.disposed_to) if job.disposed_to else None
+    if quarantined is None or not os.path.isfile(quarantined):
+        raise OperatorError(
+            f"the failed file of job {job_id} is no longer at "
+            f"{display_name(job.disposed_to or '?')}; copy the recording into the inbox "
+            f"yourself, then `transcribed jobs forget {job_id}`"
+        )
+    relpath = Path(os.fsdecode(job.relpath))
+    folder = make_folders(settings.inbox, relpath.parent)
+    target = unique_name(folder, relpath.name)
+    # The copy in the inbox is durable before anything is removed: at any crash point the
+    # recording exists at least once.
+    link_or_copy_no_overwrite(quarantined, target)
+    fsync_dir(folder)
+    jobs.forget(job_id)
+    quarantined.unlink()
+    quarantined.with_name(quarantined.name + _REASON_SUFFIX).unlink(missing_ok=True)
+    fsync_dir(quarantined.parent)
+    return target
+
+
+def forget(jobs: JobQueue, job_id: int) -> Job:
+    """Drop a done or failed job's row; its files stay where they are."""
+    _get(jobs, job_id)
+    try:
+        return jobs.forget(job_id)
+    except ValueError as error:
+        raise OperatorError(str(error)) from None
+
+
+def _get(jobs: JobQueue, job_id: int) -> Job:
+    try:
+        return jobs.get(job_id)
+    except KeyError:
+        raise OperatorError(f"no job {job_id} (see `transcribed jobs list`)") from None
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

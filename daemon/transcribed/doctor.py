@@ -1,0 +1,260 @@
+"""`transcribed doctor`: is this machine ready to run the daemon? One line per check.
+
+Each check says ok, warn or fail, and what to do. Checks read; the only thing they may
+create is the state folder (as the daemon would). Nothing is loaded onto the GPU or sent
+anywhere.
+"""
+
+import os
+import shutil
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from transcribed.assurance import NETWORK, assess, filesystem_type
+from transcribed.errors import ModelError
+from transcribed.isolation import ISOLATION_HINT, isolation_problem
+from transcribed.settings import Settings, check_folders
+
+Level = Literal["ok", "warn", "fail"]
+_LOW_DISK_BYTES = 1 << 30
+_INOTIFY = Path("/proc/sys/fs/inotify")
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    level: Level
+    message: str
+    hint: str = ""
+
+
+def diagnose(settings: Settings) -> list[Finding]:
+    checks: list[Callable[[Settings], Iterator[Finding]]] = [
+        _folders,
+        _filesystems,
+        _state_database,
+        _disk_space,
+        _inotify,
+        _model,
+        _gpu,
+        _network,
+        _disposal,
+    ]
+    return [finding for check in checks for finding in check(settings)]
+
+
+def _folders(settings: Settings) -> Iterator[Finding]:
+    try:
+        check_folders(settings)
+    except Exception as error:  # ConfigError: one line per unusable folder
+        yield Finding("folders", "fail", str(error), "create the folders or fix the config")
+        return
+    yield Finding("folders", "ok", "inbox, outbox, failed and archive folders are writable")
+
+
+def _filesystems(settings: Settings) -> Iterator[Finding]:
+    try:
+        inbox = os.stat(settings.inbox).st_dev
+        others = {
+            name: os.stat(folder).st_dev
+            for name, folder in (("archive_dir", settings.archive_dir),)
+            if folder is not None and settings.disposal == "move"
+        }
+    except OSError:
+        return  # reported by the folder check
+    apart = [name for name, device in others.items() if device != inbox]
+    if apart:
+        yield Finding(
+            "filesystems",
+            "warn",
+            f"{', '.join(apart)} is on another filesystem than the inbox: each move copies "
+            "the recording (safe, but slower and briefly uses twice the space)",
+            "put archive_dir on the inbox's filesystem to make moves instant renames",
+        )
+    else:
+        yield Finding("filesystems", "ok", "moves out of the inbox are renames (one filesystem)")
+
+
+def _state_database(settings: Settings) -> Iterator[Finding]:
+    try:
+        kind = filesystem_type(os.stat(settings.state_dir).st_dev)
+    except OSError:
+        return
+    if kind in NETWORK:
+        yield Finding(
+            "state",
+            "fail",
+            f"state_dir {settings.state_dir} is on a network filesystem ({kind}); SQLite's "
+            "locking and durability are not reliable there",
+            "set state_dir to a local folder (the systemd unit uses /var/lib/transcribed)",
+        )
+        return
+    if not settings.database.exists():
+        yield Finding(
+            "state", "ok", f"no job database yet; it will be created in {settings.state_dir}"
+        )
+        return
+    try:
+        with sqlite3.connect(f"file:{settings.database}?mode=ro", uri=True) as db:
+            result = db.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.Error as error:
+        yield Finding(
+            "state",
+            "fail",
+            f"cannot read {settings.database}: {error}",
+            "run as the service's user; check the file's owner",
+        )
+        return
+    if result != "ok":
+        yield Finding(
+            "state",
+            "fail",
+            f"{settings.database} is damaged: {result}",
+            "stop the daemon and restore the database from a backup",
+        )
+    else:
+        yield Finding("state", "ok", f"job database {settings.database} passes its check")
+
+
+def _disk_space(settings: Settings) -> Iterator[Finding]:
+    for name, folder in (("outbox", settings.outbox), ("state_dir", settings.state_dir)):
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            continue
+        if free < _LOW_DISK_BYTES:
+            yield Finding(
+                "disk",
+                "warn",
+                f"{name} {folder} has only {free >> 20} MiB free",
+                "free some space: transcripts wait (safely) while the disk is full",
+            )
+            return
+    yield Finding("disk", "ok", "at least 1 GiB free for transcripts and the job database")
+
+
+def _inotify(settings: Settings) -> Iterator[Finding]:
+    if settings.watch_mode == "poll":
+        yield Finding("inotify", "ok", "poll mode: inotify not used")
+        return
+    try:
+        watches = int((_INOTIFY / "max_user_watches").read_text())
+        instances = int((_INOTIFY / "max_user_instances").read_text())
+    except (OSError, ValueError):
+        yield Finding(
+            "inotify",
+            "warn",
+            "cannot read the inotify limits",
+            "periodic rescans still find every file",
+        )
+        return
+    folders = 1 + sum(len(subfolders) for _, subfolders, _ in os.walk(settings.inbox))
+    if watches < 2 * folders or instances < 8:
+        yield Finding(
+            "inotify",
+            "warn",
+            f"inotify allows {watches} watches / {instances} instances for {folders} inbox folders",
+            "raise fs.inotify.max_user_watches / max_user_instances with sysctl; "
+            "rescans cover missed events meanwhile",
+        )
+    else:
+        yield Finding("inotify", "ok", f"{watches} watches allowed for {folders} inbox folders")
+
+
+def _model(settings: Settings) -> Iterator[Finding]:
+    from transcribed.engine import check_layout, resolve_model_folder
+
+    for name, model in (("model", settings.model), ("aligner", settings.aligner)):
+        if model is None:
+            continue
+        try:
+            folder = resolve_model_folder(model, allow_download=False)
+            if name == "model":
+                check_layout(folder)
+        except ModelError as error:
+            yield Finding(name, "fail", str(error), "fetch it once while online (README)")
+            continue
+        yield Finding(name, "ok", f"{model} is on disk at {folder}")
+
+
+def _gpu(settings: Settings) -> Iterator[Finding]:
+    import torch
+
+    if settings.device == "cpu":
+        yield Finding("gpu", "ok", "device = cpu: the GPU is not used (slow for real models)")
+        return
+    if not torch.cuda.is_available():
+        level: Level = "fail" if settings.device.startswith("cuda") else "warn"
+        yield Finding(
+            "gpu",
+            level,
+            "no usable CUDA GPU"
+            + (
+                " and device = 'auto' falls back to the CPU (far slower)" if level == "warn" else ""
+            ),
+            "check `nvidia-smi` and that this torch build has CUDA "
+            f"(torch {torch.__version__}, CUDA {torch.version.cuda or 'none'})",
+        )
+        return
+    index = int(settings.device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        yield Finding(
+            "gpu",
+            "fail",
+            f"device = {settings.device} but only {torch.cuda.device_count()} GPU(s) exist",
+            "pick an existing GPU",
+        )
+        return
+    properties = torch.cuda.get_device_properties(index)
+    yield Finding(
+        "gpu",
+        "ok",
+        f"cuda:{index} {properties.name}, {properties.total_memory >> 30} GiB, "
+        f"CUDA {torch.version.cuda}, bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}",
+    )
+
+
+def _network(settings: Settings) -> Iterator[Finding]:
+    problem = isolation_problem()
+    if problem is None:
+        yield Finding("network", "ok", "no network interface is reachable (isolated)")
+        return
+    level: Level = "fail" if settings.require_offline else "warn"
+    yield Finding(
+        "network",
+        level,
+        problem + " (the daemon itself never connects; isolation makes sure nothing can)",
+        ISOLATION_HINT,
+    )
+
+
+def _disposal(settings: Settings) -> Iterator[Finding]:
+    if settings.disposal != "shred":
+        yield Finding("disposal", "ok", f"disposal = {settings.disposal}")
+        return
+    assurance = assess("shred", settings.inbox)
+    if assurance.assurance == "overwritten":
+        yield Finding("disposal", "ok", "shred overwrites in place on this disk")
+    else:
+        yield Finding(
+            "disposal",
+            "warn",
+            f"shredding on {assurance.filesystem or 'this filesystem'} is "
+            f"{assurance.assurance}: old copies may survive",
+            "keep the inbox on an encrypted volume (README, Honest disposal)",
+        )
+
+
+def render(findings: list[Finding]) -> str:
+    lines = []
+    for finding in findings:
+        lines.append(f"{finding.level:<4}  {finding.check:<11} {finding.message}")
+        if finding.hint and finding.level != "ok":
+            lines.append(f"{'':<17} -> {finding.hint}")
+    failed = sum(finding.level == "fail" for finding in findings)
+    warned = sum(finding.level == "warn" for finding in findings)
+    lines.append(f"{failed} failed, {warned} warnings")
+    return "\n".join(lines)
