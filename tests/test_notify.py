@@ -98,3 +98,35 @@ def test_without_notify_socket_nothing_is_sent_and_the_watchdog_is_for_this_proc
     assert status_line({"queued": 2, "claiming": 1, "done": 5, "failed": 1, "running": 1}) == (
         "3 queued, 1 running, 5 done, 1 failed"
     )
+
+
+def test_a_dead_observer_stops_the_watchdog_pings(folders, tiny_model, tmp_path) -> None:
+    """Under systemd's watchdog the observer is not restarted in-process: the pings stop, so
+    systemd restarts the whole service."""
+    listener = Listener()
+    listener.start()
+    env = folders.env(
+        tiny_model,
+        NOTIFY_SOCKET=str(listener.path),
+        WATCHDOG_USEC="2000000",
+        # The observer thread raises (uncaught) on the event for this name, and dies.
+        TRANSCRIBED_TEST_FAULTS="watch.event~kill-observer=raise",
+    )
+    try:
+        daemon = Daemon(env, tmp_path / "daemon.log")
+        try:
+            daemon.wait_for(lambda: "READY=1" in listener.lines(), 60)
+            time.sleep(2)
+            (folders.inbox / "kill-observer.txt").write_text("x")
+            daemon.wait_for(lambda: '"health.unhealthy"' in daemon.log_path.read_text(), 30)
+            died_at = time.monotonic()
+            time.sleep(4)  # two watchdog intervals
+            assert daemon.process.poll() is None, "the daemon stays up; systemd decides"
+        finally:
+            assert daemon.stop() == 0
+    finally:
+        listener.close()
+    pings = [at for at, message in listener.messages if message == "WATCHDOG=1"]
+    assert pings and pings[0] < died_at, "it was pinging before"
+    assert not [at for at in pings if at > died_at + 0.1], "no ping after the observer died"
+    assert "the inbox watcher is not running" in daemon.log_path.read_text()
