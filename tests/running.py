@@ -26,13 +26,15 @@ def transcribe_once(audio: Path, model: Path, **settings: str) -> None:
 class Daemon:
     """One `transcribed run` process writing its log to `log_path` (appending)."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, umask: int = 0o022) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, umask: int = 0o022, args: tuple[str, ...] = ()
+    ) -> None:
         self.log_path = log_path
         self._readies_before = self._readies()
         env = {**env, "PYTHONPATH": f"{NET_GUARD}:{env.get('PYTHONPATH', '')}"}
         with log_path.open("a") as log:
             self.process = subprocess.Popen(
-                [*CLI, "run"],
+                [*CLI, "run", *args],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -75,6 +77,11 @@ class Daemon:
 
     def tail(self, lines: int = 15) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`transcribed ARGS…` as a subprocess, output captured."""
+    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=120)
 
 
 def events(log_path: Path) -> list[dict[str, object]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from recordings import write_soundfile
-from running import Daemon
+from running import Daemon, events
 from transcribed.admin import status_line
 from transcribed.notify import Notifier, _watchdog_seconds
 
@@ -130,3 +130,4 @@ def test_a_dead_observer_stops_the_watchdog_pings(folders, tiny_model, tmp_path)
     assert pings and pings[0] < died_at, "it was pinging before"
     assert not [at for at in pings if at > died_at + 0.1], "no ping after the observer died"
     assert "the inbox watcher is not running" in daemon.log_path.read_text()
+    assert [e for e in events(daemon.log_path) if e["event"] == "thread.died"], "logged as JSON"

@@ -135,8 +135,9 @@ def render_status(report: dict[str, Any]) -> str:
     if hour["recordings"]:
         speed = f", {hour['times_real_time']}x real time" if hour["times_real_time"] else ""
         lines.append(
-            f"  last hour: {_count(hour['recordings'], 'recording')}, {_clock(hour['audio_seconds'])} "
-            f"of audio in {_clock(hour['processing_seconds'])}{speed}"
+            f"  last hour: {_count(hour['recordings'], 'recording')}, "
+            f"{_clock(hour['audio_seconds'])} of audio in "
+            f"{_clock(hour['processing_seconds'])}{speed}"
         )
     else:
         lines.append("  last hour: nothing finished")

@@ -5,6 +5,7 @@ Never pass transcript text or audio to a log call; file names go through `names.
 
 import logging
 import sys
+import threading
 from typing import Any
 
 import structlog
@@ -47,6 +48,17 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
     # Libraries are chatty at INFO (weights loading, file events); keep their warnings only.
     for noisy in ("transformers", "watchdog", "huggingface_hub", "httpx", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    threading.excepthook = _log_thread_death
+
+
+def _log_thread_death(args: threading.ExceptHookArgs) -> None:
+    """A thread that dies (e.g. watchdog's observer) is an event in the log, not a bare
+    traceback on stderr; the health check notices the dead thread."""
+    get_logger(__name__).error(
+        "thread.died",
+        thread=args.thread.name if args.thread else None,
+        error=f"{args.exc_type.__name__}: {args.exc_value}",
+    )
 
 
 def get_logger(name: str) -> Any:

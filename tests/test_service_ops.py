@@ -1,0 +1,143 @@
+"""The running service: SIGHUP reload, on_done/on_failed hooks, the metrics file, network
+isolation at start, and the loud CPU fallback. Real daemon, real config file, real hooks."""
+
+import json
+import signal
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from prometheus_client.parser import text_string_to_metric_families
+
+from recordings import write_soundfile
+from running import CLI, Daemon, events
+from transcribed.isolation import isolation_problem, reachable_interfaces
+
+pytestmark = pytest.mark.slow
+
+
+def drop(inbox: Path, name: str, seed: int, seconds: float = 2) -> None:
+    hidden = write_soundfile(inbox / f".{name}", seconds, 16000, "PCM_16", seed=seed)
+    hidden.rename(inbox / name)
+
+
+def logged(daemon: Daemon, event: str) -> list[dict]:
+    return [e for e in events(daemon.log_path) if e["event"] == event]
+
+
+def test_sighup_applies_a_new_config_and_rejects_an_invalid_one(folders, tiny_model, tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('formats = ["txt", "json"]\n')
+    env = folders.env(tiny_model, TRANSCRIBED_SETTLE_SECONDS="0.3", TRANSCRIBED_DEVICE="auto")
+    daemon = Daemon(env, tmp_path / "daemon.log", args=("--config", str(config)))
+    try:
+        daemon.wait_ready()
+        if not torch.cuda.is_available():
+            assert logged(daemon, "device.cpu_fallback"), "auto on a CPU says so loudly"
+        drop(folders.inbox, "before.wav", seed=1)
+        daemon.wait_for(lambda: (folders.outbox / "before.json").exists(), 60)
+
+        config.write_text('formats = ["txt", "json", "srt"]\nbatch_size = 2\n')
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_for(lambda: bool(logged(daemon, "config.reloaded")), 30)
+        assert logged(daemon, "config.reloaded")[0]["changed"] == ["formats"]
+        assert logged(daemon, "config.needs_restart")[0]["settings"] == ["batch_size"]
+        drop(folders.inbox, "after.wav", seed=2)
+        daemon.wait_for(lambda: (folders.outbox / "after.srt").exists(), 60)
+        assert not (folders.outbox / "before.srt").exists()
+
+        config.write_text('formats = ["txt", "json"]\nmax_attempts = 0\n')  # invalid
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_for(lambda: bool(logged(daemon, "config.reload_rejected")), 30)
+        assert "max_attempts" in logged(daemon, "config.reload_rejected")[0]["error"]
+        drop(folders.inbox, "kept.wav", seed=3)
+        daemon.wait_for(lambda: (folders.outbox / "kept.srt").exists(), 60)  # old config kept
+    finally:
+        assert daemon.stop() == 0
+
+
+HOOK = textwrap.dedent(
+    """
+    import json, os, sys, time
+    record = {k: v for k, v in os.environ.items() if k.startswith("TRANSCRIBED_")}
+    folder = sys.argv[1]
+    name = record["TRANSCRIBED_SOURCE"]
+    with open(os.path.join(folder, name + "." + sys.argv[2] + ".json"), "w") as out:
+        json.dump(record, out)
+    if "slow" in name:
+        time.sleep(60)  # killed by hook_timeout_seconds
+    sys.exit(3 if sys.argv[2] == "failed" else 0)
+    """
+)
+
+
+def test_hooks_and_metrics_never_affect_jobs(folders, tiny_model, tmp_path) -> None:
+    script, calls = tmp_path / "hook.py", tmp_path / "calls"
+    script.write_text(HOOK)
+    calls.mkdir()
+    metrics = tmp_path / "metrics" / "transcribed.prom"
+    metrics.parent.mkdir()
+    env = folders.env(
+        tiny_model,
+        TRANSCRIBED_SETTLE_SECONDS="0.3",
+        TRANSCRIBED_ON_DONE=json.dumps([sys.executable, str(script), str(calls), "done"]),
+        TRANSCRIBED_ON_FAILED=json.dumps([sys.executable, str(script), str(calls), "failed"]),
+        TRANSCRIBED_HOOK_TIMEOUT_SECONDS="2",
+        TRANSCRIBED_METRICS_FILE=str(metrics),
+    )
+    daemon = Daemon(env, tmp_path / "daemon.log")
+    try:
+        daemon.wait_ready()
+        drop(folders.inbox, "slow.wav", seed=1, seconds=3)
+        drop(folders.inbox, "quick.wav", seed=2, seconds=2)
+        (folders.inbox / "junk.wav").write_bytes(b"RIFF but not really" * 50)
+        daemon.wait_for(lambda: len(list(calls.iterdir())) == 3, 60)
+        daemon.wait_for(lambda: bool(logged(daemon, "hook.timeout")), 30)
+        daemon.wait_for(lambda: bool(logged(daemon, "hook.failed")), 30)
+        daemon.wait_for(lambda: (folders.archive / "quick.wav").exists(), 30)
+        time.sleep(6)  # the metrics file is rewritten every 5 s
+        families = {f.name: f for f in text_string_to_metric_families(metrics.read_text())}
+    finally:
+        assert daemon.stop() == 0
+    done = json.loads((calls / "quick.wav.done.json").read_text())
+    assert Path(done["TRANSCRIBED_TRANSCRIPT"]) == folders.outbox / "quick.txt"
+    assert Path(done["TRANSCRIBED_JSON"]) == folders.outbox / "quick.json"
+    assert float(done["TRANSCRIBED_AUDIO_SECONDS"]) == pytest.approx(2.0)
+    failed = json.loads((calls / "junk.wav.failed.json").read_text())
+    assert "audio" in failed["TRANSCRIBED_ERROR"]
+    assert Path(failed["TRANSCRIBED_FAILED_PATH"]) == folders.failed / "junk.wav"
+    # The jobs themselves are untouched by a hook that timed out or failed.
+    assert sorted(p.name for p in folders.archive.iterdir()) == ["quick.wav", "slow.wav"]
+    states = {s.labels["state"]: s.value for s in families["transcribed_jobs"].samples}
+    assert (states["done"], states["failed"], states["queued"]) == (2, 1, 0)
+    audio = families["transcribed_audio_seconds"].samples[0].value  # the _total counter
+    assert audio == pytest.approx(5.0)
+    reasons = {s.labels["reason"]: s.value for s in families["transcribed_failures"].samples}
+    assert reasons == {"unreadable": 1}
+    assert families["transcribed_queue_depth"].samples[0].value == 0
+
+
+def test_require_offline_refuses_to_start_when_the_network_is_reachable(folders, tiny_model):
+    if isolation_problem() is None:
+        pytest.skip("this machine has no network interface at all")
+    import subprocess
+
+    env = folders.env(tiny_model, TRANSCRIBED_REQUIRE_OFFLINE="true")
+    done = subprocess.run([*CLI, "run"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "require_offline = true, but this process can reach" in done.stderr
+    assert "PrivateNetwork=yes" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_interfaces_other_than_loopback_count_as_reachable(tmp_path) -> None:
+    header = "Inter-|   Receive\n face |bytes\n"
+    isolated, connected = tmp_path / "isolated", tmp_path / "connected"
+    isolated.write_text(header + "    lo: 0 0 0\n")
+    connected.write_text(header + "    lo: 0 0 0\n  eth0: 1 2 3\n")
+    assert reachable_interfaces(isolated) == [] and isolation_problem(isolated) is None
+    assert reachable_interfaces(connected) == ["eth0"]
+    assert "eth0" in (isolation_problem(connected) or "")
+    assert reachable_interfaces(tmp_path / "missing") is None
