@@ -69,7 +69,11 @@ def test_ready_status_watchdog_and_stopping_in_order(folders, tiny_model, tmp_pa
                 )
                 path.rename(folders.inbox / f"r{seed}.wav")
             daemon.wait_for(
-                lambda: "STATUS=0 queued, 0 running, 2 done, 0 failed" in listener.lines(), 60
+                lambda: any(
+                    line.startswith("STATUS=0 queued, 0 running, 2 done, 0 failed; last r")
+                    for line in listener.lines()
+                ),
+                60,
             )
             time.sleep(3)
         finally:

@@ -12,7 +12,7 @@ import torch
 
 from recordings import write_soundfile
 from running import CLI, Daemon, cli, events
-from transcribed.admin import render_status, status_report
+from transcribed.admin import render_status, service_status, status_report
 from transcribed.queue import JobQueue
 
 
@@ -94,6 +94,9 @@ def test_status_shows_progress_and_an_eta(tmp_path: Path) -> None:
     running = report["running"][0]
     assert (running["percent"], running["eta_seconds"]) == (25, 30)
     assert "talk.wav: 25% (0:30 of 2:00 audio), about 0:30 left" in render_status(report)
+    assert service_status(queue) == "0 queued, 1 running, 0 done, 0 failed; now talk.wav 25%"
+    queue.mark_published(job_id, ["/out/talk.json"], 120.0, 30.0)
+    assert service_status(queue).startswith("0 queued, 0 running, 1 done, 0 failed; last talk.wav")
 
 
 def test_status_without_a_database_says_what_to_do(folders, tiny_model) -> None:

@@ -55,6 +55,18 @@ def status_line(counts: dict[str, int]) -> str:
     )
 
 
+def service_status(jobs: JobQueue) -> str:
+    """The STATUS= line for systemd: the counts, the running job's progress, the last result."""
+    parts = [status_line(jobs.counts())]
+    for job in jobs.in_state(JobState.RUNNING)[:1]:
+        percent = _running(job, time.time())["percent"]
+        parts.append(f"now {display_name(job.relpath)}" + (f" {percent}%" if percent else ""))
+    if (last := jobs.last_finished()) is not None and last.finished is not None:
+        when = time.strftime("%H:%M", time.localtime(last.finished))
+        parts.append(f"last {display_name(last.relpath)} {last.state} {when}")
+    return "; ".join(parts)
+
+
 def status_report(jobs: JobQueue, now: float | None = None) -> dict[str, Any]:
     """What the daemon is doing, as plain data (the --json form)."""
     now = time.time() if now is None else now

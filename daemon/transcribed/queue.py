@@ -270,6 +270,13 @@ class JobQueue:
         ).fetchone()
         return int(row["n"]), float(row["audio"]), float(row["busy"])
 
+    def last_finished(self) -> Job | None:
+        """The job whose transcript was published, or which failed, most recently."""
+        row = self._db.execute(
+            "SELECT * FROM jobs WHERE finished IS NOT NULL ORDER BY finished DESC LIMIT 1"
+        ).fetchone()
+        return _job(row) if row else None
+
     def failures_by_kind(self) -> dict[str, int]:
         rows = self._db.execute(
             "SELECT COALESCE(failure_kind, 'unknown') AS kind, COUNT(*) AS n FROM jobs"

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from transcribed.admin import status_line
+from transcribed.admin import service_status
 from transcribed.aligner import Aligner
 from transcribed.decoder import ChildDecoder
 from transcribed.destinations import Destinations
@@ -199,7 +199,7 @@ class Daemon:
         self._intake.rescan()  # files that arrived while we were not running
         log.info("daemon.ready", inbox=str(self.settings.inbox), counts=self._jobs.counts())
         health = JobQueue(self.settings.database)  # the main thread's own connection
-        self.notifier.ready(status_line(health.counts()))
+        self.notifier.ready(service_status(health))
         threads = [
             threading.Thread(target=self._intake.run, args=(self.stop,), name="intake"),
             threading.Thread(target=self._worker.run, name="worker"),
@@ -233,7 +233,7 @@ class Daemon:
         """Tell systemd how things stand; ping its watchdog only when every part is healthy."""
         try:
             if time.monotonic() >= self._status_due:
-                self.notifier.status(status_line(health.counts()))
+                self.notifier.status(service_status(health))
                 self._status_due = time.monotonic() + STATUS_SECONDS
                 self._write_metrics(health)
             health.ping()
