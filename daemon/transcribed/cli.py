@@ -131,10 +131,37 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     show.set_defaults(handler=_config_show)
 
-    with_json = (status, listing, doctor, show)
+    bench = commands.add_parser(
+        "bench",
+        help="measure throughput end to end on this machine (CPU or GPU)",
+        description="Write a backlog of compressed recordings to a scratch folder and time "
+        "the daemon's own pipeline from files on disk to published transcripts. Model load "
+        "and warm-up are reported apart. --synthetic-weights measures the full-size model "
+        "with random weights (no download); its transcripts are meaningless.",
+    )
+    bench.add_argument("--hours", type=float, default=0.5, help="audio in the backlog (0.5)")
+    bench.add_argument(
+        "--synthetic-weights",
+        choices=["1.7b", "0.6b"],
+        help="random weights of this size instead of the configured model",
+    )
+    bench.add_argument(
+        "--tokens-per-second",
+        type=float,
+        help="tokens written per audio second (default 4 with --synthetic-weights; "
+        "otherwise the model decides)",
+    )
+    bench.add_argument("--jobs-at-once", type=int, default=4, help="recordings at once (4)")
+    bench.add_argument("--batch-size", type=int, help="chunks per model call (from config)")
+    bench.add_argument("--model", help="hub id or local folder (default: from config)")
+    bench.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: from config)")
+    bench.add_argument("--scratch", type=Path, help="folder for the backlog (default: a temp one)")
+    bench.set_defaults(handler=_bench)
+
+    with_json = (status, listing, doctor, show, bench)
     for command in with_json:
         command.add_argument("--json", action="store_true", help="machine-readable output")
-    for command in (run, once, status, listing, again, drop, doctor, show):
+    for command in (run, once, status, listing, again, drop, doctor, show, bench):
         command.add_argument(
             "--config",
             type=Path,
@@ -145,6 +172,7 @@ def _build_parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
         )
+    bench.set_defaults(log_level="WARNING")  # the table, not an event per job
     return parser
 
 
@@ -260,4 +288,38 @@ def _config_show(args: argparse.Namespace) -> int:
         for name, row in rows.items()
     )
     _print(rows, args.json, text)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    overrides = {k: v for k in ("model", "device", "batch_size") if (v := getattr(args, k))}
+    settings = load_settings(args.config, ModelSettings, **overrides)
+    _offline_unless(settings.allow_download)
+    from transcribed import bench
+    from transcribed.engine import Engine
+
+    per_second = args.tokens_per_second or (4.0 if args.synthetic_weights else None)
+
+    def load() -> Engine:
+        model = settings.model
+        if args.synthetic_weights:
+            folder = Path.home() / ".cache" / "transcribed" / f"synthetic-{args.synthetic_weights}"
+            print(f"building random {args.synthetic_weights} weights in {folder}", file=sys.stderr)
+            model = str(bench.synthetic_checkpoint(args.synthetic_weights, folder))
+        engine = Engine.load(
+            model, settings.device, allow_download=False, batch_size=settings.batch_size
+        )
+        engine.fixed_tokens_per_second = per_second
+        return engine
+
+    report = bench.run_bench(
+        settings,
+        args.hours,
+        args.jobs_at_once,
+        load,
+        synthetic=bool(args.synthetic_weights),
+        progress=lambda line: print(line, file=sys.stderr),
+        scratch=args.scratch,
+    )
+    _print(bench.as_dict(report), args.json, bench.render(report))
     return 0

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from transcribed import faults
 from transcribed.errors import ModelError, ShutdownRequested, TransientError
 from transcribed.logs import get_logger
 from transcribed.repetition import collapse_repetitions, remove_context_echo
@@ -26,6 +27,10 @@ log = get_logger(__name__)
 # without letting a repetition loop run for long. The overhead covers "language X<asr_text>".
 TOKENS_PER_SECOND = 8
 TOKEN_OVERHEAD = 24
+
+
+# Successful batches at a reduced size before trying twice the size again.
+_GROW_AFTER = 20
 
 
 def token_budget(seconds: float) -> int:
@@ -48,6 +53,15 @@ def resolve_device(requested: str) -> torch.device:
             f"device = {requested!r} but only {torch.cuda.device_count()} GPU(s) exist"
         )
     return device
+
+
+def attention_for(device: torch.device) -> str:
+    """FlashAttention 2 on a GPU when the package is installed, else PyTorch's SDPA."""
+    import importlib.util
+
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
 
 
 def announce_device(requested: str, chosen: torch.device) -> None:
@@ -130,6 +144,11 @@ class Engine:
         self._processor = processor
         self.info = info
         self.batch_size = batch_size
+        # The largest batch that fits in GPU memory right now: halved on out-of-memory and
+        # grown back after a run of successes, so one long-audio spike does not cost every
+        # later batch half its size, and a full GPU does not fail every batch first.
+        self._limit = batch_size
+        self._fits = 0
         self._eos_ids = _eos_ids(model)
         from transformers.models.qwen3_asr.processing_qwen3_asr import LANGUAGE_CODE_TO_NAME
 
@@ -138,6 +157,9 @@ class Engine:
         }
         self._code_to_name: dict[str, str] = dict(LANGUAGE_CODE_TO_NAME)
         self._marker_id = int(processor.tokenizer.convert_tokens_to_ids("<asr_text>"))
+        # Benchmarks with random weights: write exactly this many tokens per audio second
+        # (a random model would stop at a random point) instead of up to the budget.
+        self.fixed_tokens_per_second: float | None = None
 
     @classmethod
     def load(cls, model: str, device: str, *, allow_download: bool, batch_size: int) -> "Engine":
@@ -154,7 +176,10 @@ class Engine:
         try:
             processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
             network = Qwen3ASRForConditionalGeneration.from_pretrained(
-                folder, dtype=dtype, attn_implementation="sdpa", local_files_only=True
+                folder,
+                dtype=dtype,
+                attn_implementation=attention_for(torch_device),
+                local_files_only=True,
             )
         except (OSError, ValueError) as error:
             raise ModelError(f"cannot load the model from {folder}: {error}") from error
@@ -182,10 +207,10 @@ class Engine:
         batch pads little; `should_stop` is checked between batches."""
         order = sorted(range(len(chunks)), key=lambda index: -len(chunks[index]))
         results: dict[int, ChunkText] = {}
-        for first in range(0, len(order), self.batch_size):
+        while order:
             if should_stop():
                 raise ShutdownRequested("stopping between model batches")
-            batch = order[first : first + self.batch_size]
+            batch, order = order[: self._limit], order[self._limit :]
             texts = self._generate_adaptive([chunks[i] for i in batch], language, context)
             results.update(zip(batch, texts, strict=True))
         return [results[index] for index in range(len(chunks))]
@@ -195,30 +220,47 @@ class Engine:
     ) -> list[ChunkText]:
         """Generate; on CUDA out-of-memory halve the batch and retry; never lose the job."""
         try:
-            return self._generate(audio, language, context)
-        except torch.OutOfMemoryError:
-            torch.cuda.empty_cache()
+            faults.point("model.batch", f"{len(audio)} chunks")
+            texts = self._generate(audio, language, context)
+        except (torch.OutOfMemoryError, faults.InjectedOutOfMemory):
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
             if len(audio) == 1:
                 raise TransientError("GPU out of memory even for a single chunk") from None
             half = len(audio) // 2
+            self._limit, self._fits = min(self._limit, half), 0
             log.warning("model.oom_split", batch=len(audio), into=half)
             return self._generate_adaptive(audio[:half], language, context) + (
                 self._generate_adaptive(audio[half:], language, context)
             )
+        self._fits += 1
+        if self._limit < self.batch_size and self._fits >= _GROW_AFTER:
+            self._limit, self._fits = min(self.batch_size, self._limit * 2), 0
+            log.info("model.batch_grown", batch=self._limit)
+        return texts
 
     @torch.inference_mode()
     def _generate(
         self, audio: list[np.ndarray], language: str | None, context: str | None
     ) -> list[ChunkText]:
         inputs = self._processor.apply_transcription_request(
-            audio=audio, language=language, prompt=[context] * len(audio) if context else None
+            audio=audio,
+            language=language,  # forced: the processor pre-fills "language X<asr_text>"
+            prompt=[context] * len(audio) if context else None,
+            # Log-mel features are computed where the model runs (the GPU), not on the CPU.
+            processor_kwargs={"audio_kwargs": {"device": str(self._model.device)}},
         ).to(self._model.device)
         inputs["input_features"] = inputs["input_features"].to(self._model.dtype)
-        budget = token_budget(max(len(a) for a in audio) / 16_000)
+        seconds = max(len(a) for a in audio) / 16_000
+        budget = token_budget(seconds)
+        length: dict[str, int] = {"max_new_tokens": budget}
+        if self.fixed_tokens_per_second:
+            fixed = max(1, math.ceil(seconds * self.fixed_tokens_per_second))
+            length = {"max_new_tokens": fixed, "min_new_tokens": fixed}
         recorder = _ChosenTokenScores()
         generated = self._model.generate(
             **inputs,
-            max_new_tokens=budget,
+            **length,
             do_sample=False,
             logits_processor=LogitsProcessorList([recorder]),
         )

@@ -11,6 +11,7 @@ Rules are separated by ";", each `STEP[~TEXT][@N]=ACTION`:
   @N      only at the N-th matching hit (counted per process), else at every hit
   ACTION  `exit` (os._exit, like kill -9 at that instant), `hang` (sleep forever),
           `raise` (an unexpected RuntimeError, e.g. to kill the thread it happens in),
+          `oom` (InjectedOutOfMemory, handled like CUDA running out of memory),
           or an errno name such as `EIO` (raises OSError)
 Errno faults stay active while the file named by TRANSCRIBED_TEST_FAULT_SWITCH exists (when
 that is set): deleting it is how a test "repairs the disk".
@@ -24,6 +25,12 @@ from dataclasses import dataclass
 CRASH_EXIT_CODE = 86  # distinct from every exit code the daemon uses on purpose
 
 _ENV = "TRANSCRIBED_TEST_FAULTS"
+
+
+class InjectedOutOfMemory(MemoryError):
+    """Stands in for torch.OutOfMemoryError, which a CPU-only test machine cannot raise."""
+
+
 _SWITCH_ENV = "TRANSCRIBED_TEST_FAULT_SWITCH"
 
 
@@ -70,6 +77,8 @@ def _act(action: str, step: str) -> None:
     if action == "hang":
         while True:
             time.sleep(3600)
+    if action == "oom":
+        raise InjectedOutOfMemory(f"injected at {step}")
     if action == "raise":
         raise RuntimeError(f"injected at {step}")
     switch = os.environ.get(_SWITCH_ENV)

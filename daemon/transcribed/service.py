@@ -18,6 +18,7 @@ from types import FrameType
 
 from transcribed.admin import service_status
 from transcribed.aligner import Aligner
+from transcribed.batching import SerializedAligner, SharedRecognizer
 from transcribed.decoder import ChildDecoder
 from transcribed.destinations import Destinations
 from transcribed.disposal import Disposer
@@ -139,21 +140,20 @@ class Daemon:
         for folder in (settings.outbox, settings.archive_dir, settings.failed_dir):
             if folder is not None and (removed := remove_stale_temps(folder)):
                 log.info("recover.temp_files_removed", folder=str(folder), files=removed)
-        self._decoder = make_decoder(settings)
-        self._worker = Worker(
-            jobs=self._jobs,
-            work_dir=settings.work_dir,
-            decoder=self._decoder,
-            recognizer=load_engine(settings),
-            rules=make_rules(settings),
-            destinations=self._destinations(settings),
-            chunk_seconds=settings.chunk_seconds,
-            max_attempts=settings.max_attempts,
-            retry_seconds=settings.retry_seconds,
-            aligner=load_aligner(settings),
-            stop=self.stop,
-            on_finished=self._job_finished,
-        )
+        engine = load_engine(settings)
+        # One model thread; each worker transcribes one recording with its own decoder
+        # process, and their chunks share model batches.
+        self._model = SharedRecognizer(engine, self.stop)
+        aligner = load_aligner(settings)
+        shared_aligner = SerializedAligner(aligner) if aligner is not None else None
+        self._wake_disposals = threading.Event()
+        self._workers = [
+            self._make_worker(settings, JobQueue(settings.database), shared_aligner)
+            for _ in range(settings.jobs_at_once)
+        ]
+        # The disposal thread: the only one that disposes, so two never race on one original.
+        self._disposals = self._make_worker(settings, self._jobs, None)
+        self._disposals.wake_disposals = self._wake_disposals
         self._hooks = Hooks(settings.on_done, settings.on_failed, settings.hook_timeout_seconds)
         self._intake = Intake(
             inbox=settings.inbox,
@@ -164,6 +164,32 @@ class Daemon:
             rescan_seconds=settings.rescan_seconds,
         )
 
+    def _make_worker(
+        self, settings: Settings, jobs: JobQueue, aligner: SerializedAligner | None
+    ) -> Worker:
+        """A worker with its own database connection (one per thread) and decoder process."""
+        return Worker(
+            jobs=jobs,
+            work_dir=settings.work_dir,
+            decoder=make_decoder(settings),
+            recognizer=self._model,
+            rules=make_rules(settings),
+            destinations=self._destinations(settings, jobs),
+            chunk_seconds=settings.chunk_seconds,
+            max_attempts=settings.max_attempts,
+            retry_seconds=settings.retry_seconds,
+            aligner=aligner,
+            stop=self.stop,
+            on_finished=self._job_finished,
+            disposes=False,
+            job_scope=self._model.job,
+            wake_disposals=self._wake_disposals,
+        )
+
+    @property
+    def _all_workers(self) -> list[Worker]:
+        return [*self._workers, self._disposals]
+
     def _job_finished(self, job: Job, outcome: str) -> None:
         """Called on the worker thread when a job is done (disposed) or failed for good."""
         failed = outcome == "failed"
@@ -171,11 +197,11 @@ class Daemon:
             return  # a duplicate: its transcript is the original's, which had its own hook
         self._hooks.submit(HookCall("failed" if failed else "done", job.id, hook_environment(job)))
 
-    def _destinations(self, settings: Settings) -> Destinations:
+    def _destinations(self, settings: Settings, jobs: JobQueue) -> Destinations:
         return Destinations(
             lambda formats: make_outbox(settings.outbox, settings, formats),
             lambda policy: Disposer(
-                self._jobs,
+                jobs,
                 settings.work_dir,
                 policy,
                 settings.archive_dir,
@@ -186,7 +212,7 @@ class Daemon:
 
     def run(self) -> int:
         self._install_signal_handlers()
-        self._worker.recover()
+        self._disposals.recover()
         watchdog = self.notifier.watchdog_seconds
         watch = ObserverSupervisor(
             self.settings.inbox,
@@ -202,7 +228,12 @@ class Daemon:
         self.notifier.ready(service_status(health))
         threads = [
             threading.Thread(target=self._intake.run, args=(self.stop,), name="intake"),
-            threading.Thread(target=self._worker.run, name="worker"),
+            threading.Thread(target=self._model.serve, name="model"),
+            threading.Thread(target=self._disposals.run_disposals, name="disposals"),
+            *(
+                threading.Thread(target=worker.run, name=f"worker-{number}")
+                for number, worker in enumerate(self._workers)
+            ),
         ]
         for thread in threads:
             thread.start()
@@ -223,7 +254,8 @@ class Daemon:
         if any(thread.is_alive() for thread in threads):
             # The model is mid-batch; the job stays "running" and is requeued at next start.
             log.warning("daemon.stop_timeout", seconds=SHUTDOWN_GRACE_SECONDS)
-        self._decoder.close()
+        for worker in self._all_workers:
+            worker.decoder.close()
         log.info("daemon.stopped")
         return 0
 
@@ -287,12 +319,12 @@ class Daemon:
         them; a job mid-way finishes as it began."""
         live = {name: getattr(new, name) for name in RELOADABLE}
         self.settings = self.settings.model_copy(update=live)
-        worker = self._worker
-        worker.rules = make_rules(self.settings)
-        worker.destinations = self._destinations(self.settings)
-        worker.max_attempts = self.settings.max_attempts
-        worker.retry_seconds = self.settings.retry_seconds
-        worker.chunk_seconds = self.settings.chunk_seconds
+        for worker in self._all_workers:
+            worker.rules = make_rules(self.settings)
+            worker.destinations = self._destinations(self.settings, worker.jobs)
+            worker.max_attempts = self.settings.max_attempts
+            worker.retry_seconds = self.settings.retry_seconds
+            worker.chunk_seconds = self.settings.chunk_seconds
         self._hooks.configure(
             self.settings.on_done, self.settings.on_failed, self.settings.hook_timeout_seconds
         )
@@ -305,8 +337,10 @@ class Daemon:
             return "the inbox watcher is not running"
         if not all(thread.is_alive() for thread in threads):
             return "a worker thread has died"
-        if now - self._worker.last_beat > WORKER_STALL_SECONDS:
-            return f"the worker has made no progress for {WORKER_STALL_SECONDS:.0f} s"
+        if any(now - w.last_beat > WORKER_STALL_SECONDS for w in self._all_workers):
+            return f"a worker has made no progress for {WORKER_STALL_SECONDS:.0f} s"
+        if self._model.busy_for() > WORKER_STALL_SECONDS:
+            return f"one model call has run for over {WORKER_STALL_SECONDS:.0f} s"
         last_rescan = self._intake.last_rescan
         if last_rescan is None or now - last_rescan > 2 * self.settings.rescan_seconds + 60:
             return "the periodic rescan is overdue"

@@ -139,6 +139,13 @@ class Settings(ModelSettings):
         description="Per-folder rules ([[folders]] in the config): path, language, context, "
         "formats, disposal, output.",
     )
+    jobs_at_once: int = Field(
+        default=4,
+        ge=1,
+        le=32,
+        description="Recordings transcribed at once: each has its own decoder process, and "
+        "their chunks share model batches.",
+    )
     max_attempts: int = Field(
         default=3, ge=1, description="Tries before a recording is quarantined in failed_dir."
     )

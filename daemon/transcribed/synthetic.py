@@ -129,29 +129,102 @@ def _tokenizer(extra_tokens: tuple[str, ...] = ()) -> Any:
     )
 
 
-def _config(tokenizer: Any, **extra: Any) -> Any:
+_TINY_AUDIO = {
+    "encoder_layers": 1,
+    "encoder_attention_heads": 2,
+    "encoder_ffn_dim": 32,
+    "d_model": 16,
+    "output_dim": 32,
+    "downsample_hidden_size": 8,
+}
+_TINY_TEXT = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "head_dim": 16,
+}
+# The published architectures: the audio encoder (AuT) and the Qwen3 text model of each size.
+# 1.7B matches transformers' Qwen3ASRConfig defaults (its output_dim set to the text width);
+# 0.6B is the Qwen3-0.6B text model with the smaller encoder of Qwen/Qwen3-ASR-0.6B-hf.
+FULL_SIZES: dict[str, tuple[dict[str, int], dict[str, int]]] = {
+    "1.7b": (
+        {
+            "encoder_layers": 24,
+            "encoder_attention_heads": 16,
+            "encoder_ffn_dim": 4096,
+            "d_model": 1024,
+            "output_dim": 2048,
+            "downsample_hidden_size": 480,
+        },
+        {
+            "hidden_size": 2048,
+            "intermediate_size": 6144,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+        },
+    ),
+    "0.6b": (
+        {
+            "encoder_layers": 18,
+            "encoder_attention_heads": 14,
+            "encoder_ffn_dim": 3584,
+            "d_model": 896,
+            "output_dim": 1024,
+            "downsample_hidden_size": 480,
+        },
+        {
+            "hidden_size": 1024,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+        },
+    ),
+}
+_FULL_VOCAB = 151_936
+
+
+def build_full_size_checkpoint(folder: Path, size: str, seed: int = 0) -> Path:
+    """The full-size architecture (`1.7b` or `0.6b`) with random bf16 weights, for measuring
+    speed without downloading anything. Its vocabulary is full size (the output layer costs
+    what the real one does); the tokenizer is the tiny one, so its text is meaningless."""
+    import torch
+    from transformers import Qwen3ASRForConditionalGeneration
+
+    if (folder / "config.json").is_file():
+        return folder  # built before: building takes a while
+    audio, text = FULL_SIZES[size]
+    tokenizer = _tokenizer()
+    config = _config(tokenizer, audio=audio, text=text | {"vocab_size": _FULL_VOCAB})
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        model = Qwen3ASRForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(previous)
+    _save(folder, model, tokenizer, _CHAT_TEMPLATE)
+    return folder
+
+
+def _config(
+    tokenizer: Any,
+    audio: dict[str, int] | None = None,
+    text: dict[str, int] | None = None,
+    **extra: Any,
+) -> Any:
     from transformers import Qwen3ASRConfig
 
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in _SPECIAL_TOKENS}
     return Qwen3ASRConfig(
-        audio_config={
-            "encoder_layers": 1,
-            "encoder_attention_heads": 2,
-            "encoder_ffn_dim": 32,
-            "d_model": 16,
-            "output_dim": 32,
-            "downsample_hidden_size": 8,
-        },
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "head_dim": 16,
-            "max_position_embeddings": 8192,
-        },
+        audio_config=audio or _TINY_AUDIO,
+        text_config={"vocab_size": len(tokenizer), **(text or _TINY_TEXT)}
+        | {"max_position_embeddings": 65536 if text else 8192},
         audio_token_id=ids["<|audio_pad|>"],
         pad_token_id=ids["<|endoftext|>"],
         eos_token_id=[ids["<|endoftext|>"], ids["<|im_end|>"]],
@@ -165,9 +238,14 @@ def _visible(text: str) -> bool:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (2, 3) or (sys.argv[1:2] == ["--aligner"] and len(sys.argv) != 3):
-        sys.exit("usage: python -m transcribed.synthetic [--aligner] FOLDER")
-    if sys.argv[1] == "--aligner":
+    usage = "usage: python -m transcribed.synthetic [--aligner | --full 1.7b|0.6b] FOLDER"
+    if len(sys.argv) not in (2, 3, 4):
+        sys.exit(usage)
+    if sys.argv[1] == "--aligner" and len(sys.argv) == 3:
         print(build_tiny_aligner(Path(sys.argv[2])))
+    elif sys.argv[1] == "--full" and len(sys.argv) == 4 and sys.argv[2] in FULL_SIZES:
+        print(build_full_size_checkpoint(Path(sys.argv[3]), sys.argv[2]))
+    elif len(sys.argv) != 2:
+        sys.exit(usage)
     else:
         print(build_tiny_checkpoint(Path(sys.argv[1])))

@@ -53,6 +53,8 @@ class Decoder(Protocol):
 
     def stream(self, path: Path, label: str = "") -> Iterator[np.ndarray]: ...
 
+    def close(self) -> None: ...
+
 
 @dataclass
 class Worker:
@@ -70,6 +72,12 @@ class Worker:
     # When the worker last showed it is alive: each loop turn and each model batch.
     last_beat: float = dataclasses.field(default_factory=time.monotonic)
     on_finished: Callable[[Job, str], None] = lambda job, outcome: None
+    # Several workers transcribe at once in the daemon; then none of them disposes (one
+    # disposal thread does, so two never race on one original) and each brackets its job
+    # with `job_scope` (the shared model's count of active jobs).
+    disposes: bool = True
+    job_scope: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
+    wake_disposals: threading.Event | None = None
     _progress_written: float = 0.0
 
     def recover(self) -> None:
@@ -92,21 +100,49 @@ class Worker:
 
     def step(self) -> bool:
         """Dispose of what is ready, then process the next due job; False when idle."""
-        self.jobs.orphan_duplicates()
-        for ready in self.jobs.disposals_due():
-            self._dispose(ready)
+        if self.disposes:
+            self.sweep_disposals()
         job = self.jobs.next_job()
         if job is None:
             return False
         self._process(job)
         return True
 
+    def sweep_disposals(self) -> bool:
+        """Dispose of every original whose transcript is durable; True when any was."""
+        self.jobs.orphan_duplicates()
+        ready = self.jobs.disposals_due()
+        for job in ready:
+            self._dispose(job)
+        return bool(ready)
+
     def run(self, idle_wait: float = 0.5) -> None:
+        """Transcribe jobs until stopped."""
+        self._loop(self.step, idle_wait)
+
+    def run_disposals(self, idle_wait: float = 0.5) -> None:
+        """The disposal thread: sweep when a worker published something, or every
+        `idle_wait` seconds (deferred disposals come due by time)."""
+        wake = self.wake_disposals or threading.Event()
+
+        def sweep() -> bool:
+            wake.clear()
+            return self.sweep_disposals()
+
+        self._loop(sweep, idle_wait, wait=lambda seconds: wake.wait(seconds))
+
+    def _loop(
+        self,
+        work: Callable[[], bool],
+        idle_wait: float,
+        wait: Callable[[float], object] | None = None,
+    ) -> None:
+        wait = wait or self.stop.wait
         failures = 0
         while not self.stop.is_set():
             self.last_beat = time.monotonic()
             try:
-                busy = self.step()
+                busy = work()
                 failures = 0
             except (OSError, sqlite3.Error) as error:  # the state dir is full, read-only, …
                 failures += 1
@@ -116,7 +152,7 @@ class Worker:
                 log.exception("worker.step_failed")
                 busy = self._wait_out_failure(None, failures)
             if not busy:
-                self.stop.wait(idle_wait)
+                wait(idle_wait)
 
     def _wait_out_failure(self, error: BaseException | None, failures: int) -> bool:
         """Back off, then put back the job that was cut short: the failure was in our own
@@ -139,7 +175,8 @@ class Worker:
         log.info("job.started", job=job.id, file=name, attempt=job.attempts)
         started = time.monotonic()
         try:
-            self._transcribe_and_publish(job, started)
+            with self.job_scope():
+                self._transcribe_and_publish(job, started)
         except ShutdownRequested:
             self.jobs.requeue(job.id, 0, None, refund=True)
             log.info("job.requeued_for_shutdown", job=job.id)
@@ -166,7 +203,10 @@ class Worker:
             log.exception("job.attempt_failed", job=job.id, attempt=job.attempts)
             self._retry_or_quarantine(job, f"{type(error).__name__}: {error}")
             return
-        self._dispose(self.jobs.get(job.id))
+        if self.disposes:
+            self._dispose(self.jobs.get(job.id))
+        elif self.wake_disposals is not None:
+            self.wake_disposals.set()
         log.info("job.done", job=job.id, file=name, seconds=round(time.monotonic() - started, 3))
 
     def _transcribe_and_publish(self, job: Job, started: float) -> None:

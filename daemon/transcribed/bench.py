@@ -1,0 +1,369 @@
+"""`transcribed bench`: throughput end to end, compressed files on disk to published transcripts.
+
+A backlog of mixed-length recordings (Ogg Vorbis, 48 kHz, tone bursts with pauses) is written
+to a scratch folder, then claimed, decoded, chunked, transcribed, published and disposed of
+by the daemon's own parts (Intake, Workers, SharedRecognizer). Model load and warm-up are
+timed and reported apart. Time inside model calls is measured too, so the pipeline around
+the model (decode, resample, features, queue, outputs) gets its own figure, set against
+decoding the same files with ffmpeg's libraries alone.
+
+`--synthetic-weights 1.7b|0.6b` builds the full-size architecture with random weights and
+makes it write a fixed number of tokens per audio second: throughput without downloading
+anything. Its transcripts are meaningless, and the report says so.
+"""
+
+import queue
+import resource
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile
+
+from transcribed.batching import SharedRecognizer
+from transcribed.destinations import Destinations
+from transcribed.disposal import Disposer
+from transcribed.intake import Intake
+from transcribed.pipeline import Recognizer
+from transcribed.queue import JobQueue
+from transcribed.rules import Rules
+from transcribed.settings import ModelSettings
+from transcribed.transcript import ChunkText, ModelInfo
+from transcribed.worker import Worker
+
+_SOURCE_RATE = 48_000
+# Lengths cycled through to fill the backlog: meetings, voice notes, calls, lectures.
+_MIX_SECONDS = (45, 600, 120, 1500, 300, 30, 900, 180)
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    device: str
+    dtype: str
+    model: str
+    synthetic: bool
+    recordings: int
+    audio_seconds: float
+    wall_seconds: float
+    times_real_time: float
+    model_seconds: float
+    outside_model_times_real_time: float
+    decode_only_seconds: float
+    decode_only_times_real_time: float
+    outside_vs_decode: float
+    load_seconds: float
+    warmup_seconds: float
+    gpu_memory_peak_mib: float | None
+    host_rss_peak_mib: float
+    jobs_at_once: int
+    batch_size: int
+
+
+class TimedRecognizer:
+    """Counts the seconds spent inside model calls."""
+
+    def __init__(self, model: Recognizer) -> None:
+        self._model = model
+        self.info: ModelInfo = model.info
+        self.batch_size = model.batch_size
+        self.seconds = 0.0
+
+    def transcribe(
+        self,
+        chunks: list[np.ndarray],
+        language: str | None = None,
+        context: str | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> list[ChunkText]:
+        started = time.perf_counter()
+        try:
+            return self._model.transcribe(chunks, language, context, should_stop)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+
+def write_backlog(folder: Path, hours: float) -> list[Path]:
+    """Compressed recordings of mixed lengths totalling `hours`, written a little at a time."""
+    folder.mkdir(parents=True, exist_ok=True)
+    remaining, paths = hours * 3600, []
+    for index in range(10_000):
+        if remaining <= 0:
+            break
+        seconds = min(_MIX_SECONDS[index % len(_MIX_SECONDS)], max(remaining, 10))
+        path = folder / f"recording-{index:03d}.ogg"
+        with soundfile.SoundFile(path, "w", _SOURCE_RATE, 1, format="OGG", subtype="VORBIS") as out:
+            # Small writes: libsndfile's Vorbis encoder crashes on very large ones.
+            for start in range(0, int(seconds), 10):
+                out.write(_speechlike(min(10, seconds - start), seed=index * 1000 + start))
+        paths.append(path)
+        remaining -= seconds
+    return paths
+
+
+def _speechlike(seconds: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * _SOURCE_RATE)) / _SOURCE_RATE
+    envelope = np.sin(2 * np.pi * 0.4 * t) > -0.3
+    pitch = 150 + 60 * np.sin(2 * np.pi * 0.7 * t)
+    tone = 0.3 * np.sin(2 * np.pi * np.cumsum(pitch) / _SOURCE_RATE) * envelope
+    return (tone + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def decode_only_seconds(paths: list[Path]) -> tuple[float, float]:
+    """(wall seconds, audio seconds) for ffmpeg's decoders alone (through PyAV), one process
+    per core as the daemon's decoders run: the floor for the pipeline around the model."""
+    import av
+
+    def decode(path: Path) -> float:
+        samples, rate = 0, 1
+        with av.open(str(path)) as container:
+            stream = container.streams.audio[0]
+            for frame in container.decode(stream):
+                samples += frame.samples
+                rate = frame.sample_rate
+        return samples / rate
+
+    work: queue.SimpleQueue[Path] = queue.SimpleQueue()
+    for path in paths:
+        work.put(path)
+    audio: list[float] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                path = work.get_nowait()
+            except queue.Empty:
+                return
+            audio.append(decode(path))
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=drain) for _ in range(_cores())]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started, sum(audio)
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+@dataclass
+class _Rig:
+    scratch: Path
+    inbox: Path
+    outbox: Path
+    archive: Path
+    work: Path
+    database: Path
+
+
+def _rig(scratch: Path) -> _Rig:
+    folders = {name: scratch / name for name in ("inbox", "outbox", "archive", "failed", "state")}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    return _Rig(
+        scratch,
+        folders["inbox"],
+        folders["outbox"],
+        folders["archive"],
+        folders["inbox"] / ".transcribed-work",
+        folders["state"] / "jobs.sqlite3",
+    )
+
+
+def run_bench(
+    settings: ModelSettings,
+    hours: float,
+    jobs_at_once: int,
+    load: Callable[[], Recognizer],
+    synthetic: bool,
+    progress: Callable[[str], None] = lambda line: None,
+    scratch: Path | None = None,
+) -> BenchReport:
+    import torch
+
+    owned = scratch is None
+    scratch = Path(tempfile.mkdtemp(prefix="transcribed-bench-")) if scratch is None else scratch
+    try:
+        progress(f"writing a backlog of {hours:g} h of Ogg Vorbis recordings in {scratch}")
+        paths = write_backlog(scratch / "backlog", hours)
+        progress(f"decoding them with ffmpeg alone ({_cores()} threads) for the baseline")
+        decode_wall, audio_seconds = decode_only_seconds(paths)
+        progress("loading the model")
+        started = time.perf_counter()
+        engine = load()
+        load_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        engine.transcribe([_speechlike(30, 0)[::3].copy()] * min(2, engine.batch_size))
+        warmup_seconds = time.perf_counter() - started
+        cuda = torch.cuda.is_available() and engine.info.device.startswith("cuda")
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        timed = TimedRecognizer(engine)
+        progress(f"transcribing {len(paths)} recordings ({audio_seconds / 3600:.2f} h)")
+        wall = _transcribe_backlog(settings, _rig(scratch), paths, timed, jobs_at_once)
+        gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+    finally:
+        if owned:
+            shutil.rmtree(scratch, ignore_errors=True)
+    outside = max(wall - timed.seconds, 1e-9)
+    return BenchReport(
+        device=engine.info.device,
+        dtype=engine.info.dtype,
+        model=engine.info.id,
+        synthetic=synthetic,
+        recordings=len(paths),
+        audio_seconds=round(audio_seconds, 1),
+        wall_seconds=round(wall, 2),
+        times_real_time=round(audio_seconds / wall, 1),
+        model_seconds=round(timed.seconds, 2),
+        outside_model_times_real_time=round(audio_seconds / outside, 1),
+        decode_only_seconds=round(decode_wall, 2),
+        decode_only_times_real_time=round(audio_seconds / decode_wall, 1),
+        outside_vs_decode=round(outside / decode_wall, 2),
+        load_seconds=round(load_seconds, 2),
+        warmup_seconds=round(warmup_seconds, 2),
+        gpu_memory_peak_mib=round(gpu_peak, 1) if gpu_peak is not None else None,
+        host_rss_peak_mib=round(_peak_rss_mib(), 1),
+        jobs_at_once=jobs_at_once,
+        batch_size=engine.batch_size,
+    )
+
+
+def _transcribe_backlog(
+    settings: ModelSettings,
+    rig: _Rig,
+    paths: list[Path],
+    model: Recognizer,
+    jobs_at_once: int,
+) -> float:
+    """Drop the backlog into the inbox and run the daemon's parts until every transcript is
+    published and every original archived; wall seconds."""
+    from transcribed.service import make_decoder, make_outbox
+
+    stop = threading.Event()
+    shared = SharedRecognizer(model, stop)
+    wake = threading.Event()
+
+    def worker(jobs: JobQueue) -> Worker:
+        destinations = Destinations(
+            lambda formats: make_outbox(rig.outbox, settings, formats),
+            lambda policy: Disposer(jobs, rig.work, policy, rig.archive, rig.scratch / "failed"),
+        )
+        return Worker(
+            jobs=jobs,
+            work_dir=rig.work,
+            decoder=make_decoder(settings),
+            recognizer=shared,
+            rules=Rules(
+                [], inbox=rig.inbox, language=None, formats=("txt", "json"), disposal="move"
+            ),
+            destinations=destinations,
+            chunk_seconds=settings.chunk_seconds,
+            max_attempts=1,
+            stop=stop,
+            disposes=False,
+            job_scope=shared.job,
+            wake_disposals=wake,
+        )
+
+    workers = [worker(JobQueue(rig.database)) for _ in range(jobs_at_once)]
+    disposals = worker(JobQueue(rig.database))
+    disposals.wake_disposals = wake
+    intake = Intake(
+        inbox=rig.inbox,
+        work_dir=rig.work,
+        jobs=JobQueue(rig.database),
+        arrivals=queue.SimpleQueue(),
+        settle_seconds=0.01,
+        rescan_seconds=3600,
+    )
+    started = time.perf_counter()
+    for path in paths:
+        path.rename(rig.inbox / path.name)
+    intake.rescan()  # as the daemon does at start: everything already in the inbox
+    threads = [
+        threading.Thread(target=shared.serve),
+        threading.Thread(target=disposals.run_disposals, kwargs={"idle_wait": 0.05}),
+        threading.Thread(target=intake.run, args=(stop, 0.02)),
+        *(threading.Thread(target=w.run, kwargs={"idle_wait": 0.05}) for w in workers),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        _wait_until(lambda: _archived(rig.archive) == len(paths), stop)
+    finally:
+        wall = time.perf_counter() - started
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        for each in [*workers, disposals]:
+            each.decoder.close()
+    return wall
+
+
+def _archived(folder: Path) -> int:
+    return sum(1 for _ in folder.iterdir())
+
+
+def _wait_until(done: Callable[[], bool], stop: threading.Event) -> None:
+    while not done():
+        if stop.wait(0.05):
+            return
+
+
+def _peak_rss_mib() -> float:
+    """Peak resident memory of this process and of its finished children (the decoders)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + children) / 1024
+
+
+def render(report: BenchReport) -> str:
+    rows: list[tuple[str, str]] = [
+        ("model", f"{report.model} ({report.dtype} on {report.device})"),
+        ("recordings", f"{report.recordings}"),
+        ("audio", f"{report.audio_seconds:,.0f} s ({report.audio_seconds / 3600:.2f} h)"),
+        ("wall", f"{report.wall_seconds:,.2f} s"),
+        ("throughput", f"{report.times_real_time:,.1f}x real time"),
+        ("in model calls", f"{report.model_seconds:,.2f} s"),
+        ("around the model", f"{report.outside_model_times_real_time:,.1f}x real time"),
+        ("ffmpeg decode alone", f"{report.decode_only_times_real_time:,.1f}x real time"),
+        ("around / decode", f"{report.outside_vs_decode:.2f}x the decode time"),
+        ("model load", f"{report.load_seconds:,.2f} s (not counted)"),
+        ("warm-up", f"{report.warmup_seconds:,.2f} s (not counted)"),
+        ("GPU memory peak", _mib(report.gpu_memory_peak_mib)),
+        ("host RSS peak", _mib(report.host_rss_peak_mib)),
+        ("jobs at once / batch", f"{report.jobs_at_once} / {report.batch_size}"),
+    ]
+    lines = [f"{name:<22}{value}" for name, value in rows]
+    if report.synthetic:
+        lines.append(
+            "NOTE: random weights; the transcripts are meaningless. Only the speed is real."
+        )
+    return "\n".join(lines)
+
+
+def _mib(value: float | None) -> str:
+    return "n/a (no GPU)" if value is None else f"{value:,.0f} MiB"
+
+
+def as_dict(report: BenchReport) -> dict[str, Any]:
+    return asdict(report)
+
+
+def synthetic_checkpoint(size: str, folder: Path) -> Path:
+    """Full-size random Qwen3-ASR (`1.7b` or `0.6b`) saved in `folder`, loaded like any."""
+    from transcribed.synthetic import build_full_size_checkpoint
+
+    return build_full_size_checkpoint(folder, size)

@@ -1,0 +1,139 @@
+"""Batching across recordings: chunks of several jobs share model calls and every job gets
+exactly its own results back; an out-of-memory batch is halved and nothing fails for it."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from recordings import write_soundfile
+from running import Daemon, events
+from transcribed.batching import SharedRecognizer
+from transcribed.errors import ShutdownRequested
+from transcribed.transcript import ChunkText, ModelInfo
+
+RATE = 16000
+
+
+class Recording:
+    """Answers each chunk with its own label (its first sample, written there by the test)
+    and remembers how many chunks each call carried."""
+
+    info = ModelInfo("recording", "cpu", "float32")
+    batch_size = 8
+
+    def __init__(self, delay: float = 0.05, fail_on: float | None = None) -> None:
+        self.calls: list[int] = []
+        self.delay = delay
+        self.fail_on = fail_on
+
+    def transcribe(self, chunks, language=None, context=None, should_stop=lambda: False):
+        self.calls.append(len(chunks))
+        time.sleep(self.delay)  # a model call takes a while: other jobs' chunks queue up
+        labels = [float(chunk[0]) for chunk in chunks]
+        if self.fail_on in labels:
+            raise RuntimeError("this chunk breaks the model")
+        return [ChunkText(f"chunk {label:g}", language, False) for label in labels]
+
+
+def labelled(label: int, seconds: float = 3) -> np.ndarray:
+    chunk = np.full(int(seconds * RATE), 0.1, np.float32)
+    chunk[0] = label
+    return chunk
+
+
+def run_jobs(shared: SharedRecognizer, jobs: dict[int, list[list[int]]]) -> dict[int, object]:
+    """Each job on its own thread, calling the shared model once per batch of labels."""
+    results: dict[int, object] = {}
+
+    def job(number: int) -> None:
+        with shared.job():
+            got: list[str] = []
+            try:
+                for batch in jobs[number]:
+                    got += [t.text for t in shared.transcribe([labelled(n) for n in batch])]
+            except Exception as error:  # the test inspects it
+                results[number] = error
+                return
+            results[number] = got
+
+    threads = [threading.Thread(target=job, args=(number,)) for number in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return results
+
+
+def serving(model) -> tuple[SharedRecognizer, threading.Event, threading.Thread]:
+    stop = threading.Event()
+    shared = SharedRecognizer(model, stop)
+    thread = threading.Thread(target=shared.serve)
+    thread.start()
+    return shared, stop, thread
+
+
+def test_chunks_of_several_recordings_share_calls_and_come_back_to_their_own_job() -> None:
+    model = Recording()
+    shared, stop, thread = serving(model)
+    jobs = {job: [[job * 100 + i, job * 100 + i + 1] for i in range(0, 6, 2)] for job in (1, 2, 3)}
+    try:
+        results = run_jobs(shared, jobs)
+    finally:
+        stop.set()
+        thread.join(5)
+    for job, batches in jobs.items():
+        assert results[job] == [f"chunk {n}" for batch in batches for n in batch]
+    assert shared.merged_calls > 0, "some calls carried chunks of more than one recording"
+    assert len(model.calls) < 9 and max(model.calls) > 2
+
+
+def test_a_chunk_that_breaks_a_merged_call_fails_only_its_own_job() -> None:
+    shared, stop, thread = serving(Recording(fail_on=201))
+    try:
+        results = run_jobs(shared, {1: [[101, 102]], 2: [[201, 202]], 3: [[301]]})
+    finally:
+        stop.set()
+        thread.join(5)
+    assert isinstance(results[2], RuntimeError)
+    assert results[1] == ["chunk 101", "chunk 102"] and results[3] == ["chunk 301"]
+
+
+def test_stopping_ends_waiting_jobs_with_shutdown_not_an_error() -> None:
+    stop = threading.Event()
+    shared = SharedRecognizer(Recording(), stop)  # no model thread: nothing is ever taken
+    stop.set()
+    with pytest.raises(ShutdownRequested):
+        shared.transcribe([labelled(1)])
+
+
+@pytest.mark.slow
+def test_an_out_of_memory_batch_is_halved_and_no_job_fails(folders, tiny_model, tmp_path):
+    """Every 4-chunk model batch runs out of memory (injected): each is split in two and
+    every recording is still transcribed once, none failed or retried."""
+    env = folders.env(
+        tiny_model,
+        TRANSCRIBED_SETTLE_SECONDS="0.3",
+        TRANSCRIBED_BATCH_SIZE="4",
+        TRANSCRIBED_JOBS_AT_ONCE="3",
+        TRANSCRIBED_CHUNK_SECONDS="5",
+        TRANSCRIBED_TEST_FAULTS="model.batch~4 chunks=oom",
+    )
+    daemon = Daemon(env, tmp_path / "daemon.log")
+    try:
+        daemon.wait_ready()
+        names = [f"r{seed}.wav" for seed in range(4)]
+        for seed, name in enumerate(names):
+            hidden = write_soundfile(folders.inbox / f".{name}", 12, RATE, "PCM_16", seed=seed)
+            hidden.rename(folders.inbox / name)
+        daemon.wait_for(lambda: len(list(folders.archive.iterdir())) == 4, 120)
+    finally:
+        assert daemon.stop() == 0
+    logged = events(daemon.log_path)
+    splits = [e for e in logged if e["event"] == "model.oom_split"]
+    assert splits and all(e["batch"] == 4 and e["into"] == 2 for e in splits)
+    assert not [e for e in logged if e["event"] in ("job.failed", "job.retry_later")]
+    assert sorted(p.name for p in folders.outbox.glob("*.json")) == [
+        f"r{seed}.json" for seed in range(4)
+    ]
