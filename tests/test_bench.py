@@ -1,0 +1,50 @@
+"""`transcribed bench` on the CPU with the tiny checkpoint, and the full-size architectures it
+builds for `--synthetic-weights`."""
+
+import json
+
+import pytest
+import torch
+
+from running import cli
+from transcribed.synthetic import FULL_SIZES, _config, _tokenizer
+
+
+@pytest.mark.slow
+def test_bench_measures_a_backlog_end_to_end_on_the_cpu(folders, tiny_model, tmp_path) -> None:
+    done = cli(
+        "bench",
+        "--hours",
+        "0.05",
+        "--jobs-at-once",
+        "2",
+        "--json",
+        "--scratch",
+        str(tmp_path),
+        env=folders.env(tiny_model),
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["recordings"] >= 2 and report["audio_seconds"] == pytest.approx(180, abs=1)
+    assert report["times_real_time"] > 0 and report["wall_seconds"] > 0
+    assert 0 < report["model_seconds"] < report["wall_seconds"]
+    assert report["gpu_memory_peak_mib"] is None and report["host_rss_peak_mib"] > 0
+    assert report["synthetic"] is False and report["device"] == "cpu"
+    # Every recording went through the whole pipeline: transcripts published, originals moved.
+    assert len(list((tmp_path / "outbox").glob("*.json"))) == report["recordings"]
+    assert len(list((tmp_path / "archive").iterdir())) == report["recordings"]
+    table = cli("bench", "--hours", "0.01", env=folders.env(tiny_model)).stdout
+    assert "x real time" in table and "NOTE" not in table
+
+
+@pytest.mark.parametrize(("size", "billions"), [("1.7b", 2.0), ("0.6b", 0.78)])
+def test_synthetic_weights_have_the_published_size(size: str, billions: float) -> None:
+    """Parameter counts of the architectures built on the meta device (no memory used)."""
+    from transformers import Qwen3ASRForConditionalGeneration
+
+    audio, text = FULL_SIZES[size]
+    config = _config(_tokenizer(), audio=audio, text=text | {"vocab_size": 151_936})
+    with torch.device("meta"):
+        model = Qwen3ASRForConditionalGeneration(config)
+    count = sum(p.numel() for p in model.parameters()) / 1e9
+    assert count == pytest.approx(billions, rel=0.1)
