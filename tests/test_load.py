@@ -24,6 +24,7 @@ FILES = int(os.environ.get("TRANSCRIBED_LOAD_FILES", "300"))
 HOURS = float(os.environ.get("TRANSCRIBED_LOAD_HOURS", "1"))
 BASE_MINUTES = 15  # several full batches: the model's own working memory is all in use
 RATE = 16000
+JOBS_AT_ONCE = 4  # the default
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -98,8 +99,14 @@ def test_a_burst_of_small_files_is_taken_in_arrival_order_and_nothing_is_lost(
     check_final(folders, dropped)
     logged = events(log)
     claimed = [e["file"] for e in logged if e["event"] == "intake.claimed"]
+    started = [e["file"] for e in logged if e["event"] == "job.started"]
     done = [e["file"] for e in logged if e["event"] == "job.done"]
-    assert claimed == sorted(dropped) and done == claimed, "arrival order"
+    assert claimed == sorted(dropped), "claimed in arrival order"
+    # Several jobs run at once, so one may start or finish just before an earlier one; a
+    # file is never passed over for long.
+    for order, slack in ((started, JOBS_AT_ONCE), (done, 2 * JOBS_AT_ONCE)):
+        assert sorted(order) == claimed
+        assert max(abs(claimed.index(name) - order.index(name)) for name in order) < slack
     seconds = _seconds_between(logged[0]["timestamp"], logged[-1]["timestamp"])
     print(f"burst: {FILES} files in {seconds:.0f} s, peak RSS {peak:.0f} MiB")
 

@@ -82,7 +82,10 @@ def test_ready_status_watchdog_and_stopping_in_order(folders, tiny_model, tmp_pa
     finally:
         listener.close()
     lines = listener.lines()
-    assert lines.index("READY=1") < lines.index("STOPPING=1") == len(lines) - 2  # then STATUS
+    stopping = lines.index("STOPPING=1")
+    assert lines.index("READY=1") < stopping == len(lines) - 3
+    assert lines[stopping + 1] == "STATUS=stopping"
+    assert lines[stopping + 2].startswith("EXTEND_TIMEOUT_USEC="), "time for the batch to end"
     assert any(line.startswith("EXTEND_TIMEOUT_USEC=") for line in lines[: lines.index("READY=1")])
     statuses = [line for line in lines if line.startswith("STATUS=")]
     assert "STATUS=0 queued, 0 running, 0 done, 0 failed" in statuses

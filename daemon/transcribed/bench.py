@@ -116,39 +116,32 @@ def _speechlike(seconds: float, seed: int) -> np.ndarray:
 
 
 def decode_only_seconds(paths: list[Path]) -> tuple[float, float]:
-    """(wall seconds, audio seconds) for ffmpeg's decoders alone (through PyAV), one process
-    per core as the daemon's decoders run: the floor for the pipeline around the model."""
+    """(wall seconds, audio seconds) for ffmpeg's decoders alone (through PyAV), in one
+    process per core as the daemon's decoders run: the floor for the pipeline around the
+    model. The processes are started before the clock starts."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(_cores(), mp_context=context) as pool:
+        list(pool.map(_decode_with_ffmpeg, [None] * _cores()))  # start and import first
+        started = time.perf_counter()
+        audio = sum(pool.map(_decode_with_ffmpeg, paths))
+        return time.perf_counter() - started, audio
+
+
+def _decode_with_ffmpeg(path: Path | None) -> float:
+    """Seconds of audio in `path`, decoded and thrown away (None: just import PyAV)."""
     import av
 
-    def decode(path: Path) -> float:
-        samples, rate = 0, 1
-        with av.open(str(path)) as container:
-            stream = container.streams.audio[0]
-            for frame in container.decode(stream):
-                samples += frame.samples
-                rate = frame.sample_rate
-        return samples / rate
-
-    work: queue.SimpleQueue[Path] = queue.SimpleQueue()
-    for path in paths:
-        work.put(path)
-    audio: list[float] = []
-
-    def drain() -> None:
-        while True:
-            try:
-                path = work.get_nowait()
-            except queue.Empty:
-                return
-            audio.append(decode(path))
-
-    started = time.perf_counter()
-    threads = [threading.Thread(target=drain) for _ in range(_cores())]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return time.perf_counter() - started, sum(audio)
+    if path is None:
+        return 0.0
+    samples, rate = 0, 1
+    with av.open(str(path)) as container:
+        for frame in container.decode(container.streams.audio[0]):
+            samples += frame.samples
+            rate = frame.sample_rate
+    return samples / rate
 
 
 def _cores() -> int:

@@ -132,6 +132,8 @@ class Daemon:
         self._status_due = 0.0  # when the STATUS line is next refreshed
         self.settings = settings
         self.stop = threading.Event()
+        # Before the long model load: a SIGTERM or SIGHUP then is handled, not fatal.
+        self._install_signal_handlers()
         self._jobs = JobQueue(settings.database)
         self._arrivals: queue.SimpleQueue[str] = queue.SimpleQueue()
         settings.work_dir.mkdir(mode=0o700, exist_ok=True)
@@ -211,7 +213,6 @@ class Daemon:
         )
 
     def run(self) -> int:
-        self._install_signal_handlers()
         self._disposals.recover()
         watchdog = self.notifier.watchdog_seconds
         watch = ObserverSupervisor(
@@ -245,6 +246,7 @@ class Daemon:
             watch.check()
             self._report(health, watch, threads)
         self.notifier.stopping()
+        self.notifier.extend_timeout(SHUTDOWN_GRACE_SECONDS + 10)  # the current batch ends
         log.info("daemon.stopping")
         watch.stop()
         self._hooks.close(timeout=5)
