@@ -31,8 +31,9 @@ def test_bench_measures_a_backlog_end_to_end_on_the_cpu(folders, tiny_model, tmp
     assert report["gpu_memory_peak_mib"] is None and report["host_rss_peak_mib"] > 0
     assert report["synthetic"] is False and report["device"] == "cpu"
     # Every recording went through the whole pipeline: transcripts published, originals moved.
-    assert len(list((tmp_path / "outbox").glob("*.json"))) == report["recordings"]
-    assert len(list((tmp_path / "archive").iterdir())) == report["recordings"]
+    assert len(list((tmp_path / "model" / "outbox").glob("*.json"))) == report["recordings"]
+    assert len(list((tmp_path / "model" / "archive").iterdir())) == report["recordings"]
+    assert report["pipeline_alone_times_real_time"] > report["times_real_time"]
     table = cli("bench", "--hours", "0.01", env=folders.env(tiny_model)).stdout
     assert "x real time" in table and "NOTE" not in table
 

@@ -33,6 +33,10 @@ class ChildDecoder:
         # trusted for anything else (the duration cap counts decoded samples).
         self.expected_seconds: float | None = None
 
+    def start(self) -> None:
+        """Start the child now rather than at the first file (it takes a moment to import)."""
+        self._ensure_child()
+
     def decode(self, path: Path, label: str = "") -> np.ndarray:
         """The whole recording in memory: for short files and tests; the worker streams."""
         return np.concatenate([np.zeros(0, np.float32), *self.stream(path, label)])
