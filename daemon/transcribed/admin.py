@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from transcribed.disposal import REASON_SUFFIX
 from transcribed.durable import fsync_dir, link_or_copy_no_overwrite, make_folders, unique_name
 from transcribed.errors import ConfigError
 from transcribed.names import display_name
@@ -18,7 +19,6 @@ from transcribed.settings import Settings
 
 _HOUR = 3600.0
 _FAILED_SHOWN = 10
-_REASON_SUFFIX = ".error.json"
 
 
 class OperatorError(Exception):
@@ -215,7 +215,7 @@ def retry(jobs: JobQueue, settings: Settings, job_id: int) -> Path:
     fsync_dir(folder)
     jobs.forget(job_id)
     quarantined.unlink()
-    quarantined.with_name(quarantined.name + _REASON_SUFFIX).unlink(missing_ok=True)
+    quarantined.with_name(quarantined.name + REASON_SUFFIX).unlink(missing_ok=True)
     fsync_dir(quarantined.parent)
     return target
 

@@ -19,9 +19,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import soundfile
@@ -304,7 +303,6 @@ def _transcribe_backlog(
 
     workers = [worker(JobQueue(rig.database)) for _ in range(jobs_at_once)]
     disposals = worker(JobQueue(rig.database))
-    disposals.wake_disposals = wake
     intake = Intake(
         inbox=rig.inbox,
         work_dir=rig.work,
@@ -384,14 +382,3 @@ def render(report: BenchReport) -> str:
 
 def _mib(value: float | None) -> str:
     return "n/a (no GPU)" if value is None else f"{value:,.0f} MiB"
-
-
-def as_dict(report: BenchReport) -> dict[str, Any]:
-    return asdict(report)
-
-
-def synthetic_checkpoint(size: str, folder: Path) -> Path:
-    """Full-size random Qwen3-ASR (`1.7b` or `0.6b`) saved in `folder`, loaded like any."""
-    from transcribed.synthetic import build_full_size_checkpoint
-
-    return build_full_size_checkpoint(folder, size)

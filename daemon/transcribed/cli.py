@@ -297,6 +297,7 @@ def _bench(args: argparse.Namespace) -> int:
     _offline_unless(settings.allow_download)
     from transcribed import bench
     from transcribed.engine import Engine
+    from transcribed.synthetic import build_full_size_checkpoint
 
     per_second = args.tokens_per_second or (4.0 if args.synthetic_weights else None)
 
@@ -305,7 +306,7 @@ def _bench(args: argparse.Namespace) -> int:
         if args.synthetic_weights:
             folder = Path.home() / ".cache" / "transcribed" / f"synthetic-{args.synthetic_weights}"
             print(f"building random {args.synthetic_weights} weights in {folder}", file=sys.stderr)
-            model = str(bench.synthetic_checkpoint(args.synthetic_weights, folder))
+            model = str(build_full_size_checkpoint(folder, args.synthetic_weights))
         engine = Engine.load(
             model, settings.device, allow_download=False, batch_size=settings.batch_size
         )
@@ -321,5 +322,5 @@ def _bench(args: argparse.Namespace) -> int:
         progress=lambda line: print(line, file=sys.stderr),
         scratch=args.scratch,
     )
-    _print(bench.as_dict(report), args.json, bench.render(report))
+    _print(dataclasses.asdict(report), args.json, bench.render(report))
     return 0

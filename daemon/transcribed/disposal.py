@@ -22,7 +22,7 @@ from transcribed.durable import (
 from transcribed.queue import Job, JobQueue
 
 _BLOCK = 1 << 20
-_REASON_SUFFIX = ".error.json"
+REASON_SUFFIX = ".error.json"  # the reason file beside a quarantined original
 
 
 class Disposer:
@@ -70,10 +70,10 @@ class Disposer:
         source = self._work / job.work_name
         target = Path(job.disposed_to) if job.disposed_to else None
         if os.path.lexists(source):
-            target = self._move(job, source, self._failed, reserve=len(_REASON_SUFFIX))
+            target = self._move(job, source, self._failed, reserve=len(REASON_SUFFIX))
         assert target is not None
         report = {"error": error, "attempts": job.attempts, "time": _now()}
-        reason = target.with_name(target.name + _REASON_SUFFIX)
+        reason = target.with_name(target.name + REASON_SUFFIX)
         publish_bytes(
             reason,
             json.dumps(report, indent=2).encode() + b"\n",

@@ -12,6 +12,7 @@ States and what each guarantees:
   failed    -> permanently failed; the original is in failed_dir with a reason file.
 """
 
+import dataclasses
 import enum
 import json
 import os
@@ -134,6 +135,9 @@ class JobQueue:
         for name, definition in _ADDED_COLUMNS.items():
             if name not in columns:
                 self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
+        # After the columns exist: the STATUS line and `transcribed status` read recent
+        # finishes every few seconds, which would otherwise scan every job ever done.
+        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_by_finished ON jobs(finished)")
 
     def close(self) -> None:
         self._db.close()
@@ -371,25 +375,16 @@ def _marks(values: tuple[object, ...]) -> str:
 
 
 def _job(row: sqlite3.Row) -> Job:
+    """A row as a Job: columns map to fields by name; these few need converting."""
+    plain = {name: row[name] for name in _PLAIN_FIELDS}
     return Job(
-        id=row["id"],
+        **plain,
         state=JobState(row["state"]),
         relpath=bytes(row["relpath"]),
-        work_name=row["work_name"],
-        sha256=row["sha256"],
-        size=row["size"],
-        attempts=row["attempts"],
-        duplicate_of=row["duplicate_of"],
-        error=row["error"],
         outputs=tuple(json.loads(row["outputs"])) if row["outputs"] else (),
         disposed_to=_text(row["disposed_to"]),
-        disposal_failures=row["disposal_failures"],
-        failure_kind=row["failure_kind"],
-        started=row["started"],
-        finished=row["finished"],
-        audio_seconds=row["audio_seconds"],
-        processing_seconds=row["processing_seconds"],
-        progress_seconds=row["progress_seconds"],
-        expected_seconds=row["expected_seconds"],
-        updated=row["updated"],
     )
+
+
+_CONVERTED = {"state", "relpath", "outputs", "disposed_to"}
+_PLAIN_FIELDS = tuple(f.name for f in dataclasses.fields(Job) if f.name not in _CONVERTED)

@@ -155,7 +155,6 @@ class Daemon:
         ]
         # The disposal thread: the only one that disposes, so two never race on one original.
         self._disposals = self._make_worker(settings, self._jobs, None)
-        self._disposals.wake_disposals = self._wake_disposals
         self._hooks = Hooks(settings.on_done, settings.on_failed, settings.hook_timeout_seconds)
         self._intake = Intake(
             inbox=settings.inbox,
@@ -385,7 +384,7 @@ def hook_environment(job: Job) -> dict[str, str]:
     for output in job.outputs:
         if variable := named.get(Path(output).suffix):
             environment[variable] = output
-    if job.state == "failed" or job.error:
+    if job.state == "failed":  # a done job may carry an old, retried error
         environment["TRANSCRIBED_ERROR"] = job.error or ""
         if job.disposed_to:
             environment["TRANSCRIBED_FAILED_PATH"] = job.disposed_to
