@@ -1,7 +1,9 @@
 """The one place that builds the daemon's objects from settings and runs them.
 
 Threads: watchdog's observer hands paths to the intake thread, which claims settled files
-into the queue; the worker thread transcribes; hooks run on their own thread; the main
+into the queue; `jobs_at_once` worker threads each transcribe one recording, their chunks
+batched together by the model thread; one disposal thread disposes of originals whose
+transcripts are durable; hooks run on their own thread; the main
 thread reports health to systemd, reloads the config on SIGHUP and restarts a dead observer
 (unless systemd's watchdog is on: then systemd restarts the whole service). Signal handlers
 only set a flag; a second SIGTERM forces an exit.
