@@ -155,6 +155,11 @@ class Daemon:
             self._make_worker(settings, JobQueue(settings.database), shared_aligner)
             for _ in range(settings.jobs_at_once)
         ]
+        for worker in self._workers:
+            # Started now, while one thread runs: the first job does not wait for a child
+            # to import its libraries, and no child is half-spawned when another thread
+            # ends the process (the orphan would print a traceback into the journal).
+            worker.decoder.start()
         # The disposal thread: the only one that disposes, so two never race on one original.
         self._disposals = self._make_worker(settings, self._jobs, None)
         self._hooks = Hooks(settings.on_done, settings.on_failed, settings.hook_timeout_seconds)
