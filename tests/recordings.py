@@ -49,7 +49,7 @@ def write_pyav(
         for start in range(0, len(samples), frame_size):
             block = samples[start : start + frame_size]
             frame = av.AudioFrame.from_ndarray(
-                _as_format(block.reshape(1, -1), fmt), format=fmt, layout=layout
+                _as_format(_channels(block, fmt, layout), fmt), format=fmt, layout=layout
             )
             frame.sample_rate = rate
             frame.pts = start
@@ -60,9 +60,20 @@ def write_pyav(
     return path
 
 
+def _channels(block: np.ndarray, fmt: str, layout: str) -> np.ndarray:
+    """The same signal on every channel, laid out as from_ndarray wants it: one row per
+    channel for planar formats, one interleaved row for packed ones."""
+    count = 2 if layout == "stereo" else 1
+    if fmt.endswith("p"):
+        return np.vstack([block] * count)
+    return np.repeat(block, count).reshape(1, -1)
+
+
 def _as_format(data: np.ndarray, fmt: str) -> np.ndarray:
     if fmt.startswith("s16"):
         return (data * 32767).astype(np.int16)
+    if fmt.startswith("s32"):
+        return (data * 2147483647).astype(np.int32)
     return data.astype(np.float32)
 
 
@@ -90,6 +101,13 @@ def make_mixed_recordings(folder: Path, seconds: float = 6.0) -> dict[str, float
         "voice.opus": write_soundfile(folder / "voice.opus", seconds, 48000, "OPUS", "OGG"),
         "aac.m4a": write_pyav(folder / "aac.m4a", seconds, 44100, "aac", "mp4"),
         "clip.webm": write_pyav(folder / "clip.webm", seconds, 48000, "libopus", "webm"),
+        "stereo aac.m4a": write_pyav(
+            folder / "stereo aac.m4a", seconds, 48000, "aac", "mp4", layout="stereo"
+        ),
+        "pcm s16 stereo.mka": write_pyav(
+            folder / "pcm s16 stereo.mka", seconds, 44100, "pcm_s16le", "matroska", layout="stereo"
+        ),
+        "alac.m4a": write_pyav(folder / "alac.m4a", seconds, 44100, "alac", "mp4"),
     }
     return dict.fromkeys(made, seconds)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recordings import make_mixed_recordings, make_unreadable, write_soundfile
+from recordings import make_mixed_recordings, make_unreadable, write_pyav, write_soundfile
 from transcribed.audio import SAMPLE_RATE, decode
 from transcribed.decoder import ChildDecoder
 from transcribed.errors import DecoderCrashed, PermanentError
@@ -25,6 +25,17 @@ def test_every_format_decodes_to_16k_mono_of_the_right_length(tmp_path, decoder)
         assert audio.dtype == np.float32 and audio.ndim == 1, name
         assert abs(len(audio) / SAMPLE_RATE - seconds) / seconds < 0.03, name
         assert 0.05 < float(np.abs(audio).max()) <= 1.01, name  # real signal, not silence
+
+
+def test_ffmpeg_and_libsndfile_give_the_same_samples_for_the_same_signal(tmp_path) -> None:
+    """Interleaved 16-bit stereo through ffmpeg's FIFO path and float mono through
+    libsndfile: same downmix, same scaling, same resampler, so the same 16 kHz samples."""
+    through_ffmpeg = decode(
+        write_pyav(tmp_path / "s16.mka", 6, 44100, "pcm_s16le", "matroska", layout="stereo"), 100
+    )
+    through_libsndfile = decode(write_soundfile(tmp_path / "f.wav", 6, 44100, "FLOAT"), 100)
+    assert len(through_ffmpeg) == len(through_libsndfile) == 6 * SAMPLE_RATE
+    assert float(np.abs(through_ffmpeg - through_libsndfile).max()) < 1e-3  # 16-bit rounding
 
 
 def test_unreadable_files_fail_permanently_with_a_reason(tmp_path, decoder) -> None:

@@ -1,4 +1,4 @@
-"""Runs `audio.decode` in a child process with memory and time limits.
+"""Runs the decoding in `audio` in a child process with memory and time limits.
 
 Decoders parse untrusted bytes: a crafted file may crash, hang or exhaust memory. Here that
 kills a disposable child, never the daemon; the parent restarts it for the next file.
@@ -11,13 +11,21 @@ from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from transcribed import faults
 from transcribed.errors import DecoderCrashed, PermanentError, TransientError
 from transcribed.memory import pin_mmap_threshold
+
+# Messages from the child are raw bytes behind a 4-byte tag (4 keeps the samples aligned for
+# numpy): samples go through the pipe without pickling, which costs as much as the transfer.
+_TAG_BYTES = 4
+_BLOCK = b"BLK "  # float32 samples at 16 kHz
+_LENGTH = b"LEN "  # float64: the seconds the header claims
+_END = b"END "
+_ERROR = b"ERR "  # utf-8 reason: not usable audio
+_TRANSIENT = b"TRN "  # utf-8 reason: may work later
 
 
 class ChildDecoder:
@@ -56,34 +64,36 @@ class ChildDecoder:
         finished = False
         try:
             while True:
-                status, payload = self._receive(conn)
-                if status == "block":
-                    yield np.asarray(payload, dtype=np.float32)
+                tag, payload = self._receive(conn)
+                if tag == _BLOCK:
+                    yield np.frombuffer(payload, np.float32, offset=_TAG_BYTES)
                     continue
-                if status == "length":
-                    self.expected_seconds = float(payload)
+                if tag == _LENGTH:
+                    claimed = np.frombuffer(payload, np.float64, 1, _TAG_BYTES)
+                    self.expected_seconds = float(claimed[0])
                     continue
                 finished = True
-                if status == "end":
+                reason = payload[_TAG_BYTES:].decode()
+                if tag == _END:
                     return
-                if status == "transient":
-                    raise TransientError(payload)
-                raise PermanentError(payload)
+                if tag == _TRANSIENT:
+                    raise TransientError(reason)
+                raise PermanentError(reason)
         finally:
             if not finished:
                 self.close()
 
-    def _receive(self, conn: Connection) -> tuple[str, Any]:
+    def _receive(self, conn: Connection) -> tuple[bytes, bytes]:
         if not conn.poll(self._timeout):
             self.close()
             raise DecoderCrashed(f"decoding made no progress for {self._timeout:.0f} s")
         try:
-            message: tuple[str, Any] = conn.recv()
+            message = conn.recv_bytes()
         except (EOFError, OSError):
             exit_code = self._process.exitcode if self._process else None
             self.close()
             raise DecoderCrashed(f"the decoder process died (exit code {exit_code})") from None
-        return message
+        return message[:_TAG_BYTES], message
 
     def close(self) -> None:
         if self._process is not None:
@@ -109,39 +119,53 @@ class ChildDecoder:
 
 
 def _serve(conn: Connection, memory_bytes: int) -> None:
-    """Child main loop: stream each requested file as ("length", claimed seconds) when the
-    header says, ("block", samples)… then ("end", None),
-    or ("error" | "transient", why)."""
+    """Child main loop: stream each requested file as LEN (when the header says), BLK…, then
+    END, or ERR or TRN with the reason."""
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     pin_mmap_threshold()
     # libmpg123 and ffmpeg print free-form notes about broken input; logs stay structured.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
+    # Import the decoding libraries now, while the child waits for its first file, not during it.
+    import av  # noqa: F401
+
+    import transcribed.audio  # noqa: F401
+
     while True:
         try:
             path, max_seconds, label = conn.recv()
         except EOFError:
             return
         faults.point("decoder.child", label)
-        conn.send(_stream_one(conn, Path(path), max_seconds))
+        tag, reason = _stream_one(conn, Path(path), max_seconds)
+        conn.send_bytes(tag + reason.encode())
 
 
-def _stream_one(conn: Connection, path: Path, max_seconds: float) -> tuple[str, Any]:
-    """Send the blocks of one file; return the closing message."""
-    from transcribed.audio import claimed_seconds, decode_blocks  # libraries: child only
+def _stream_one(conn: Connection, path: Path, max_seconds: float) -> tuple[bytes, str]:
+    """Send the blocks of one file; return the closing message's tag and reason."""
+    from transcribed.audio import open_source, to_16k_mono  # libraries: child only
 
-    if (length := claimed_seconds(path)) is not None:
-        conn.send(("length", length))
     try:
-        for block in decode_blocks(path, max_seconds):
-            conn.send(("block", block))
+        source = open_source(path)
+        if source.claimed_seconds is not None:
+            conn.send_bytes(_tagged(_LENGTH, np.array([source.claimed_seconds], np.float64)))
+        for block in to_16k_mono(source.blocks, max_seconds):
+            conn.send_bytes(_tagged(_BLOCK, block))
     except PermanentError as error:
-        return ("error", str(error))
+        return _ERROR, str(error)
     except MemoryError:
-        return ("error", "decoding needs more memory than decode_memory_mb allows")
+        return _ERROR, "decoding needs more memory than decode_memory_mb allows"
     except OSError as error:  # EIO, EACCES, a vanished mount: may work later
-        return ("transient", f"cannot read the file: {error}")
+        return _TRANSIENT, f"cannot read the file: {error}"
     except Exception as error:  # any other decoder-library failure means unusable input
-        return ("error", f"cannot decode: {type(error).__name__}: {error}")
-    return ("end", None)
+        return _ERROR, f"cannot decode: {type(error).__name__}: {error}"
+    return _END, ""
+
+
+def _tagged(tag: bytes, values: np.ndarray) -> bytearray:
+    """`tag` and the raw bytes of `values` in one buffer: one copy, no pickling."""
+    message = bytearray(_TAG_BYTES + values.nbytes)
+    message[:_TAG_BYTES] = tag
+    np.frombuffer(message, values.dtype, offset=_TAG_BYTES)[:] = values
+    return message
