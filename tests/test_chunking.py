@@ -36,7 +36,7 @@ def test_the_stream_chunker_matches_whole_file_planning_and_holds_little() -> No
     pieces = []
     for start in range(0, len(audio), 12345):  # odd block sizes, like a decoder's
         pieces += chunker.feed(audio[start : start + 12345])
-        assert len(chunker._buffer) <= 30 * rate + 12345
+        assert chunker.buffered_samples <= 30 * rate + 12345
     pieces += chunker.finish()
     assert np.array_equal(np.concatenate([chunk for _, chunk in pieces]), audio)
     assert [start for start, _ in pieces] == list(

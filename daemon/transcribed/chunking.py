@@ -70,40 +70,49 @@ class StreamChunker:
     def __init__(self, sample_rate: int, max_seconds: float) -> None:
         self._rate = sample_rate
         self._window = int(max_seconds * sample_rate)
-        self._buffer = np.zeros(0, dtype=np.float32)
-        self._offset = 0  # sample position of the buffer's start in the whole recording
+        # Blocks not yet cut into chunks. Joined only when a cut is due (once per chunk,
+        # not once per block: re-copying the window for every block cost more than decoding).
+        self._blocks: list[np.ndarray] = []
+        self._buffered = 0
+        self._offset = 0  # sample position of the first buffered sample in the whole recording
+
+    @property
+    def buffered_samples(self) -> int:
+        """Samples held, waiting for the next cut."""
+        return self._buffered
 
     def feed(self, block: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """Add decoded samples; return the (start sample, chunk) pieces now final."""
-        self._buffer = np.concatenate((self._buffer, block))
-        ready = []
-        while (cut := self._next_cut(final=False)) is not None:
-            ready.append(self._take(cut))
-        return ready
+        self._blocks.append(block)
+        self._buffered += len(block)
+        if self._buffered <= self._window:
+            return []
+        return self._cut(final=False)
 
     def finish(self) -> list[tuple[int, np.ndarray]]:
         """The rest, once the recording has ended."""
+        return self._cut(final=True)
+
+    def _cut(self, final: bool) -> list[tuple[int, np.ndarray]]:
+        buffer = np.concatenate(self._blocks) if len(self._blocks) != 1 else self._blocks[0]
         ready = []
-        while (cut := self._next_cut(final=True)) is not None:
-            ready.append(self._take(cut))
+        while (cut := self._next_cut(buffer, final)) is not None:
+            ready.append((self._offset, buffer[:cut].copy()))
+            buffer = buffer[cut:]
+            self._offset += cut
+        self._blocks, self._buffered = ([buffer] if len(buffer) else []), len(buffer)
         return ready
 
-    def _next_cut(self, final: bool) -> int | None:
+    def _next_cut(self, buffer: np.ndarray, final: bool) -> int | None:
         """Where the next chunk ends: in the middle of the first long pause; else, when the
         buffer is longer than a window, at the quietest point of the window's last third."""
-        if not len(self._buffer) or (not final and len(self._buffer) <= self._window):
+        if not len(buffer) or (not final and len(buffer) <= self._window):
             return None
         frame = max(1, int(_FRAME_SECONDS * self._rate))
-        rms = frame_rms(self._buffer[: self._window], frame)
+        rms = frame_rms(buffer[: self._window], frame)
         if (pause := _first_long_pause(rms, frame, self._rate)) is not None:
             return pause
-        if len(self._buffer) <= self._window:
-            return len(self._buffer)  # final: the tail is one chunk
+        if len(buffer) <= self._window:
+            return len(buffer)  # final: the tail is one chunk
         lowest = int(self._window * (1 - _SEARCH_FRACTION))
         return _quietest_cut(rms, frame, lowest, self._window)
-
-    def _take(self, length: int) -> tuple[int, np.ndarray]:
-        piece = (self._offset, self._buffer[:length].copy())
-        self._buffer = self._buffer[length:]
-        self._offset += length
-        return piece

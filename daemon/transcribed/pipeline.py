@@ -112,13 +112,14 @@ def _finish(
     pause before it. `segments` tile `pieces` (a retried chunk gives two segments)."""
     if not pieces:
         return segments
-    audio = np.concatenate([chunk for _, chunk in pieces])
-    base = pieces[0][0]
     finished = []
+    containing = iter(pieces)
+    start, chunk = next(containing)
     for segment in segments:
-        samples = audio[
-            round(segment.start * SAMPLE_RATE) - base : round(segment.end * SAMPLE_RATE) - base
-        ]
+        first = round(segment.start * SAMPLE_RATE)
+        while first >= start + len(chunk):  # a segment lies within one piece
+            start, chunk = next(containing)
+        samples = chunk[first - start : round(segment.end * SAMPLE_RATE) - start]
         if aligner is not None and segment.text:
             words = aligner.align(samples, segment.text, segment.language)
             shifted = tuple(
@@ -185,7 +186,8 @@ def _retry_in_halves(
 def _is_silent(chunk: np.ndarray) -> bool:
     """Digital silence or a muted microphone. The model is not asked: it tends to invent text
     for silence."""
-    return bool(np.sqrt(np.mean(np.square(chunk, dtype=np.float64))) < SILENCE_RMS)
+    energy = float(np.dot(chunk, chunk)) / max(len(chunk), 1)  # float32 BLAS: no temporary
+    return energy < SILENCE_RMS**2
 
 
 def _segment(start: int, chunk: np.ndarray, text: ChunkText) -> Segment:
