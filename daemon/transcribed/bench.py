@@ -5,7 +5,8 @@ to a scratch folder, then claimed, decoded, chunked, transcribed, published and 
 by the daemon's own parts (Intake, Workers, SharedRecognizer). Model load and warm-up are
 timed and reported apart. Time inside model calls is measured too, so the pipeline around
 the model (decode, resample, features, queue, outputs) gets its own figure, set against
-decoding the same files with ffmpeg's libraries alone.
+decoding the same files with the `ffmpeg` program (when installed) and with ffmpeg's
+decoders called from Python (PyAV): the floor for any Python pipeline.
 
 `--synthetic-weights 1.7b|0.6b` builds the full-size architecture with random weights and
 makes it write a fixed number of tokens per audio second: throughput without downloading
@@ -34,7 +35,7 @@ from transcribed.queue import JobQueue
 from transcribed.rules import Rules
 from transcribed.settings import ModelSettings
 from transcribed.transcript import ChunkText, ModelInfo
-from transcribed.worker import Worker
+from transcribed.worker import Decoder, Worker
 
 _SOURCE_RATE = 48_000
 # Lengths cycled through to fill the backlog: meetings, voice notes, calls, lectures.
@@ -58,6 +59,8 @@ class BenchReport:
     pipeline_alone_vs_decode: float
     decode_only_seconds: float
     decode_only_times_real_time: float
+    ffmpeg_program_seconds: float | None
+    pipeline_alone_vs_ffmpeg_program: float | None
     load_seconds: float
     warmup_seconds: float
     gpu_memory_peak_mib: float | None
@@ -149,6 +152,26 @@ def decode_only_seconds(paths: list[Path]) -> tuple[float, float]:
         return time.perf_counter() - started, audio
 
 
+def ffmpeg_program_seconds(paths: list[Path]) -> float | None:
+    """Wall seconds for the `ffmpeg` program to decode every file (`-f null`: decode and
+    discard), one process per core; None when it is not installed."""
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    program = shutil.which("ffmpeg")
+    if program is None:
+        return None
+
+    def decode(path: Path) -> None:
+        command = [program, "-nostdin", "-v", "error", "-threads", "1", "-i", str(path)]
+        subprocess.run([*command, "-f", "null", "-"], check=True, stdin=subprocess.DEVNULL)
+
+    with ThreadPoolExecutor(_cores()) as pool:
+        started = time.perf_counter()
+        list(pool.map(decode, paths))
+        return time.perf_counter() - started
+
+
 def _decode_with_ffmpeg(path: Path | None) -> float:
     """Seconds of audio in `path`, decoded and thrown away (None: just import PyAV)."""
     import av
@@ -211,6 +234,7 @@ def run_bench(
         paths = write_backlog(scratch / "backlog", hours)
         progress(f"decoding them with ffmpeg alone ({_cores()} threads) for the baseline")
         decode_wall, audio_seconds = decode_only_seconds(paths)
+        program_wall = ffmpeg_program_seconds(paths)
         progress("running the pipeline with no model (decode, chunk, queue, outputs)")
         copies = _copy_backlog(paths, scratch / "backlog-copy")
         alone = _transcribe_backlog(
@@ -250,6 +274,8 @@ def run_bench(
         pipeline_alone_vs_decode=round(alone / decode_wall, 2),
         decode_only_seconds=round(decode_wall, 2),
         decode_only_times_real_time=round(audio_seconds / decode_wall, 1),
+        ffmpeg_program_seconds=round(program_wall, 2) if program_wall else None,
+        pipeline_alone_vs_ffmpeg_program=round(alone / program_wall, 2) if program_wall else None,
         load_seconds=round(load_seconds, 2),
         warmup_seconds=round(warmup_seconds, 2),
         gpu_memory_peak_mib=round(gpu_peak, 1) if gpu_peak is not None else None,
@@ -311,8 +337,7 @@ def _transcribe_backlog(
         settle_seconds=0.01,
         rescan_seconds=3600,
     )
-    for each in workers:
-        each.decoder.start()  # a running daemon's decoder processes are already started
+    _warm_up_decoders([each.decoder for each in workers], rig.scratch)
     started = time.perf_counter()
     for path in paths:
         path.rename(rig.inbox / path.name)
@@ -335,6 +360,17 @@ def _transcribe_backlog(
         for each in [*workers, disposals]:
             each.decoder.close()
     return wall
+
+
+def _warm_up_decoders(decoders: list[Decoder], scratch: Path) -> None:
+    """Have every decoder process decode a second of audio: a running daemon's decoders
+    were started (and have imported their libraries) long before a backlog arrives."""
+    sample = scratch / "warm-up.ogg"
+    soundfile.write(sample, _speechlike(1, 0), _SOURCE_RATE, format="OGG", subtype="VORBIS")
+    for decoder in decoders:
+        for _block in decoder.stream(sample):
+            pass
+    sample.unlink()
 
 
 def _archived(folder: Path) -> int:
@@ -364,8 +400,10 @@ def render(report: BenchReport) -> str:
         ("in model calls", f"{report.model_seconds:,.2f} s"),
         ("model idle", f"{report.outside_model_times_real_time:,.1f}x real time"),
         ("pipeline, no model", f"{report.pipeline_alone_times_real_time:,.1f}x real time"),
-        ("ffmpeg decode alone", f"{report.decode_only_times_real_time:,.1f}x real time"),
-        ("no model / decode", f"{report.pipeline_alone_vs_decode:.2f}x the decode time"),
+        ("ffmpeg program", _program(report)),
+        ("no model / ffmpeg", _ratio(report.pipeline_alone_vs_ffmpeg_program)),
+        ("ffmpeg's decoders", f"{report.decode_only_times_real_time:,.1f}x real time (PyAV)"),
+        ("no model / decoders", _ratio(report.pipeline_alone_vs_decode)),
         ("model load", f"{report.load_seconds:,.2f} s (not counted)"),
         ("warm-up", f"{report.warmup_seconds:,.2f} s (not counted)"),
         ("GPU memory peak", _mib(report.gpu_memory_peak_mib)),
@@ -378,6 +416,17 @@ def render(report: BenchReport) -> str:
             "NOTE: random weights; the transcripts are meaningless. Only the speed is real."
         )
     return "\n".join(lines)
+
+
+def _program(report: BenchReport) -> str:
+    seconds = report.ffmpeg_program_seconds
+    if seconds is None:
+        return "not installed (install ffmpeg for this baseline)"
+    return f"{report.audio_seconds / seconds:,.1f}x real time (ffmpeg -f null, 1 per core)"
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x the decode time"
 
 
 def _mib(value: float | None) -> str:
