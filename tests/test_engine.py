@@ -11,6 +11,8 @@ import torch
 
 from transcribed.engine import (
     Engine,
+    batch_ceiling,
+    batch_shapes,
     check_layout,
     resolve_device,
     resolve_model_folder,
@@ -118,3 +120,44 @@ def test_context_goes_into_the_prompt(engine: Engine) -> None:
     assert "Kubernetes Grafana" in prompt
     [result] = engine.transcribe([_noise(1, 0)], context="Kubernetes Grafana")
     assert "Kubernetes Grafana" not in result.text
+
+
+def test_the_gpu_batch_ceiling_follows_free_memory() -> None:
+    gib, mib = 1 << 30, 1 << 20
+    # 85% of 10 GiB, less 1 GiB fixed, in 100 MiB chunks.
+    assert batch_ceiling(10 * gib, 1 * gib, 100 * mib) == int((8.5 - 1) * 1024 / 100)
+    assert batch_ceiling(20 * gib, 1 * gib, 100 * mib) > batch_ceiling(10 * gib, 1 * gib, 100 * mib)
+    assert batch_ceiling(1 * gib, 2 * gib, 100 * mib) == 1  # nothing fits: still one at a time
+    assert batch_ceiling(1000 * gib, 0, 1 * mib) == 256  # at most 256
+    assert batch_shapes(12) == [1, 2, 4, 8, 12] and batch_shapes(1) == [1]
+
+
+def test_a_static_cache_gives_the_same_text_with_padded_batches(
+    engine: Engine, tiny_model: Path
+) -> None:
+    """The static-cache (compiled on CUDA) path pads 3 chunks to a batch of 4 and drops the
+    padding: same results, same order."""
+    static = Engine.load(
+        str(tiny_model), "cpu", allow_download=False, batch_size=4, compile_decoder=True
+    )
+    chunks = [_noise(seconds, seed) for seed, seconds in enumerate([2, 7, 1])]
+    assert [r.text for r in static.transcribe(chunks)] == [
+        r.text for r in engine.transcribe(chunks)
+    ]
+    static.warm_up()  # every batch shape once: 4, 2, 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_the_batch_ceiling_is_measured_and_the_compiled_path_agrees(
+    tiny_model: Path,
+) -> None:
+    eager = Engine.load(str(tiny_model), "cuda", allow_download=False, batch_size=4)
+    assert eager.info.dtype == "bfloat16" and eager.ceiling >= 4  # a tiny model fits often
+    compiled = Engine.load(
+        str(tiny_model), "cuda", allow_download=False, batch_size=4, compile_decoder=True
+    )
+    compiled.warm_up()
+    chunks = [_noise(seconds, seed) for seed, seconds in enumerate([2, 7, 1, 5, 3])]
+    assert [r.text for r in compiled.transcribe(chunks)] == [
+        r.text for r in eager.transcribe(chunks)
+    ]

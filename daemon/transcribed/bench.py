@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile
@@ -36,6 +37,9 @@ from transcribed.rules import Rules
 from transcribed.settings import ModelSettings
 from transcribed.transcript import ChunkText, ModelInfo
 from transcribed.worker import Decoder, Worker
+
+if TYPE_CHECKING:
+    from transcribed.engine import Engine
 
 _SOURCE_RATE = 48_000
 # Lengths cycled through to fill the backlog: meetings, voice notes, calls, lectures.
@@ -67,6 +71,7 @@ class BenchReport:
     host_rss_peak_mib: float
     jobs_at_once: int
     batch_size: int
+    batch_ceiling: int
 
 
 class TimedRecognizer:
@@ -220,7 +225,7 @@ def run_bench(
     settings: ModelSettings,
     hours: float,
     jobs_at_once: int,
-    load: Callable[[], Recognizer],
+    load: Callable[[], "Engine"],
     synthetic: bool,
     progress: Callable[[str], None] = lambda line: None,
     scratch: Path | None = None,
@@ -245,7 +250,7 @@ def run_bench(
         engine = load()
         load_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        engine.transcribe([_speechlike(30, 0)[::3].copy()] * min(2, engine.batch_size))
+        engine.warm_up()
         warmup_seconds = time.perf_counter() - started
         cuda = torch.cuda.is_available() and engine.info.device.startswith("cuda")
         if cuda:
@@ -282,6 +287,7 @@ def run_bench(
         host_rss_peak_mib=round(_peak_rss_mib(), 1),
         jobs_at_once=jobs_at_once,
         batch_size=engine.batch_size,
+        batch_ceiling=engine.ceiling,
     )
 
 
@@ -408,7 +414,8 @@ def render(report: BenchReport) -> str:
         ("warm-up", f"{report.warmup_seconds:,.2f} s (not counted)"),
         ("GPU memory peak", _mib(report.gpu_memory_peak_mib)),
         ("host RSS peak", _mib(report.host_rss_peak_mib)),
-        ("jobs at once / batch", f"{report.jobs_at_once} / {report.batch_size}"),
+        ("jobs at once", f"{report.jobs_at_once}"),
+        ("batch", f"{report.batch_size} per recording, {report.batch_ceiling} per model call"),
     ]
     lines = [f"{name:<22}{value}" for name, value in rows]
     if report.synthetic:

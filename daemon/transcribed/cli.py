@@ -152,7 +152,15 @@ def _build_parser() -> argparse.ArgumentParser:
         "otherwise the model decides)",
     )
     bench.add_argument("--jobs-at-once", type=int, default=4, help="recordings at once (4)")
-    bench.add_argument("--batch-size", type=int, help="chunks per model call (from config)")
+    bench.add_argument(
+        "--batch-size", type=int, help="chunks each recording gathers per call (from config)"
+    )
+    bench.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="static KV cache and compiled decoding (CUDA; compiling counts as warm-up)",
+    )
     bench.add_argument("--model", help="hub id or local folder (default: from config)")
     bench.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: from config)")
     bench.add_argument("--scratch", type=Path, help="folder for the backlog (default: a temp one)")
@@ -292,7 +300,8 @@ def _config_show(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    overrides = {k: v for k in ("model", "device", "batch_size") if (v := getattr(args, k))}
+    keys = ("model", "device", "batch_size", "compile")
+    overrides = {k: v for k in keys if (v := getattr(args, k))}
     settings = load_settings(args.config, ModelSettings, **overrides)
     _offline_unless(settings.allow_download)
     from transcribed import bench
@@ -308,7 +317,12 @@ def _bench(args: argparse.Namespace) -> int:
             print(f"building random {args.synthetic_weights} weights in {folder}", file=sys.stderr)
             model = str(build_full_size_checkpoint(folder, args.synthetic_weights))
         engine = Engine.load(
-            model, settings.device, allow_download=False, batch_size=settings.batch_size
+            model,
+            settings.device,
+            allow_download=False,
+            batch_size=settings.batch_size,
+            chunk_seconds=settings.chunk_seconds,
+            compile_decoder=settings.compile,
         )
         engine.fixed_tokens_per_second = per_second
         return engine

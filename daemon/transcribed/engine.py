@@ -31,11 +31,31 @@ TOKEN_OVERHEAD = 24
 
 # Successful batches at a reduced size before trying twice the size again.
 _GROW_AFTER = 20
+# Share of the GPU memory free after loading that model calls may fill: the rest absorbs
+# fragmentation and what other programs on the GPU allocate later.
+_MEMORY_HEADROOM = 0.85
+MAX_GPU_BATCH = 256
+# Static KV caches are sized in steps of this many tokens, so nearly every batch has the
+# same shape and a compiled decoder is reused rather than compiled again.
+_CACHE_STEP = 256
 
 
 def token_budget(seconds: float) -> int:
     """New tokens allowed for a chunk of this length (the default 512 would cut ~2 min)."""
     return math.ceil(seconds * TOKENS_PER_SECOND) + TOKEN_OVERHEAD
+
+
+def batch_ceiling(free: int, fixed: int, per_chunk: int, cap: int = MAX_GPU_BATCH) -> int:
+    """Chunks per model call that fit in `free` bytes when a call needs `fixed` bytes plus
+    `per_chunk` bytes for each chunk; at least 1, at most `cap`."""
+    usable = free * _MEMORY_HEADROOM - fixed
+    return max(1, min(cap, int(usable // max(per_chunk, 1))))
+
+
+def batch_shapes(ceiling: int) -> list[int]:
+    """The batch sizes a compiled decoder is built for: powers of two, and the ceiling."""
+    sizes = {1 << power for power in range(ceiling.bit_length()) if 1 << power <= ceiling}
+    return sorted(sizes | {ceiling})
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -139,16 +159,33 @@ def _has_thinker_weights(folder: Path) -> bool:
 class Engine:
     """Qwen3ASRForConditionalGeneration plus its processor, resident on one device."""
 
-    def __init__(self, model: Any, processor: Any, info: ModelInfo, batch_size: int) -> None:
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        info: ModelInfo,
+        batch_size: int,
+        *,
+        chunk_seconds: float = 30.0,
+        static_cache: bool = False,
+    ) -> None:
         self._model = model
         self._processor = processor
         self.info = info
-        self.batch_size = batch_size
-        # The largest batch that fits in GPU memory right now: halved on out-of-memory and
-        # grown back after a run of successes, so one long-audio spike does not cost every
-        # later batch half its size, and a full GPU does not fail every batch first.
+        self.batch_size = batch_size  # chunks a recording gathers before it asks the model
+        self._chunk_seconds = chunk_seconds
+        # Chunks per model call at most: `batch_size` on the CPU; on a GPU, what fits in the
+        # memory left free after loading (`fit_to_gpu_memory`), so merged calls of several
+        # recordings fill the GPU.
+        self.ceiling = batch_size
+        # The largest batch that fits right now: halved on out-of-memory and grown back
+        # after a run of successes, so one long-audio spike does not cost every later batch
+        # half its size, and a full GPU does not fail every batch first.
         self._limit = batch_size
         self._fits = 0
+        # A static KV cache lets transformers compile the decoding step (CUDA only); batches
+        # are padded to a few sizes (`batch_shapes`) so the compiled steps are reused.
+        self._static_cache = static_cache
         self._eos_ids = _eos_ids(model)
         from transformers.models.qwen3_asr.processing_qwen3_asr import LANGUAGE_CODE_TO_NAME
 
@@ -162,7 +199,16 @@ class Engine:
         self.fixed_tokens_per_second: float | None = None
 
     @classmethod
-    def load(cls, model: str, device: str, *, allow_download: bool, batch_size: int) -> "Engine":
+    def load(
+        cls,
+        model: str,
+        device: str,
+        *,
+        allow_download: bool,
+        batch_size: int,
+        chunk_seconds: float = 30.0,
+        compile_decoder: bool = False,
+    ) -> "Engine":
         from transformers import AutoProcessor, Qwen3ASRForConditionalGeneration
         from transformers.utils import logging as transformers_logging
 
@@ -194,7 +240,75 @@ class Engine:
             dtype=info.dtype,
             seconds=round(time.monotonic() - started, 2),
         )
-        return cls(network, processor, info, batch_size)
+        engine = cls(
+            network,
+            processor,
+            info,
+            batch_size,
+            chunk_seconds=chunk_seconds,
+            static_cache=compile_decoder,
+        )
+        if torch_device.type == "cuda":
+            engine.fit_to_gpu_memory()
+        return engine
+
+    def fit_to_gpu_memory(self) -> None:
+        """Set the ceiling from the GPU memory free now. Two probe calls (one and two
+        full-length chunks) give a call's fixed cost and each chunk's; the KV cache for a
+        chunk's whole token budget is added by arithmetic rather than generated."""
+        device = self._model.device
+        chunk = (0.05 * np.random.default_rng(0).standard_normal(self._samples())).astype(
+            np.float32
+        )
+        try:
+            one, two = (self._probe_peak([chunk] * count) for count in (1, 2))
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            self.ceiling = self._limit = 1
+            log.warning("model.batch_ceiling", ceiling=1, reason="out of memory while probing")
+            return
+        per_chunk = max(two - one, 1)
+        if not self._static_cache:  # a static cache is allocated whole by the probe itself
+            per_chunk += self._kv_bytes_per_token() * token_budget(self._chunk_seconds)
+        free, _total = torch.cuda.mem_get_info(device)
+        self.ceiling = self._limit = batch_ceiling(free, max(one - per_chunk, 0), per_chunk)
+        log.info(
+            "model.batch_ceiling",
+            ceiling=self.ceiling,
+            free_mib=free >> 20,
+            per_chunk_mib=round(per_chunk / 2**20, 1),
+        )
+
+    def warm_up(self) -> None:
+        """Run every batch shape once with full-length chunks, so compiling (with a static
+        cache) happens now and not during the first recordings."""
+        chunk = np.zeros(self._samples(), np.float32)
+        chunk[::97] = 0.05  # not silence: the model is asked
+        shapes = batch_shapes(self._limit) if self._static_cache else [min(2, self._limit)]
+        for index, size in enumerate(reversed(shapes)):
+            # The first call writes a whole chunk's budget: transformers keeps the longest
+            # static cache it has made, so every later batch fits in the same length.
+            tokens = token_budget(self._chunk_seconds) if index == 0 else 4
+            self._generate([chunk] * size, None, None, exact_tokens=tokens)
+
+    def _samples(self) -> int:
+        return int(self._chunk_seconds * 16_000)
+
+    def _probe_peak(self, audio: list[np.ndarray]) -> int:
+        device = self._model.device
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        self._generate(audio, None, None, exact_tokens=8)
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device) - before)
+
+    def _kv_bytes_per_token(self) -> int:
+        text = self._model.config.get_text_config()
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        per_layer = 2 * text.num_key_value_heads * head_dim * self._model.dtype.itemsize
+        return int(per_layer * text.num_hidden_layers)
 
     def transcribe(
         self,
@@ -234,15 +348,23 @@ class Engine:
                 self._generate_adaptive(audio[half:], language, context)
             )
         self._fits += 1
-        if self._limit < self.batch_size and self._fits >= _GROW_AFTER:
-            self._limit, self._fits = min(self.batch_size, self._limit * 2), 0
+        if self._limit < self.ceiling and self._fits >= _GROW_AFTER:
+            self._limit, self._fits = min(self.ceiling, self._limit * 2), 0
             log.info("model.batch_grown", batch=self._limit)
         return texts
 
     @torch.inference_mode()
     def _generate(
-        self, audio: list[np.ndarray], language: str | None, context: str | None
+        self,
+        audio: list[np.ndarray],
+        language: str | None,
+        context: str | None,
+        exact_tokens: int | None = None,
     ) -> list[ChunkText]:
+        rows = len(audio)
+        if self._static_cache:  # pad with copies of the shortest chunk up to a compiled shape
+            shape = next(size for size in batch_shapes(self.ceiling) if size >= rows)
+            audio = audio + [min(audio, key=len)] * (shape - rows)
         inputs = self._processor.apply_transcription_request(
             audio=audio,
             language=language,  # forced: the processor pre-fills "language X<asr_text>"
@@ -254,18 +376,21 @@ class Engine:
         seconds = max(len(a) for a in audio) / 16_000
         budget = token_budget(seconds)
         length: dict[str, int] = {"max_new_tokens": budget}
-        if self.fixed_tokens_per_second:
-            fixed = max(1, math.ceil(seconds * self.fixed_tokens_per_second))
-            length = {"max_new_tokens": fixed, "min_new_tokens": fixed}
+        if self.fixed_tokens_per_second and exact_tokens is None:
+            exact_tokens = max(1, math.ceil(seconds * self.fixed_tokens_per_second))
+        if exact_tokens is not None:
+            length = {"max_new_tokens": exact_tokens, "min_new_tokens": exact_tokens}
+        cache: dict[str, str] = {"cache_implementation": "static"} if self._static_cache else {}
         recorder = _ChosenTokenScores()
         generated = self._model.generate(
             **inputs,
             **length,
+            **cache,
             do_sample=False,
             logits_processor=LogitsProcessorList([recorder]),
         )
-        new_tokens = generated[:, inputs["input_ids"].shape[1] :]
-        scores = recorder.per_row() or [[] for _ in range(len(audio))]
+        new_tokens = generated[:rows, inputs["input_ids"].shape[1] :]
+        scores = recorder.per_row()[:rows] or [[] for _ in range(rows)]
         return [
             self._parse(row, scores[index], language, context)
             for index, row in enumerate(new_tokens)

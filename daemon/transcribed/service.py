@@ -109,13 +109,19 @@ def load_aligner(settings: ModelSettings) -> Aligner | None:
     return Aligner.load(settings.aligner, settings.device, allow_download=settings.allow_download)
 
 
-def load_engine(settings: ModelSettings) -> Engine:
-    return Engine.load(
-        settings.model,
+def load_engine(settings: ModelSettings, model: str | None = None) -> Engine:
+    """The model `settings` ask for (or `model` instead), warmed up when compiled."""
+    engine = Engine.load(
+        model or settings.model,
         settings.device,
         allow_download=settings.allow_download,
         batch_size=settings.batch_size,
+        chunk_seconds=settings.chunk_seconds,
+        compile_decoder=settings.compile,
     )
+    if settings.compile:
+        engine.warm_up()
+    return engine
 
 
 class Daemon:

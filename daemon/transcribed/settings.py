@@ -54,7 +54,18 @@ class ModelSettings(BaseSettings):
         description="Word timing model (hub id or folder), e.g. Qwen/Qwen3-ForcedAligner-0.6B-hf; "
         "off by default.",
     )
-    batch_size: int = Field(default=8, ge=1, le=256, description="Chunks per model call.")
+    batch_size: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="Chunks each recording gathers per model call. On a GPU, calls merged "
+        "across recordings grow up to what free GPU memory holds.",
+    )
+    compile: bool = Field(
+        default=False,
+        description="Static KV cache and a compiled decoding step (CUDA only): faster once "
+        "warm; every batch shape is compiled at start, which takes minutes.",
+    )
     decode_timeout_seconds: float = Field(
         default=600.0,
         gt=0,
