@@ -2,6 +2,7 @@
 builds for `--synthetic-weights`."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -34,6 +35,9 @@ def test_bench_measures_a_backlog_end_to_end_on_the_cpu(folders, tiny_model, tmp
     assert len(list((tmp_path / "model" / "outbox").glob("*.json"))) == report["recordings"]
     assert len(list((tmp_path / "model" / "archive").iterdir())) == report["recordings"]
     assert report["pipeline_alone_times_real_time"] > report["times_real_time"]
+    assert report["batch_ceiling"] == report["batch_size"]  # the CPU: no GPU memory to fill
+    # The ffmpeg program's own time on the same files, where it is installed.
+    assert (report["ffmpeg_program_seconds"] is None) == (shutil.which("ffmpeg") is None)
     table = cli("bench", "--hours", "0.01", env=folders.env(tiny_model)).stdout
     assert "x real time" in table and "NOTE" not in table
 
