@@ -35,9 +35,6 @@ _GROW_AFTER = 20
 # fragmentation and what other programs on the GPU allocate later.
 _MEMORY_HEADROOM = 0.85
 MAX_GPU_BATCH = 256
-# Static KV caches are sized in steps of this many tokens, so nearly every batch has the
-# same shape and a compiled decoder is reused rather than compiled again.
-_CACHE_STEP = 256
 
 
 def token_budget(seconds: float) -> int:
@@ -267,11 +264,12 @@ class Engine:
             self.ceiling = self._limit = 1
             log.warning("model.batch_ceiling", ceiling=1, reason="out of memory while probing")
             return
-        per_chunk = max(two - one, 1)
+        marginal = max(two - one, 1)
+        per_chunk = marginal
         if not self._static_cache:  # a static cache is allocated whole by the probe itself
             per_chunk += self._kv_bytes_per_token() * token_budget(self._chunk_seconds)
         free, _total = torch.cuda.mem_get_info(device)
-        self.ceiling = self._limit = batch_ceiling(free, max(one - per_chunk, 0), per_chunk)
+        self.ceiling = self._limit = batch_ceiling(free, max(one - marginal, 0), per_chunk)
         log.info(
             "model.batch_ceiling",
             ceiling=self.ceiling,
@@ -280,15 +278,16 @@ class Engine:
         )
 
     def warm_up(self) -> None:
-        """Run every batch shape once with full-length chunks, so compiling (with a static
-        cache) happens now and not during the first recordings."""
+        """Run full-length chunks through the model before the first recording: with a
+        static cache every batch shape once, so compiling happens now."""
         chunk = np.zeros(self._samples(), np.float32)
         chunk[::97] = 0.05  # not silence: the model is asked
         shapes = batch_shapes(self._limit) if self._static_cache else [min(2, self._limit)]
         for index, size in enumerate(reversed(shapes)):
-            # The first call writes a whole chunk's budget: transformers keeps the longest
-            # static cache it has made, so every later batch fits in the same length.
-            tokens = token_budget(self._chunk_seconds) if index == 0 else 4
+            # The first static call asks for a whole chunk's budget: transformers keeps the
+            # longest static cache it has made, so every later batch fits in that length.
+            full = self._static_cache and index == 0
+            tokens = token_budget(self._chunk_seconds) if full else 4
             self._generate([chunk] * size, None, None, exact_tokens=tokens)
 
     def _samples(self) -> int:
@@ -363,7 +362,8 @@ class Engine:
     ) -> list[ChunkText]:
         rows = len(audio)
         if self._static_cache:  # pad with copies of the shortest chunk up to a compiled shape
-            shape = next(size for size in batch_shapes(self.ceiling) if size >= rows)
+            shapes = batch_shapes(max(self._limit, rows))  # within the limit: no new OOM
+            shape = next(size for size in shapes if size >= rows)
             audio = audio + [min(audio, key=len)] * (shape - rows)
         inputs = self._processor.apply_transcription_request(
             audio=audio,
