@@ -124,8 +124,10 @@ def test_an_out_of_memory_batch_is_halved_and_no_job_fails(folders, tiny_model, 
     try:
         daemon.wait_ready()
         names = [f"r{seed}.wav" for seed in range(4)]
+        # 22 s in 5 s chunks: each recording alone asks for a 4-chunk batch first, so the
+        # fault fires whether or not the jobs' calls happen to be merged.
         for seed, name in enumerate(names):
-            hidden = write_soundfile(folders.inbox / f".{name}", 12, RATE, "PCM_16", seed=seed)
+            hidden = write_soundfile(folders.inbox / f".{name}", 22, RATE, "PCM_16", seed=seed)
             hidden.rename(folders.inbox / name)
         daemon.wait_for(lambda: len(list(folders.archive.iterdir())) == 4, 120)
     finally:
