@@ -2,7 +2,9 @@
 
 import itertools
 import json
+import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -130,3 +132,42 @@ def test_shutdown_requeues_the_current_job_without_counting_it(setup, folders) -
     worker.step()
     job = jobs.get(job_id)
     assert (job.state, job.attempts) == (JobState.QUEUED, 0)
+
+
+def test_a_database_error_puts_back_only_this_workers_job(setup, folders, monkeypatch) -> None:
+    """Several workers share the queue: one whose database write fails must requeue its own
+    job, not the one another worker is transcribing at that moment."""
+    worker, jobs, work = setup
+    make = lambda path: write_soundfile(path, 2, 16000, "PCM_16", "FLAC")  # noqa: E731
+    elsewhere = _claim(jobs, work, "theirs.flac", make)
+    mine = _claim(jobs, work, "mine.flac", make)
+    other_worker = JobQueue(folders.state / "q.db").next_job()
+    assert other_worker is not None and other_worker.id == elsewhere
+    # The database fails to take the transcript, then to take the retry: the error reaches
+    # the worker's loop, which backs off and puts the job back.
+    for method in ("mark_published", "requeue"):
+        monkeypatch.setattr(jobs, method, _fails_once(getattr(jobs, method)))
+    worker.retry_seconds = 0.05
+    thread = threading.Thread(target=worker.run, kwargs={"idle_wait": 0.05})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while jobs.get(mine).state != JobState.DONE and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        worker.stop.set()
+        thread.join(30)
+    assert jobs.get(mine).state == JobState.DONE and jobs.get(mine).attempts == 1  # refunded
+    theirs = jobs.get(elsewhere)
+    assert theirs.state == JobState.RUNNING and theirs.attempts == 1  # left to its worker
+
+
+def _fails_once(method):
+    failures = iter([sqlite3.OperationalError("disk I/O error")])
+
+    def wrapped(*args, **kwargs):
+        if (error := next(failures, None)) is not None:
+            raise error
+        return method(*args, **kwargs)
+
+    return wrapped

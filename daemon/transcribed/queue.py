@@ -298,12 +298,14 @@ class JobQueue:
             (JobState.QUEUED, self._now() + delay, error, self._now(), int(refund), job_id),
         )
 
-    def recover_running(self, *, refund: bool) -> int:
-        """Attempts that were cut short go back to the queue; `refund` un-counts them (when the
-        cause was ours, e.g. the database could not be written)."""
+    def recover_running(self, *, refund: bool, job_id: int | None = None) -> int:
+        """Attempts that were cut short go back to the queue: every running one (at start), or
+        `job_id`'s if it is still running (while other workers' jobs run on); `refund`
+        un-counts them (when the cause was ours, e.g. the database could not be written)."""
         cursor = self._db.execute(
-            "UPDATE jobs SET state = ?, updated = ?, attempts = attempts - ? WHERE state = ?",
-            (JobState.QUEUED, self._now(), int(refund), JobState.RUNNING),
+            "UPDATE jobs SET state = ?, updated = ?, attempts = attempts - ?"
+            " WHERE state = ? AND (? IS NULL OR id = ?)",
+            (JobState.QUEUED, self._now(), int(refund), JobState.RUNNING, job_id, job_id),
         )
         return cursor.rowcount
 

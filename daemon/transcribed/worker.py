@@ -81,6 +81,7 @@ class Worker:
     job_scope: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
     wake_disposals: threading.Event | None = None
     _progress_written: float = 0.0
+    _last_job: int | None = None  # the job this worker last started (put back on a failure)
 
     def recover(self) -> None:
         """After a restart: requeue attempts a crash cut short (quarantining a file that has
@@ -107,6 +108,7 @@ class Worker:
         job = self.jobs.next_job()
         if job is None:
             return False
+        self._last_job = job.id
         self._process(job)
         return True
 
@@ -158,7 +160,8 @@ class Worker:
 
     def _wait_out_failure(self, error: BaseException | None, failures: int) -> bool:
         """Back off, then put back the job that was cut short: the failure was in our own
-        bookkeeping, not the file, so its attempt is refunded."""
+        bookkeeping, not the file, so its attempt is refunded. Only this worker's job: the
+        others' are still being transcribed."""
         delay = _backoff(self.retry_seconds, failures)
         if error is not None:
             log.error(
@@ -169,7 +172,8 @@ class Worker:
             )
         self.stop.wait(delay)
         with contextlib.suppress(sqlite3.Error):  # still broken: the next step waits again
-            self.jobs.recover_running(refund=True)
+            if self._last_job is not None:
+                self.jobs.recover_running(refund=True, job_id=self._last_job)
         return False
 
     def _process(self, job: Job) -> None:
