@@ -28,15 +28,11 @@ import numpy as np
 import soundfile
 
 from transcribed.batching import SharedRecognizer
-from transcribed.destinations import Destinations
-from transcribed.disposal import Disposer
-from transcribed.intake import Intake
 from transcribed.pipeline import Recognizer
 from transcribed.queue import JobQueue
-from transcribed.rules import Rules
-from transcribed.settings import ModelSettings
+from transcribed.settings import ModelSettings, Settings
 from transcribed.transcript import ChunkText, ModelInfo
-from transcribed.worker import Decoder, Worker
+from transcribed.worker import Decoder
 
 if TYPE_CHECKING:
     from transcribed.engine import Engine
@@ -197,27 +193,26 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-@dataclass
-class _Rig:
-    scratch: Path
-    inbox: Path
-    outbox: Path
-    archive: Path
-    work: Path
-    database: Path
-
-
-def _rig(scratch: Path) -> _Rig:
+def _rig(settings: ModelSettings, scratch: Path) -> Settings:
+    """The daemon's settings for a run in `scratch`: its own inbox, outbox, archive, failed
+    folder and job database; everything else (formats, chunking, decoder limits) as
+    configured. Files are taken at once and a failure is not retried."""
     folders = {name: scratch / name for name in ("inbox", "outbox", "archive", "failed", "state")}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
-    return _Rig(
-        scratch,
-        folders["inbox"],
-        folders["outbox"],
-        folders["archive"],
-        folders["inbox"] / ".transcribed-work",
-        folders["state"] / "jobs.sqlite3",
+    return Settings.model_validate(
+        settings.model_dump()
+        | {
+            "inbox": folders["inbox"],
+            "outbox": folders["outbox"],
+            "archive_dir": folders["archive"],
+            "failed_dir": folders["failed"],
+            "state_dir": folders["state"],
+            "disposal": "move",
+            "settle_seconds": 0.01,
+            "rescan_seconds": 3600,
+            "max_attempts": 1,
+        }
     )
 
 
@@ -243,7 +238,7 @@ def run_bench(
         progress("running the pipeline with no model (decode, chunk, queue, outputs)")
         copies = _copy_backlog(paths, scratch / "backlog-copy")
         alone = _transcribe_backlog(
-            settings, _rig(scratch / "no-model"), copies, NoModel(settings.batch_size), jobs_at_once
+            _rig(settings, scratch / "no-model"), copies, NoModel(settings.batch_size), jobs_at_once
         )
         progress("loading the model")
         started = time.perf_counter()
@@ -257,7 +252,7 @@ def run_bench(
             torch.cuda.reset_peak_memory_stats()
         timed = TimedRecognizer(engine)
         progress(f"transcribing {len(paths)} recordings ({audio_seconds / 3600:.2f} h)")
-        wall = _transcribe_backlog(settings, _rig(scratch / "model"), paths, timed, jobs_at_once)
+        wall = _transcribe_backlog(_rig(settings, scratch / "model"), paths, timed, jobs_at_once)
         gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     finally:
         if owned:
@@ -297,53 +292,22 @@ def _copy_backlog(paths: list[Path], folder: Path) -> list[Path]:
 
 
 def _transcribe_backlog(
-    settings: ModelSettings,
-    rig: _Rig,
-    paths: list[Path],
-    model: Recognizer,
-    jobs_at_once: int,
+    rig: Settings, paths: list[Path], model: Recognizer, jobs_at_once: int
 ) -> float:
-    """Drop the backlog into the inbox and run the daemon's parts until every transcript is
-    published and every original archived; wall seconds."""
-    from transcribed.service import make_decoder, make_outbox
+    """Drop the backlog into the inbox and run the daemon's parts, wired as the daemon
+    wires them, until every transcript is published and every original archived; wall
+    seconds."""
+    from transcribed.service import make_intake, make_worker
 
     stop = threading.Event()
     shared = SharedRecognizer(model, stop)
     wake = threading.Event()
-
-    def worker(jobs: JobQueue) -> Worker:
-        destinations = Destinations(
-            lambda formats: make_outbox(rig.outbox, settings, formats),
-            lambda policy: Disposer(jobs, rig.work, policy, rig.archive, rig.scratch / "failed"),
-        )
-        return Worker(
-            jobs=jobs,
-            work_dir=rig.work,
-            decoder=make_decoder(settings),
-            recognizer=shared,
-            rules=Rules(
-                [], inbox=rig.inbox, language=None, formats=("txt", "json"), disposal="move"
-            ),
-            destinations=destinations,
-            chunk_seconds=settings.chunk_seconds,
-            max_attempts=1,
-            stop=stop,
-            disposes=False,
-            job_scope=shared.job,
-            wake_disposals=wake,
-        )
-
-    workers = [worker(JobQueue(rig.database)) for _ in range(jobs_at_once)]
-    disposals = worker(JobQueue(rig.database))
-    intake = Intake(
-        inbox=rig.inbox,
-        work_dir=rig.work,
-        jobs=JobQueue(rig.database),
-        arrivals=queue.SimpleQueue(),
-        settle_seconds=0.01,
-        rescan_seconds=3600,
-    )
-    _warm_up_decoders([each.decoder for each in workers], rig.scratch)
+    workers = [
+        make_worker(rig, JobQueue(rig.database), shared, stop, wake) for _ in range(jobs_at_once)
+    ]
+    disposals = make_worker(rig, JobQueue(rig.database), shared, stop, wake)
+    intake = make_intake(rig, queue.SimpleQueue())
+    _warm_up_decoders([each.decoder for each in workers], rig.state_dir)
     started = time.perf_counter()
     for path in paths:
         path.rename(rig.inbox / path.name)
@@ -357,7 +321,9 @@ def _transcribe_backlog(
     for thread in threads:
         thread.start()
     try:
-        _wait_until(lambda: _archived(rig.archive) == len(paths), stop)
+        archive = rig.archive_dir
+        assert archive is not None  # _rig sets it: the backlog is moved there
+        _wait_until(lambda: _archived(archive) == len(paths), stop)
     finally:
         wall = time.perf_counter() - started
         stop.set()

@@ -15,6 +15,7 @@ import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -90,6 +91,62 @@ def make_outbox(
         formats=formats or tuple(settings.formats),
         mode=settings.output_mode,
         language_in_names=settings.language_in_names,
+    )
+
+
+def make_worker(
+    settings: Settings,
+    jobs: JobQueue,
+    model: SharedRecognizer,
+    stop: threading.Event,
+    wake_disposals: threading.Event,
+    *,
+    aligner: SerializedAligner | None = None,
+    on_finished: Callable[[Job, str], None] = lambda job, outcome: None,
+) -> Worker:
+    """A worker with its own database connection (one per thread) and decoder process,
+    wired as the daemon runs it (`bench` too): the disposal thread alone disposes."""
+    return Worker(
+        jobs=jobs,
+        work_dir=settings.work_dir,
+        decoder=make_decoder(settings),
+        recognizer=model,
+        rules=make_rules(settings),
+        destinations=make_destinations(settings, jobs),
+        chunk_seconds=settings.chunk_seconds,
+        max_attempts=settings.max_attempts,
+        retry_seconds=settings.retry_seconds,
+        aligner=aligner,
+        stop=stop,
+        on_finished=on_finished,
+        disposes=False,
+        job_scope=model.job,
+        wake_disposals=wake_disposals,
+    )
+
+
+def make_destinations(settings: Settings, jobs: JobQueue) -> Destinations:
+    return Destinations(
+        lambda formats: make_outbox(settings.outbox, settings, formats),
+        lambda policy: Disposer(
+            jobs,
+            settings.work_dir,
+            policy,
+            settings.archive_dir,
+            settings.failed_dir,
+            settings.output_mode,
+        ),
+    )
+
+
+def make_intake(settings: Settings, arrivals: "queue.SimpleQueue[str]") -> Intake:
+    return Intake(
+        inbox=settings.inbox,
+        work_dir=settings.work_dir,
+        jobs=JobQueue(settings.database),  # its own connection: it runs in its own thread
+        arrivals=arrivals,
+        settle_seconds=settings.settle_seconds,
+        rescan_seconds=settings.rescan_seconds,
     )
 
 
@@ -169,35 +226,19 @@ class Daemon:
         # The disposal thread: the only one that disposes, so two never race on one original.
         self._disposals = self._make_worker(settings, self._jobs, None)
         self._hooks = Hooks(settings.on_done, settings.on_failed, settings.hook_timeout_seconds)
-        self._intake = Intake(
-            inbox=settings.inbox,
-            work_dir=settings.work_dir,
-            jobs=JobQueue(settings.database),  # its own connection: it runs in its own thread
-            arrivals=self._arrivals,
-            settle_seconds=settings.settle_seconds,
-            rescan_seconds=settings.rescan_seconds,
-        )
+        self._intake = make_intake(settings, self._arrivals)
 
     def _make_worker(
         self, settings: Settings, jobs: JobQueue, aligner: SerializedAligner | None
     ) -> Worker:
-        """A worker with its own database connection (one per thread) and decoder process."""
-        return Worker(
-            jobs=jobs,
-            work_dir=settings.work_dir,
-            decoder=make_decoder(settings),
-            recognizer=self._model,
-            rules=make_rules(settings),
-            destinations=self._destinations(settings, jobs),
-            chunk_seconds=settings.chunk_seconds,
-            max_attempts=settings.max_attempts,
-            retry_seconds=settings.retry_seconds,
+        return make_worker(
+            settings,
+            jobs,
+            self._model,
+            self.stop,
+            self._wake_disposals,
             aligner=aligner,
-            stop=self.stop,
             on_finished=self._job_finished,
-            disposes=False,
-            job_scope=self._model.job,
-            wake_disposals=self._wake_disposals,
         )
 
     @property
@@ -210,19 +251,6 @@ class Daemon:
         if not failed and not job.outputs:
             return  # a duplicate: its transcript is the original's, which had its own hook
         self._hooks.submit(HookCall("failed" if failed else "done", job.id, hook_environment(job)))
-
-    def _destinations(self, settings: Settings, jobs: JobQueue) -> Destinations:
-        return Destinations(
-            lambda formats: make_outbox(settings.outbox, settings, formats),
-            lambda policy: Disposer(
-                jobs,
-                settings.work_dir,
-                policy,
-                settings.archive_dir,
-                settings.failed_dir,
-                settings.output_mode,
-            ),
-        )
 
     def run(self) -> int:
         self._disposals.recover()
@@ -335,7 +363,7 @@ class Daemon:
         self.settings = self.settings.model_copy(update=live)
         for worker in self._all_workers:
             worker.rules = make_rules(self.settings)
-            worker.destinations = self._destinations(self.settings, worker.jobs)
+            worker.destinations = make_destinations(self.settings, worker.jobs)
             worker.max_attempts = self.settings.max_attempts
             worker.retry_seconds = self.settings.retry_seconds
             worker.chunk_seconds = self.settings.chunk_seconds
