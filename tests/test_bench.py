@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from running import cli
+from transcribed.bench import ffmpeg_program_seconds
 from transcribed.synthetic import FULL_SIZES, _config, _tokenizer
 
 
@@ -53,3 +54,13 @@ def test_synthetic_weights_have_the_published_size(size: str, billions: float) -
         model = Qwen3ASRForConditionalGeneration(config)
     count = sum(p.numel() for p in model.parameters()) / 1e9
     assert count == pytest.approx(billions, rel=0.1)
+
+
+def test_an_ffmpeg_that_fails_on_the_files_gives_no_baseline(tmp_path, monkeypatch) -> None:
+    """A broken ffmpeg must not stop the bench, nor count as a (too fast) baseline."""
+    broken = tmp_path / "bin" / "ffmpeg"
+    broken.parent.mkdir()
+    broken.write_text("#!/bin/sh\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("PATH", str(broken.parent))
+    assert ffmpeg_program_seconds([tmp_path / "a.ogg"]) is None

@@ -155,7 +155,8 @@ def decode_only_seconds(paths: list[Path]) -> tuple[float, float]:
 
 def ffmpeg_program_seconds(paths: list[Path]) -> float | None:
     """Wall seconds for the `ffmpeg` program to decode every file (`-f null`: decode and
-    discard), one process per core; None when it is not installed."""
+    discard), one process per core; None when it is not installed or fails on a file (a
+    baseline that did not decode everything would flatter the pipeline)."""
     import subprocess
     from concurrent.futures import ThreadPoolExecutor
 
@@ -169,7 +170,10 @@ def ffmpeg_program_seconds(paths: list[Path]) -> float | None:
 
     with ThreadPoolExecutor(_cores()) as pool:
         started = time.perf_counter()
-        list(pool.map(decode, paths))
+        try:
+            list(pool.map(decode, paths))
+        except (OSError, subprocess.CalledProcessError):
+            return None
         return time.perf_counter() - started
 
 
@@ -394,7 +398,7 @@ def render(report: BenchReport) -> str:
 def _program(report: BenchReport) -> str:
     seconds = report.ffmpeg_program_seconds
     if seconds is None:
-        return "not installed (install ffmpeg for this baseline)"
+        return "n/a (ffmpeg not installed, or it failed on these files)"
     return f"{report.audio_seconds / seconds:,.1f}x real time (ffmpeg -f null, 1 per core)"
 
 
