@@ -1,15 +1,24 @@
 """The durable job queue: one SQLite row per file dropped into the inbox.
 
 States and what each guarantees:
-  claiming  -> the file is being renamed out of the inbox; after a crash, `recover_claims`
-               finishes the claim (work file present) or forgets it (file never moved).
+  claiming  -> the file is being renamed out of the inbox (or adopted from the work folder)
+               and hashed; after a crash, `recover_claims` finishes the claim (work file
+               present) or forgets it (file never moved).
   queued    -> the original sits in the work folder, waiting (not before `not_before`).
   running   -> an attempt has started; the attempt was counted in the same transaction,
                so a file that kills the daemon is eventually quarantined, not retried forever.
   published -> its transcript is durable in the outbox; only disposal is left.
-  duplicate -> same content as job `duplicate_of`; disposed once that one is published.
-  done      -> transcript durable and original disposed.
-  failed    -> permanently failed; the original is in failed_dir with a reason file.
+  duplicate -> waits for job `duplicate_of`: the same name and content dropped again (disposed
+               of, adding nothing, once that one is published), or the same content under
+               another name while that one is being transcribed (then queued again, to
+               publish its own transcript from that one's result without a model run).
+  done      -> transcript durable and original disposed (verified).
+  failed    -> permanently failed; the original is in failed_dir with a reason file (or, when
+               it vanished from the work folder, the reason file alone says so).
+
+The disk is the truth and this database its index (DESIGN I5): `reconcile` compares the two.
+Waits are wall-clock times in the database, so a clock that was far ahead and is corrected
+would hold jobs for as long: a wait further away than the longest backoff counts as due.
 """
 
 import dataclasses
@@ -18,7 +27,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +61,12 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, id);
 CREATE INDEX IF NOT EXISTS jobs_by_sha ON jobs(sha256);
+-- Inbox files not taken yet, and why (incomplete, stalled, cannot be claimed): for `status`.
+CREATE TABLE IF NOT EXISTS waiting (
+    relpath BLOB PRIMARY KEY,
+    reason  TEXT NOT NULL,
+    since   REAL NOT NULL
+);
 """
 
 
@@ -65,6 +80,18 @@ _ADDED_COLUMNS = {
     "processing_seconds": "REAL",
     "progress_seconds": "REAL",
     "expected_seconds": "REAL",
+    # What the model is asked (model, forced language, context), as a key: the model runs once
+    # per content and request; another name with the same content reuses the result.
+    "request": "TEXT",
+    # Consecutive transient failures (disk full, I/O errors): they do not count as attempts
+    # (not the file's fault) but double the wait each time.
+    "transient_failures": "INTEGER NOT NULL DEFAULT 0",
+    # Set when the file was taken although it never finished (a recorder that crashed): why.
+    "incomplete": "TEXT",
+    # When an irreversible disposal step began (link, unlink, overwrite): from then on a
+    # missing work file may be our own doing, which the disposer verifies.
+    "disposal_started": "REAL",
+    "progress_at": "REAL",  # running: when progress was last written (a stalled job shows)
 }
 
 
@@ -72,6 +99,8 @@ class FailureKind(enum.StrEnum):
     UNREADABLE = "unreadable"  # not usable audio: failed at once
     GAVE_UP = "gave_up"  # crashed, hung or errored on every attempt
     KILLS_DAEMON = "kills_daemon"  # the daemon died during every attempt
+    VANISHED = "vanished"  # the original left the work folder without us (inbox replaced…)
+    UNWRITABLE = "unwritable"  # its transcript can never be written where the rules put it
 
 
 class JobState(enum.StrEnum):
@@ -84,8 +113,14 @@ class JobState(enum.StrEnum):
     FAILED = "failed"
 
 
-# States whose content is, or will be, transcribed: a new copy of that content is a duplicate.
+# States whose content is, or will be, transcribed: the same name and content is a duplicate.
 _LIVE = (JobState.QUEUED, JobState.RUNNING, JobState.PUBLISHED, JobState.DONE)
+# States whose original is (or should be) in the work folder.
+IN_WORK_FOLDER = (JobState.QUEUED, JobState.RUNNING, JobState.PUBLISHED, JobState.DUPLICATE)
+# Work names of jobs indexed from the disk (a rebuilt database) that hold no original.
+INDEXED_PREFIX = "indexed-"
+# A stored wait further away than this is a clock that was wrong when it was stored.
+LONGEST_WAIT_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -110,13 +145,19 @@ class Job:
     progress_seconds: float | None = None
     expected_seconds: float | None = None
     updated: float = 0.0
+    request: str | None = None
+    transient_failures: int = 0
+    incomplete: str | None = None
+    disposal_started: float | None = None
+    progress_at: float | None = None
+    not_before: float = 0.0
 
 
 class JobQueue:
     """One connection. Use each JobQueue from one thread at a time (it may be created in another
     and handed over); every method commits before it returns."""
 
-    def __init__(self, database: Path) -> None:
+    def __init__(self, database: Path, clock: Callable[[], float] = time.time) -> None:
         self._db = sqlite3.connect(
             database, isolation_level=None, timeout=30, check_same_thread=False
         )
@@ -127,7 +168,7 @@ class JobQueue:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
         self._migrate()
-        self._now = time.time
+        self._now = clock
 
     def _migrate(self) -> None:
         """Bring a database written by an older version up to this schema."""
@@ -156,6 +197,16 @@ class JobQueue:
         """Raise if the database does not answer."""
         self._db.execute("SELECT 1").fetchone()
 
+    def check(self) -> str:
+        """SQLite's quick integrity check: "ok", or what is wrong."""
+        return str(self._db.execute("PRAGMA quick_check").fetchone()[0])
+
+    def is_empty(self) -> bool:
+        """True for a database that has never held a job (new, or lost and recreated)."""
+        return self._db.execute("SELECT 1 FROM jobs LIMIT 1").fetchone() is None
+
+    # --- claims ---------------------------------------------------------------------------
+
     def begin_claim(self, relpath: bytes, work_name: str) -> int:
         """Record the intent to move `relpath` to `work_name` before the rename happens."""
         now = self._now()
@@ -167,44 +218,130 @@ class JobQueue:
         faults.point("db.claiming")
         return cursor.lastrowid
 
-    def finish_claim(self, job_id: int, sha256: str, size: int) -> Job:
-        """The file is in the work folder: queue it, or mark it a duplicate of a live job."""
+    def adopt(self, relpath: bytes, work_name: str) -> int:
+        """A work file with no live job (the database was lost, or is older than the file):
+        claim it where it lies. A finished job's row that still names the file gives the
+        name up, so the new claim can hold it."""
         with self._transaction() as db:
-            original = db.execute(
-                # Only "?" placeholders are interpolated into the statement.
-                f"SELECT id FROM jobs WHERE sha256 = ? AND id != ? AND state IN ({_marks(_LIVE)})"  # noqa: S608
-                " ORDER BY id LIMIT 1",
-                (sha256, job_id, *_LIVE),
-            ).fetchone()
-            state = JobState.DUPLICATE if original else JobState.QUEUED
             db.execute(
-                "UPDATE jobs SET state = ?, sha256 = ?, size = ?, duplicate_of = ?, updated = ?"
-                " WHERE id = ?",
-                (state, sha256, size, original["id"] if original else None, self._now(), job_id),
+                "UPDATE jobs SET work_name = work_name || '#' || id"  # noqa: S608 ("?" only)
+                f" WHERE work_name = ? AND state IN ({_marks(_FINISHED)})",
+                (work_name, *_FINISHED),
             )
-        faults.point(f"db.{state}")
-        return self.get(job_id)
+            return self.begin_claim(relpath, work_name)
+
+    def finish_claim(self, job_id: int, sha256: str, size: int) -> Job:
+        """The file is in the work folder and hashed: queue it, or, when the same name with
+        the same content is already live, mark it a duplicate that adds nothing (or, when
+        that one is a transcript indexed from the disk whose original was missing, this file
+        is that original: one job, whose disposal is now due). Repeating it (a claim
+        finished twice after a crash) changes nothing."""
+        with self._transaction() as db:
+            claim = db.execute(
+                "SELECT relpath, work_name FROM jobs WHERE id = ? AND state = ?",
+                (job_id, JobState.CLAIMING),
+            ).fetchone()
+            if claim is not None:
+                job_id = self._queue_claimed(db, job_id, claim, sha256, size)
+        job = self.get(job_id)
+        faults.point(f"db.{job.state}")
+        return job
+
+    def _queue_claimed(
+        self, db: sqlite3.Connection, job_id: int, claim: sqlite3.Row, sha256: str, size: int
+    ) -> int:
+        original = db.execute(
+            # Only "?" placeholders are interpolated into the statement.
+            f"SELECT id, work_name FROM jobs WHERE sha256 = ? AND relpath = ? AND id != ?"  # noqa: S608
+            f" AND state IN ({_marks(_LIVE)}) ORDER BY id LIMIT 1",
+            (sha256, claim["relpath"], job_id, *_LIVE),
+        ).fetchone()
+        now = self._now()
+        if original is not None and original["work_name"].startswith(INDEXED_PREFIX):
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            db.execute(
+                "UPDATE jobs SET state = ?, work_name = ?, size = ?, updated = ?, not_before = 0"
+                " WHERE id = ?",
+                (JobState.PUBLISHED, claim["work_name"], size, now, original["id"]),
+            )
+            return int(original["id"])
+        state = JobState.DUPLICATE if original else JobState.QUEUED
+        db.execute(
+            "UPDATE jobs SET state = ?, sha256 = ?, size = ?, duplicate_of = ?, updated = ?,"
+            " not_before = ? WHERE id = ?",
+            (state, sha256, size, original["id"] if original else None, now, now, job_id),
+        )
+        return job_id
 
     def abandon_claim(self, job_id: int) -> None:
         """The rename never happened: forget the intent."""
         self._db.execute("DELETE FROM jobs WHERE id = ? AND state = ?", (job_id, JobState.CLAIMING))
 
+    def mark_incomplete(self, job_id: int, reason: str) -> None:
+        """The file was taken although it never finished: transcribe what decodes, say so."""
+        self._db.execute("UPDATE jobs SET incomplete = ? WHERE id = ?", (reason, job_id))
+
+    # --- running --------------------------------------------------------------------------
+
     def next_job(self) -> Job | None:
-        """Start the oldest due queued job: it becomes running and its attempt is counted, in
-        one committed transaction before any work starts."""
+        """Start the due queued job that has waited longest (arrival order; a job that failed
+        goes behind the others): it becomes running and its attempt is counted, in one
+        committed transaction before any work starts."""
+        now = self._now()
         with self._transaction() as db:
             rows = db.execute(
-                "UPDATE jobs SET state = ?, attempts = attempts + 1, updated = ?, started = ?,"
-                " progress_seconds = 0, expected_seconds = NULL"
-                " WHERE id = (SELECT id FROM jobs WHERE state = ? AND not_before <= ?"
-                "             ORDER BY id LIMIT 1)"
+                "UPDATE jobs SET state = ?, attempts = attempts + 1, updated = ?, started = ?,"  # noqa: S608
+                " progress_seconds = 0, expected_seconds = NULL, progress_at = ?"
+                " WHERE id = (SELECT id FROM jobs WHERE state = ?"
+                f" AND {_due()} ORDER BY {_TURN}, id LIMIT 1)"
                 " RETURNING *",
-                (JobState.RUNNING, self._now(), self._now(), JobState.QUEUED, self._now()),
+                (JobState.RUNNING, now, now, now, JobState.QUEUED, *_due_args(now), now),
             ).fetchall()  # all rows read: the statement is finished before COMMIT
         if not rows:
             return None
         faults.point("db.running", os.fsdecode(bytes(rows[0]["relpath"])))
         return _job(rows[0])
+
+    def start_request(self, job_id: int, request: str) -> Job | None:
+        """Record what the model will be asked for this running job, and find a job with the
+        same content and request: one with a published result to reuse (returned), or one
+        being transcribed right now (returned, and this job becomes its duplicate, its attempt
+        refunded, until that one finishes). One transaction, so two jobs of the same content
+        starting at once never both run the model."""
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET request = ? WHERE id = ?", (request, job_id))
+            row = db.execute(
+                "SELECT t.* FROM jobs t JOIN jobs j ON j.id = ? AND t.sha256 = j.sha256"
+                " WHERE t.request = ? AND t.id != j.id AND ("
+                "   t.state = ? OR (t.state IN (?, ?) AND t.outputs IS NOT NULL))"
+                " ORDER BY t.state = ?, t.id LIMIT 1",
+                (
+                    job_id,
+                    request,
+                    JobState.RUNNING,
+                    JobState.PUBLISHED,
+                    JobState.DONE,
+                    JobState.RUNNING,
+                ),
+            ).fetchone()
+            waits = row is not None and row["state"] == JobState.RUNNING
+            if waits:
+                db.execute(
+                    "UPDATE jobs SET state = ?, duplicate_of = ?, attempts = attempts - 1,"
+                    " updated = ? WHERE id = ?",
+                    (JobState.DUPLICATE, row["id"], self._now(), job_id),
+                )
+        if waits:
+            faults.point("db.duplicate")
+        return _job(row) if row is not None else None
+
+    def record_progress(self, job_id: int, done: float, expected: float | None) -> None:
+        """Audio seconds transcribed so far, for `transcribed status`; not a durable step."""
+        self._db.execute(
+            "UPDATE jobs SET progress_seconds = ?, expected_seconds = ?, progress_at = ?"
+            " WHERE id = ?",
+            (done, expected, self._now(), job_id),
+        )
 
     def mark_published(
         self, job_id: int, outputs: list[str], audio_seconds: float, processing_seconds: float
@@ -218,14 +355,42 @@ class JobQueue:
             audio_seconds=audio_seconds,
             processing_seconds=processing_seconds,
             finished=self._now(),
+            transient_failures=0,
+            not_before=0,
         )
 
-    def record_progress(self, job_id: int, done: float, expected: float | None) -> None:
-        """Audio seconds transcribed so far, for `transcribed status`; not a durable step."""
+    def requeue(
+        self, job_id: int, delay: float, error: str | None, *, refund: bool, transient: bool = False
+    ) -> None:
+        """Back to the queue after `delay` seconds, behind the jobs already waiting; `refund`
+        un-counts an attempt that was not the file's fault (shutdown, out of memory, disk
+        full), and `transient` counts it among the consecutive transient failures."""
         self._db.execute(
-            "UPDATE jobs SET progress_seconds = ?, expected_seconds = ? WHERE id = ?",
-            (done, expected, job_id),
+            "UPDATE jobs SET state = ?, not_before = ?, error = ?, updated = ?,"
+            " attempts = attempts - ?, transient_failures = transient_failures + ? WHERE id = ?",
+            (
+                JobState.QUEUED,
+                self._now() + delay,
+                error,
+                self._now(),
+                int(refund),
+                int(transient),
+                job_id,
+            ),
         )
+
+    def recover_running(self, *, refund: bool, job_id: int | None = None) -> int:
+        """Attempts that were cut short go back to the queue: every running one (at start), or
+        `job_id`'s if it is still running (while other workers' jobs run on); `refund`
+        un-counts them (when the cause was ours, e.g. the database could not be written)."""
+        cursor = self._db.execute(
+            "UPDATE jobs SET state = ?, updated = ?, attempts = attempts - ?"
+            " WHERE state = ? AND (? IS NULL OR id = ?)",
+            (JobState.QUEUED, self._now(), int(refund), JobState.RUNNING, job_id, job_id),
+        )
+        return cursor.rowcount
+
+    # --- disposal -------------------------------------------------------------------------
 
     def record_disposal_target(self, job_id: int, target: str) -> None:
         """Remember where the original is being moved, so a retry after a crash reuses it."""
@@ -235,13 +400,160 @@ class JobQueue:
         )
         faults.point("db.disposal_target")
 
+    def record_disposal_start(self, job_id: int) -> None:
+        """An irreversible disposal step is about to happen to this job's work file."""
+        self._db.execute(
+            "UPDATE jobs SET disposal_started = COALESCE(disposal_started, ?) WHERE id = ?",
+            (self._now(), job_id),
+        )
+
     def mark_done(self, job_id: int) -> None:
-        """The original has been disposed of; nothing is left to do for this file."""
+        """The original has been disposed of (verified); nothing is left to do for this file."""
         self._set(job_id, JobState.DONE)
 
-    def mark_failed(self, job_id: int, error: str, kind: FailureKind) -> None:
-        """Permanently failed; the original has been moved to failed_dir."""
-        self._set(job_id, JobState.FAILED, error=error, failure_kind=kind, finished=self._now())
+    def mark_failed(
+        self,
+        job_id: int,
+        error: str,
+        kind: FailureKind,
+        only_from: tuple[JobState, ...] | None = None,
+    ) -> bool:
+        """Permanently failed; the original has been moved to failed_dir (or vanished). With
+        `only_from`, only a job still in one of those states (another thread may have taken
+        it meanwhile); True when the job is now failed by this call."""
+        states = only_from or tuple(JobState)
+        cursor = self._db.execute(
+            "UPDATE jobs SET state = ?, updated = ?, error = ?, failure_kind = ?, finished = ?"  # noqa: S608
+            f" WHERE id = ? AND state IN ({_marks(states)})",
+            (JobState.FAILED, self._now(), error, kind, self._now(), job_id, *states),
+        )
+        faults.point("db.failed")
+        return cursor.rowcount == 1
+
+    def defer_disposal(self, job_id: int, delay: float, error: str) -> None:
+        """Disposal failed (archive full, unwritable…): try again after `delay` seconds."""
+        self._db.execute(
+            "UPDATE jobs SET not_before = ?, error = ?, disposal_failures = disposal_failures + 1,"
+            " updated = ? WHERE id = ?",
+            (self._now() + delay, error, self._now(), job_id),
+        )
+
+    def disposals_due(self) -> list[Job]:
+        """Originals that may be disposed of now: their own transcript is durable (published),
+        or they are the same name and content as one whose transcript is; minus those
+        waiting after a failure."""
+        now = self._now()
+        rows = self._db.execute(
+            "SELECT j.* FROM jobs j LEFT JOIN jobs o ON o.id = j.duplicate_of"  # noqa: S608
+            f" WHERE {_due('j.')} AND (j.state = ?"
+            "   OR (j.state = ? AND o.state IN (?, ?) AND o.relpath = j.relpath))"
+            " ORDER BY j.id",
+            (
+                *_due_args(now),
+                JobState.PUBLISHED,
+                JobState.DUPLICATE,
+                JobState.PUBLISHED,
+                JobState.DONE,
+            ),
+        )
+        return [_job(row) for row in rows]
+
+    def release_duplicates(self) -> int:
+        """Duplicates whose wait is over go back to the queue: those whose job failed or was
+        forgotten (a chance of their own), and those under another name whose job now has a
+        published result (to publish their own transcript from it)."""
+        now = self._now()
+        orphans = self._db.execute(
+            "UPDATE jobs SET state = ?, duplicate_of = NULL, updated = ?, not_before = ?"
+            " WHERE state = ? AND (duplicate_of IS NULL"
+            "   OR duplicate_of IN (SELECT id FROM jobs WHERE state = ?))",
+            (JobState.QUEUED, now, now, JobState.DUPLICATE, JobState.FAILED),
+        ).rowcount
+        ready = self._db.execute(
+            "UPDATE jobs SET state = ?, updated = ?, not_before = ?"
+            " WHERE state = ? AND EXISTS (SELECT 1 FROM jobs o WHERE o.id = jobs.duplicate_of"
+            "   AND o.state IN (?, ?) AND o.relpath != jobs.relpath)",
+            (JobState.QUEUED, now, now, JobState.DUPLICATE, JobState.PUBLISHED, JobState.DONE),
+        ).rowcount
+        return orphans + ready
+
+    # --- reconciling with the disk --------------------------------------------------------
+
+    def in_work_folder(self) -> list[Job]:
+        """Jobs whose original should be in the work folder (claims in flight excluded)."""
+        rows = self._db.execute(
+            f"SELECT * FROM jobs WHERE state IN ({_marks(IN_WORK_FOLDER)})",  # noqa: S608
+            IN_WORK_FOLDER,
+        )
+        return [_job(row) for row in rows]
+
+    def make_due(self, job_id: int) -> None:
+        """Whatever this job waits for, it is due now (its recording vanished: say so soon)."""
+        self._db.execute("UPDATE jobs SET not_before = 0 WHERE id = ?", (job_id,))
+
+    def holds_work_name(self, work_name: str) -> bool:
+        """True when a claim in flight or a live job owns this work file."""
+        live = (JobState.CLAIMING, *IN_WORK_FOLDER)
+        row = self._db.execute(
+            f"SELECT 1 FROM jobs WHERE work_name = ? AND state IN ({_marks(live)})",  # noqa: S608
+            (work_name, *live),
+        ).fetchone()
+        return row is not None
+
+    def add_finished(self, job: Job) -> int:
+        """Index a job found on disk (a published transcript, a failed recording) when the
+        database is rebuilt: its state, name, content and files, as found."""
+        values = {
+            name: getattr(job, name)
+            for name in (
+                "sha256",
+                "size",
+                "error",
+                "failure_kind",
+                "audio_seconds",
+                "finished",
+                "request",
+            )
+        }
+        cursor = self._db.execute(
+            "INSERT INTO jobs (state, relpath, work_name, outputs, disposed_to, created, updated,"  # noqa: S608
+            f" {', '.join(values)}) VALUES (?, ?, ?, ?, ?, ?, ?, {_marks(tuple(values))})",
+            (
+                job.state,
+                job.relpath,
+                job.work_name,
+                json.dumps(list(job.outputs)) if job.outputs else None,
+                os.fsencode(job.disposed_to) if job.disposed_to else None,
+                self._now(),
+                self._now(),
+                *values.values(),
+            ),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    # --- files waiting in the inbox -------------------------------------------------------
+
+    def set_waiting(self, relpath: bytes, reason: str, since: float) -> None:
+        self._db.execute(
+            "INSERT INTO waiting (relpath, reason, since) VALUES (?, ?, ?)"
+            " ON CONFLICT (relpath) DO UPDATE SET reason = excluded.reason",
+            (relpath, reason, since),
+        )
+
+    def clear_waiting(self, relpath: bytes | None = None) -> None:
+        """Forget one waiting file, or (None) all: at start, the rescan finds them again."""
+        if relpath is None:
+            self._db.execute("DELETE FROM waiting")
+        else:
+            self._db.execute("DELETE FROM waiting WHERE relpath = ?", (relpath,))
+
+    def waiting(self) -> list[tuple[bytes, str, float]]:
+        """(relpath, reason, since) of each inbox file not taken yet, longest waiting first."""
+        rows = self._db.execute("SELECT relpath, reason, since FROM waiting ORDER BY since")
+        return [(bytes(row["relpath"]), row["reason"], row["since"]) for row in rows]
+
+    # --- operators ------------------------------------------------------------------------
 
     def forget(self, job_id: int) -> Job:
         """Delete a finished (done or failed) job's row, so the same content is transcribed
@@ -274,6 +586,23 @@ class JobQueue:
         ).fetchone()
         return int(row["n"]), float(row["audio"]), float(row["busy"])
 
+    def backlog_bytes(self) -> tuple[int, int]:
+        """(bytes, recordings) of the jobs waiting to be transcribed or running."""
+        row = self._db.execute(
+            "SELECT TOTAL(size) AS bytes, COUNT(*) AS n FROM jobs WHERE state IN (?, ?, ?)",
+            (JobState.QUEUED, JobState.RUNNING, JobState.CLAIMING),
+        ).fetchone()
+        return int(row["bytes"]), int(row["n"])
+
+    def throughput_since(self, since: float) -> tuple[int, float | None]:
+        """(bytes published since `since`, when the earliest of those jobs started)."""
+        row = self._db.execute(
+            "SELECT TOTAL(size) AS bytes, MIN(started) AS first FROM jobs"
+            " WHERE finished >= ? AND audio_seconds IS NOT NULL",
+            (since,),
+        ).fetchone()
+        return int(row["bytes"]), row["first"]
+
     def last_finished(self) -> Job | None:
         """The job whose transcript was published, or which failed, most recently."""
         row = self._db.execute(
@@ -289,64 +618,9 @@ class JobQueue:
         )
         return {row["kind"]: row["n"] for row in rows}
 
-    def requeue(self, job_id: int, delay: float, error: str | None, *, refund: bool) -> None:
-        """Back to the queue after `delay` seconds; `refund` un-counts an attempt that was not
-        the file's fault (shutdown, out of memory, disk full)."""
-        self._db.execute(
-            "UPDATE jobs SET state = ?, not_before = ?, error = ?, updated = ?,"
-            " attempts = attempts - ? WHERE id = ?",
-            (JobState.QUEUED, self._now() + delay, error, self._now(), int(refund), job_id),
-        )
-
-    def recover_running(self, *, refund: bool, job_id: int | None = None) -> int:
-        """Attempts that were cut short go back to the queue: every running one (at start), or
-        `job_id`'s if it is still running (while other workers' jobs run on); `refund`
-        un-counts them (when the cause was ours, e.g. the database could not be written)."""
-        cursor = self._db.execute(
-            "UPDATE jobs SET state = ?, updated = ?, attempts = attempts - ?"
-            " WHERE state = ? AND (? IS NULL OR id = ?)",
-            (JobState.QUEUED, self._now(), int(refund), JobState.RUNNING, job_id, job_id),
-        )
-        return cursor.rowcount
-
-    def defer_disposal(self, job_id: int, delay: float, error: str) -> None:
-        """Disposal failed (archive full, unwritable…): try again after `delay` seconds."""
-        self._db.execute(
-            "UPDATE jobs SET not_before = ?, error = ?, disposal_failures = disposal_failures + 1,"
-            " updated = ? WHERE id = ?",
-            (self._now() + delay, error, self._now(), job_id),
-        )
-
     def in_state(self, state: JobState) -> list[Job]:
         rows = self._db.execute("SELECT * FROM jobs WHERE state = ? ORDER BY id", (state,))
         return [_job(row) for row in rows]
-
-    def disposals_due(self) -> list[Job]:
-        """Originals that may be disposed of now: their own transcript is durable (published),
-        or they duplicate one whose transcript is; minus those waiting after a failure."""
-        rows = self._db.execute(
-            "SELECT j.* FROM jobs j LEFT JOIN jobs o ON o.id = j.duplicate_of"
-            " WHERE j.not_before <= ? AND (j.state = ?"
-            "   OR (j.state = ? AND o.state IN (?, ?)))"
-            " ORDER BY j.id",
-            (
-                self._now(),
-                JobState.PUBLISHED,
-                JobState.DUPLICATE,
-                JobState.PUBLISHED,
-                JobState.DONE,
-            ),
-        )
-        return [_job(row) for row in rows]
-
-    def orphan_duplicates(self) -> int:
-        """Duplicates whose original failed get a chance of their own."""
-        cursor = self._db.execute(
-            "UPDATE jobs SET state = ?, duplicate_of = NULL, updated = ?"
-            " WHERE state = ? AND duplicate_of IN (SELECT id FROM jobs WHERE state = ?)",
-            (JobState.QUEUED, self._now(), JobState.DUPLICATE, JobState.FAILED),
-        )
-        return cursor.rowcount
 
     def get(self, job_id: int) -> Job:
         row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -365,6 +639,31 @@ class JobQueue:
             (state, self._now(), *columns.values(), job_id),
         )
         faults.point(f"db.{state}")
+
+
+def is_damaged(error: sqlite3.Error) -> bool:
+    """True when SQLite says the file is not a (sound) database, rather than unreachable."""
+    return getattr(error, "sqlite_errorcode", None) in (
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_NOTADB,
+    )
+
+
+_FINISHED = (JobState.DONE, JobState.FAILED)
+
+
+def _due(table: str = "") -> str:
+    """Due: the wait is over, or it is implausibly far away (stored while the clock was wrong).
+    Takes the two values of `_due_args`."""
+    return f"({table}not_before <= ? OR {table}not_before > ?)"
+
+
+# Whose turn: a wait stored under a wrong clock sorts as if it had never waited.
+_TURN = "CASE WHEN not_before > ? THEN 0 ELSE not_before END"
+
+
+def _due_args(now: float) -> tuple[float, float]:
+    return now, now + LONGEST_WAIT_SECONDS
 
 
 def _text(value: bytes | str | None) -> str | None:
