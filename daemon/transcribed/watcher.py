@@ -4,6 +4,7 @@ Handlers only hand a relative path on and never raise: an exception in a watchdo
 kills its observer thread, and a full rescan covers whatever events are lost.
 """
 
+import contextlib
 import os
 import queue
 from collections.abc import Callable, Iterator
@@ -125,7 +126,18 @@ class ObserverSupervisor:
         if self.observer.is_alive() or not self._restart:
             return False
         log.warning("watch.observer_died_restarting", restarts=self.restarts + 1)
-        self.observer = start_observer(*self._args)
+        return self.restart()
+
+    def restart(self) -> bool:
+        """A new observer (the inbox folder was replaced: the old one watches the old
+        folder); False when the inbox cannot be watched now (tried again later)."""
+        with contextlib.suppress(Exception):
+            self.observer.stop()
+        try:
+            self.observer = start_observer(*self._args)
+        except OSError as error:  # the inbox is gone right now
+            log.warning("watch.cannot_start", error=str(error))
+            return False
         self.restarts += 1
         self._request_rescan()
         return True
