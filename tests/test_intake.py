@@ -4,15 +4,19 @@ import contextlib
 import os
 import queue
 import shutil
+import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from recordings import write_soundfile
+from transcribed import intake as intake_module
 from transcribed.intake import Intake, recover_claims
 from transcribed.queue import JobQueue, JobState
 from transcribed.watcher import start_observer
+from transcribed.workfolder import WorkFolder
 
 
 class Clock:
@@ -23,15 +27,18 @@ class Clock:
         return self.now
 
 
-def _intake(inbox: Path, state: Path, clock: Clock) -> Intake:
+def _intake(inbox: Path, state: Path, clock: Clock, **options: object) -> Intake:
+    work = WorkFolder(inbox)
+    work.open()
     return Intake(
         inbox=inbox,
-        work_dir=inbox / ".transcribed-work",
+        work=work,
         jobs=JobQueue(state / "q.db"),
         arrivals=queue.SimpleQueue(),
         settle_seconds=2,
         rescan_seconds=300,
         clock=clock,
+        **options,  # type: ignore[arg-type]
     )
 
 
@@ -97,22 +104,27 @@ def test_symlinks_fifos_hardlinks_and_folders_are_refused_untouched(folders, tmp
     )
 
 
-def test_identical_content_under_two_names_is_queued_once(folders) -> None:
+def test_identical_content_under_two_names_is_queued_twice_and_the_same_name_once(
+    folders,
+) -> None:
+    """Each name gets its own transcript (the worker runs the model once); the same name
+    with the same content dropped again adds nothing."""
     for name in ("a.wav", "copy of a.wav"):
         (folders.inbox / name).write_bytes(b"same recording")
     clock = Clock()
     intake = _intake(folders.inbox, folders.state, clock)
     intake.rescan()
     assert _settle(intake, clock) == 2
-    assert intake.jobs.counts() == {"queued": 1, "duplicate": 1}
+    (folders.inbox / "a.wav").write_bytes(b"same recording")
+    intake.rescan()
+    assert _settle(intake, clock) == 1
+    assert intake.jobs.counts() == {"queued": 2, "duplicate": 1}
 
 
-def test_a_claim_interrupted_after_the_rename_is_finished_at_start(folders) -> None:
-    work = folders.inbox / ".transcribed-work"
-    work.mkdir()
+def test_a_claim_interrupted_after_the_rename_is_finished_at_start(folders, work) -> None:
     jobs = JobQueue(folders.state / "q.db")
     moved = jobs.begin_claim(b"moved.wav", "m.wav")
-    (work / "m.wav").write_bytes(b"content")
+    (work.path / "m.wav").write_bytes(b"content")
     never_moved = jobs.begin_claim(b"stayed.wav", "s.wav")
     assert recover_claims(jobs, work) == 1
     assert jobs.get(moved).state == JobState.QUEUED and jobs.get(moved).size == 7
@@ -152,3 +164,110 @@ def test_intake_thread_survives_and_stops_on_request(folders) -> None:
     stop.set()
     thread.join(5)
     assert not thread.is_alive()
+
+
+def test_a_claim_that_fails_leaves_no_row_and_is_tried_again(folders) -> None:
+    """Finding 11: a subfolder the daemon cannot take files out of left one `claiming` row per
+    rescan (~720 a day), counted as queued."""
+    locked = folders.inbox / "locked"
+    locked.mkdir()
+    (locked / "a.wav").write_bytes(b"RIFF-ish recording")
+    if subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported on this filesystem (needed to deny root)")
+    try:
+        clock = Clock()
+        intake = _intake(folders.inbox, folders.state, clock)
+        for _ in range(3):
+            intake.rescan()
+            assert _settle(intake, clock) == 0
+        assert intake.jobs.counts() == {}
+        [(relpath, reason, _since)] = intake.jobs.waiting()
+        assert relpath == b"locked/a.wav" and "cannot be claimed" in reason
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)], check=True)
+    intake.rescan()
+    assert _settle(intake, clock) == 1
+    assert intake.jobs.waiting() == []
+
+
+def _unfinished_wav(path: Path) -> Path:
+    """A recorder that crashed: the header promises more audio than the file holds."""
+    write_soundfile(path, 4, 16000, "PCM_16")
+    with path.open("r+b") as handle:
+        handle.truncate(path.stat().st_size // 2)
+    return path
+
+
+def test_an_unfinished_file_waits_visibly_and_is_taken_once_stalled(folders) -> None:
+    """Finding 12: it was logged once and then waited forever, unseen."""
+    _unfinished_wav(folders.inbox / "crashed.wav")
+    clock = Clock()
+    intake = _intake(folders.inbox, folders.state, clock, stalled_seconds=3600)
+    intake.rescan()
+    assert _settle(intake, clock) == 0
+    [(relpath, reason, _since)] = intake.jobs.waiting()
+    assert relpath == b"crashed.wav" and "truncated" in reason
+    clock.now += 1800
+    intake.rescan()
+    assert _settle(intake, clock) == 0  # unchanged, but not for long enough yet
+    clock.now += 1800
+    intake.rescan()
+    assert _settle(intake, clock) == 1
+    [job] = intake.jobs.in_state(JobState.QUEUED)
+    assert "truncated" in (job.incomplete or "")
+    assert intake.jobs.waiting() == []
+
+
+def test_hashing_a_huge_file_does_not_hold_up_the_others(folders, monkeypatch) -> None:
+    """Finding 15: a 20 GB file blocked intake for over a minute. Here the big file's
+    hashing is held until the small file has been claimed."""
+    big = folders.inbox / "big.mka"
+    with big.open("wb") as handle:
+        handle.write(os.urandom(4096))
+        handle.truncate(intake_module.LARGE_FILE_BYTES + 1)  # sparse: quick to make
+    (folders.inbox / "small.wav").write_bytes(b"RIFF small")
+    release = threading.Event()
+    real_hash = intake_module.hash_descriptor
+
+    def held_for_big_files(fd: int, *args: object) -> tuple[str, int]:
+        if os.fstat(fd).st_size > intake_module.LARGE_FILE_BYTES:
+            release.wait(30)
+        return real_hash(fd, *args)
+
+    monkeypatch.setattr(intake_module, "hash_descriptor", held_for_big_files)
+    stop = threading.Event()
+    work = WorkFolder(folders.inbox)
+    work.open()
+    hasher = intake_module.LargeFileHasher(folders.state / "q.db", work, stop)
+    intake = Intake(
+        inbox=folders.inbox,
+        work=work,
+        jobs=JobQueue(folders.state / "q.db"),
+        arrivals=queue.SimpleQueue(),
+        settle_seconds=0.1,
+        rescan_seconds=300,
+        hasher=hasher,
+    )
+    threads = [
+        threading.Thread(target=hasher.run),
+        threading.Thread(target=intake.run, args=(stop, 0.05)),
+    ]
+    intake.rescan()
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not intake.jobs.in_state(JobState.QUEUED) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [small] = intake.jobs.in_state(JobState.QUEUED)
+        assert small.relpath == b"small.wav"
+        assert [job.relpath for job in intake.jobs.in_state(JobState.CLAIMING)] == [b"big.mka"]
+        release.set()
+        while len(intake.jobs.in_state(JobState.QUEUED)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(intake.jobs.in_state(JobState.QUEUED)) == 2
+    finally:
+        release.set()
+        stop.set()
+        for thread in threads:
+            thread.join(10)

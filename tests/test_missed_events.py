@@ -18,12 +18,15 @@ from transcribed import watcher
 from transcribed.intake import Intake
 from transcribed.queue import JobQueue, JobState
 from transcribed.watcher import ObserverSupervisor, start_observer
+from transcribed.workfolder import WorkFolder
 
 
 def _intake(folders, arrivals: "queue.SimpleQueue[str]", rescan_seconds: float) -> Intake:
+    work = WorkFolder(folders.inbox)
+    work.open()
     return Intake(
         inbox=folders.inbox,
-        work_dir=folders.inbox / ".transcribed-work",
+        work=work,
         jobs=JobQueue(folders.state / "q.db"),
         arrivals=arrivals,
         settle_seconds=0.2,

@@ -3,7 +3,12 @@
 A claim opens the file without following symlinks or blocking on FIFOs, checks it is a
 single-link regular file on the inbox's filesystem, records the intent in the queue, renames
 it into the private work folder (atomic: same filesystem) and hashes it through the same
-descriptor. The record comes first so a crash at any point leaves nothing unaccounted for.
+descriptor (large files on a thread of their own). The record comes first so a crash at any
+point leaves nothing unaccounted for; a claim that fails leaves no record.
+
+Files not taken yet are remembered with their reason (for `status`): unfinished ones until
+they change, or until they have been unchanged for `stalled_seconds` (then they are taken as
+they are, flagged incomplete); ones that could not be claimed until the next rescan.
 """
 
 import contextlib
@@ -14,10 +19,10 @@ import sqlite3
 import stat
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from transcribed import faults
 from transcribed.completeness import incomplete_reason
@@ -28,11 +33,18 @@ from transcribed.names import display_name
 from transcribed.queue import JobQueue, JobState
 from transcribed.readiness import Identity, SettleTracker
 from transcribed.watcher import walk_candidates
+from transcribed.workfolder import WorkFolder, work_name
+
+if TYPE_CHECKING:
+    from transcribed.reconcile import Reconciler
 
 log = get_logger(__name__)
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+# Files at least this big are hashed on their own thread: hashing 20 GB takes a minute, and
+# the files dropped after it must not wait that long.
+LARGE_FILE_BYTES = 256 << 20
 
 
 class Refused(Exception):
@@ -44,24 +56,37 @@ class NotFinished(Refused):
 
 
 @dataclass
+class _Waiting:
+    """An inbox file not taken: why, since when (intake clock), unchanged as what, and whether
+    the next rescan tries again (a failed claim) or only a change does (unfinished)."""
+
+    identity: Identity
+    reason: str
+    since: float
+    retry: bool = False
+
+
+@dataclass
 class Intake:
-    """Owns the inbox side: arrivals, settling, rescans and claims. Driven by `step`."""
+    """Owns the inbox side: arrivals, settling, rescans, claims and reconciling the work
+    folder with the database. Driven by `step`."""
 
     inbox: Path
-    work_dir: Path
+    work: WorkFolder
     jobs: JobQueue
     arrivals: "queue.SimpleQueue[str]"
     settle_seconds: float
     rescan_seconds: float
     clock: Callable[[], float] = time.monotonic
+    # An unfinished file unchanged this long is taken anyway (a recorder that crashed).
+    stalled_seconds: float = 3600.0
+    hasher: "LargeFileHasher | None" = None
+    reconciler: "Reconciler | None" = None
 
     def __post_init__(self) -> None:
-        self.work_dir.mkdir(mode=0o700, exist_ok=True)
-        self._inbox_dev = os.stat(self.inbox).st_dev
-        if os.stat(self.work_dir).st_dev != self._inbox_dev:
-            raise OSError(f"work folder {self.work_dir} is not on the inbox's filesystem")
         self._tracker = SettleTracker(self.settle_seconds, self._look, self.clock)
         self._ignored: dict[str, Identity] = {}
+        self._waiting: dict[str, _Waiting] = {}
         self._next_rescan = self.clock() + self.rescan_seconds
         self._rescan_requested = False
         self.last_rescan: float | None = None  # clock() of the last full rescan
@@ -71,7 +96,11 @@ class Intake:
         self._rescan_requested = True
 
     def step(self) -> int:
-        """Take in new arrivals, rescan when due, claim what has settled; return claims made."""
+        """Take in new arrivals, rescan when due, claim what has settled; return claims made.
+        Nothing happens while the inbox is not the folder we opened (the health loop says so
+        and reopens it)."""
+        if self.work.problem() is not None:
+            return 0
         self._drain_arrivals()
         if self._rescan_requested or self.clock() >= self._next_rescan:
             self._rescan_requested = False
@@ -81,9 +110,14 @@ class Intake:
         )
 
     def rescan(self) -> None:
-        """Treat every candidate in the inbox as arrived: covers lost or impossible events."""
+        """Treat every candidate in the inbox as arrived (covers lost or impossible events),
+        and reconcile the work folder with the database."""
         self._next_rescan = self.clock() + self.rescan_seconds
+        if self.reconciler is not None:
+            self.reconciler.run()
         for relpath in walk_candidates(self.inbox):
+            self._tracker.arrived(relpath)
+        for relpath in list(self._waiting):  # re-looked at: stalled ones come due by time
             self._tracker.arrived(relpath)
         self.last_rescan = self.clock()
 
@@ -109,7 +143,8 @@ class Intake:
         (files that had settled in the failed step are no longer being watched)."""
         stop.wait(min(60.0, 2.0**failures))
         with contextlib.suppress(OSError, sqlite3.Error):
-            recover_claims(self.jobs, self.work_dir)
+            busy = self.hasher.in_flight if self.hasher is not None else frozenset()
+            recover_claims(self.jobs, self.work, skip=busy)
         self.request_rescan()
 
     def _drain_arrivals(self) -> None:
@@ -124,22 +159,46 @@ class Intake:
             identity = Identity.of(os.stat(self.inbox / relpath, follow_symlinks=False))
         except (FileNotFoundError, NotADirectoryError):
             self._ignored.pop(relpath, None)  # gone: nothing to remember for months
+            self._stop_waiting(relpath)
             return None
+        waiting = self._waiting.get(relpath)
+        if waiting is not None and waiting.identity == identity and not waiting.retry:
+            return identity if self._stalled(waiting) else None
         # Refusals are logged once, not on every rescan, until the entry changes.
         return None if self._ignored.get(relpath) == identity else identity
+
+    def _stalled(self, waiting: _Waiting) -> bool:
+        return self.clock() - waiting.since >= self.stalled_seconds
 
     def _claim_logged(self, relpath: str, identity: Identity) -> bool:
         try:
             return self.claim(relpath, identity)
         except NotFinished as unfinished:
-            self._ignored[relpath] = identity  # looked at again when it changes
-            log.info("intake.waiting", file=display_name(relpath), reason=str(unfinished))
+            self._wait(relpath, identity, str(unfinished))
         except Refused as refusal:
             self._ignored[relpath] = identity
             log.warning("intake.ignored", file=display_name(relpath), reason=str(refusal))
-        except OSError as error:
-            log.warning("intake.claim_failed", file=display_name(relpath), error=str(error))
+        except OSError as error:  # tried again at the next rescan
+            self._wait(relpath, identity, f"cannot be claimed: {error}", retry=True)
         return False
+
+    def _wait(self, relpath: str, identity: Identity, reason: str, retry: bool = False) -> None:
+        """Remember an inbox file that is not taken yet, and why, for `status`; logged once
+        per reason and identity, not on every rescan."""
+        known = self._waiting.get(relpath)
+        if known is not None and known.identity == identity and known.reason == reason:
+            return
+        since = known.since if known is not None and known.identity == identity else None
+        self._waiting[relpath] = _Waiting(identity, reason, since or self.clock(), retry)
+        self.jobs.set_waiting(os.fsencode(relpath), reason, time.time())
+        if retry:
+            log.warning("intake.claim_failed", file=display_name(relpath), reason=reason)
+        else:
+            log.info("intake.waiting", file=display_name(relpath), reason=reason)
+
+    def _stop_waiting(self, relpath: str) -> None:
+        if self._waiting.pop(relpath, None) is not None:
+            self.jobs.clear_waiting(os.fsencode(relpath))
 
     def claim(self, relpath: str, settled: Identity) -> bool:
         """Move one settled file into the work folder and queue it; False if it changed."""
@@ -158,43 +217,61 @@ class Intake:
         self, relpath: str, name: str, parent_fd: int, fd: int, settled: Identity
     ) -> bool:
         info = os.fstat(fd)
-        _check_claimable(info, self._inbox_dev)
+        _check_claimable(info, os.stat(self.inbox).st_dev)
         if Identity.of(info) != settled:
             self._tracker.arrived(relpath)  # changed since it settled: watch it again
             return False
-        if reason := incomplete_reason(fd, info.st_size, info.st_mtime_ns):
-            raise NotFinished(reason)
-        work_name = f"{uuid.uuid4().hex}{PurePosixPath(name).suffix.lower()}"
-        job_id = self.jobs.begin_claim(os.fsencode(relpath), work_name)
-        if not self._move_to_work(name, parent_fd, work_name, info):
-            self.jobs.abandon_claim(job_id)
+        incomplete = incomplete_reason(fd, info.st_size, info.st_mtime_ns)
+        waiting = self._waiting.get(relpath)
+        if incomplete and not (waiting is not None and self._stalled(waiting)):
+            raise NotFinished(incomplete)
+        target = work_name(relpath)
+        job_id = self.jobs.begin_claim(os.fsencode(relpath), target)
+        if not self._move_or_abandon(job_id, name, parent_fd, target, info):
             return False
-        digest, size = hash_descriptor(fd)
-        faults.point("claim.hashed", name)
-        job = self.jobs.finish_claim(job_id, digest, size)
-        log.info(
-            "intake.claimed",
-            job=job.id,
-            file=display_name(relpath),
-            bytes=size,
-            duplicate_of=job.duplicate_of if job.state == JobState.DUPLICATE else None,
-        )
+        self._stop_waiting(relpath)
+        if incomplete:
+            self.jobs.mark_incomplete(job_id, incomplete)
+            log.warning(
+                "intake.taken_incomplete",
+                file=display_name(relpath),
+                reason=incomplete,
+                unchanged_seconds=round(self.clock() - waiting.since) if waiting else None,
+            )
+        if self.hasher is not None and info.st_size >= LARGE_FILE_BYTES:
+            self.hasher.submit(job_id, relpath)
+            log.info("intake.hashing_apart", file=display_name(relpath), bytes=info.st_size)
+            return True
+        finish_claim_logged(self.jobs, job_id, relpath, *hash_descriptor(fd))
         return True
 
-    def _move_to_work(
-        self, name: str, parent_fd: int, work_name: str, info: os.stat_result
+    def _move_or_abandon(
+        self, job_id: int, name: str, parent_fd: int, target: str, info: os.stat_result
     ) -> bool:
-        work_fd = os.open(self.work_dir, _DIR_FLAGS)
+        """Rename into the work folder; a claim that did not move the file leaves no row."""
         try:
+            moved = self._move_to_work(name, parent_fd, target, info)
+        except BaseException:
+            if not os.path.lexists(self.work.file(target)):
+                self.jobs.abandon_claim(job_id)
+            raise
+        if not moved:
+            self.jobs.abandon_claim(job_id)
+        return moved
+
+    def _move_to_work(self, name: str, parent_fd: int, target: str, info: os.stat_result) -> bool:
+        work_fd = os.open(self.work.path, _DIR_FLAGS)
+        try:
+            faults.point("claim.renaming", name)
             try:
-                os.rename(name, work_name, src_dir_fd=parent_fd, dst_dir_fd=work_fd)
+                os.rename(name, target, src_dir_fd=parent_fd, dst_dir_fd=work_fd)
             except FileNotFoundError:
                 return False
             faults.point("claim.renamed", name)
-            moved = os.stat(work_name, dir_fd=work_fd, follow_symlinks=False)
+            moved = os.stat(target, dir_fd=work_fd, follow_symlinks=False)
             if (moved.st_dev, moved.st_ino) != (info.st_dev, info.st_ino):
                 # Swapped between our checks and the rename: put it back untouched.
-                os.rename(work_name, name, src_dir_fd=work_fd, dst_dir_fd=parent_fd)
+                os.rename(target, name, src_dir_fd=work_fd, dst_dir_fd=parent_fd)
                 return False
             os.fsync(work_fd)
             os.fsync(parent_fd)
@@ -202,6 +279,70 @@ class Intake:
             return True
         finally:
             os.close(work_fd)
+
+
+def finish_claim_logged(jobs: JobQueue, job_id: int, relpath: str, digest: str, size: int) -> None:
+    faults.point("claim.hashed", os.path.basename(relpath))
+    job = jobs.finish_claim(job_id, digest, size)
+    log.info(
+        "intake.claimed",
+        job=job.id,
+        file=display_name(relpath),
+        bytes=size,
+        duplicate_of=job.duplicate_of if job.state == JobState.DUPLICATE else None,
+    )
+
+
+class LargeFileHasher:
+    """Hashes large claimed files on its own thread (with its own database connection), so
+    one 20 GB recording does not hold up every file dropped after it. A claim it has not
+    finished when the daemon stops stays `claiming`; the next start finishes it."""
+
+    def __init__(self, database: Path, work: WorkFolder, stop: threading.Event) -> None:
+        self._database = database
+        self._work = work
+        self._stop = stop
+        self._pending: queue.SimpleQueue[tuple[int, str]] = queue.SimpleQueue()
+        self._in_flight: set[int] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def in_flight(self) -> frozenset[int]:
+        with self._lock:
+            return frozenset(self._in_flight)
+
+    def submit(self, job_id: int, relpath: str) -> None:
+        with self._lock:
+            self._in_flight.add(job_id)
+        self._pending.put((job_id, relpath))
+
+    def run(self) -> None:
+        jobs = JobQueue(self._database)
+        try:
+            while not self._stop.is_set():
+                try:
+                    job_id, relpath = self._pending.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                try:
+                    self._hash(jobs, job_id, relpath)
+                except (OSError, sqlite3.Error) as error:  # finished at the next start
+                    log.error("intake.hash_failed", error=str(error), hint=advice(error))
+                finally:
+                    with self._lock:
+                        self._in_flight.discard(job_id)
+        finally:
+            jobs.close()
+
+    def _hash(self, jobs: JobQueue, job_id: int, relpath: str) -> None:
+        job = jobs.get(job_id)
+        fd = os.open(self._work.file(job.work_name), _OPEN_FLAGS)
+        try:
+            digest, size = hash_descriptor(fd, self._stop)
+        finally:
+            os.close(fd)
+        if not self._stop.is_set():
+            finish_claim_logged(jobs, job_id, relpath, digest, size)
 
 
 def _open_folder(root: Path, parts: tuple[str, ...]) -> int:
@@ -244,23 +385,29 @@ def _check_claimable(info: os.stat_result, inbox_dev: int) -> None:
         raise Refused("on another filesystem than the inbox (a mount inside the inbox)")
 
 
-def hash_descriptor(fd: int) -> tuple[str, int]:
-    """SHA-256 and size of everything readable through `fd`, from the start."""
+def hash_descriptor(fd: int, stop: threading.Event | None = None) -> tuple[str, int]:
+    """SHA-256 and size of everything readable through `fd`, from the start (cut short, and
+    meaningless, once `stop` is set)."""
     digest = hashlib.sha256()
     size = 0
     os.lseek(fd, 0, os.SEEK_SET)
     while chunk := os.read(fd, 1 << 20):
         digest.update(chunk)
         size += len(chunk)
+        if stop is not None and stop.is_set():
+            break
     return digest.hexdigest(), size
 
 
-def recover_claims(jobs: JobQueue, work_dir: Path) -> int:
-    """Finish claims a crash interrupted: hash files that reached the work folder, forget others."""
+def recover_claims(jobs: JobQueue, work: WorkFolder, skip: frozenset[int] = frozenset()) -> int:
+    """Finish claims a crash interrupted: hash files that reached the work folder, forget
+    others (but not the claims in `skip`, which are being hashed right now)."""
     finished = 0
     for job in jobs.in_state(JobState.CLAIMING):
+        if job.id in skip:
+            continue
         try:
-            fd = os.open(work_dir / job.work_name, _OPEN_FLAGS)
+            fd = os.open(work.file(job.work_name), _OPEN_FLAGS)
         except FileNotFoundError:
             jobs.abandon_claim(job.id)
             continue
@@ -268,7 +415,7 @@ def recover_claims(jobs: JobQueue, work_dir: Path) -> int:
             digest, size = hash_descriptor(fd)
         finally:
             os.close(fd)
-        fsync_dir(work_dir)
+        fsync_dir(work.path)
         jobs.finish_claim(job.id, digest, size)
         finished += 1
     return finished

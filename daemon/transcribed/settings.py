@@ -145,6 +145,13 @@ class Settings(ModelSettings):
         default="events", description="events (inotify) | poll (network mounts written elsewhere)."
     )
     poll_seconds: float = Field(default=5.0, gt=0, description="Poll interval in poll mode.")
+    stalled_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A file that still looks unfinished but has not changed for this long "
+        "(a recorder that crashed) is taken anyway: transcribed as far as it decodes and "
+        "flagged source_incomplete.",
+    )
     folders: list[FolderRule] = Field(
         default=[],
         description="Per-folder rules ([[folders]] in the config): path, language, context, "
@@ -211,11 +218,6 @@ class Settings(ModelSettings):
     def database(self) -> Path:
         """The job queue."""
         return self.state_dir / "jobs.sqlite3"
-
-    @property
-    def work_dir(self) -> Path:
-        """Private folder inside the inbox: same filesystem, so claiming is an atomic rename."""
-        return self.inbox / ".transcribed-work"
 
 
 SettingsT = TypeVar("SettingsT", bound=ModelSettings)
