@@ -121,6 +121,18 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     doctor.set_defaults(handler=_doctor)
 
+    recover = commands.add_parser(
+        "recover",
+        help="rebuild a damaged job database from the disk (daemon stopped)",
+        description="Set the job database aside (renamed, not deleted) and rebuild it from "
+        "the disk: published transcripts in the outbox become done jobs (they name their "
+        "recording's SHA-256), failed recordings with reason files become failed jobs, and "
+        "the recordings in the work folder are queued again when the daemon next starts, "
+        "so nothing is lost and nothing is transcribed twice. Refuses to run while the "
+        "daemon runs.",
+    )
+    recover.set_defaults(handler=_recover)
+
     config = commands.add_parser("config", help="show the effective configuration")
     config_actions = config.add_subparsers(required=True, metavar="ACTION")
     show = config_actions.add_parser(
@@ -169,7 +181,7 @@ def _build_parser() -> argparse.ArgumentParser:
     with_json = (status, listing, doctor, show, bench)
     for command in with_json:
         command.add_argument("--json", action="store_true", help="machine-readable output")
-    for command in (run, once, status, listing, again, drop, doctor, show, bench):
+    for command in (run, once, status, listing, again, drop, doctor, show, bench, recover):
         command.add_argument(
             "--config",
             type=Path,
@@ -235,9 +247,11 @@ def _print(data: object, as_json: bool, text: str) -> None:
 
 def _status(args: argparse.Namespace) -> int:
     from transcribed import admin
+    from transcribed.instance import holder
 
-    jobs = admin.open_queue(load_settings(args.config, Settings))
-    report = admin.status_report(jobs)
+    settings = load_settings(args.config, Settings)
+    jobs = admin.open_queue(settings)
+    report = admin.status_report(jobs, daemon=holder(settings.state_dir))
     _print(report, args.json, admin.render_status(report))
     return 0
 
@@ -282,6 +296,30 @@ def _doctor(args: argparse.Namespace) -> int:
     rows = [dataclasses.asdict(finding) for finding in findings]
     _print(rows, args.json, doctor.render(findings))
     return EXIT_FAILED if any(finding.level == "fail" for finding in findings) else 0
+
+
+def _recover(args: argparse.Namespace) -> int:
+    from transcribed.instance import InstanceLock
+    from transcribed.queue import JobQueue
+    from transcribed.rebuild import index_disk, set_aside
+    from transcribed.workfolder import WorkFolder
+
+    settings = load_settings(args.config, Settings)
+    lock = InstanceLock(settings.state_dir)
+    lock.acquire()  # the daemon must not run meanwhile
+    aside = set_aside(settings.database)
+    indexed = index_disk(JobQueue(settings.database), settings.outbox, settings.failed_dir)
+    work = WorkFolder(settings.inbox).path
+    waiting = len([n for n in os.listdir(work) if not n.startswith(".")]) if work.is_dir() else 0
+    if aside is not None:
+        print(f"the old database is now {aside}")
+    print(
+        f"rebuilt {settings.database}: {indexed.transcripts} published transcripts, "
+        f"{indexed.failed} failed recordings; {waiting} recordings in the work folder are "
+        "queued again when the daemon starts (those already transcribed are only disposed "
+        "of, or published under their own name without running the model)"
+    )
+    return 0
 
 
 def _config_show(args: argparse.Namespace) -> int:

@@ -15,10 +15,15 @@ from typing import Literal
 
 from transcribed.assurance import NETWORK, assess, filesystem_type
 from transcribed.errors import ModelError
+from transcribed.instance import holder
 from transcribed.isolation import ISOLATION_HINT, isolation_problem
+from transcribed.queue import IN_WORK_FOLDER, JobState
 from transcribed.settings import Settings, check_folders
+from transcribed.workfolder import WORK_FOLDER_NAME
 
 Level = Literal["ok", "warn", "fail"]
+_LIVE_STATES = tuple(str(state) for state in (JobState.CLAIMING, *IN_WORK_FOLDER))
+_LIVE_MARKS = ", ".join("?" for _ in _LIVE_STATES)
 _LOW_DISK_BYTES = 1 << 30
 _INOTIFY = Path("/proc/sys/fs/inotify")
 
@@ -36,6 +41,7 @@ def diagnose(settings: Settings) -> list[Finding]:
         _folders,
         _filesystems,
         _state_database,
+        _work_folder,
         _disk_space,
         _inotify,
         _model,
@@ -117,6 +123,45 @@ def _state_database(settings: Settings) -> Iterator[Finding]:
         )
     else:
         yield Finding("state", "ok", f"job database {settings.database} passes its check")
+
+
+def _work_folder(settings: Settings) -> Iterator[Finding]:
+    """The disk against the job database (I5), read-only: recordings in the work folder that
+    no job owns, and jobs whose recording is not there. The daemon mends both at its next
+    rescan; this says what it will find."""
+    work = settings.inbox / WORK_FOLDER_NAME
+    if not work.is_dir() or not settings.database.is_file():
+        return
+    try:
+        with sqlite3.connect(f"file:{settings.database}?mode=ro", uri=True) as db:
+            rows = db.execute(
+                "SELECT work_name, state, disposal_started FROM jobs"  # noqa: S608 ("?" only)
+                f" WHERE state IN ({_LIVE_MARKS})",
+                _LIVE_STATES,
+            ).fetchall()
+    except sqlite3.Error:
+        return  # reported by the state check
+    present = {name for name in os.listdir(work) if not name.startswith(".")}
+    owned = {name for name, _state, _started in rows}
+    strays = present - owned
+    missing = [
+        name
+        for name, state, started in rows
+        if name not in present and started is None and state != JobState.CLAIMING
+    ]
+    running = holder(settings.state_dir)
+    if not strays and not missing:
+        daemon = f"a daemon is running (PID {running.pid})" if running else "no daemon runs"
+        yield Finding("work", "ok", f"work folder and job database agree; {daemon}")
+        return
+    yield Finding(
+        "work",
+        "warn" if running else "fail",
+        f"{len(strays)} recording(s) in {work} with no job, {len(missing)} job(s) whose "
+        "recording is not there",
+        "the daemon claims the strays again and fails the missing jobs with a reason at its "
+        "next rescan; see `transcribed status` for the reasons",
+    )
 
 
 def _disk_space(settings: Settings) -> Iterator[Finding]:
