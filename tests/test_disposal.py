@@ -1,5 +1,6 @@
 """Move, delete, shred and quarantine: byte-identical, repeatable, never through a link."""
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -7,16 +8,19 @@ from pathlib import Path
 import pytest
 
 from transcribed.disposal import Disposer, shred
+from transcribed.errors import RecordingVanished
 from transcribed.queue import Job, JobQueue
+from transcribed.workfolder import WorkFolder
 
 
-def _job(tmp_path: Path, relpath: bytes, content: bytes) -> tuple[JobQueue, Job, Path]:
-    work = tmp_path / "work"
-    work.mkdir(exist_ok=True)
+def _job(tmp_path: Path, relpath: bytes, content: bytes) -> tuple[JobQueue, Job, WorkFolder]:
+    work = WorkFolder(tmp_path / "inbox")
+    work.inbox.mkdir(exist_ok=True)
+    work.open()
     jobs = JobQueue(tmp_path / "q.db")
     job_id = jobs.begin_claim(relpath, f"{relpath.hex()}.wav")
-    (work / f"{relpath.hex()}.wav").write_bytes(content)
-    jobs.finish_claim(job_id, "sha", len(content))
+    (work.path / f"{relpath.hex()}.wav").write_bytes(content)
+    jobs.finish_claim(job_id, hashlib.sha256(content).hexdigest(), len(content))
     return jobs, jobs.get(job_id), work
 
 
@@ -27,7 +31,7 @@ def test_each_policy_removes_the_work_file(tmp_path: Path, policy: str) -> None:
     archive.mkdir()
     disposer = Disposer(jobs, work, policy, archive, tmp_path)
     assert disposer.dispose(job) in ("moved", "deleted", "shredded")
-    assert list(work.iterdir()) == []
+    assert work.names() == []
     if policy == "move":
         assert (archive / "sub/a.wav").read_bytes() == b"recording bytes"
     else:
@@ -40,7 +44,7 @@ def test_a_move_repeated_after_a_crash_does_not_duplicate(tmp_path: Path) -> Non
     archive.mkdir()
     (archive / "a.wav").write_bytes(b"an older, different recording")
     disposer = Disposer(jobs, work, "move", archive, tmp_path)
-    source = work / job.work_name
+    source = work.file(job.work_name)
     os.link(source, tmp_path / "keep")  # simulate: crash after linking, before unlinking
     disposer._jobs.record_disposal_target(job.id, str(archive / "a-2.wav"))
     os.link(source, archive / "a-2.wav")
@@ -73,3 +77,51 @@ def test_shred_overwrites_through_the_descriptor_and_refuses_links(tmp_path: Pat
     (tmp_path / "second-name.wav").unlink()
     shred(target)
     assert not target.exists()
+
+
+@pytest.mark.parametrize("policy", ["move", "delete", "shred"])
+def test_a_work_file_missing_is_never_taken_for_disposed(tmp_path: Path, policy: str) -> None:
+    """Finding 2: the original is not in the work folder (the inbox was renamed or cleaned):
+    no disposal was verified, so the job must not become done or count as erased."""
+    jobs, job, work = _job(tmp_path, b"a.wav", b"recording")
+    (tmp_path / "archive").mkdir()
+    work.file(job.work_name).rename(tmp_path / "elsewhere.wav")
+    disposer = Disposer(jobs, work, policy, tmp_path / "archive", tmp_path)
+    with pytest.raises(RecordingVanished, match="vanished"):
+        disposer.dispose(jobs.get(job.id))
+
+
+def test_while_the_inbox_is_gone_nothing_is_disposed(tmp_path: Path) -> None:
+    jobs, job, work = _job(tmp_path, b"a.wav", b"recording")
+    (tmp_path / "archive").mkdir()
+    disposer = Disposer(jobs, work, "delete", tmp_path / "archive", tmp_path)
+    work.inbox.rename(tmp_path / "inbox.old")
+    with pytest.raises(OSError, match=r"inbox .* is gone"):
+        disposer.dispose(job)
+    assert (tmp_path / "inbox.old/.transcribed-work" / job.work_name).read_bytes() == b"recording"
+
+
+def test_a_disposal_a_crash_cut_short_is_verified_before_it_counts(tmp_path: Path) -> None:
+    jobs, job, work = _job(tmp_path, b"a.wav", b"recording")
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    disposer = Disposer(jobs, work, "move", archive, tmp_path)
+    jobs.record_disposal_target(job.id, str(archive / "a.wav"))
+    os.link(work.file(job.work_name), archive / "a.wav")
+    work.file(job.work_name).unlink()  # crash after the unlink, before the job was done
+    assert disposer.dispose(jobs.get(job.id)) == "already-disposed"
+    (archive / "a.wav").write_bytes(b"something else")  # the copy is not the recording
+    with pytest.raises(RecordingVanished):
+        disposer.dispose(jobs.get(job.id))
+
+
+def test_an_archive_swapped_for_a_link_into_the_inbox_is_refused(tmp_path: Path) -> None:
+    """Finding 14: the original would be claimed again from the inbox, endlessly."""
+    jobs, job, work = _job(tmp_path, b"a.wav", b"recording")
+    (work.inbox / "sub").mkdir()
+    archive = tmp_path / "archive"
+    archive.symlink_to(work.inbox / "sub")
+    with pytest.raises(OSError, match="leads into the inbox"):
+        Disposer(jobs, work, "move", archive, tmp_path).dispose(job)
+    assert list((work.inbox / "sub").iterdir()) == []
+    assert work.file(job.work_name).read_bytes() == b"recording"

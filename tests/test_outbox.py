@@ -2,13 +2,16 @@
 
 import json
 import os
+import threading
 from pathlib import Path
+
+import pytest
 
 from transcribed.outbox import Outbox
 from transcribed.transcript import ModelInfo, Segment, SourceInfo, Transcript
 
 
-def _transcript(sha: str, text: str = "hello world") -> Transcript:
+def _transcript(sha: str, text: str = "hello world", name: str = "a.wav") -> Transcript:
     return Transcript(
         text=text,
         language="en",
@@ -17,7 +20,7 @@ def _transcript(sha: str, text: str = "hello world") -> Transcript:
         segments=(Segment(0.0, 1.5, text, "en", "English", 0.97),),
         duration=1.5,
         status="ok",
-        source=SourceInfo("a.wav", sha, 10),
+        source=SourceInfo(name, sha, 10),
         model=ModelInfo("m", "cpu", "float32"),
         created="2026-01-01T00:00:00+00:00",
         processing_seconds=0.1,
@@ -73,9 +76,52 @@ def test_retract_removes_only_the_failed_jobs_own_transcript(tmp_path) -> None:
     ours, theirs = _transcript("a" * 64), _transcript("b" * 64)
     outbox.publish(theirs, "talk.wav")  # another recording with the same name came first
     outbox.publish(ours, "talk.wav")
-    assert outbox.retract("talk.wav", "a" * 64) == [
+    assert outbox.retract("talk.wav", "a" * 64, "a.wav") == [
         tmp_path / "talk-2.txt",
         tmp_path / "talk-2.json",
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["talk.json", "talk.txt"]
-    assert outbox.retract("talk.wav", "c" * 64) == []
+    assert outbox.retract("talk.wav", "c" * 64, "a.wav") == []
+
+
+def test_jobs_publishing_the_same_stem_at_once_never_share_a_name(tmp_path: Path) -> None:
+    """Finding 1: meeting.flac, .m4a, .mp3, .ogg, .wav (different content) published at once:
+    five transcripts, each JSON naming its own source."""
+    outbox = Outbox(tmp_path)
+    names = [f"meeting.{extension}" for extension in ("flac", "m4a", "mp3", "ogg", "wav")]
+    start = threading.Barrier(len(names))
+    results: dict[str, list[Path]] = {}
+
+    def publish(number: int, name: str) -> None:
+        start.wait()
+        transcript = _transcript(f"{number}" * 64, f"text {number}", name)
+        results[name] = outbox.publish(transcript, name)
+
+    threads = [threading.Thread(target=publish, args=pair) for pair in enumerate(names)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    published = {json.loads(paths[0].read_text())["source"]["name"] for paths in results.values()}
+    assert published == set(names)
+    assert len({paths[0] for paths in results.values()}) == 5
+    assert len(list(tmp_path.glob("meeting*.json"))) == 5
+
+
+def test_the_same_content_under_another_name_gets_its_own_files(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path)
+    outbox.publish(_transcript("a" * 64, name="notes.wav"), "notes.wav")
+    copy = outbox.publish(_transcript("a" * 64, name="notes.flac"), "notes.flac")
+    assert [p.name for p in copy] == ["notes-2.json", "notes-2.txt"]
+
+
+def test_nothing_is_published_into_the_inbox(tmp_path: Path) -> None:
+    """Finding 14: an outbox swapped for a symlink into the inbox would loop forever."""
+    inbox, real = tmp_path / "inbox", tmp_path / "real"
+    (inbox / "sub").mkdir(parents=True)
+    real.mkdir()
+    outbox = tmp_path / "outbox"
+    outbox.symlink_to(inbox / "sub")
+    with pytest.raises(OSError, match="leads into the inbox"):
+        Outbox(outbox, inbox=inbox).publish(_transcript("a" * 64), "a.wav")
+    assert list((inbox / "sub").iterdir()) == []

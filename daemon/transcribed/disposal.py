@@ -1,9 +1,14 @@
 """What happens to an original once its transcript is durable, or once it failed for good.
 
-Every step is safe to repeat after a crash: moving re-uses the target recorded in the queue,
-and a work file that is already gone means the step finished before the crash.
+Every step is safe to repeat after a crash: moving re-uses the target recorded in the queue.
+Nothing is taken on trust: a move counts only once the archive copy is the same file (a hard
+link) or has the recording's size and SHA-256; a work file that is already gone counts as
+disposed of only when that is verified (the archive copy, or a delete/shred we had begun in
+the work folder we opened). Otherwise the recording vanished, and the job says so.
 """
 
+import errno
+import hashlib
 import json
 import os
 import stat
@@ -13,13 +18,16 @@ from pathlib import Path, PurePosixPath
 from transcribed import faults
 from transcribed.assurance import Assurance, assess
 from transcribed.durable import (
+    check_outside,
     fsync_dir,
     link_or_copy_no_overwrite,
     make_folders,
     publish_bytes,
     unique_name,
 )
+from transcribed.errors import FolderUnusable, RecordingVanished
 from transcribed.queue import Job, JobQueue
+from transcribed.workfolder import WorkFolder
 
 _BLOCK = 1 << 20
 REASON_SUFFIX = ".error.json"  # the reason file beside a quarantined original
@@ -31,48 +39,57 @@ class Disposer:
     def __init__(
         self,
         jobs: JobQueue,
-        work_dir: Path,
+        work: WorkFolder,
         policy: str,
         archive_dir: Path | None,
         failed_dir: Path,
         mode: int = 0o640,
     ) -> None:
         self._jobs = jobs
-        self._work = work_dir
+        self._work = work
         self._policy = policy
         self._archive = archive_dir
         self._failed = failed_dir
         self._mode = mode
         # Originals are disposed of from the work folder: its storage decides what shredding
         # can promise. Recorded in every transcript's JSON.
-        self.assurance: Assurance = assess(policy, work_dir)
+        self.assurance: Assurance = assess(policy, work.path)
 
     def dispose(self, job: Job) -> str:
-        """Apply the policy to a job whose transcript is durable; returns what was done."""
-        source = self._work / job.work_name
+        """Apply the policy to a job whose transcript is durable; returns what was done.
+        FolderUnusable (an OSError) while the work folder is not the one we opened;
+        RecordingVanished when the original is gone and we did not dispose of it."""
+        self._check_work_folder()
+        source = self._work.file(job.work_name)
         if not os.path.lexists(source):
-            return "already-disposed"
+            return self._already_disposed(job)
         if self._policy == "move":
             assert self._archive is not None
             self._move(job, source, self._archive)
             return "moved"
+        self._jobs.record_disposal_start(job.id)
         if self._policy == "shred":
             shred(source)
             return "shredded"
         source.unlink()
         faults.point("disposal.unlinked")
-        fsync_dir(self._work)
+        fsync_dir(self._work.path)
         return "deleted"
 
     def quarantine(self, job: Job, error: str) -> Path:
         """Move a permanently failed original to failed_dir beside `<name>.error.json`.
-        Never shredded: the user may want to look at it or fix the decoder."""
-        source = self._work / job.work_name
+        Never shredded: the user may want to look at it or fix the decoder. An original that
+        vanished gets the reason file alone, where it would have been."""
+        self._check_work_folder()
+        source = self._work.file(job.work_name)
         target = Path(job.disposed_to) if job.disposed_to else None
         if os.path.lexists(source):
             target = self._move(job, source, self._failed, reserve=len(REASON_SUFFIX))
-        assert target is not None
+        elif target is None:
+            target = self._target(job, self._failed, reserve=len(REASON_SUFFIX))
         report = {"error": error, "attempts": job.attempts, "time": _now()}
+        if not os.path.lexists(target):
+            report["original"] = "vanished before it could be moved here"
         reason = target.with_name(target.name + REASON_SUFFIX)
         publish_bytes(
             reason,
@@ -83,23 +100,72 @@ class Disposer:
         fsync_dir(reason.parent)
         return target
 
+    def _check_work_folder(self) -> None:
+        if problem := self._work.problem():
+            raise FolderUnusable(errno.ENOENT, problem)
+
+    def _already_disposed(self, job: Job) -> str:
+        if self._policy == "move":
+            target = Path(job.disposed_to) if job.disposed_to else None
+            if target is not None and _is_copy_of(target, job):
+                return "already-disposed"
+        elif job.disposal_started is not None:
+            return "already-disposed"
+        raise RecordingVanished(f"{self._work.vanished()} (its transcript is published)")
+
     def _move(self, job: Job, source: Path, root: Path, reserve: int = 0) -> Path:
-        relpath = PurePosixPath(os.fsdecode(job.relpath))
         target = Path(job.disposed_to) if job.disposed_to else None
         if target is None or not _holds(target, source):
-            folder = make_folders(root, Path(relpath.parent))
-            target = unique_name(folder, relpath.name, reserve)
+            target = self._target(job, root, reserve)
             self._jobs.record_disposal_target(job.id, str(target))
+            self._jobs.record_disposal_start(job.id)
             faults.point("disposal.linking")
             link_or_copy_no_overwrite(source, target)
             faults.point("disposal.linked")
+        if not (os.path.samefile(target, source) or _is_copy_of(target, job)):
+            raise OSError(errno.EIO, f"the copy at {target} does not match the recording")
         fsync_dir(target.parent)
         faults.point("disposal.target_fsynced")
         source.unlink()
         faults.point("disposal.unlinked")
-        fsync_dir(self._work)
+        fsync_dir(self._work.path)
         faults.point("disposal.work_fsynced")
         return target
+
+    def _target(self, job: Job, root: Path, reserve: int) -> Path:
+        """A free name for the original below `root`, mirroring its inbox folder (or, where
+        that path cannot exist, at the top of `root`), never inside the inbox. In failed_dir
+        the reason file's name must be free too (a vanished recording left one alone)."""
+        relpath = PurePosixPath(os.fsdecode(job.relpath))
+        companion = REASON_SUFFIX if root == self._failed else ""
+        check_outside(root, self._work.inbox)
+        try:
+            folder = make_folders(root, Path(relpath.parent))
+            target = unique_name(folder, relpath.name, reserve, companion)
+        except OSError as error:
+            if error.errno != errno.ENAMETOOLONG:
+                raise
+            folder = root
+            target = unique_name(root, relpath.name, reserve, companion)
+        check_outside(folder, self._work.inbox)
+        return target
+
+
+def _is_copy_of(target: Path, job: Job) -> bool:
+    """True when `target` holds exactly the job's recording: its size and SHA-256."""
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if os.fstat(fd).st_size != job.size:
+            return False
+        digest = hashlib.sha256()
+        while block := os.read(fd, _BLOCK):
+            digest.update(block)
+        return digest.hexdigest() == job.sha256
+    finally:
+        os.close(fd)
 
 
 def _holds(target: Path, source: Path) -> bool:

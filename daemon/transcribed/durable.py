@@ -8,6 +8,7 @@ import secrets
 from pathlib import Path
 
 from transcribed import faults
+from transcribed.errors import FolderUnusable
 
 # Longest file name (in bytes) that common Linux filesystems accept.
 NAME_MAX = 255
@@ -121,15 +122,16 @@ def _copy_fsynced(source: Path, target: Path) -> None:
         os.close(src)
 
 
-def unique_name(directory: Path, name: str, reserve: int = 0) -> Path:
-    """`directory/name`, or `stem-2.ext`, `stem-3.ext`… for the first name not yet taken,
+def unique_name(directory: Path, name: str, reserve: int = 0, companion: str = "") -> Path:
+    """`directory/name`, or `stem-2.ext`, `stem-3.ext`… for the first name not yet taken
+    (nor, with `companion`, that name plus it: a reason file beside a failed recording),
     shortened where needed to leave `reserve` bytes for a suffix the caller adds."""
     stem, dot, suffix = name.rpartition(".")
     if not stem:
         stem, dot, suffix = name, "", ""
     candidate = directory / fit_name(stem, dot + suffix, reserve)
     number = 2
-    while os.path.lexists(candidate):
+    while os.path.lexists(candidate) or (companion and os.path.lexists(f"{candidate}{companion}")):
         candidate = directory / fit_name(stem, f"-{number}{dot}{suffix}", reserve)
         number += 1
     return candidate
@@ -165,3 +167,12 @@ def remove_stale_temps(root: Path) -> int:
         if stale:
             fsync_dir(Path(folder))
     return removed
+
+
+def check_outside(folder: Path, inbox: Path) -> None:
+    """Refuse to write into the inbox: a destination swapped for a symlink into it would have
+    the daemon take its own output as new recordings, in an endless loop."""
+    if Path(os.path.realpath(folder)).is_relative_to(os.path.realpath(inbox)):
+        raise FolderUnusable(
+            errno.ELOOP, f"{folder} now leads into the inbox {inbox} (a symbolic link?)"
+        )

@@ -18,6 +18,8 @@ def advice(error: BaseException | None) -> str | None:
     """One line on what the operator can do about `error`, when we know."""
     if isinstance(error, OSError) and error.errno in _ADVICE:
         return _ADVICE[error.errno]
+    if isinstance(error, FolderUnusable):
+        return "fix the folder (the error says which); the job waits and resumes by itself"
     if isinstance(error, sqlite3.Error):
         return "the job database cannot be written: check free space and permissions of state_dir"
     return None
@@ -45,6 +47,14 @@ class TransientError(TranscribedError):
 
 class ShutdownRequested(TranscribedError):
     """The daemon is stopping; the current job goes back to the queue untouched."""
+
+
+class RecordingVanished(TranscribedError):
+    """The original left the work folder without us: the job fails with a reason."""
+
+
+class FolderUnusable(OSError):
+    """A folder we write to is gone or now leads into the inbox: wait, and say so."""
 
 
 class DecoderCrashed(TranscribedError):

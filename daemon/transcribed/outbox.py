@@ -1,18 +1,23 @@
 """Transcript files: one small writer per format, published atomically into the outbox.
 
-A transcript is never visible half-written, and a transcript of other content is never
+A transcript is never visible half-written, and another recording's transcript is never
 overwritten: a suffixed name is chosen instead. The JSON goes first and marks whose files a
-name holds, so a retry after a crash finds and reuses its own name.
+name holds (the source's content and name), so a retry after a crash finds and reuses its own
+name, and taking a name is atomic, so jobs publishing at once never share one.
 """
 
+import errno
+import itertools
 import json
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from transcribed import faults
-from transcribed.durable import fit_name, fsync_dir, make_folders, write_temp
+from transcribed.durable import check_outside, fit_name, fsync_dir, make_folders, write_temp
 from transcribed.subtitles import render_srt, render_tsv, render_vtt
 from transcribed.transcript import Transcript, join_texts
 
@@ -57,45 +62,77 @@ class Outbox:
         formats: tuple[str, ...] = ("json", "txt"),
         mode: int = 0o640,
         language_in_names: bool = False,
+        inbox: Path | None = None,
     ):
         # JSON is always written, first: it records the source and claims the name (see above).
         self._root = root
         self._formats = ["json", *(name for name in dict.fromkeys(formats) if name != "json")]
         self._mode = mode
         self._language_in_names = language_in_names
+        self._inbox = inbox  # never publish into it (a swapped symlink would loop forever)
 
     def publish(self, transcript: Transcript, relpath: str) -> list[Path]:
         """Write every format for the recording at inbox-relative `relpath`; return the paths,
         durable (files and folder fsynced) when this returns."""
-        folder = make_folders(self._root, Path(PurePosixPath(relpath).parent))
-        stem = self._free_stem(
-            folder, PurePosixPath(relpath).stem, transcript.source.sha256, transcript.language
-        )
+        folder = self._folder(relpath)
+        owner = _Owner(transcript.source.sha256, transcript.source.name)
         # Every file is written and fsynced before any becomes visible: a failed write or
         # fsync (disk full, EIO) leaves nothing behind but hidden temp files we remove.
-        staged: list[tuple[Path, Path]] = []
+        temps: dict[str, Path] = {}
         try:
-            for extension, target in self._targets(folder, stem, transcript.language):
+            for extension in self._formats:
                 data = WRITERS[extension](transcript)
                 label = f"outbox.{extension}"
-                staged.append((write_temp(folder, target.name, data, self._mode, label), target))
-            for temp, target in staged:
-                os.replace(temp, target)
-                faults.point(f"outbox.{target.suffix[1:]}.published", target.name)
+                temps[extension] = write_temp(folder, f"x.{extension}", data, self._mode, label)
+            stem = self._reserve(folder, PurePosixPath(relpath).stem, owner, temps["json"])
+            targets = self._targets(folder, stem, transcript.language)
+            for extension, target in targets[1:]:
+                os.replace(temps[extension], target)
+                faults.point(f"outbox.{extension}.published", target.name)
         finally:
-            for temp, _target in staged:
+            for temp in temps.values():
                 temp.unlink(missing_ok=True)
         fsync_dir(folder)
         faults.point("outbox.fsynced", stem)
-        return [target for _temp, target in staged]
+        return [target for _extension, target in targets]
 
-    def retract(self, relpath: str, sha256: str) -> list[Path]:
-        """Remove the transcript files a failed job may have published before a crash (I2: its
-        content may still get a transcript under a duplicate's name). Returns what was removed."""
+    def _folder(self, relpath: str) -> Path:
+        if self._inbox is not None:
+            check_outside(self._root, self._inbox)
+        folder = make_folders(self._root, Path(PurePosixPath(relpath).parent))
+        if self._inbox is not None:
+            check_outside(folder, self._inbox)
+        return folder
+
+    def _reserve(self, folder: Path, stem: str, owner: "_Owner", json_temp: Path) -> str:
+        """Publish the JSON under the first free stem (`stem`, `stem-2`, …) and return that
+        stem. Taking the name is one atomic link, which fails if the name exists: two jobs
+        with the same stem publishing at once never take the same name, and a stem whose JSON
+        is already this recording's (a retry after a crash) is reused."""
+        for candidate in self._candidates(stem):
+            if not self._usable(folder, candidate, owner):
+                continue
+            target = folder / f"{candidate}.json"
+            if os.path.lexists(target):
+                os.replace(json_temp, target)  # ours, from an attempt a crash cut short
+            elif not _take_name(json_temp, target):
+                continue  # another job took this name a moment ago
+            faults.point("outbox.json.published", target.name)
+            return candidate
+        raise AssertionError("unreachable: the candidates never end")
+
+    def retract(self, relpath: str, sha256: str, name: str) -> list[Path]:
+        """Remove the transcript files a failed job may have published before a crash (I2:
+        its name gets a failure reason instead). Returns what was removed."""
         folder = self._root / PurePosixPath(relpath).parent
-        stem = self._free_stem(folder, PurePosixPath(relpath).stem, sha256)
+        owner = _Owner(sha256, name)
+        stem = next(
+            c
+            for c in self._candidates(PurePosixPath(relpath).stem)
+            if self._usable(folder, c, owner)
+        )
         marker = _read_marker(folder / f"{stem}.json")
-        if marker is None or marker.get("source", {}).get("sha256") != sha256:
+        if marker is None or _owner_of(marker) != owner:
             return []  # nothing of ours was published
         targets = self._targets(folder, stem, marker.get("language"))
         removed = [path for _extension, path in reversed(targets)]
@@ -113,20 +150,60 @@ class Outbox:
             targets.append((extension, folder / name))
         return targets
 
-    def _free_stem(self, folder: Path, stem: str, sha256: str, language: str | None = None) -> str:
-        """`stem`, or `stem-2`, `stem-3`…: the first whose files are absent or hold this content."""
+    def _candidates(self, stem: str) -> Iterator[str]:
+        """`stem`, `stem-2`, `stem-3`…, each shortened to leave room for the longest suffix."""
         reserve = max(len(f".{extension}") for extension in self._formats) + _LANGUAGE_TAG
-        candidate, number = fit_name(stem, "", reserve), 2
-        while not self._usable(folder, candidate, sha256, language):
-            candidate, number = fit_name(stem, f"-{number}", reserve), number + 1
-        return candidate
+        yield fit_name(stem, "", reserve)
+        for number in itertools.count(2):
+            yield fit_name(stem, f"-{number}", reserve)
 
-    def _usable(self, folder: Path, stem: str, sha256: str, language: str | None) -> bool:
+    def _usable(self, folder: Path, stem: str, owner: "_Owner") -> bool:
+        """The stem's JSON is this recording's, or none of its files exist (in any language:
+        a subtitle name may carry one)."""
         marker = folder / f"{stem}.json"
         if os.path.lexists(marker):
-            return _source_sha(marker) == sha256
-        targets = self._targets(folder, stem, language)
-        return not any(os.path.lexists(path) for _extension, path in targets)
+            found = _read_marker(marker)
+            return found is not None and _owner_of(found) == owner
+        plain = self._targets(folder, stem, None)
+        return not any(os.path.lexists(path) for _extension, path in plain)
+
+
+# Filesystems without hard links (some network shares) cannot take a name with one link:
+# there the name is checked and taken under a lock, which covers this daemon's own jobs (the
+# only ones writing this outbox: one daemon per inbox).
+_NO_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS})
+_TAKING = threading.Lock()
+
+
+def _take_name(temp: Path, target: Path) -> bool:
+    """Give `temp` the name `target` unless it exists (atomically); False when it does."""
+    with _TAKING:
+        try:
+            os.link(temp, target, follow_symlinks=False)
+        except FileExistsError:
+            return False
+        except OSError as error:
+            if error.errno not in _NO_LINKS or os.path.lexists(target):
+                raise
+            os.replace(temp, target)
+            return True
+        temp.unlink()
+        return True
+
+
+@dataclass(frozen=True)
+class _Owner:
+    """Whose transcript a JSON is: the recording's content and the name it was dropped as."""
+
+    sha256: str
+    name: str
+
+
+def _owner_of(marker: dict[str, Any]) -> "_Owner | None":
+    source = marker.get("source")
+    if not isinstance(source, dict):
+        return None  # someone else's file: leave it alone
+    return _Owner(str(source.get("sha256")), str(source.get("name")))
 
 
 def _read_marker(marker: Path) -> dict[str, Any] | None:
@@ -135,10 +212,3 @@ def _read_marker(marker: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def _source_sha(marker: Path) -> str | None:
-    try:
-        return str(_read_marker(marker)["source"]["sha256"])  # type: ignore[index]
-    except (KeyError, TypeError):
-        return None  # someone else's file: leave it alone
