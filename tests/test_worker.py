@@ -1,5 +1,6 @@
 """The worker driven step by step with real parts: queue, child decoder, tiny model, outbox."""
 
+import hashlib
 import itertools
 import json
 import sqlite3
@@ -26,14 +27,12 @@ def engine(tiny_model: Path) -> Engine:
 
 
 @pytest.fixture
-def setup(folders, engine):
-    work = folders.inbox / ".transcribed-work"
-    work.mkdir()
+def setup(folders, engine, work):
     jobs = JobQueue(folders.state / "q.db")
     decoder = ChildDecoder(timeout_seconds=60, memory_bytes=4 << 30, max_seconds=3600)
     worker = Worker(
         jobs=jobs,
-        work_dir=work,
+        work=work,
         decoder=decoder,
         recognizer=engine,
         rules=Rules(
@@ -47,14 +46,15 @@ def setup(folders, engine):
         max_attempts=3,
         stop=threading.Event(),
     )
-    yield worker, jobs, work
+    yield worker, jobs, work.path
     decoder.close()
 
 
 def _claim(jobs: JobQueue, work: Path, relpath: str, make) -> int:
-    job_id = jobs.begin_claim(relpath.encode(), f"{len(list(work.iterdir()))}.flac")
-    path = make(work / f"{len(list(work.iterdir()))}.flac")
-    jobs.finish_claim(job_id, path.name * 8, path.stat().st_size)
+    name = f"{len(list(work.iterdir()))}.flac"
+    job_id = jobs.begin_claim(relpath.encode(), name)
+    path = make(work / name)
+    jobs.finish_claim(job_id, hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size)
     return job_id
 
 
@@ -110,19 +110,35 @@ def test_a_job_that_keeps_crashing_is_quarantined_after_max_attempts(
     assert report["attempts"] == 3 and "model blew up" in report["error"]
 
 
-def test_duplicates_are_disposed_once_the_original_is_published(setup, folders) -> None:
+def test_the_same_content_under_another_name_gets_its_own_transcript_from_one_model_run(
+    setup, folders, monkeypatch
+) -> None:
+    """Finding 13 (I2): `notes (copy).wav` beside `notes.wav` gets a transcript named after
+    it, published from the stored result; the model runs once."""
     worker, jobs, work = setup
-    first = jobs.begin_claim(b"a.flac", "1.flac")
-    write_soundfile(work / "1.flac", 1, 16000, "PCM_16", "FLAC")
-    jobs.finish_claim(first, "same", 1)
-    second = jobs.begin_claim(b"copy.flac", "2.flac")
-    write_soundfile(work / "2.flac", 1, 16000, "PCM_16", "FLAC")
-    jobs.finish_claim(second, "same", 1)
-    worker.step()
-    worker.step()
-    assert jobs.get(second).state == JobState.DONE
-    assert sorted(p.name for p in folders.outbox.iterdir()) == ["a.json", "a.txt"]
-    assert sorted(p.name for p in folders.archive.iterdir()) == ["a.flac", "copy.flac"]
+    make = lambda path: write_soundfile(path, 2, 16000, "PCM_16", "FLAC")  # noqa: E731
+    first = _claim(jobs, work, "notes.flac", make)
+    copy = _claim(jobs, work, "notes (copy).flac", make)
+    calls = []
+    real = worker.recognizer.transcribe
+    monkeypatch.setattr(
+        worker.recognizer, "transcribe", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    assert worker.step() and worker.step()
+    assert len(calls) == 1, "the model ran for each name"
+    assert (jobs.get(first).state, jobs.get(copy).state) == (JobState.DONE, JobState.DONE)
+    original = json.loads((folders.outbox / "notes.json").read_text())
+    published = json.loads((folders.outbox / "notes (copy).json").read_text())
+    assert published["source"]["name"] == "notes (copy).flac"
+    assert published["reused_from"] == "notes.flac"
+    assert published["text"] == original["text"] and published["segments"] == original["segments"]
+    assert (folders.outbox / "notes (copy).txt").read_text() == (
+        folders.outbox / "notes.txt"
+    ).read_text()
+    assert sorted(p.name for p in folders.archive.iterdir()) == [
+        "notes (copy).flac",
+        "notes.flac",
+    ]
 
 
 def test_shutdown_requeues_the_current_job_without_counting_it(setup, folders) -> None:
@@ -171,3 +187,85 @@ def _fails_once(method):
         return method(*args, **kwargs)
 
     return wrapped
+
+
+def test_a_queued_job_whose_recording_vanished_fails_with_a_reason_and_wedges_nothing(
+    setup, folders
+) -> None:
+    """Finding 4: its work file is missing; it must end failed (saying so) at once, and the
+    job behind it must run."""
+    worker, jobs, work = setup
+    make = lambda path: write_soundfile(path, 1, 16000, "PCM_16", "FLAC")  # noqa: E731
+    gone = _claim(jobs, work, "gone.flac", make)
+    behind = _claim(jobs, work, "behind.flac", make)
+    (work / jobs.get(gone).work_name).unlink()
+    assert worker.step() and worker.step()
+    failed = jobs.get(gone)
+    assert (failed.state, failed.failure_kind) == (JobState.FAILED, "vanished")
+    assert "vanished from the work folder" in (failed.error or "")
+    report = json.loads((folders.failed / "gone.flac.error.json").read_text())
+    assert "vanished" in report["error"] and "original" in report
+    assert jobs.get(behind).state == JobState.DONE
+
+
+def test_consecutive_transient_failures_double_the_wait(setup, folders, monkeypatch) -> None:
+    """Finding 8: the attempt is refunded each time, but the wait must still grow."""
+    worker, jobs, work = setup
+    job_id = _claim(jobs, work, "a.flac", lambda p: write_soundfile(p, 1, 16000, "PCM_16", "FLAC"))
+    monkeypatch.setattr(
+        worker.destinations.outbox(("json", "txt")), "publish", _raises(OSError(28, "full"))
+    )
+    waits = []
+    for _ in range(6):
+        jobs._db.execute("UPDATE jobs SET not_before = 0 WHERE id = ?", (job_id,))
+        assert worker.step()
+        waits.append(round(jobs.get(job_id).not_before - time.time()))
+    assert waits == [30, 60, 120, 240, 480, 600]
+    assert jobs.get(job_id).attempts == 0  # not the file's fault
+
+
+def test_a_path_that_cannot_exist_fails_for_good_instead_of_retrying_forever(
+    setup, folders, monkeypatch
+) -> None:
+    """Finding 8: ENAMETOOLONG (a too-long outbox path) can never cure itself."""
+    worker, jobs, work = setup
+    job_id = _claim(jobs, work, "a.flac", lambda p: write_soundfile(p, 1, 16000, "PCM_16", "FLAC"))
+    monkeypatch.setattr(
+        worker.destinations.outbox(("json", "txt")),
+        "publish",
+        _raises(OSError(36, "File name too long")),
+    )
+    assert worker.step()
+    job = jobs.get(job_id)
+    assert (job.state, job.failure_kind) == (JobState.FAILED, "unwritable")
+    assert (folders.failed / "a.flac").is_file()
+
+
+def test_a_failure_while_quarantining_does_not_wedge_the_queue(setup, folders, monkeypatch) -> None:
+    """An error inside the error handling (failed_dir gone) still counts, and the job goes
+    behind the others instead of being picked again and again."""
+    worker, jobs, work = setup
+    make = lambda path: write_soundfile(path, 1, 16000, "PCM_16", "FLAC")  # noqa: E731
+    poison = _claim(jobs, work, "poison.flac", make)
+    good = _claim(jobs, work, "good.flac", make)
+    worker.max_attempts = 1
+    monkeypatch.setattr(worker, "_transcribe_and_publish", _raises(RuntimeError("bug")))
+    folders.failed.rmdir()
+    folders.failed.write_text("not a folder")
+    assert worker.step()
+    assert jobs.get(poison).state == JobState.QUEUED and jobs.get(poison).attempts == 1
+    monkeypatch.undo()
+    assert worker.step() and jobs.get(good).state == JobState.DONE  # the other one first
+    folders.failed.unlink()
+    folders.failed.mkdir()
+    jobs._db.execute("UPDATE jobs SET not_before = 0 WHERE id = ?", (poison,))
+    assert worker.step()
+    assert jobs.get(poison).state == JobState.FAILED  # spent: quarantined, not run again
+    assert (folders.failed / "poison.flac.error.json").is_file()
+
+
+def _raises(error: Exception):
+    def fail(*args: object, **kwargs: object) -> None:
+        raise error
+
+    return fail

@@ -3,6 +3,9 @@
 No model types here: the outbox writers import this module and nothing heavier.
 """
 
+import dataclasses
+import hashlib
+import json
 import unicodedata
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -81,6 +84,31 @@ class Transcript:
         data.update(self.extra)
         return data
 
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> "Transcript":
+        """The transcript a published JSON holds (`to_json_dict` reversed): what the
+        recording's other names are published from. KeyError/TypeError when it is not one."""
+        fields = {name: data[name] for name in _PLAIN_FIELDS}
+        extra = {name: value for name, value in data.items() if name not in _ALL_FIELDS}
+        return cls(
+            **fields,
+            languages=dict(data["languages"]),
+            segments=tuple(_segment(segment) for segment in data["segments"]),
+            source=SourceInfo(**data["source"]),
+            model=ModelInfo(**data["model"]),
+            extra=extra,
+        )
+
+
+def _segment(data: dict[str, Any]) -> Segment:
+    words = tuple(Word(**word) for word in data.get("words", ()))
+    return Segment(**{**data, "words": words})
+
+
+_ALL_FIELDS = {f.name for f in dataclasses.fields(Transcript)}
+_CONVERTED = {"languages", "segments", "source", "model", "extra"}
+_PLAIN_FIELDS = tuple(sorted(_ALL_FIELDS - _CONVERTED))
+
 
 def _is_unspaced_char(char: str) -> bool:
     """Scripts written without spaces between words: CJK ideographs, kana, fullwidth marks."""
@@ -133,3 +161,29 @@ def weighted_confidence(segments: tuple[Segment, ...], language: str | None) -> 
         return None
     total = sum((s.end - s.start) * (s.language_confidence or 0.0) for s in scored)
     return round(total / weight, 4)
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the model is asked for a recording: which model, a forced language, a context.
+    The same content asked the same way gives the same result, so it is transcribed once."""
+
+    model: str
+    language: str | None
+    context: str | None
+
+    def as_json(self) -> dict[str, str | None]:
+        """For the transcript's JSON: enough to recognise the request, not the context text."""
+        digest = hashlib.sha256(self.context.encode()).hexdigest() if self.context else None
+        return {"language": self.language, "context_sha256": digest}
+
+    @property
+    def key(self) -> str:
+        return request_key(self.model, self.as_json())
+
+
+def request_key(model: str, request: dict[str, Any]) -> str:
+    """The key of a request, from the model id and `Request.as_json()` (as a published JSON
+    holds them: the job database can be rebuilt from the outbox)."""
+    parts = [model, request.get("language"), request.get("context_sha256")]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]

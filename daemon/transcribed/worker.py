@@ -2,14 +2,21 @@
 
 `step()` does one unit of work so tests can drive it; `run()` is the plain loop.
 Failure classes decide the job's fate: permanent -> failed_dir at once; transient -> retry
-with backoff, attempt refunded, original untouched; anything else (a crash, a hang) -> counted
-attempt, quarantined after `max_attempts`. A job the daemon died in (kill -9, power loss, a
-file that kills the process) counts too: the attempt was committed before the work started,
-so `recover` quarantines it once its attempts are spent instead of looping forever.
+with a backoff that doubles with each consecutive transient failure, attempt refunded,
+original untouched; anything else (a crash, a hang, a bug, an error while handling an error)
+-> counted attempt, behind the other jobs, quarantined after `max_attempts`. A job the daemon
+died in (kill -9, power loss, a file that kills the process) counts too: the attempt was
+committed before the work started, so `recover` quarantines it once its attempts are spent
+instead of looping forever. Nothing can hold a job at the head of the queue.
+
+The model runs once per content and request: a job whose content was already transcribed
+the same way under another name publishes its own transcript from that result.
 """
 
 import contextlib
 import dataclasses
+import errno
+import json
 import os
 import sqlite3
 import threading
@@ -26,6 +33,7 @@ from transcribed.destinations import Destinations
 from transcribed.errors import (
     DecoderCrashed,
     PermanentError,
+    RecordingVanished,
     ShutdownRequested,
     TransientError,
     advice,
@@ -34,15 +42,16 @@ from transcribed.logs import get_logger
 from transcribed.names import display_name
 from transcribed.pipeline import Recognizer, WordAligner, transcribe_stream
 from transcribed.queue import FailureKind, Job, JobQueue, JobState
-from transcribed.rules import Rules
-from transcribed.transcript import SourceInfo
+from transcribed.rules import Plan, Rules
+from transcribed.transcript import Request, SourceInfo, Transcript
+from transcribed.workfolder import WorkFolder
 
 log = get_logger(__name__)
 
 BACKOFF_MAX_SECONDS = 600.0
-
-
 PROGRESS_SECONDS = 2.0  # how often a running job's progress is written for `status`
+# Errors no retry can cure: a path that cannot exist (too long, invalid), a folder in the way.
+PERMANENT_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EINVAL, errno.ENOTDIR, errno.EISDIR})
 
 
 class Decoder(Protocol):
@@ -50,6 +59,8 @@ class Decoder(Protocol):
 
     # The length the current file's header claims, once known: for progress display only.
     expected_seconds: float | None
+    # Samples of the last file that were NaN, infinite or absurd, and were repaired.
+    repaired_samples: int
 
     def stream(self, path: Path, label: str = "") -> Iterator[np.ndarray]: ...
 
@@ -58,10 +69,14 @@ class Decoder(Protocol):
     def close(self) -> None: ...
 
 
+class _WaitingForSameContent(Exception):
+    """The same content, asked the same way, is being transcribed by another job right now."""
+
+
 @dataclass
 class Worker:
     jobs: JobQueue
-    work_dir: Path
+    work: WorkFolder
     decoder: Decoder
     recognizer: Recognizer
     rules: Rules
@@ -88,7 +103,7 @@ class Worker:
         now used up its attempts: it is what keeps killing us) and retry pending disposals."""
         for job in self.jobs.in_state(JobState.RUNNING):
             if job.attempts >= self.max_attempts:
-                self._fail(
+                self._fail_or_wait(
                     job,
                     f"the daemon stopped during each of {job.attempts} attempts "
                     "(a crash, a kill or a power cut): this file may be what kills it",
@@ -102,7 +117,10 @@ class Worker:
                 log.info("recover.requeued", job=job.id, attempts=job.attempts, retry_in=delay)
 
     def step(self) -> bool:
-        """Dispose of what is ready, then process the next due job; False when idle."""
+        """Dispose of what is ready, then process the next due job; False when idle (or
+        while the inbox is not the folder we opened: nothing can be read or disposed of)."""
+        if self.work.problem() is not None:
+            return False
         if self.disposes:
             self.sweep_disposals()
         job = self.jobs.next_job()
@@ -114,7 +132,7 @@ class Worker:
 
     def sweep_disposals(self) -> bool:
         """Dispose of every original whose transcript is durable; True when any was."""
-        self.jobs.orphan_duplicates()
+        self.jobs.release_duplicates()
         ready = self.jobs.disposals_due()
         for job in ready:
             self._dispose(job)
@@ -131,6 +149,8 @@ class Worker:
 
         def sweep() -> bool:
             wake.clear()
+            if self.work.problem() is not None:
+                return False
             return self.sweep_disposals()
 
         self._loop(sweep, idle_wait, wait=lambda seconds: wake.wait(seconds))
@@ -160,8 +180,8 @@ class Worker:
 
     def _wait_out_failure(self, error: BaseException | None, failures: int) -> bool:
         """Back off, then put back the job that was cut short: the failure was in our own
-        bookkeeping, not the file, so its attempt is refunded. Only this worker's job: the
-        others' are still being transcribed."""
+        bookkeeping (the job's own failures are handled in `_process`), so its attempt is
+        refunded. Only this worker's job: the others' are still being transcribed."""
         delay = _backoff(self.retry_seconds, failures)
         if error is not None:
             log.error(
@@ -176,38 +196,23 @@ class Worker:
                 self.jobs.recover_running(refund=True, job_id=self._last_job)
         return False
 
+    # --- one job --------------------------------------------------------------------------
+
     def _process(self, job: Job) -> None:
         name = display_name(job.relpath)
         log.info("job.started", job=job.id, file=name, attempt=job.attempts)
         started = time.monotonic()
+        if job.attempts > self.max_attempts:  # spent; quarantining it failed last time
+            self._fail_or_wait(job, job.error or "gave up", FailureKind.GAVE_UP)
+            return
         try:
             with self.job_scope():
                 self._transcribe_and_publish(job, started)
-        except ShutdownRequested:
-            self.jobs.requeue(job.id, 0, None, refund=True)
-            log.info("job.requeued_for_shutdown", job=job.id)
+        except _WaitingForSameContent as twin:
+            log.info("job.waiting_for_same_content", job=job.id, same_as=str(twin))
             return
-        except PermanentError as error:
-            self._fail(job, str(error), FailureKind.UNREADABLE)
-            return
-        except DecoderCrashed as error:
-            log.warning("job.decoder_crashed", job=job.id, error=str(error), attempt=job.attempts)
-            self._retry_or_quarantine(job, str(error))
-            return
-        except TransientError as error:
-            delay = _backoff(self.retry_seconds, job.attempts)
-            self.jobs.requeue(job.id, delay, str(error), refund=True)
-            log.warning(
-                "job.retry_later",
-                job=job.id,
-                error=str(error),
-                retry_in=delay,
-                hint=advice(error.__cause__),
-            )
-            return
-        except Exception as error:  # unexpected: counts as an attempt, like a crash would
-            log.exception("job.attempt_failed", job=job.id, attempt=job.attempts)
-            self._retry_or_quarantine(job, f"{type(error).__name__}: {error}")
+        except Exception as error:
+            self._after_failure(job, error)
             return
         if self.disposes:
             self._dispose(self.jobs.get(job.id))
@@ -215,30 +220,83 @@ class Worker:
             self.wake_disposals.set()
         log.info("job.done", job=job.id, file=name, seconds=round(time.monotonic() - started, 3))
 
+    def _after_failure(self, job: Job, error: Exception) -> None:
+        """Decide a failed attempt's fate. A database error is ours, not the job's: it goes to
+        the loop, which backs off and puts the job back. If deciding fails too (the failed
+        folder is unwritable…), the attempt still counts and the job goes behind the others."""
+        if isinstance(error, sqlite3.Error):
+            raise error
+        try:
+            self._classify(job, error)
+        except sqlite3.Error:
+            raise
+        except Exception as secondary:
+            log.exception("job.failure_not_recorded", job=job.id, error=str(secondary))
+            delay = _backoff(self.retry_seconds, job.attempts)
+            self.jobs.requeue(job.id, delay, f"{error} (then: {secondary})", refund=False)
+
+    def _classify(self, job: Job, error: Exception) -> None:
+        if isinstance(error, ShutdownRequested):
+            self.jobs.requeue(job.id, 0, None, refund=True)
+            log.info("job.requeued_for_shutdown", job=job.id)
+        elif isinstance(error, PermanentError):
+            self._fail(job, str(error), FailureKind.UNREADABLE)
+        elif isinstance(error, RecordingVanished):
+            self._fail(job, str(error), FailureKind.VANISHED)
+        elif isinstance(error, OSError) and error.errno in PERMANENT_ERRNOS:
+            self._fail(job, f"{error}: a path that cannot exist", FailureKind.UNWRITABLE)
+        elif isinstance(error, DecoderCrashed):
+            log.warning("job.decoder_crashed", job=job.id, error=str(error), attempt=job.attempts)
+            self._retry_or_quarantine(job, str(error))
+        elif isinstance(error, TransientError | OSError):
+            self._retry_later(job, error)
+        else:  # unexpected: counts as an attempt, like a crash would
+            log.error(
+                "job.attempt_failed",
+                job=job.id,
+                attempt=job.attempts,
+                error=f"{type(error).__name__}: {error}",
+                exc_info=error,
+            )
+            self._retry_or_quarantine(job, f"{type(error).__name__}: {error}")
+
+    def _retry_later(self, job: Job, error: Exception) -> None:
+        """Not the file's fault (disk full, I/O error, a folder gone): the attempt is refunded,
+        and each consecutive time the wait doubles, up to 10 minutes."""
+        delay = _backoff(self.retry_seconds, job.transient_failures + 1)
+        self.jobs.requeue(job.id, delay, str(error), refund=True, transient=True)
+        log.warning(
+            "job.retry_later",
+            job=job.id,
+            error=str(error),
+            retry_in=delay,
+            hint=advice(error.__cause__ or error),
+        )
+
     def _transcribe_and_publish(self, job: Job, started: float) -> None:
         assert job.sha256 is not None and job.size is not None
-        plan = self.rules.plan(os.fsdecode(job.relpath))
+        relpath = os.fsdecode(job.relpath)
+        plan = self.rules.plan(relpath)
         name = os.fsdecode(os.path.basename(job.relpath))
-        faults.point("job.decoding", name)
+        if not os.path.lexists(self.work.file(job.work_name)):
+            self._check_work_folder()
+            raise RecordingVanished(self.work.vanished())
+        request = Request(self.recognizer.info.id, plan.language, self.rules.context(plan))
+        twin = self.jobs.start_request(job.id, request.key)
+        if twin is not None and twin.state == JobState.RUNNING:
+            raise _WaitingForSameContent(twin.id)
         source = SourceInfo(name=display_name(name), sha256=job.sha256, size=job.size)
-        transcript = transcribe_stream(
-            self.decoder.stream(self.work_dir / job.work_name, name),
-            source,
-            self.recognizer,
-            chunk_seconds=self.chunk_seconds,
-            language=plan.language,
-            context=self.rules.context(plan),
-            aligner=self.aligner,
-            should_stop=self._beat_and_check_stop,
-            on_progress=lambda seconds: self._record_progress(job, seconds),
-            started=started,
-        )
-        disposal = {"disposal": self.destinations.disposer(plan.disposal).assurance.as_dict()}
-        transcript = dataclasses.replace(transcript, extra=transcript.extra | disposal)
+        transcript = self._reuse(twin, source) if twin is not None else None
+        if transcript is None:
+            transcript = self._transcribe(job, plan, request, source, started)
+        extra = {"disposal": self.destinations.disposer(plan.disposal).assurance.as_dict()}
+        transcript = dataclasses.replace(transcript, extra=transcript.extra | extra)
         try:
             outbox = self.destinations.outbox(plan.formats)
             outputs = outbox.publish(transcript, plan.output_relpath)
         except OSError as error:  # disk full, unwritable, I/O error: nothing lost, try later
+            if error.errno in PERMANENT_ERRNOS:
+                raise
             raise TransientError(f"cannot write the transcript: {error}") from error
         self.jobs.mark_published(
             job.id,
@@ -252,7 +310,55 @@ class Worker:
             audio_seconds=transcript.duration,
             segments=len(transcript.segments),
             language=transcript.language,
+            reused=twin is not None and "reused_from" in transcript.extra,
         )
+
+    def _transcribe(
+        self, job: Job, plan: Plan, request: Request, source: SourceInfo, started: float
+    ) -> Transcript:
+        name = os.fsdecode(os.path.basename(job.relpath))
+        faults.point("job.decoding", name)
+        blocks = self.decoder.stream(self.work.file(job.work_name), name)
+        transcript = transcribe_stream(
+            _as_far_as_it_decodes(blocks) if job.incomplete else blocks,
+            source,
+            self.recognizer,
+            chunk_seconds=self.chunk_seconds,
+            language=request.language,
+            context=request.context,
+            aligner=self.aligner,
+            should_stop=self._beat_and_check_stop,
+            on_progress=lambda seconds: self._record_progress(job, seconds),
+            started=started,
+        )
+        extra: dict[str, object] = {"request": request.as_json()}
+        if job.incomplete:
+            extra |= {"source_incomplete": True, "source_incomplete_reason": job.incomplete}
+        if self.decoder.repaired_samples:
+            extra["samples_repaired"] = self.decoder.repaired_samples
+        return dataclasses.replace(transcript, extra=transcript.extra | extra)
+
+    def _reuse(self, twin: Job, source: SourceInfo) -> Transcript | None:
+        """This content's transcript, published for `twin` under its name, as this
+        recording's own; None when it cannot be read back (then the model runs again)."""
+        published = next((path for path in twin.outputs if path.endswith(".json")), None)
+        try:
+            assert published is not None
+            data = json.loads(Path(published).read_bytes())
+            transcript = Transcript.from_json_dict(data)
+            assert transcript.source.sha256 == source.sha256
+        except (OSError, ValueError, KeyError, TypeError, AssertionError) as error:
+            log.warning("job.cannot_reuse", same_as=twin.id, error=type(error).__name__)
+            return None
+        return dataclasses.replace(
+            transcript,
+            source=source,
+            extra=transcript.extra | {"reused_from": transcript.source.name},
+        )
+
+    def _check_work_folder(self) -> None:
+        if problem := self.work.problem():
+            raise TransientError(problem)
 
     def _record_progress(self, job: Job, seconds: float) -> None:
         """At most every PROGRESS_SECONDS: progress is for people, not worth an fsync a batch."""
@@ -278,10 +384,25 @@ class Worker:
                 job.id, _backoff(self.retry_seconds, job.attempts), error, refund=False
             )
 
+    def _fail_or_wait(self, job: Job, error: str, kind: FailureKind) -> None:
+        """`_fail`, or, when even that fails (failed_dir unwritable), wait and try again."""
+        try:
+            self._fail(job, error, kind)
+        except sqlite3.Error:
+            raise
+        except Exception as secondary:
+            log.error("job.cannot_quarantine", job=job.id, error=str(secondary))
+            delay = _backoff(self.retry_seconds, job.attempts)
+            self.jobs.requeue(job.id, delay, error, refund=False)
+
     def _fail(self, job: Job, error: str, kind: FailureKind) -> None:
+        """Failed for good: the original (or, when it vanished, a reason file alone) goes to
+        failed_dir. A transcript published before a crash is taken back, so the name ends
+        with its reason only; not one published for a recording that then vanished."""
         plan = self.rules.plan(os.fsdecode(job.relpath))
-        if job.sha256 is not None:
-            self.destinations.outbox(plan.formats).retract(plan.output_relpath, job.sha256)
+        if job.sha256 is not None and job.state != JobState.PUBLISHED:
+            name = display_name(os.path.basename(job.relpath))
+            self.destinations.outbox(plan.formats).retract(plan.output_relpath, job.sha256, name)
         target = self.destinations.disposer(plan.disposal).quarantine(job, error)
         self.jobs.mark_failed(job.id, error, kind)
         log.warning(
@@ -289,16 +410,18 @@ class Worker:
             job=job.id,
             file=display_name(job.relpath),
             error=error,
+            kind=str(kind),
             moved_to=display_name(str(target)),
         )
         self.on_finished(self.jobs.get(job.id), "failed")
 
     def _dispose(self, job: Job) -> None:
+        disposer = self.destinations.disposer(self.rules.plan(os.fsdecode(job.relpath)).disposal)
         try:
-            disposer = self.destinations.disposer(
-                self.rules.plan(os.fsdecode(job.relpath)).disposal
-            )
             outcome = disposer.dispose(job)
+        except RecordingVanished as error:
+            self._fail_or_wait(job, str(error), FailureKind.VANISHED)
+            return
         except OSError as error:  # the transcript is safe; the original waits in the work folder
             delay = _backoff(self.retry_seconds, job.disposal_failures + 1)
             self.jobs.defer_disposal(job.id, delay, str(error))
@@ -318,6 +441,19 @@ class Worker:
             assurance=disposer.assurance.assurance,
         )
         self.on_finished(job, outcome)
+
+
+def _as_far_as_it_decodes(blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """A recording that never finished: what decodes is transcribed, and a broken tail ends
+    it (a recording of which nothing decodes still fails)."""
+    decoded = False
+    try:
+        for block in blocks:
+            decoded = True
+            yield block
+    except PermanentError:
+        if not decoded:
+            raise
 
 
 def _backoff(base: float, attempts: int) -> float:
