@@ -81,3 +81,31 @@ def test_a_decode_that_runs_past_the_time_limit_kills_the_child(tmp_path) -> Non
         assert child._process is None
     finally:
         child.close()
+
+
+def _float_wav_with(path: Path, damage: dict[int, float], seconds: float = 6.0) -> Path:
+    from recordings import speechlike
+
+    samples = speechlike(seconds, 44100)
+    for index, value in damage.items():
+        samples[index] = value
+    import soundfile as sf
+
+    sf.write(path, samples, 44100, subtype="FLOAT")
+    return path
+
+
+def test_nan_and_infinite_samples_are_repaired_and_counted(tmp_path, decoder) -> None:
+    """Finding 7: one NaN would spread through the resampler and silence a whole chunk."""
+    damage = {1000: np.nan, 90_000: np.inf, 150_000: -np.inf, 200_000: 1e30}
+    audio = decoder.decode(_float_wav_with(tmp_path / "damaged.wav", damage))
+    assert np.isfinite(audio).all() and float(np.abs(audio).max()) < 2
+    assert decoder.repaired_samples == 4
+    second = audio[SAMPLE_RATE : 2 * SAMPLE_RATE]  # speech around the damage is still there
+    assert float(np.sqrt(np.mean(second**2))) > 0.05
+
+
+def test_float_audio_that_is_mostly_damage_fails_with_a_reason(tmp_path, decoder) -> None:
+    damage = dict.fromkeys(range(0, 264_600, 10), np.nan)  # every tenth sample
+    with pytest.raises(PermanentError, match="NaN, infinite or absurdly large"):
+        decoder.decode(_float_wav_with(tmp_path / "garbage.wav", damage))

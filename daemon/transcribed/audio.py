@@ -75,9 +75,12 @@ def open_source(path: Path) -> Source:
     return Source(claimed, _soundfile_blocks(opened))
 
 
-def to_16k_mono(blocks: Iterator[RawBlock], max_seconds: float) -> Iterator[np.ndarray]:
-    """Downmix and resample block by block, failing as soon as the cap is passed, or at the
-    end when not one sample was decoded."""
+def to_16k_mono(
+    blocks: Iterator[RawBlock], max_seconds: float, repairs: "Repairs | None" = None
+) -> Iterator[np.ndarray]:
+    """Downmix, repair and resample block by block, failing as soon as the cap is passed, or
+    at the end when not one sample was decoded. `repairs` counts the samples repaired."""
+    repairs = repairs if repairs is not None else Repairs()
     resampler: soxr.ResampleStream | None = None
     source_rate = 0
     decoded_seconds = 0.0
@@ -90,12 +93,45 @@ def to_16k_mono(blocks: Iterator[RawBlock], max_seconds: float) -> Iterator[np.n
             decoded_seconds += len(block) / rate
             if decoded_seconds > max_seconds:
                 raise PermanentError(f"longer than max_duration_seconds ({max_seconds:.0f} s)")
-            yield resampler.resample_chunk(_mono(block))
+            yield resampler.resample_chunk(repairs.repair(_mono(block)))
     except RuntimeError as error:  # libsndfile failing mid-file: a corrupt or cut-off body
         raise PermanentError(f"corrupt audio ({_short(error)})") from None
     if resampler is None or decoded_seconds == 0:
         raise PermanentError("no audio samples could be decoded")
     yield _flush(resampler)
+
+
+# Float samples beyond this are not sound but damage; their squares still fit in float32, so
+# no level computation downstream overflows. (Nominal full scale is 1.0.)
+SAMPLE_LIMIT = 1e6
+# More damaged samples than this share means the file is not audio worth transcribing.
+MAX_REPAIRED_SHARE = 0.01
+
+
+class Repairs:
+    """Float recordings can hold NaN or infinite samples (a broken encoder, a bad sector).
+    One of them would spread through the resampler's filter and turn a whole chunk into NaN,
+    which reads as silence: speech lost without a word. Such samples become 0 (and absurd
+    values are clipped); a file with too many fails with a reason instead."""
+
+    def __init__(self) -> None:
+        self.repaired = 0
+        self.seen = 0
+
+    def repair(self, mono: np.ndarray) -> np.ndarray:
+        self.seen += len(mono)
+        with np.errstate(all="ignore"):  # the check itself may overflow: that is the point
+            healthy = np.isfinite(np.dot(mono, mono))
+        if healthy:
+            return mono
+        bad = ~np.isfinite(mono) | (np.abs(mono) > SAMPLE_LIMIT)
+        self.repaired += int(bad.sum())
+        if self.repaired > MAX_REPAIRED_SHARE * self.seen:
+            raise PermanentError(
+                f"{self.repaired} of the first {self.seen} samples are NaN, infinite or "
+                "absurdly large: the float audio is damaged"
+            )
+        return np.where(bad, np.float32(0), mono)
 
 
 def _resampler(rate: int) -> soxr.ResampleStream:

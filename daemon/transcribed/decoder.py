@@ -26,6 +26,7 @@ _LENGTH = b"LEN "  # float64: the seconds the header claims
 _END = b"END "
 _ERROR = b"ERR "  # utf-8 reason: not usable audio
 _TRANSIENT = b"TRN "  # utf-8 reason: may work later
+_REPAIRED = b"FIX "  # int64: samples that were NaN, infinite or absurd and were repaired
 
 
 class ChildDecoder:
@@ -40,6 +41,7 @@ class ChildDecoder:
         # What the current file's header claims its length is: shown as progress, never
         # trusted for anything else (the duration cap counts decoded samples).
         self.expected_seconds: float | None = None
+        self.repaired_samples = 0  # of the current file, known at its end
 
     def start(self) -> None:
         """Start the child now rather than at the first file (it takes a moment to import)."""
@@ -61,6 +63,7 @@ class ChildDecoder:
         conn = self._ensure_child()
         conn.send((str(path), self._max_seconds, label))
         self.expected_seconds = None
+        self.repaired_samples = 0
         finished = False
         try:
             while True:
@@ -71,6 +74,10 @@ class ChildDecoder:
                 if tag == _LENGTH:
                     claimed = np.frombuffer(payload, np.float64, 1, _TAG_BYTES)
                     self.expected_seconds = float(claimed[0])
+                    continue
+                if tag == _REPAIRED:
+                    repaired = np.frombuffer(payload, np.int64, 1, _TAG_BYTES)
+                    self.repaired_samples = int(repaired[0])
                     continue
                 finished = True
                 reason = payload[_TAG_BYTES:].decode()
@@ -119,8 +126,8 @@ class ChildDecoder:
 
 
 def _serve(conn: Connection, memory_bytes: int) -> None:
-    """Child main loop: stream each requested file as LEN (when the header says), BLK…, then
-    END, or ERR or TRN with the reason."""
+    """Child main loop: stream each requested file as LEN (when the header says), BLK…, FIX
+    (when samples were repaired), then END, or ERR or TRN with the reason."""
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     pin_mmap_threshold()
@@ -144,14 +151,17 @@ def _serve(conn: Connection, memory_bytes: int) -> None:
 
 def _stream_one(conn: Connection, path: Path, max_seconds: float) -> tuple[bytes, str]:
     """Send the blocks of one file; return the closing message's tag and reason."""
-    from transcribed.audio import open_source, to_16k_mono  # libraries: child only
+    from transcribed.audio import Repairs, open_source, to_16k_mono  # libraries: child only
 
+    repairs = Repairs()
     try:
         source = open_source(path)
         if source.claimed_seconds is not None:
             conn.send_bytes(_tagged(_LENGTH, np.array([source.claimed_seconds], np.float64)))
-        for block in to_16k_mono(source.blocks, max_seconds):
+        for block in to_16k_mono(source.blocks, max_seconds, repairs):
             conn.send_bytes(_tagged(_BLOCK, block))
+        if repairs.repaired:
+            conn.send_bytes(_tagged(_REPAIRED, np.array([repairs.repaired], np.int64)))
     except PermanentError as error:
         return _ERROR, str(error)
     except MemoryError:

@@ -49,6 +49,9 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
     for noisy in ("transformers", "watchdog", "huggingface_hub", "httpx", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     threading.excepthook = _log_thread_death
+    # A library's warning (numpy's overflow, a deprecation) becomes an event like any other,
+    # not a raw line on stderr that breaks the JSON log.
+    logging.captureWarnings(True)
 
 
 def _log_thread_death(args: threading.ExceptHookArgs) -> None:
