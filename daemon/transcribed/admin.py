@@ -5,6 +5,7 @@ retry never moves a file out of the failed folder before its copy is back in the
 """
 
 import os
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,12 +14,16 @@ from typing import Any
 from transcribed.disposal import REASON_SUFFIX
 from transcribed.durable import fsync_dir, link_or_copy_no_overwrite, make_folders, unique_name
 from transcribed.errors import ConfigError
+from transcribed.instance import Holder
 from transcribed.names import display_name
-from transcribed.queue import Job, JobQueue, JobState
+from transcribed.queue import Job, JobQueue, JobState, is_damaged
 from transcribed.settings import Settings
 
 _HOUR = 3600.0
 _FAILED_SHOWN = 10
+# A running job whose progress has not moved for this long is shown as stuck (the health
+# check withholds systemd's watchdog pings at the same age).
+STALLED_SECONDS = 600.0
 
 
 class OperatorError(Exception):
@@ -35,10 +40,15 @@ def open_queue(settings: Settings) -> JobQueue:
         )
     try:
         return JobQueue(path)
-    except Exception as error:  # sqlite3 errors: permissions, a locked or damaged file
+    except sqlite3.Error as error:
+        if not is_damaged(error):
+            raise ConfigError(
+                f"cannot open {path}: {error}; run this as the service's user "
+                "(e.g. `sudo -u transcribed transcribed status`)"
+            ) from None
         raise ConfigError(
-            f"cannot open {path}: {error}; run this as the service's user "
-            "(e.g. `sudo -u transcribed transcribed status`)"
+            f"the job database {path} is damaged ({error}): stop the daemon and run "
+            "`transcribed recover` to rebuild it from the disk"
         ) from None
 
 
@@ -58,8 +68,9 @@ def status_line(counts: dict[str, int]) -> str:
 def service_status(jobs: JobQueue) -> str:
     """The STATUS= line for systemd: the counts, the running job's progress, the last result."""
     parts = [status_line(jobs.counts())]
+    speed = _job_speed(jobs, time.time())
     for job in jobs.in_state(JobState.RUNNING)[:1]:
-        percent = _running(job, time.time())["percent"]
+        percent = _running(job, time.time(), speed)["percent"]
         parts.append(f"now {display_name(job.relpath)}" + (f" {percent}%" if percent else ""))
     if (last := jobs.last_finished()) is not None and last.finished is not None:
         when = time.strftime("%H:%M", time.localtime(last.finished))
@@ -67,17 +78,27 @@ def service_status(jobs: JobQueue) -> str:
     return "; ".join(parts)
 
 
-def status_report(jobs: JobQueue, now: float | None = None) -> dict[str, Any]:
-    """What the daemon is doing, as plain data (the --json form)."""
+def status_report(
+    jobs: JobQueue, now: float | None = None, daemon: Holder | None = None
+) -> dict[str, Any]:
+    """What the daemon is doing, as plain data (the --json form). `daemon` is the running
+    daemon (instance.holder), None when none runs."""
     now = time.time() if now is None else now
     counts = jobs.counts()
     recordings, audio, busy = jobs.finished_since(now - _HOUR)
     queued = jobs.in_state(JobState.QUEUED)
+    speed = _job_speed(jobs, now)
     return {
         "summary": status_line(counts),
+        "daemon": _daemon(daemon, now),
         "counts": counts,
-        "running": [_running(job, now) for job in jobs.in_state(JobState.RUNNING)],
+        "running": [_running(job, now, speed) for job in jobs.in_state(JobState.RUNNING)],
         "queued": [_brief(job) | {"waiting_for_retry": bool(job.error)} for job in queued],
+        "waiting": [
+            {"file": display_name(relpath), "reason": reason, "since": round(since)}
+            for relpath, reason, since in jobs.waiting()
+        ],
+        "backlog": _backlog(jobs, now),
         "failed": [_failed(job) for job in jobs.listing(JobState.FAILED, _FAILED_SHOWN)],
         "last_hour": {
             "recordings": recordings,
@@ -88,23 +109,64 @@ def status_report(jobs: JobQueue, now: float | None = None) -> dict[str, Any]:
     }
 
 
+def _daemon(holder: Holder | None, now: float) -> dict[str, Any]:
+    if holder is None:
+        return {"running": False}
+    since = holder.since
+    return {
+        "running": True,
+        "pid": holder.pid,
+        "since": round(since) if since else None,
+        "up_seconds": round(now - since) if since else None,
+    }
+
+
 def _brief(job: Job) -> dict[str, Any]:
     return {"id": job.id, "file": display_name(job.relpath), "attempts": job.attempts}
 
 
-def _running(job: Job, now: float) -> dict[str, Any]:
-    done, expected = job.progress_seconds or 0.0, job.expected_seconds
+def _job_speed(jobs: JobQueue, now: float) -> float | None:
+    """Audio seconds one job gets through per second of its own time, lately: to move a
+    running job's progress between the model batches that confirm it."""
+    _recordings, audio, busy = jobs.finished_since(now - _HOUR)
+    return audio / busy if busy > 0 and audio > 0 else None
+
+
+def _running(job: Job, now: float, speed: float | None = None) -> dict[str, Any]:
+    """Progress is confirmed after each model batch (minutes of audio apart); in between it
+    moves on at the recent speed, never past the length the header claims."""
+    confirmed, expected = job.progress_seconds or 0.0, job.expected_seconds
+    done = confirmed
+    if speed and job.progress_at is not None:
+        done = confirmed + max(0.0, now - job.progress_at) * speed
+        done = min(done, expected * 0.99) if expected else confirmed
+        done = max(done, confirmed)
     fraction = min(1.0, done / expected) if expected else None
     elapsed = now - job.started if job.started else None
     eta = None
     if fraction and elapsed is not None and fraction > 0:
         eta = round(elapsed * (1 - fraction) / fraction)
+    since_progress = now - job.progress_at if job.progress_at is not None else None
     return _brief(job) | {
         "audio_done_seconds": round(done, 1),
+        "audio_confirmed_seconds": round(confirmed, 1),
         "audio_expected_seconds": round(expected, 1) if expected else None,
         "percent": round(100 * fraction) if fraction is not None else None,
         "elapsed_seconds": round(elapsed) if elapsed is not None else None,
         "eta_seconds": eta,
+        "stalled": since_progress is not None and since_progress > STALLED_SECONDS,
+    }
+
+
+def _backlog(jobs: JobQueue, now: float) -> dict[str, Any]:
+    """How much is waiting, and when it should be done at the pace of the last hour."""
+    waiting_bytes, count = jobs.backlog_bytes()
+    finished_bytes, first_started = jobs.throughput_since(now - _HOUR)
+    pace = finished_bytes / (now - first_started) if first_started and now > first_started else 0
+    return {
+        "recordings": count,
+        "bytes": waiting_bytes,
+        "eta_seconds": round(waiting_bytes / pace) if pace > 0 and count else None,
     }
 
 
@@ -118,25 +180,20 @@ def _failed(job: Job) -> dict[str, Any]:
 
 def render_status(report: dict[str, Any]) -> str:
     """The report for a person."""
-    lines = [f"transcribed: {report['summary']}"]
+    lines = [f"transcribed: {report['summary']}", _render_daemon(report["daemon"])]
     for job in report["running"]:
-        progress = "starting"
-        if job["percent"] is not None:
-            progress = (
-                f"{job['percent']}% ({_clock(job['audio_done_seconds'])} of "
-                f"{_clock(job['audio_expected_seconds'])} audio)"
-            )
-            if job["eta_seconds"] is not None:
-                progress += f", about {_clock(job['eta_seconds'])} left"
-        elif job["audio_done_seconds"]:
-            progress = f"{_clock(job['audio_done_seconds'])} of audio done"
-        lines.append(f"  running  #{job['id']} {job['file']}: {progress}")
+        lines.append(f"  running  #{job['id']} {job['file']}: {_progress(job)}")
     queued = report["queued"]
     if queued:
         names = ", ".join(job["file"] for job in queued[:5]) + (", …" if len(queued) > 5 else "")
         retrying = sum(job["waiting_for_retry"] for job in queued)
         note = f" ({retrying} waiting to retry after an error)" if retrying else ""
         lines.append(f"  queued   {len(queued)}: {names}{note}")
+    if (eta := report["backlog"]["eta_seconds"]) is not None:
+        lines.append(f"  backlog  about {_clock(eta)} to clear at the last hour's pace")
+    for waiting in report["waiting"]:
+        since = time.strftime("%Y-%m-%d %H:%M", time.localtime(waiting["since"]))
+        lines.append(f"  waiting  {waiting['file']}: {waiting['reason']} (not taken since {since})")
     for job in report["failed"]:
         lines.append(f"  failed   #{job['id']} {job['file']}: {job['reason']}")
         if job["moved_to"]:
@@ -154,6 +211,30 @@ def render_status(report: dict[str, Any]) -> str:
     else:
         lines.append("  last hour: nothing finished")
     return "\n".join(lines)
+
+
+def _render_daemon(daemon: dict[str, Any]) -> str:
+    if not daemon["running"]:
+        return "  daemon   not running (nothing is being transcribed; start it to go on)"
+    since = time.strftime("%Y-%m-%d %H:%M", time.localtime(daemon["since"] or 0))
+    return f"  daemon   running (PID {daemon['pid']}, since {since})"
+
+
+def _progress(job: dict[str, Any]) -> str:
+    if job["percent"] is not None:
+        text = (
+            f"{job['percent']}% ({_clock(job['audio_done_seconds'])} of "
+            f"{_clock(job['audio_expected_seconds'])} audio)"
+        )
+        if job["eta_seconds"] is not None:
+            text += f", about {_clock(job['eta_seconds'])} left"
+    elif job["audio_done_seconds"]:
+        text = f"{_clock(job['audio_done_seconds'])} of audio done"
+    else:
+        text = f"started {_clock(job['elapsed_seconds'])} ago"
+    if job["stalled"]:
+        text += f"; no progress for over {_clock(STALLED_SECONDS)} (stuck?)"
+    return text
 
 
 def _clock(seconds: float | None) -> str:

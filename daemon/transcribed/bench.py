@@ -33,6 +33,7 @@ from transcribed.queue import JobQueue
 from transcribed.settings import ModelSettings, Settings
 from transcribed.transcript import ChunkText, ModelInfo
 from transcribed.worker import Decoder
+from transcribed.workfolder import WorkFolder
 
 if TYPE_CHECKING:
     from transcribed.engine import Engine
@@ -306,11 +307,14 @@ def _transcribe_backlog(
     stop = threading.Event()
     shared = SharedRecognizer(model, stop)
     wake = threading.Event()
+    work = WorkFolder(rig.inbox)
+    work.open()
     workers = [
-        make_worker(rig, JobQueue(rig.database), shared, stop, wake) for _ in range(jobs_at_once)
+        make_worker(rig, work, JobQueue(rig.database), shared, stop, wake)
+        for _ in range(jobs_at_once)
     ]
-    disposals = make_worker(rig, JobQueue(rig.database), shared, stop, wake)
-    intake = make_intake(rig, queue.SimpleQueue())
+    disposals = make_worker(rig, work, JobQueue(rig.database), shared, stop, wake)
+    intake = make_intake(rig, work, queue.SimpleQueue())
     _warm_up_decoders([each.decoder for each in workers], rig.state_dir)
     started = time.perf_counter()
     for path in paths:
@@ -335,6 +339,7 @@ def _transcribe_backlog(
             thread.join(30)
         for each in [*workers, disposals]:
             each.decoder.close()
+        work.close()
     return wall
 
 

@@ -10,6 +10,7 @@ Rules are separated by ";", each `STEP[~TEXT][@N]=ACTION`:
   ~TEXT   only when the step's subject (a file name) contains TEXT
   @N      only at the N-th matching hit (counted per process), else at every hit
   ACTION  `exit` (os._exit, like kill -9 at that instant), `hang` (sleep forever),
+          `sleepS` (pause S seconds, e.g. `sleep3`: time for a test to act mid-step),
           `raise` (an unexpected RuntimeError, e.g. to kill the thread it happens in),
           `oom` (InjectedOutOfMemory, handled like CUDA running out of memory),
           or an errno name such as `EIO` (raises OSError)
@@ -77,6 +78,9 @@ def _act(action: str, step: str) -> None:
     if action == "hang":
         while True:
             time.sleep(3600)
+    if action.startswith("sleep"):
+        time.sleep(float(action.removeprefix("sleep")))
+        return
     if action == "oom":
         raise InjectedOutOfMemory(f"injected at {step}")
     if action == "raise":

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from transcribed.admin import service_status
+from transcribed.admin import STALLED_SECONDS, service_status
 from transcribed.aligner import Aligner
 from transcribed.batching import SerializedAligner, SharedRecognizer
 from transcribed.decoder import ChildDecoder
@@ -29,7 +29,8 @@ from transcribed.durable import remove_stale_temps
 from transcribed.engine import Engine
 from transcribed.errors import ConfigError
 from transcribed.hooks import HookCall, Hooks
-from transcribed.intake import Intake, recover_claims
+from transcribed.instance import InstanceLock
+from transcribed.intake import Intake, LargeFileHasher, recover_claims
 from transcribed.isolation import ISOLATION_HINT, isolation_problem
 from transcribed.logs import get_logger
 from transcribed.memory import pin_mmap_threshold
@@ -37,17 +38,20 @@ from transcribed.metrics import write_metrics
 from transcribed.names import display_name
 from transcribed.notify import Notifier
 from transcribed.outbox import Outbox
-from transcribed.queue import Job, JobQueue
+from transcribed.queue import Job, JobQueue, is_damaged
+from transcribed.rebuild import index_disk
+from transcribed.reconcile import Reconciler
 from transcribed.rules import Rules
 from transcribed.settings import ModelSettings, Settings, check_folders, load_settings
 from transcribed.watcher import ObserverSupervisor
 from transcribed.worker import Worker
+from transcribed.workfolder import WorkFolder
 
 log = get_logger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 20.0
 MODEL_LOAD_BUDGET_SECONDS = 600.0  # asked of systemd before loading: large models load slowly
-WORKER_STALL_SECONDS = 600.0  # no beat for this long: the worker is stuck (a hung GPU call)
+WORKER_STALL_SECONDS = STALLED_SECONDS  # no beat this long: the worker is stuck (a hung GPU call)
 # Counting jobs scans the state index (10 ms at 200,000 jobs): the STATUS line is refreshed
 # this often, while the watchdog check only pings the database.
 STATUS_SECONDS = 5.0
@@ -84,18 +88,23 @@ def make_decoder(settings: ModelSettings) -> ChildDecoder:
 
 
 def make_outbox(
-    root: Path, settings: ModelSettings, formats: tuple[str, ...] | None = None
+    root: Path,
+    settings: ModelSettings,
+    formats: tuple[str, ...] | None = None,
+    inbox: Path | None = None,
 ) -> Outbox:
     return Outbox(
         root,
         formats=formats or tuple(settings.formats),
         mode=settings.output_mode,
         language_in_names=settings.language_in_names,
+        inbox=inbox,
     )
 
 
 def make_worker(
     settings: Settings,
+    work: WorkFolder,
     jobs: JobQueue,
     model: SharedRecognizer,
     stop: threading.Event,
@@ -108,11 +117,11 @@ def make_worker(
     wired as the daemon runs it (`bench` too): the disposal thread alone disposes."""
     return Worker(
         jobs=jobs,
-        work_dir=settings.work_dir,
+        work=work,
         decoder=make_decoder(settings),
         recognizer=model,
         rules=make_rules(settings),
-        destinations=make_destinations(settings, jobs),
+        destinations=make_destinations(settings, work, jobs),
         chunk_seconds=settings.chunk_seconds,
         max_attempts=settings.max_attempts,
         retry_seconds=settings.retry_seconds,
@@ -125,12 +134,12 @@ def make_worker(
     )
 
 
-def make_destinations(settings: Settings, jobs: JobQueue) -> Destinations:
+def make_destinations(settings: Settings, work: WorkFolder, jobs: JobQueue) -> Destinations:
     return Destinations(
-        lambda formats: make_outbox(settings.outbox, settings, formats),
+        lambda formats: make_outbox(settings.outbox, settings, formats, settings.inbox),
         lambda policy: Disposer(
             jobs,
-            settings.work_dir,
+            work,
             policy,
             settings.archive_dir,
             settings.failed_dir,
@@ -139,15 +148,45 @@ def make_destinations(settings: Settings, jobs: JobQueue) -> Destinations:
     )
 
 
-def make_intake(settings: Settings, arrivals: "queue.SimpleQueue[str]") -> Intake:
+def make_intake(
+    settings: Settings,
+    work: WorkFolder,
+    arrivals: "queue.SimpleQueue[str]",
+    hasher: LargeFileHasher | None = None,
+) -> Intake:
+    jobs = JobQueue(settings.database)  # its own connection: it runs in its own thread
     return Intake(
         inbox=settings.inbox,
-        work_dir=settings.work_dir,
-        jobs=JobQueue(settings.database),  # its own connection: it runs in its own thread
+        work=work,
+        jobs=jobs,
         arrivals=arrivals,
         settle_seconds=settings.settle_seconds,
         rescan_seconds=settings.rescan_seconds,
+        stalled_seconds=settings.stalled_seconds,
+        hasher=hasher,
+        reconciler=Reconciler(jobs, work, hasher),
     )
+
+
+def open_job_database(settings: Settings) -> JobQueue:
+    """The job database, checked; ConfigError with the way out when it is damaged."""
+    try:
+        jobs = JobQueue(settings.database)
+        verdict = jobs.check()
+    except sqlite3.Error as error:
+        if not is_damaged(error):
+            raise ConfigError(
+                f"cannot open the job database {settings.database}: {error}"
+            ) from None
+        verdict = str(error)
+    if verdict != "ok":
+        raise ConfigError(
+            f"the job database {settings.database} is damaged ({verdict}). Stop the daemon "
+            "and run `transcribed recover` (same config): it sets the database aside and "
+            "rebuilds it from the work folder, the outbox and the failed folder, so nothing "
+            "is lost or transcribed twice"
+        )
+    return jobs
 
 
 def make_rules(settings: Settings) -> Rules:
@@ -186,6 +225,10 @@ class Daemon:
 
     def __init__(self, settings: Settings, config_path: Path | None = None) -> None:
         check_folders(settings)
+        self._lock = InstanceLock(settings.state_dir)
+        self._lock.acquire()  # before anything is recovered, requeued or cleaned
+        self._work = WorkFolder(settings.inbox)
+        self._work.open()
         check_isolation(settings.require_offline)
         pin_mmap_threshold()
         self._config_path = config_path
@@ -199,14 +242,9 @@ class Daemon:
         self.stop = threading.Event()
         # Before the long model load: a SIGTERM or SIGHUP then is handled, not fatal.
         self._install_signal_handlers()
-        self._jobs = JobQueue(settings.database)
+        self._jobs = open_job_database(settings)
         self._arrivals: queue.SimpleQueue[str] = queue.SimpleQueue()
-        settings.work_dir.mkdir(mode=0o700, exist_ok=True)
-        if recovered := recover_claims(self._jobs, settings.work_dir):
-            log.info("recover.claims_finished", jobs=recovered)
-        for folder in (settings.outbox, settings.archive_dir, settings.failed_dir):
-            if folder is not None and (removed := remove_stale_temps(folder)):
-                log.info("recover.temp_files_removed", folder=str(folder), files=removed)
+        self._recover_disk(settings)
         engine = load_engine(settings)
         # One model thread; each worker transcribes one recording with its own decoder
         # process, and their chunks share model batches.
@@ -218,6 +256,7 @@ class Daemon:
             self._make_worker(settings, JobQueue(settings.database), shared_aligner)
             for _ in range(settings.jobs_at_once)
         ]
+        self._hasher = LargeFileHasher(settings.database, self._work, self.stop)
         for worker in self._workers:
             # Started now, while one thread runs: the first job does not wait for a child
             # to import its libraries, and no child is half-spawned when another thread
@@ -226,13 +265,35 @@ class Daemon:
         # The disposal thread: the only one that disposes, so two never race on one original.
         self._disposals = self._make_worker(settings, self._jobs, None)
         self._hooks = Hooks(settings.on_done, settings.on_failed, settings.hook_timeout_seconds)
-        self._intake = make_intake(settings, self._arrivals)
+        self._intake = make_intake(settings, self._work, self._arrivals, self._hasher)
+
+    def _recover_disk(self, settings: Settings) -> None:
+        """Before anything runs: finish claims a crash cut short, index the disk when the
+        database is new (lost or deleted: the work folder is then claimed again by the first
+        rescan), forget the last run's waiting files, remove stale temp files."""
+        if recovered := recover_claims(self._jobs, self._work):
+            log.info("recover.claims_finished", jobs=recovered)
+        if self._jobs.is_empty():
+            indexed = index_disk(self._jobs, settings.outbox, settings.failed_dir)
+            if indexed.transcripts or indexed.failed:
+                log.warning(
+                    "recover.database_rebuilt",
+                    transcripts=indexed.transcripts,
+                    failed=indexed.failed,
+                    hint="the job database was new: it was rebuilt from the outbox and the "
+                    "failed folder",
+                )
+        self._jobs.clear_waiting()
+        for folder in (settings.outbox, settings.archive_dir, settings.failed_dir):
+            if folder is not None and (removed := remove_stale_temps(folder)):
+                log.info("recover.temp_files_removed", folder=str(folder), files=removed)
 
     def _make_worker(
         self, settings: Settings, jobs: JobQueue, aligner: SerializedAligner | None
     ) -> Worker:
         return make_worker(
             settings,
+            self._work,
             jobs,
             self._model,
             self.stop,
@@ -255,7 +316,7 @@ class Daemon:
     def run(self) -> int:
         self._disposals.recover()
         watchdog = self.notifier.watchdog_seconds
-        watch = ObserverSupervisor(
+        self._watch = watch = ObserverSupervisor(
             self.settings.inbox,
             self._arrivals,
             self.settings.watch_mode,
@@ -271,6 +332,7 @@ class Daemon:
             threading.Thread(target=self._intake.run, args=(self.stop,), name="intake"),
             threading.Thread(target=self._model.serve, name="model"),
             threading.Thread(target=self._disposals.run_disposals, name="disposals"),
+            threading.Thread(target=self._hasher.run, name="hasher"),
             *(
                 threading.Thread(target=worker.run, name=f"worker-{number}")
                 for number, worker in enumerate(self._workers)
@@ -298,6 +360,8 @@ class Daemon:
             log.warning("daemon.stop_timeout", seconds=SHUTDOWN_GRACE_SECONDS)
         for worker in self._all_workers:
             worker.decoder.close()
+        self._work.close()
+        self._lock.release()
         log.info("daemon.stopped")
         return 0
 
@@ -363,7 +427,7 @@ class Daemon:
         self.settings = self.settings.model_copy(update=live)
         for worker in self._all_workers:
             worker.rules = make_rules(self.settings)
-            worker.destinations = make_destinations(self.settings, worker.jobs)
+            worker.destinations = make_destinations(self.settings, self._work, worker.jobs)
             worker.max_attempts = self.settings.max_attempts
             worker.retry_seconds = self.settings.retry_seconds
             worker.chunk_seconds = self.settings.chunk_seconds
@@ -375,6 +439,8 @@ class Daemon:
         self, watch: ObserverSupervisor, threads: list[threading.Thread]
     ) -> str | None:
         now = time.monotonic()
+        if (problem := self._work.problem()) and not self._reopen_inbox():
+            return problem
         if not watch.observer.is_alive():
             return "the inbox watcher is not running"
         if not all(thread.is_alive() for thread in threads):
@@ -387,6 +453,23 @@ class Daemon:
         if last_rescan is None or now - last_rescan > 2 * self.settings.rescan_seconds + 60:
             return "the periodic rescan is overdue"
         return None
+
+    def _reopen_inbox(self) -> bool:
+        """A folder is back at the inbox path (or its work folder was removed): open it anew,
+        with the checks of a start, and look at everything. The watcher follows on its own
+        only for the same folder, so it is restarted too."""
+        if not self.settings.inbox.is_dir():
+            return False
+        try:
+            check_folders(self.settings)
+        except ConfigError as error:
+            log.error("inbox.cannot_reopen", error=str(error))
+            return False
+        if not self._work.reopen():
+            return False
+        self._watch.restart()  # its inotify watches are on the old folder
+        self._intake.request_rescan()
+        return True
 
     def _install_signal_handlers(self) -> None:
         def handle(signum: int, frame: FrameType | None) -> None:
