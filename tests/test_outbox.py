@@ -84,16 +84,29 @@ def test_retract_removes_only_the_failed_jobs_own_transcript(tmp_path) -> None:
     assert outbox.retract("talk.wav", "c" * 64, "a.wav") == []
 
 
-def test_jobs_publishing_the_same_stem_at_once_never_share_a_name(tmp_path: Path) -> None:
+def test_jobs_publishing_the_same_stem_at_once_never_share_a_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Finding 1: meeting.flac, .m4a, .mp3, .ogg, .wav (different content) published at once:
     five transcripts, each JSON naming its own source."""
     outbox = Outbox(tmp_path)
     names = [f"meeting.{extension}" for extension in ("flac", "m4a", "mp3", "ogg", "wav")]
-    start = threading.Barrier(len(names))
+    # Every job finds the name `meeting` free before any of them takes it: the worst case.
+    all_looked = threading.Barrier(len(names), timeout=10)
+    looked = threading.local()
+    real_standing = Outbox._standing
+
+    def look_then_wait(self: Outbox, folder: Path, stem: str, owner: object) -> str:
+        standing = real_standing(self, folder, stem, owner)  # type: ignore[arg-type]
+        if not getattr(looked, "once", False):
+            looked.once = True
+            all_looked.wait()
+        return standing
+
+    monkeypatch.setattr(Outbox, "_standing", look_then_wait)
     results: dict[str, list[Path]] = {}
 
     def publish(number: int, name: str) -> None:
-        start.wait()
         transcript = _transcript(f"{number}" * 64, f"text {number}", name)
         results[name] = outbox.publish(transcript, name)
 

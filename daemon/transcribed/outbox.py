@@ -110,13 +110,12 @@ class Outbox:
         with the same stem publishing at once never take the same name, and a stem whose JSON
         is already this recording's (a retry after a crash) is reused."""
         for candidate in self._candidates(stem):
-            if not self._usable(folder, candidate, owner):
-                continue
+            standing = self._standing(folder, candidate, owner)
             target = folder / f"{candidate}.json"
-            if os.path.lexists(target):
-                os.replace(json_temp, target)  # ours, from an attempt a crash cut short
-            elif not _take_name(json_temp, target):
-                continue  # another job took this name a moment ago
+            if standing == "ours":
+                os.replace(json_temp, target)  # from an attempt a crash cut short
+            elif standing == "taken" or not _take_name(json_temp, target):
+                continue  # another recording's, or taken by another job a moment ago
             faults.point("outbox.json.published", target.name)
             return candidate
         raise AssertionError("unreachable: the candidates never end")
@@ -129,7 +128,7 @@ class Outbox:
         stem = next(
             c
             for c in self._candidates(PurePosixPath(relpath).stem)
-            if self._usable(folder, c, owner)
+            if self._standing(folder, c, owner) != "taken"
         )
         marker = _read_marker(folder / f"{stem}.json")
         if marker is None or _owner_of(marker) != owner:
@@ -157,15 +156,16 @@ class Outbox:
         for number in itertools.count(2):
             yield fit_name(stem, f"-{number}", reserve)
 
-    def _usable(self, folder: Path, stem: str, owner: "_Owner") -> bool:
-        """The stem's JSON is this recording's, or none of its files exist (in any language:
-        a subtitle name may carry one)."""
+    def _standing(self, folder: Path, stem: str, owner: "_Owner") -> str:
+        """`ours` (the stem's JSON is this recording's), `free` (none of its files exist), or
+        `taken`. Only `ours` may be replaced: a free name can be taken by another job the
+        next moment, so it is taken with `_take_name`, never by replacing."""
         marker = folder / f"{stem}.json"
         if os.path.lexists(marker):
             found = _read_marker(marker)
-            return found is not None and _owner_of(found) == owner
+            return "ours" if found is not None and _owner_of(found) == owner else "taken"
         plain = self._targets(folder, stem, None)
-        return not any(os.path.lexists(path) for _extension, path in plain)
+        return "taken" if any(os.path.lexists(path) for _extension, path in plain) else "free"
 
 
 # Filesystems without hard links (some network shares) cannot take a name with one link:
