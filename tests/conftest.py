@@ -2,6 +2,7 @@
 
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 
 from transcribed.synthetic import build_tiny_aligner, build_tiny_checkpoint
+from transcribed.workfolder import WorkFolder
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach for the network
 
@@ -73,3 +75,12 @@ def folders(tmp_path: Path) -> Folders:
     for folder in vars(made).values():
         folder.mkdir()
     return made
+
+
+@pytest.fixture
+def work(folders: Folders) -> Iterator[WorkFolder]:
+    """The inbox's work folder, opened (and locked) as the daemon opens it."""
+    opened = WorkFolder(folders.inbox)
+    opened.open()
+    yield opened
+    opened.close()

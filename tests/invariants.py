@@ -1,7 +1,8 @@
 """DESIGN §2's invariants, checked against the real folders after a crash or at the end.
 
 I1: an original is never gone before a durable transcript of its content exists.
-I2: at most one visible transcript per content, never a partial one.
+I2: at most one visible transcript per dropped name and content (each name gets its own),
+    never a partial one.
 I4: every file dropped ends done, queued, failed (with a reason) or ignored.
 (I3, nothing outside our folders touched, is checked with canary files by the tests.)
 """
@@ -50,6 +51,16 @@ def visible_transcripts(outbox: Path) -> dict[str, list[Path]]:
     return by_content
 
 
+def transcripts_by_name(outbox: Path) -> dict[tuple[str, str], list[Path]]:
+    """(source name, sha256) -> its visible JSON transcripts (each checked complete)."""
+    by_name: dict[tuple[str, str], list[Path]] = defaultdict(list)
+    for paths in visible_transcripts(outbox).values():
+        for path in paths:
+            source = json.loads(path.read_bytes())["source"]
+            by_name[source["name"], source["sha256"]].append(path)
+    return by_name
+
+
 def originals_present(folders: Folders) -> dict[str, list[Path]]:
     """sha256 -> where a byte-identical copy of an original still exists in our folders."""
     where: dict[str, list[Path]] = defaultdict(list)
@@ -63,7 +74,8 @@ def originals_present(folders: Folders) -> dict[str, list[Path]]:
 def check_i1_i2(folders: Folders, dropped: dict[str, str]) -> None:
     """At any instant, crashed or not. `dropped` maps each dropped name to its sha256."""
     transcripts = visible_transcripts(folders.outbox)
-    assert all(len(paths) == 1 for paths in transcripts.values()), "I2: duplicate transcript"
+    by_name = transcripts_by_name(folders.outbox)
+    assert all(len(paths) == 1 for paths in by_name.values()), "I2: duplicate transcript"
     present = originals_present(folders)
     for name, sha in dropped.items():
         assert sha in present or sha in transcripts, f"I1: {name} lost without a transcript"
@@ -78,6 +90,7 @@ def check_final(
     a reason; nothing left in the inbox. Returns how many ended each way."""
     check_i1_i2(folders, dropped)
     transcripts = visible_transcripts(folders.outbox)
+    by_name = transcripts_by_name(folders.outbox)
     archived = {digest(path) for path in _files(folders.archive)}
     failed = {
         digest(path): path for path in _files(folders.failed) if not path.name.endswith(".json")
@@ -91,6 +104,7 @@ def check_final(
         else:
             assert name not in unreadable, f"{name} should have failed"
             assert sha in transcripts and sha in archived, f"I4: {name} neither done nor failed"
+            assert (name, sha) in by_name, f"I2: {name} has no transcript of its own"
             outcome["transcribed"] += 1
     leftovers = _files(folders.inbox)
     assert leftovers == [], f"I4: left behind {leftovers}"

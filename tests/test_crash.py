@@ -48,17 +48,22 @@ SHRED_STEPS = ["shred.overwritten", "disposal.unlinked", "db.done"]
 
 
 def _drop(inbox: Path, staging: Path, round_number: int) -> dict[str, str]:
-    """A new recording, a second copy of it and an unreadable file; returns name -> sha256."""
+    """A new recording, a copy of it under another name, an unreadable file, and the last
+    round's recording again under its own name; returns name -> sha256."""
     recording = write_soundfile(
         staging / f"r{round_number}.wav", 1 + round_number % 3, 16000, "PCM_16"
     )
     shutil.copyfile(recording, staging / f"copy of r{round_number}.wav")
+    shutil.copyfile(recording, staging / f".again r{round_number}.wav")  # for the next round
     junk = staging / make_unreadable(staging)[round_number % 3]
     junk = junk.rename(staging / f"junk{round_number}{junk.suffix}")
+    again = staging / f".again r{round_number - 1}.wav"
+    again = again.rename(staging / f"r{round_number - 1}.wav") if again.exists() else None
     dropped = {}
-    for path in (recording, staging / f"copy of r{round_number}.wav", junk):
-        dropped[path.name] = digest(path)
-        path.rename(inbox / path.name)
+    for path in (recording, staging / f"copy of r{round_number}.wav", junk, again):
+        if path is not None:
+            dropped[path.name] = digest(path)
+            path.rename(inbox / path.name)
     return dropped
 
 
@@ -118,6 +123,7 @@ def _check_shredded(folders, dropped: dict[str, str], unreadable: set[str]) -> N
     for name, sha in dropped.items():
         assert (sha in failed) if name in unreadable else (sha in transcripts), name
     expected = assess("shred", folders.inbox)
-    for [path] in transcripts.values():  # the JSON says what shredding achieved here
-        assert json.loads(path.read_text())["disposal"] == expected.as_dict()
+    for paths in transcripts.values():  # the JSON says what shredding achieved here
+        for path in paths:
+            assert json.loads(path.read_text())["disposal"] == expected.as_dict()
     assert _pending(folders) == [] and list(folders.archive.iterdir()) == []

@@ -107,7 +107,7 @@ def test_hostile_names_and_files_are_handled_and_nothing_outside_is_touched(
     check_i1_i2(folders, names)
     transcripts = visible_transcripts(folders.outbox)
     contents = set(recordings.values()) - {recordings[b"playlist.mp4"]}
-    assert set(transcripts) == contents, "one transcript per content"
+    assert set(transcripts) == contents, "every content transcribed"
     assert (folders.failed / "playlist.mp4.error.json").exists()
     assert (folders.outbox / "x.wav" / "inside.json").exists()
     assert os.path.exists(os.fsencode(folders.outbox) + b"/bad \xff\xfe utf8.json")

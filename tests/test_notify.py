@@ -138,3 +138,37 @@ def test_a_dead_observer_stops_the_watchdog_pings(folders, tiny_model, tmp_path)
     assert not [at for at in pings if at > died_at + 0.1], "no ping after the observer died"
     assert "the inbox watcher is not running" in daemon.log_path.read_text()
     assert [e for e in events(daemon.log_path) if e["event"] == "thread.died"], "logged as JSON"
+
+
+def test_an_inbox_gone_stops_the_pings_until_it_is_back(folders, tiny_model, tmp_path) -> None:
+    """Findings 2 and 6: the inbox renamed away (or unmounted) under the daemon: intake stops
+    and health says so, so systemd's watchdog restarts the service; the same folder back
+    at its path, the daemon carries on by itself."""
+    listener = Listener()
+    listener.start()
+    env = folders.env(tiny_model, NOTIFY_SOCKET=str(listener.path), WATCHDOG_USEC="2000000")
+    try:
+        daemon = Daemon(env, tmp_path / "daemon.log")
+        try:
+            daemon.wait_for(lambda: "READY=1" in listener.lines(), 60)
+            time.sleep(2)
+            folders.inbox.rename(tmp_path / "away")
+            daemon.wait_for(lambda: '"health.unhealthy"' in daemon.log_path.read_text(), 30)
+            gone_at = time.monotonic()
+            time.sleep(4)  # two watchdog intervals
+            back_at = time.monotonic()
+            (tmp_path / "away").rename(folders.inbox)
+            daemon.wait_for(lambda: '"health.healthy"' in daemon.log_path.read_text(), 30)
+            write_soundfile(folders.inbox / ".a.wav", 1, 16000, "PCM_16").rename(
+                folders.inbox / "a.wav"
+            )
+            daemon.wait_for(lambda: (folders.archive / "a.wav").exists(), 60)
+        finally:
+            assert daemon.stop() == 0
+    finally:
+        listener.close()
+    pings = [at for at, message in listener.messages if message == "WATCHDOG=1"]
+    assert not [at for at in pings if gone_at + 0.1 < at < back_at], "pinged while gone"
+    assert [at for at in pings if at > back_at], "pings again once it is back"
+    assert "is gone (renamed, removed or unmounted)" in daemon.log_path.read_text()
+    assert "inbox.replaced" not in daemon.log_path.read_text()  # the same folder came back

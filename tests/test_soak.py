@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from invariants import check_final, check_i1_i2, digest, visible_transcripts
+from invariants import check_final, check_i1_i2, digest, transcripts_by_name
 from recordings import write_soundfile
 from running import Daemon, events
 
@@ -41,7 +41,7 @@ class _Watcher(threading.Thread):
     def run(self) -> None:
         while not self.done.is_set():
             try:
-                seen = visible_transcripts(self.outbox)
+                seen = transcripts_by_name(self.outbox)
                 assert all(len(paths) == 1 for paths in seen.values()), "duplicate transcript"
             except FileNotFoundError:
                 pass  # a temp file renamed between listing and reading: not a visible file
