@@ -134,13 +134,15 @@ def _job_speed(jobs: JobQueue, now: float) -> float | None:
 
 def _running(job: Job, now: float, speed: float | None = None) -> dict[str, Any]:
     """Progress is confirmed after each model batch (minutes of audio apart); in between it
-    moves on at the recent speed, never past the length the header claims."""
+    moves on at the job's own pace (before its first batch: the last hour's), never past the
+    length the header claims."""
     confirmed, expected = job.progress_seconds or 0.0, job.expected_seconds
+    if confirmed and job.started and job.progress_at and job.progress_at > job.started:
+        speed = confirmed / (job.progress_at - job.started)  # this job's own pace so far
     done = confirmed
-    if speed and job.progress_at is not None:
-        done = confirmed + max(0.0, now - job.progress_at) * speed
-        done = min(done, expected * 0.99) if expected else confirmed
-        done = max(done, confirmed)
+    if speed and expected and job.progress_at is not None:
+        estimate = confirmed + max(0.0, now - job.progress_at) * speed
+        done = max(confirmed, min(estimate, expected * 0.99))
     fraction = min(1.0, done / expected) if expected else None
     elapsed = now - job.started if job.started else None
     eta = None

@@ -318,7 +318,9 @@ class Worker:
     ) -> Transcript:
         name = os.fsdecode(os.path.basename(job.relpath))
         faults.point("job.decoding", name)
-        blocks = self.decoder.stream(self.work.file(job.work_name), name)
+        blocks = self._announce_length(
+            job, self.decoder.stream(self.work.file(job.work_name), name)
+        )
         transcript = transcribe_stream(
             _as_far_as_it_decodes(blocks) if job.incomplete else blocks,
             source,
@@ -359,6 +361,16 @@ class Worker:
     def _check_work_folder(self) -> None:
         if problem := self.work.problem():
             raise TransientError(problem)
+
+    def _announce_length(self, job: Job, blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        """Once the first samples arrive, the length the header claims is known: `status`
+        shows a percentage and an ETA from then on, not only after the first model batch."""
+        announced = False
+        for block in blocks:
+            if not announced:
+                announced = True
+                self.jobs.record_progress(job.id, 0.0, self.decoder.expected_seconds)
+            yield block
 
     def _record_progress(self, job: Job, seconds: float) -> None:
         """At most every PROGRESS_SECONDS: progress is for people, not worth an fsync a batch."""
