@@ -130,7 +130,7 @@ class Outbox:
             for c in self._candidates(PurePosixPath(relpath).stem)
             if self._standing(folder, c, owner) != "taken"
         )
-        marker = _read_marker(folder / f"{stem}.json")
+        marker = read_json_object(folder / f"{stem}.json")
         if marker is None or _owner_of(marker) != owner:
             return []  # nothing of ours was published
         targets = self._targets(folder, stem, marker.get("language"))
@@ -162,7 +162,7 @@ class Outbox:
         next moment, so it is taken with `_take_name`, never by replacing."""
         marker = folder / f"{stem}.json"
         if os.path.lexists(marker):
-            found = _read_marker(marker)
+            found = read_json_object(marker)
             return "ours" if found is not None and _owner_of(found) == owner else "taken"
         plain = self._targets(folder, stem, None)
         return "taken" if any(os.path.lexists(path) for _extension, path in plain) else "free"
@@ -206,9 +206,10 @@ def _owner_of(marker: dict[str, Any]) -> "_Owner | None":
     return _Owner(str(source.get("sha256")), str(source.get("name")))
 
 
-def _read_marker(marker: Path) -> dict[str, Any] | None:
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON file's top-level object; None when it is unreadable or not one (not ours)."""
     try:
-        data = json.loads(marker.read_bytes())
+        data = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

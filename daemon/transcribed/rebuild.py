@@ -8,7 +8,6 @@ daemon's reconcile at its next start (their names carry their inbox paths).
 """
 
 import hashlib
-import json
 import os
 import time
 import uuid
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from transcribed.disposal import REASON_SUFFIX
-from transcribed.outbox import WRITERS
+from transcribed.outbox import WRITERS, read_json_object
 from transcribed.queue import INDEXED_PREFIX, Job, JobQueue, JobState
 from transcribed.transcript import request_key
 
@@ -61,7 +60,7 @@ def _walk(root: Path, suffix: str) -> Iterator[Path]:
 
 def _published(outbox: Path) -> Iterator[Job]:
     for path in _walk(outbox, ".json"):
-        data = _read(path)
+        data = read_json_object(path)
         source = data.get("source") if data else None
         if not isinstance(source, dict) or not source.get("sha256") or not source.get("name"):
             continue  # not one of our transcripts
@@ -82,7 +81,7 @@ def _failed(failed_dir: Path) -> Iterator[Job]:
     for reason in _walk(failed_dir, REASON_SUFFIX):
         original = reason.with_name(reason.name.removesuffix(REASON_SUFFIX))
         sha256, size = _hash(original) if original.is_file() else (None, None)
-        data = _read(reason) or {}
+        data = read_json_object(reason) or {}
         yield _finished(
             JobState.FAILED,
             original.relative_to(failed_dir),
@@ -129,14 +128,6 @@ def _request(data: dict[str, Any]) -> str | None:
     if isinstance(model, dict) and isinstance(request, dict) and model.get("id"):
         return request_key(str(model["id"]), request)
     return None
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _hash(path: Path) -> tuple[str, int]:
