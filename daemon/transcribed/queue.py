@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     processing_seconds REAL,  -- published: wall time from start to published transcript
     progress_seconds   REAL,  -- running: audio transcribed so far
     expected_seconds   REAL,  -- running: length the file's header claims (for an ETA only)
+    language     TEXT,  -- published: the transcript's main language (ISO code), for `jobs list`
     created      REAL    NOT NULL,
     updated      REAL    NOT NULL
 );
@@ -65,6 +66,7 @@ _ADDED_COLUMNS = {
     "processing_seconds": "REAL",
     "progress_seconds": "REAL",
     "expected_seconds": "REAL",
+    "language": "TEXT",
 }
 
 
@@ -109,6 +111,7 @@ class Job:
     processing_seconds: float | None = None
     progress_seconds: float | None = None
     expected_seconds: float | None = None
+    language: str | None = None
     updated: float = 0.0
 
 
@@ -207,7 +210,12 @@ class JobQueue:
         return _job(rows[0])
 
     def mark_published(
-        self, job_id: int, outputs: list[str], audio_seconds: float, processing_seconds: float
+        self,
+        job_id: int,
+        outputs: list[str],
+        audio_seconds: float,
+        processing_seconds: float,
+        language: str | None = None,
     ) -> None:
         """The transcript files are durable; disposal of the original may start."""
         self._set(
@@ -218,6 +226,7 @@ class JobQueue:
             audio_seconds=audio_seconds,
             processing_seconds=processing_seconds,
             finished=self._now(),
+            language=language,
         )
 
     def record_progress(self, job_id: int, done: float, expected: float | None) -> None:
