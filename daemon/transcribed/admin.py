@@ -15,7 +15,7 @@ from transcribed.durable import fsync_dir, link_or_copy_no_overwrite, make_folde
 from transcribed.errors import ConfigError
 from transcribed.names import display_name
 from transcribed.queue import Job, JobQueue, JobState
-from transcribed.settings import Settings
+from transcribed.settings import RetrySettings, StateSettings
 
 _HOUR = 3600.0
 _FAILED_SHOWN = 10
@@ -25,14 +25,22 @@ class OperatorError(Exception):
     """A request that cannot be carried out, with what to do instead."""
 
 
-def open_queue(settings: Settings) -> JobQueue:
-    """The daemon's job database; never a new, empty one in the wrong place."""
+def existing_database(settings: StateSettings) -> Path:
+    """The daemon's job database file; ConfigError (never a new, empty database) when the
+    daemon has not run with this state folder."""
     path = settings.database
     if not path.is_file():
         raise ConfigError(
             f"no job database at {path}: the daemon has not run with state_dir = "
-            f"{settings.state_dir} (pass the daemon's config with --config, or set state_dir)"
+            f"{settings.state_dir} (pass the daemon's config with --config, its state folder "
+            "with --state-dir, or set TRANSCRIBED_STATE_DIR)"
         )
+    return path
+
+
+def open_queue(settings: StateSettings) -> JobQueue:
+    """The daemon's job database; never a new, empty one in the wrong place."""
+    path = existing_database(settings)
     try:
         return JobQueue(path)
     except Exception as error:  # sqlite3 errors: permissions, a locked or damaged file
@@ -172,6 +180,7 @@ def job_rows(jobs: JobQueue, state: JobState | None, limit: int) -> list[dict[st
         _brief(job)
         | {
             "state": str(job.state),
+            "language": job.language,
             "error": job.error,
             "audio_seconds": job.audio_seconds,
             "outputs": list(job.outputs),
@@ -184,16 +193,18 @@ def job_rows(jobs: JobQueue, state: JobState | None, limit: int) -> list[dict[st
 def render_jobs(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return "no jobs"
-    lines = [f"{'ID':>6}  {'STATE':<9}  {'UPDATED':<19}  FILE"]
+    lines = [f"{'ID':>6}  {'STATE':<9}  {'UPDATED':<19}  {'LANG':<5} FILE"]
     for row in rows:
         detail = f"  ({row['error']})" if row["error"] else ""
+        language = row["language"] or "-"
         lines.append(
-            f"{row['id']:>6}  {row['state']:<9}  {row['updated']:<19}  {row['file']}{detail}"
+            f"{row['id']:>6}  {row['state']:<9}  {row['updated']:<19}  {language:<5} "
+            f"{row['file']}{detail}"
         )
     return "\n".join(lines)
 
 
-def retry(jobs: JobQueue, settings: Settings, job_id: int) -> Path:
+def retry(jobs: JobQueue, settings: RetrySettings, job_id: int) -> Path:
     """Put a failed job's original back into the inbox (under its old name) and forget the
     failure; the daemon picks it up as a new arrival. Returns where the file now is."""
     job = _get(jobs, job_id)
