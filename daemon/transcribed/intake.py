@@ -27,7 +27,8 @@ from transcribed.logs import get_logger
 from transcribed.names import display_name
 from transcribed.queue import JobQueue, JobState
 from transcribed.readiness import Identity, SettleTracker
-from transcribed.watcher import walk_candidates
+from transcribed.strays import Strays
+from transcribed.watcher import walk_files
 
 log = get_logger(__name__)
 
@@ -62,6 +63,7 @@ class Intake:
             raise OSError(f"work folder {self.work_dir} is not on the inbox's filesystem")
         self._tracker = SettleTracker(self.settle_seconds, self._look, self.clock)
         self._ignored: dict[str, Identity] = {}
+        self._strays = Strays(self.inbox)  # files that are not recordings: logged once each
         self._next_rescan = self.clock() + self.rescan_seconds
         self._rescan_requested = False
         self.last_rescan: float | None = None  # clock() of the last full rescan
@@ -83,7 +85,7 @@ class Intake:
     def rescan(self) -> None:
         """Treat every candidate in the inbox as arrived: covers lost or impossible events."""
         self._next_rescan = self.clock() + self.rescan_seconds
-        for relpath in walk_candidates(self.inbox):
+        for relpath in self._strays.recordings_among(walk_files(self.inbox)):
             self._tracker.arrived(relpath)
         self.last_rescan = self.clock()
 
