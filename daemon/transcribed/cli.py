@@ -39,10 +39,9 @@ StateT = TypeVar("StateT", bound=StateSettings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level or args.quiet_log_level)
     try:
+        args = _build_parser().parse_args(argv)  # --help prints, too
+        configure_logging(args.log_level or args.quiet_log_level)
         code = int(args.handler(args))
         sys.stdout.flush()  # a reader that went away (`status | head`) is noticed here
     except BrokenPipeError:
@@ -304,6 +303,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, Settings)
     check_folders(settings)
     _check_model_files(settings)
+    _check_device(settings.device)
     _offline_unless(settings.allow_download)
     from transcribed.service import Daemon
 
@@ -316,6 +316,14 @@ def _check_model_files(settings: ModelSettings) -> None:
     check_before_loading(settings)
 
 
+def _check_device(device: str) -> None:
+    """A GPU asked for but not usable is refused before anything starts (and logs)."""
+    if device.startswith("cuda"):
+        from transcribed.engine import resolve_device
+
+        resolve_device(device)
+
+
 def _transcribe(args: argparse.Namespace) -> int:
     overrides = {k: v for k in ("model", "device", "language") if (v := getattr(args, k))}
     settings = load_settings(args.config, ModelSettings, **overrides)
@@ -325,6 +333,7 @@ def _transcribe(args: argparse.Namespace) -> int:
     if missing:
         raise ConfigError("not a file: " + ", ".join(missing))
     _check_model_files(settings)
+    _check_device(settings.device)
     _offline_unless(settings.allow_download)
     from transcribed.oneshot import transcribe_files
 
@@ -365,7 +374,10 @@ def _jobs_retry(args: argparse.Namespace) -> int:
 
     settings = _state(args, RetrySettings)
     if not settings.inbox.is_dir():
-        raise ConfigError(f"inbox {settings.inbox} is not an existing folder (check inbox)")
+        raise ConfigError(
+            f"inbox {settings.inbox} does not exist or is not a folder: the recording goes back "
+            "there (check inbox in --config or TRANSCRIBED_INBOX)"
+        )
     target = admin.retry(admin.open_queue(settings), settings, args.job)
     print(f"job {args.job}: the recording is back in the inbox as {target}")
     return 0
@@ -427,6 +439,7 @@ def _bench(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, ModelSettings, **overrides)
     if not args.synthetic_weights:
         _check_model_files(settings)
+    _check_device(settings.device)
     _offline_unless(settings.allow_download)
     from transcribed import bench
     from transcribed.engine import Engine
