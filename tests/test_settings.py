@@ -76,6 +76,9 @@ def test_unknown_keys_and_a_missing_config_file_are_refused(folders, tmp_path) -
     broken.write_text("inbox = [unclosed\n")
     with pytest.raises(ConfigError, match=f"config file {broken} is not valid TOML"):
         load_settings(broken, Settings)
+    broken.write_bytes(b'inbox = "\xff"\n')  # TOML is UTF-8
+    with pytest.raises(ConfigError, match=f"config file {broken} is not valid TOML"):
+        load_settings(broken, Settings)
 
 
 def test_folders_inside_the_inbox_missing_or_unwritable_are_refused(folders, tmp_path) -> None:

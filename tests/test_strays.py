@@ -33,6 +33,7 @@ def test_each_non_recording_is_logged_once_with_its_reason(folders) -> None:
         (folders.inbox / name).write_bytes(b"x")
     for temporary in (".hidden.txt", "upload.part", "~lock.docx"):
         (folders.inbox / temporary).write_bytes(b"x")
+    (folders.inbox / "linked folder").symlink_to(folders.outbox)
     intake = _intake(folders)
     with structlog.testing.capture_logs() as logged:
         for _ in range(3):
@@ -42,8 +43,9 @@ def test_each_non_recording_is_logged_once_with_its_reason(folders) -> None:
         "memo": "not a recording: the name has no audio extension",
         "team/photo.JPG": "not a recording: .jpg is not an audio extension",
         "dictation.dss": "not a recording: .dss is not an audio extension",
+        "linked folder": "symbolic link (never followed)",
     }
-    assert sum(e["event"] == "intake.ignored" for e in logged) == 4, "once, not per rescan"
+    assert sum(e["event"] == "intake.ignored" for e in logged) == 5, "once, not per rescan"
     assert ".3gp" in next(e["hint"] for e in logged if e["event"] == "intake.ignored")
     assert (folders.inbox / "notes.txt").exists(), "left where it is"
 

@@ -25,9 +25,8 @@ class OperatorError(Exception):
     """A request that cannot be carried out, with what to do instead."""
 
 
-def existing_database(settings: StateSettings) -> Path:
-    """The daemon's job database file; ConfigError (never a new, empty database) when the
-    daemon has not run with this state folder."""
+def open_queue(settings: StateSettings) -> JobQueue:
+    """The daemon's job database; never a new, empty one in the wrong place."""
     path = settings.database
     if not path.is_file():
         raise ConfigError(
@@ -35,12 +34,6 @@ def existing_database(settings: StateSettings) -> Path:
             f"{settings.state_dir} (pass the daemon's config with --config, its state folder "
             "with --state-dir, or set TRANSCRIBED_STATE_DIR)"
         )
-    return path
-
-
-def open_queue(settings: StateSettings) -> JobQueue:
-    """The daemon's job database; never a new, empty one in the wrong place."""
-    path = existing_database(settings)
     try:
         return JobQueue(path)
     except Exception as error:  # sqlite3 errors: permissions, a locked or damaged file

@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -278,7 +279,10 @@ def _age(text: str) -> float:
 
 
 def _settings_help() -> str:
-    lines = ["settings (config file key, or environment variable TRANSCRIBED_<KEY>):"]
+    lines = [
+        "settings (config file key, or environment variable TRANSCRIBED_<KEY>; lists there "
+        "as comma lists or JSON, e.g. TRANSCRIBED_FORMATS=txt,srt):"
+    ]
     for name, field in Settings.model_fields.items():
         value = field.get_default(call_default_factory=True)
         default = "required" if field.is_required() else f"default {_show(name, value)}"
@@ -395,8 +399,12 @@ def _jobs_prune(args: argparse.Namespace) -> int:
     from transcribed import admin
     from transcribed.retention import prune
 
-    database = admin.existing_database(_state(args, StateSettings))
-    pruned = prune(database, time.time() - args.older_than, dry_run=args.dry_run)
+    settings = _state(args, StateSettings)
+    admin.open_queue(settings).close()  # the same refusals as every jobs command
+    try:
+        pruned = prune(settings.database, time.time() - args.older_than, dry_run=args.dry_run)
+    except sqlite3.Error as error:
+        raise OperatorError(f"cannot prune {settings.database}: {error}") from None
     verb = "would forget" if args.dry_run else "forgot"
     print(f"{verb} {pruned['done']} done and {pruned['failed']} failed jobs; no file was touched")
     return 0

@@ -69,7 +69,7 @@ class _Environment(EnvSettingsSource):
             except ValueError as error:
                 raise ConfigError(
                     f"environment variable {variable} is not valid JSON ({error}); "
-                    f"write a comma list instead, e.g. {variable}=txt,srt"
+                    "write it as a JSON list or as a comma list (a,b,c)"
                 ) from None
         if _holds_tables(field):
             raise ConfigError(
@@ -325,7 +325,7 @@ def read_config_file(path: Path | None) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist (check --config)") from None
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
-    except tomllib.TOMLDecodeError as error:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:  # TOML is UTF-8
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
 
 

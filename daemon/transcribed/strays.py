@@ -7,6 +7,7 @@ so the memory holds only what is in the inbox now.
 """
 
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -42,6 +43,8 @@ class Strays:
         identity = (info.st_dev, info.st_ino)
         if self._logged.get(relpath) != identity:
             self._logged[relpath] = identity
+            if stat.S_ISLNK(info.st_mode):  # e.g. a symlinked folder: the truer reason
+                reason = "symbolic link (never followed)"
             log.warning("intake.ignored", file=display_name(relpath), reason=reason, hint=_HINT)
         return False
 
