@@ -60,6 +60,48 @@ def write_pyav(
     return path
 
 
+def write_video_call(path: Path, seconds: float, container: str | None = None) -> Path:
+    """A meeting capture: a small video stream first, then AAC sound (only it is decoded)."""
+    rate, fps = 48000, 5
+    samples = speechlike(seconds, rate)
+    with av.open(str(path), "w", format=container) as output:
+        video = output.add_stream("mpeg4", rate=fps)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        sound = output.add_stream("aac", rate=rate, layout="mono")
+        for index in range(int(seconds * fps)):
+            picture = np.full((48, 64, 3), index * 8 % 256, np.uint8)
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame.pts = index
+            for packet in video.encode(frame):
+                output.mux(packet)
+        for packet in video.encode(None):
+            output.mux(packet)
+        size, fmt = sound.codec_context.frame_size, sound.codec_context.format.name
+        for start in range(0, len(samples), size):
+            block = _as_format(_channels(samples[start : start + size], fmt, "mono"), fmt)
+            audio = av.AudioFrame.from_ndarray(block, format=fmt, layout="mono")
+            audio.sample_rate, audio.pts = rate, start
+            for packet in sound.encode(audio):
+                output.mux(packet)
+        for packet in sound.encode(None):
+            output.mux(packet)
+    return path
+
+
+def make_recorder_formats(folder: Path, seconds: float = 2.0) -> dict[str, float]:
+    """Phone recorders', audiobook apps' and meeting captures' containers."""
+    made = [
+        write_pyav(folder / "phone memo.3gp", seconds, 8000, "libopencore_amrnb", "3gp"),
+        write_pyav(folder / "aac memo.3gp", seconds, 16000, "aac", "3gp"),
+        write_pyav(folder / "cdma memo.3g2", seconds, 16000, "aac", "3g2"),
+        write_pyav(folder / "chapter.m4b", seconds, 44100, "aac", "ipod"),
+        write_pyav(folder / "opus capture.mkv", seconds, 48000, "libopus", "matroska"),
+        write_video_call(folder / "call.mov", seconds, "mov"),
+        write_video_call(folder / "screen recording.mkv", seconds, "matroska"),
+    ]
+    return dict.fromkeys((path.name for path in made), seconds)
+
+
 def _channels(block: np.ndarray, fmt: str, layout: str) -> np.ndarray:
     """The same signal on every channel, laid out as from_ndarray wants it: one row per
     channel for planar formats, one interleaved row for packed ones."""

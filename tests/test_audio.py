@@ -6,7 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recordings import make_mixed_recordings, make_unreadable, write_pyav, write_soundfile
+from recordings import (
+    make_mixed_recordings,
+    make_recorder_formats,
+    make_unreadable,
+    write_pyav,
+    write_soundfile,
+)
 from transcribed.audio import SAMPLE_RATE, decode
 from transcribed.decoder import ChildDecoder
 from transcribed.errors import DecoderCrashed, PermanentError
@@ -25,6 +31,15 @@ def test_every_format_decodes_to_16k_mono_of_the_right_length(tmp_path, decoder)
         assert audio.dtype == np.float32 and audio.ndim == 1, name
         assert abs(len(audio) / SAMPLE_RATE - seconds) / seconds < 0.03, name
         assert 0.05 < float(np.abs(audio).max()) <= 1.01, name  # real signal, not silence
+
+
+def test_recorder_and_meeting_formats_decode_through_the_child(tmp_path, decoder) -> None:
+    """.3gp (AMR-NB and AAC), .3g2, .m4b, .mkv and .mov, video streams included: the
+    audio demuxers the decoder is restricted to read them all."""
+    for name, seconds in make_recorder_formats(tmp_path).items():
+        audio = decoder.decode(tmp_path / name)
+        assert abs(len(audio) / SAMPLE_RATE - seconds) / seconds < 0.03, name
+        assert 0.05 < float(np.abs(audio).max()) <= 1.01, name
 
 
 def test_ffmpeg_and_libsndfile_give_the_same_samples_for_the_same_signal(tmp_path) -> None:

@@ -20,6 +20,11 @@ from transcribed.names import display_name, is_candidate
         "g.mp4",
         "h.ogg",
         "i.oga",
+        "phone memo.3gp",
+        "j.3G2",
+        "audiobook.m4b",
+        "meeting capture.mkv",
+        "call.mov",
     ],
 )
 def test_audio_names_are_candidates(name: str) -> None:

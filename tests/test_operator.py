@@ -39,7 +39,12 @@ def drop(folders, name: str, seed: int, seconds: float = 2) -> None:
 
 @pytest.mark.slow
 def test_status_jobs_retry_and_forget_while_the_daemon_runs(folders, tiny_model, tmp_path):
-    env = folders.env(tiny_model, TRANSCRIBED_SETTLE_SECONDS="0.3", TRANSCRIBED_MAX_ATTEMPTS="1")
+    env = folders.env(
+        tiny_model,
+        TRANSCRIBED_SETTLE_SECONDS="0.3",
+        TRANSCRIBED_MAX_ATTEMPTS="1",
+        TRANSCRIBED_LANGUAGE="zh",  # a known language for `jobs list` to show
+    )
     daemon = Daemon(env, tmp_path / "daemon.log")
     try:
         daemon.wait_ready()
@@ -56,6 +61,9 @@ def test_status_jobs_retry_and_forget_while_the_daemon_runs(folders, tiny_model,
         assert report["last_hour"]["audio_seconds"] == 2.0
         rows = {row["file"]: row for row in jobs(env)}
         assert rows["good.wav"]["state"] == "done" and rows["broken.mp3"]["state"] == "failed"
+        published = json.loads((folders.outbox / "good.json").read_text())
+        assert rows["good.wav"]["language"] == published["language"] == "zh"
+        assert "language" in rows["broken.mp3"] and rows["broken.mp3"]["language"] is None
 
         # retry: back into the inbox, taken again (and quarantined again: it is still junk).
         failed_id, done_id = rows["broken.mp3"]["id"], rows["good.wav"]["id"]
@@ -135,7 +143,9 @@ def test_doctor_passes_a_good_setup_and_fails_what_is_broken(folders, tiny_model
 def test_doctor_fails_device_cuda_without_a_gpu(folders, tiny_model) -> None:
     code, found = doctor(folders.env(tiny_model, TRANSCRIBED_DEVICE="cuda"))
     assert code == 1 and found["gpu"]["level"] == "fail"
-    assert "nvidia-smi" in found["gpu"]["hint"]
+    cpu_only = torch.version.cuda is None
+    assert ("CPU-only build" if cpu_only else "no usable CUDA GPU") in found["gpu"]["message"]
+    assert ("pytorch.org" if cpu_only else "nvidia-smi") in found["gpu"]["hint"]
     _, found = doctor(folders.env(tiny_model, TRANSCRIBED_DEVICE="auto"))
     assert found["gpu"]["level"] == "warn" and "CPU" in found["gpu"]["message"]
 

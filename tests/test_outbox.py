@@ -96,8 +96,8 @@ def test_jobs_publishing_the_same_stem_at_once_never_share_a_name(
     looked = threading.local()
     real_standing = Outbox._standing
 
-    def look_then_wait(self: Outbox, folder: Path, stem: str, owner: object) -> str:
-        standing = real_standing(self, folder, stem, owner)  # type: ignore[arg-type]
+    def look_then_wait(self: Outbox, folder: Path, stem: str, *rest: object) -> str:
+        standing = real_standing(self, folder, stem, *rest)  # type: ignore[arg-type]
         if not getattr(looked, "once", False):
             looked.once = True
             all_looked.wait()

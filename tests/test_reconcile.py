@@ -32,9 +32,7 @@ def test_a_work_file_name_carries_its_inbox_path(relpath: str) -> None:
     assert relpath_of(name) == expected
 
 
-def test_strays_in_the_work_folder_are_claimed_again_under_their_inbox_path(
-    folders, work
-) -> None:
+def test_strays_in_the_work_folder_are_claimed_again_under_their_inbox_path(folders, work) -> None:
     """A lost database left claimed recordings in the work folder, owned by nobody."""
     jobs = JobQueue(folders.state / "q.db")
     stray = work.file(work_name("team/notes.wav"))

@@ -3,9 +3,17 @@
 from pathlib import Path
 
 import pytest
+import structlog
 
 from transcribed.errors import ConfigError
-from transcribed.settings import ModelSettings, Settings, check_folders, load_settings
+from transcribed.settings import (
+    ModelSettings,
+    RetrySettings,
+    Settings,
+    StateSettings,
+    check_folders,
+    load_settings,
+)
 
 
 def _write_config(path: Path, folders: object, **extra: str) -> Path:
@@ -44,8 +52,9 @@ def test_missing_and_invalid_values_are_explained_without_a_traceback(
     with pytest.raises(ConfigError) as caught:
         load_settings(None, Settings)
     message = str(caught.value)
-    assert "inbox: is required: set TRANSCRIBED_INBOX" in message
+    assert "inbox is required: set TRANSCRIBED_INBOX" in message
     assert "device: must be auto, cpu, cuda or cuda:N" in message
+    assert "(from environment TRANSCRIBED_DEVICE)" in message
 
 
 def test_move_needs_an_archive(folders, tmp_path) -> None:
@@ -65,7 +74,10 @@ def test_unknown_keys_and_a_missing_config_file_are_refused(folders, tmp_path) -
         load_settings(config, Settings)
     broken = tmp_path / "broken.toml"
     broken.write_text("inbox = [unclosed\n")
-    with pytest.raises(ConfigError, match="cannot read config file"):
+    with pytest.raises(ConfigError, match=f"config file {broken} is not valid TOML"):
+        load_settings(broken, Settings)
+    broken.write_bytes(b'inbox = "\xff"\n')  # TOML is UTF-8
+    with pytest.raises(ConfigError, match=f"config file {broken} is not valid TOML"):
         load_settings(broken, Settings)
 
 
@@ -97,3 +109,123 @@ def test_the_shipped_example_config_is_valid() -> None:
     example = Path(__file__).parents[1] / "config" / "transcribed.toml"
     settings = load_settings(example, Settings)
     assert settings.disposal == "move" and settings.watch_mode == "events"
+
+
+def test_list_settings_take_comma_lists_or_json_from_the_environment(
+    folders, tmp_path, monkeypatch
+) -> None:
+    config = _write_config(tmp_path / "c.toml", folders)
+    monkeypatch.setenv("TRANSCRIBED_FORMATS", "txt, srt")
+    assert load_settings(config, Settings).formats == ["txt", "srt"]
+    monkeypatch.setenv("TRANSCRIBED_FORMATS", '["vtt", "json"]')
+    assert load_settings(config, ModelSettings).formats == ["vtt", "json"]
+    monkeypatch.setenv("TRANSCRIBED_ON_DONE", "/usr/local/bin/notify,--quiet")
+    assert load_settings(config, Settings).on_done == ["/usr/local/bin/notify", "--quiet"]
+
+
+def test_a_bad_environment_value_is_blamed_on_its_variable_not_the_file(
+    folders, tmp_path, monkeypatch
+) -> None:
+    config = _write_config(tmp_path / "good.toml", folders)
+    for value, words in (
+        ("txt,mp3", "(from environment TRANSCRIBED_FORMATS)"),
+        ('["txt",', "environment variable TRANSCRIBED_FORMATS is not valid JSON"),
+    ):
+        monkeypatch.setenv("TRANSCRIBED_FORMATS", value)
+        with pytest.raises(ConfigError) as caught:
+            load_settings(config, Settings)
+        assert words in str(caught.value) and str(config) not in str(caught.value)
+    monkeypatch.delenv("TRANSCRIBED_FORMATS")
+    monkeypatch.setenv("TRANSCRIBED_FOLDERS", "team")
+    with pytest.raises(ConfigError, match="TRANSCRIBED_FOLDERS must be a JSON list"):
+        load_settings(config, Settings)
+
+
+def test_a_misspelt_key_names_the_setting_it_probably_meant(folders, tmp_path) -> None:
+    config = _write_config(tmp_path / "c.toml", folders, settle_secnds="3")
+    for kind in (Settings, ModelSettings, StateSettings):  # every command, not just `run`
+        with pytest.raises(ConfigError) as caught:
+            load_settings(config, kind)
+        assert str(caught.value) == (
+            f"invalid configuration: unknown setting settle_secnds in {config}"
+            " — did you mean settle_seconds?"
+        )
+    config.write_text(config.read_text() + '[[folders]]\npath = "team"\nlangauge = "zh"\n')
+    config.write_text(config.read_text().replace("settle_secnds", "settle_seconds"))
+    with pytest.raises(ConfigError, match=r"unknown key langauge in .* did you mean language"):
+        load_settings(config, Settings)
+
+
+def test_a_misspelt_variable_is_warned_about_and_hook_variables_are_not(
+    folders, tmp_path, monkeypatch
+) -> None:
+    config = _write_config(tmp_path / "c.toml", folders)
+    monkeypatch.setenv("TRANSCRIBED_SETTLE_SECNDS", "10")
+    monkeypatch.setenv("TRANSCRIBED_JOB", "7")  # what a hook that calls `transcribed` inherits
+    with structlog.testing.capture_logs() as logged:
+        assert load_settings(config, Settings).settle_seconds == 3
+    [warning] = [entry for entry in logged if entry["event"] == "config.unknown_variable"]
+    assert warning["variable"] == "TRANSCRIBED_SETTLE_SECNDS"
+    assert "did you mean TRANSCRIBED_SETTLE_SECONDS?" in warning["hint"]
+
+
+def test_status_needs_only_the_state_folder(tmp_path, monkeypatch) -> None:
+    for name in ("INBOX", "OUTBOX", "FAILED_DIR", "ARCHIVE_DIR"):
+        monkeypatch.delenv(f"TRANSCRIBED_{name}", raising=False)
+    monkeypatch.setenv("TRANSCRIBED_STATE_DIR", str(tmp_path))
+    assert load_settings(None, StateSettings).database == tmp_path / "jobs.sqlite3"
+    with pytest.raises(ConfigError, match="inbox is required"):
+        load_settings(None, RetrySettings)
+
+
+def test_two_roles_in_one_folder_are_refused(folders) -> None:
+    for outbox, failed, archive, words in (
+        (folders.outbox, folders.outbox, folders.archive, "failed_dir and outbox are the same"),
+        (folders.outbox, folders.failed, folders.outbox, "archive_dir and outbox are the same"),
+        (folders.outbox, folders.failed, folders.failed, "archive_dir and failed_dir are the same"),
+    ):
+        settings = Settings(
+            inbox=folders.inbox,
+            outbox=outbox,
+            failed_dir=failed,
+            archive_dir=archive,
+            state_dir=folders.state,
+        )
+        with pytest.raises(ConfigError, match=words):
+            check_folders(settings)
+
+
+def test_a_state_folder_that_cannot_be_made_is_one_line(folders, tmp_path) -> None:
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    settings = Settings(
+        inbox=folders.inbox,
+        outbox=folders.outbox,
+        failed_dir=folders.failed,
+        archive_dir=folders.archive,
+        state_dir=blocker / "state",
+    )
+    with pytest.raises(ConfigError, match=r"^unusable folder: state_dir: cannot create .*state"):
+        check_folders(settings)
+
+
+def test_every_variable_a_hook_receives_is_known_not_to_be_a_setting() -> None:
+    from transcribed.queue import Job, JobState
+    from transcribed.service import hook_environment
+    from transcribed.settings import _NOT_SETTINGS
+
+    job = Job(
+        id=1,
+        state=JobState.FAILED,
+        relpath=b"a.wav",
+        work_name="x.wav",
+        sha256=None,
+        size=None,
+        attempts=1,
+        duplicate_of=None,
+        error="no audio",
+        outputs=("/out/a.txt", "/out/a.json"),
+        disposed_to="/failed/a.wav",
+        audio_seconds=2.0,
+    )
+    assert set(hook_environment(job)) <= _NOT_SETTINGS

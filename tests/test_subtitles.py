@@ -99,7 +99,7 @@ def test_subtitle_names_can_carry_the_language_and_retract_finds_them(tmp_path) 
     outbox = Outbox(tmp_path, formats=("srt", "vtt", "tsv"), language_in_names=True)
     written = outbox.publish(_transcript(), "talk.wav")
     assert [p.name for p in written] == ["talk.json", "talk.en.srt", "talk.en.vtt", "talk.tsv"]
-    assert outbox.retract("talk.wav", "a" * 64) == list(reversed(written))
+    assert outbox.retract("talk.wav", "a" * 64, "talk.wav") == list(reversed(written))
     assert list(tmp_path.iterdir()) == []
 
 

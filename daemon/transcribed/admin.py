@@ -17,7 +17,7 @@ from transcribed.errors import ConfigError
 from transcribed.instance import Holder
 from transcribed.names import display_name
 from transcribed.queue import Job, JobQueue, JobState, is_damaged
-from transcribed.settings import Settings
+from transcribed.settings import RetrySettings, StateSettings
 
 _HOUR = 3600.0
 _FAILED_SHOWN = 10
@@ -30,13 +30,14 @@ class OperatorError(Exception):
     """A request that cannot be carried out, with what to do instead."""
 
 
-def open_queue(settings: Settings) -> JobQueue:
+def open_queue(settings: StateSettings) -> JobQueue:
     """The daemon's job database; never a new, empty one in the wrong place."""
     path = settings.database
     if not path.is_file():
         raise ConfigError(
             f"no job database at {path}: the daemon has not run with state_dir = "
-            f"{settings.state_dir} (pass the daemon's config with --config, or set state_dir)"
+            f"{settings.state_dir} (pass the daemon's config with --config, its state folder "
+            "with --state-dir, or set TRANSCRIBED_STATE_DIR)"
         )
     try:
         return JobQueue(path)
@@ -137,7 +138,7 @@ def _running(job: Job, now: float, speed: float | None = None) -> dict[str, Any]
     moves on at the job's own pace (before its first batch: the last hour's), never past the
     length the header claims."""
     confirmed, expected = job.progress_seconds or 0.0, job.expected_seconds
-    if confirmed and job.started and job.progress_at and job.progress_at > job.started:
+    if confirmed and job.started and job.progress_at and job.progress_at - job.started >= 1:
         speed = confirmed / (job.progress_at - job.started)  # this job's own pace so far
     done = confirmed
     if speed and expected and job.progress_at is not None:
@@ -255,6 +256,7 @@ def job_rows(jobs: JobQueue, state: JobState | None, limit: int) -> list[dict[st
         _brief(job)
         | {
             "state": str(job.state),
+            "language": job.language,
             "error": job.error,
             "audio_seconds": job.audio_seconds,
             "outputs": list(job.outputs),
@@ -267,16 +269,18 @@ def job_rows(jobs: JobQueue, state: JobState | None, limit: int) -> list[dict[st
 def render_jobs(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return "no jobs"
-    lines = [f"{'ID':>6}  {'STATE':<9}  {'UPDATED':<19}  FILE"]
+    lines = [f"{'ID':>6}  {'STATE':<9}  {'UPDATED':<19}  {'LANG':<5} FILE"]
     for row in rows:
         detail = f"  ({row['error']})" if row["error"] else ""
+        language = row["language"] or "-"
         lines.append(
-            f"{row['id']:>6}  {row['state']:<9}  {row['updated']:<19}  {row['file']}{detail}"
+            f"{row['id']:>6}  {row['state']:<9}  {row['updated']:<19}  {language:<5} "
+            f"{row['file']}{detail}"
         )
     return "\n".join(lines)
 
 
-def retry(jobs: JobQueue, settings: Settings, job_id: int) -> Path:
+def retry(jobs: JobQueue, settings: RetrySettings, job_id: int) -> Path:
     """Put a failed job's original back into the inbox (under its old name) and forget the
     failure; the daemon picks it up as a new arrival. Returns where the file now is."""
     job = _get(jobs, job_id)

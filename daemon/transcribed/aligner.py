@@ -38,21 +38,25 @@ class Aligner:
 
     @classmethod
     def load(cls, model: str, device: str, *, allow_download: bool) -> "Aligner":
-        from transformers import AutoProcessor, Qwen3ASRForTokenClassification
+        from transformers import Qwen3ASRForTokenClassification
 
-        from transcribed.engine import resolve_device, resolve_model_folder
+        from transcribed.engine import resolve_device
+        from transcribed.model_files import checked_folder, first_line, load_processor
 
         torch_device = resolve_device(device)
-        folder = resolve_model_folder(model, allow_download)
+        folder = checked_folder(model, allow_download, recognizer=False)
         dtype = torch.bfloat16 if torch_device.type == "cuda" else torch.float32
         started = time.monotonic()
+        processor = load_processor(folder)
         try:
-            processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
             network = Qwen3ASRForTokenClassification.from_pretrained(
                 folder, dtype=dtype, local_files_only=True
             )
-        except (OSError, ValueError) as error:
-            raise ModelError(f"cannot load the aligner from {folder}: {error}") from error
+        except Exception as error:  # OSError, ValueError, RuntimeError (shapes), …
+            raise ModelError(
+                f"cannot load the aligner from {folder}: {type(error).__name__}: "
+                f"{first_line(error)}"
+            ) from error
         network.to(torch_device).eval()
         log.info("aligner.loaded", model=model, seconds=round(time.monotonic() - started, 2))
         return cls(network, processor)

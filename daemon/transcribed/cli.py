@@ -1,13 +1,20 @@
 """The `transcribed` command: `run` the daemon, `transcribe` files once, and the operator
-commands `status`, `jobs`, `doctor` and `config show`."""
+commands `status`, `jobs`, `doctor`, `config` and `bench`.
+
+Nothing heavy is imported before the settings, folders and model files are checked: a
+mistake is reported in about a second, not after torch has loaded.
+"""
 
 import argparse
 import dataclasses
 import json
 import os
+import sqlite3
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from transcribed import __version__
 from transcribed.admin import OperatorError
@@ -17,21 +24,31 @@ from transcribed.queue import JobState
 from transcribed.settings import (
     DEFAULT_CONFIG_PATH,
     ModelSettings,
+    RetrySettings,
     Settings,
+    StateSettings,
+    check_folders,
     load_settings,
     setting_sources,
 )
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2  # usage and configuration errors, like argparse's own
+EXIT_BROKEN_PIPE = 128 + 13  # as a program killed by SIGPIPE: what shells expect of `… | head`
+
+StateT = TypeVar("StateT", bound=StateSettings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level)
     try:
-        return int(args.handler(args))
+        args = _build_parser().parse_args(argv)  # --help prints, too
+        configure_logging(args.log_level or args.quiet_log_level)
+        code = int(args.handler(args))
+        sys.stdout.flush()  # a reader that went away (`status | head`) is noticed here
+    except BrokenPipeError:
+        # Python would complain again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except (ConfigError, ModelError) as error:
         print(f"transcribed: {error}", file=sys.stderr)
         return EXIT_CONFIG
@@ -40,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    return code
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -50,9 +68,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "Nothing is sent anywhere.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    # --config and --log-level go before the command or after it: `transcribed --config x
+    # status` and `transcribed status --config x` mean the same.
+    _common_options(parser, default=None)
+    parser.set_defaults(quiet_log_level="INFO")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    run = commands.add_parser(
+    run = _command(
+        commands,
         "run",
         help="run the daemon in the foreground (what the systemd unit starts)",
         description="Watch the inbox and transcribe every recording dropped into it. "
@@ -62,7 +85,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(handler=_run)
 
-    once = commands.add_parser(
+    once = _command(
+        commands,
         "transcribe",
         help="transcribe files once, without the daemon",
         description="Transcribe FILEs now and write <stem>.txt and <stem>.json next to each "
@@ -75,35 +99,41 @@ def _build_parser() -> argparse.ArgumentParser:
     once.add_argument("--language", help="force a language, e.g. en or zh (default: detect)")
     once.set_defaults(handler=_transcribe)
 
-    status = commands.add_parser(
+    status = _command(
+        commands,
         "status",
         help="what the daemon is doing: queued, running (with progress), failed, last hour",
         description="Read the job database (safe while the daemon runs) and show queued jobs, "
         "running ones with progress and an ETA, recent failures with their reasons, and "
-        "the throughput of the last hour.",
+        "the throughput of the last hour. Needs only the state folder.",
     )
+    _state_dir_option(status)
     status.set_defaults(handler=_status)
 
-    jobs = commands.add_parser(
+    jobs = _command(
+        commands,
         "jobs",
-        help="list, retry or forget jobs",
+        help="list, retry, forget or prune jobs",
         description="Inspect and act on individual jobs (safe while the daemon runs).",
     )
     actions = jobs.add_subparsers(required=True, metavar="ACTION")
-    listing = actions.add_parser("list", help="the newest jobs, optionally in one state")
+    listing = _command(actions, "list", help="the newest jobs, optionally in one state")
     listing.add_argument("--state", choices=[str(state) for state in JobState])
     listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     listing.set_defaults(handler=_jobs_list)
-    again = actions.add_parser(
+    again = _command(
+        actions,
         "retry",
         help="put a failed job's recording back into the inbox",
         description="Move a failed recording from failed_dir back into the inbox under its "
         "original name; the daemon transcribes it as a new arrival. The copy in the inbox "
-        "is durable before the failed copy is removed.",
+        "is durable before the failed copy is removed. Needs the inbox as well as the state "
+        "folder (from --config or TRANSCRIBED_INBOX).",
     )
     again.add_argument("job", type=int, metavar="ID")
     again.set_defaults(handler=_jobs_retry)
-    drop = actions.add_parser(
+    drop = _command(
+        actions,
         "forget",
         help="forget a done or failed job, so the same recording is transcribed again",
         description="Delete a done or failed job's record. Its files stay where they are; "
@@ -112,16 +142,42 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     drop.add_argument("job", type=int, metavar="ID")
     drop.set_defaults(handler=_jobs_forget)
+    prune = _command(
+        actions,
+        "prune",
+        help="forget done and failed jobs older than an age, e.g. --older-than 90d",
+        description="Delete the records of done and failed jobs that finished more than "
+        "--older-than ago, in one transaction (safe while the daemon runs). No file is "
+        "touched: transcripts, archived and failed recordings stay where they are. What is "
+        "lost: a pruned done job's recording is no longer recognised as a duplicate, so the "
+        "same recording dropped again is transcribed again; a pruned failed job cannot be "
+        "retried with `jobs retry` (copy its file from failed_dir into the inbox instead). "
+        "Jobs still running, queued or waiting are never pruned.",
+    )
+    prune.add_argument(
+        "--older-than",
+        required=True,
+        type=_age,
+        metavar="AGE",
+        help="e.g. 90d, 12h, 30m or 2w: finished at least this long ago",
+    )
+    prune.add_argument("--dry-run", action="store_true", help="only count what would go")
+    prune.set_defaults(handler=_jobs_prune)
+    for action in (listing, again, drop, prune):
+        _state_dir_option(action)
 
-    doctor = commands.add_parser(
+    doctor = _command(
+        commands,
         "doctor",
         help="check this machine: GPU, model files, folders, inotify, network isolation",
         description="Check everything the daemon needs and print one line per check "
-        "(ok / warn / fail) with what to do. Exits 1 when any check fails.",
+        "(ok / warn / fail) with what to do. Exits 1 when any check fails. A model is ok "
+        "only when `run` would load it.",
     )
     doctor.set_defaults(handler=_doctor)
 
-    recover = commands.add_parser(
+    recover = _command(
+        commands,
         "recover",
         help="rebuild a damaged job database from the disk (daemon stopped)",
         description="Set the job database aside (renamed, not deleted) and rebuild it from "
@@ -133,17 +189,26 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     recover.set_defaults(handler=_recover)
 
-    config = commands.add_parser("config", help="show the effective configuration")
-    config_actions = config.add_subparsers(required=True, metavar="ACTION")
-    show = config_actions.add_parser(
+    config = _command(
+        commands,
+        "config",
+        help="show the effective configuration (`config show`)",
+        description="Every setting with its effective value and its source: an environment "
+        "variable, the config file, or the default.",
+    )
+    config.set_defaults(handler=_config_show)
+    config_actions = config.add_subparsers(metavar="ACTION")
+    show = _command(
+        config_actions,
         "show",
-        help="every setting, its value and where it came from",
+        help="every setting, its value and where it came from (the default action)",
         description="Every setting with its effective value and its source: an environment "
         "variable, the config file, or the default.",
     )
     show.set_defaults(handler=_config_show)
 
-    bench = commands.add_parser(
+    bench = _command(
+        commands,
         "bench",
         help="measure throughput end to end on this machine (CPU or GPU)",
         description="Write a backlog of compressed recordings to a scratch folder and time "
@@ -176,28 +241,61 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", help="hub id or local folder (default: from config)")
     bench.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: from config)")
     bench.add_argument("--scratch", type=Path, help="folder for the backlog (default: a temp one)")
-    bench.set_defaults(handler=_bench)
+    bench.set_defaults(handler=_bench, quiet_log_level="WARNING")  # the table, not every job
 
-    with_json = (status, listing, doctor, show, bench)
-    for command in with_json:
+    for command in (status, listing, doctor, config, show, bench):
         command.add_argument("--json", action="store_true", help="machine-readable output")
-    for command in (run, once, status, listing, again, drop, doctor, show, bench, recover):
-        command.add_argument(
-            "--config",
-            type=Path,
-            metavar="PATH",
-            help=f"TOML config file (default: {DEFAULT_CONFIG_PATH} when it exists); "
-            "TRANSCRIBED_<NAME> environment variables override it",
-        )
-        command.add_argument(
-            "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
-        )
-    bench.set_defaults(log_level="WARNING")  # the table, not an event per job
     return parser
 
 
+def _command(
+    commands: "argparse._SubParsersAction[argparse.ArgumentParser]", name: str, **kwargs: object
+) -> argparse.ArgumentParser:
+    """A subcommand that also takes the common options (after its name)."""
+    command = commands.add_parser(name, **kwargs)  # type: ignore[arg-type]
+    # SUPPRESS: an option not given here keeps what was given before the command name.
+    _common_options(command, default=argparse.SUPPRESS)
+    return command
+
+
+def _common_options(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        default=default,
+        help=f"TOML config file (default: {DEFAULT_CONFIG_PATH} when it exists); "
+        "TRANSCRIBED_<NAME> environment variables override it",
+    )
+    parser.add_argument(
+        "--log-level", default=default, choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+
+
+def _state_dir_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="PATH",
+        help="the daemon's state folder (default: state_dir from --config or "
+        "TRANSCRIBED_STATE_DIR)",
+    )
+
+
+def _age(text: str) -> float:
+    from transcribed.retention import parse_age
+
+    try:
+        return parse_age(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _settings_help() -> str:
-    lines = ["settings (config file key, or environment variable TRANSCRIBED_<KEY>):"]
+    lines = [
+        "settings (config file key, or environment variable TRANSCRIBED_<KEY>; lists there "
+        "as comma lists or JSON, e.g. TRANSCRIBED_FORMATS=txt,srt):"
+    ]
     for name, field in Settings.model_fields.items():
         value = field.get_default(call_default_factory=True)
         default = "required" if field.is_required() else f"default {_show(name, value)}"
@@ -220,21 +318,40 @@ def _offline_unless(allowed: bool) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, Settings)
+    check_folders(settings)
+    _check_model_files(settings)
+    _check_device(settings.device)
     _offline_unless(settings.allow_download)
     from transcribed.service import Daemon
 
     return Daemon(settings, args.config).run()
 
 
+def _check_model_files(settings: ModelSettings) -> None:
+    from transcribed.model_files import check_before_loading
+
+    check_before_loading(settings)
+
+
+def _check_device(device: str) -> None:
+    """A GPU asked for but not usable is refused before anything starts (and logs)."""
+    if device.startswith("cuda"):
+        from transcribed.engine import resolve_device
+
+        resolve_device(device)
+
+
 def _transcribe(args: argparse.Namespace) -> int:
     overrides = {k: v for k in ("model", "device", "language") if (v := getattr(args, k))}
     settings = load_settings(args.config, ModelSettings, **overrides)
-    _offline_unless(settings.allow_download)
     if args.outbox is not None and not args.outbox.is_dir():
         raise ConfigError(f"--outbox {args.outbox} is not an existing folder")
     missing = [str(path) for path in args.files if not path.is_file()]
     if missing:
         raise ConfigError("not a file: " + ", ".join(missing))
+    _check_model_files(settings)
+    _check_device(settings.device)
+    _offline_unless(settings.allow_download)
     from transcribed.oneshot import transcribe_files
 
     failures = transcribe_files(args.files, settings, args.outbox)
@@ -245,11 +362,17 @@ def _print(data: object, as_json: bool, text: str) -> None:
     print(json.dumps(data, indent=2, default=str) if as_json else text)
 
 
+def _state(args: argparse.Namespace, kind: type[StateT]) -> StateT:
+    """The settings naming the state folder: --state-dir, else the config and environment."""
+    overrides = {"state_dir": args.state_dir} if args.state_dir else {}
+    return load_settings(args.config, kind, **overrides)
+
+
 def _status(args: argparse.Namespace) -> int:
     from transcribed import admin
     from transcribed.instance import holder
 
-    settings = load_settings(args.config, Settings)
+    settings = _state(args, StateSettings)
     jobs = admin.open_queue(settings)
     report = admin.status_report(jobs, daemon=holder(settings.state_dir))
     _print(report, args.json, admin.render_status(report))
@@ -259,7 +382,7 @@ def _status(args: argparse.Namespace) -> int:
 def _jobs_list(args: argparse.Namespace) -> int:
     from transcribed import admin
 
-    jobs = admin.open_queue(load_settings(args.config, Settings))
+    jobs = admin.open_queue(_state(args, StateSettings))
     rows = admin.job_rows(jobs, JobState(args.state) if args.state else None, args.limit)
     _print(rows, args.json, admin.render_jobs(rows))
     return 0
@@ -268,7 +391,12 @@ def _jobs_list(args: argparse.Namespace) -> int:
 def _jobs_retry(args: argparse.Namespace) -> int:
     from transcribed import admin
 
-    settings = load_settings(args.config, Settings)
+    settings = _state(args, RetrySettings)
+    if not settings.inbox.is_dir():
+        raise ConfigError(
+            f"inbox {settings.inbox} does not exist or is not a folder: the recording goes back "
+            "there (check inbox in --config or TRANSCRIBED_INBOX)"
+        )
     target = admin.retry(admin.open_queue(settings), settings, args.job)
     print(f"job {args.job}: the recording is back in the inbox as {target}")
     return 0
@@ -277,8 +405,23 @@ def _jobs_retry(args: argparse.Namespace) -> int:
 def _jobs_forget(args: argparse.Namespace) -> int:
     from transcribed import admin
 
-    job = admin.forget(admin.open_queue(load_settings(args.config, Settings)), args.job)
+    job = admin.forget(admin.open_queue(_state(args, StateSettings)), args.job)
     print(f"job {args.job} ({job.state}) forgotten; its files were not touched")
+    return 0
+
+
+def _jobs_prune(args: argparse.Namespace) -> int:
+    from transcribed import admin
+    from transcribed.retention import prune
+
+    settings = _state(args, StateSettings)
+    admin.open_queue(settings).close()  # the same refusals as every jobs command
+    try:
+        pruned = prune(settings.database, time.time() - args.older_than, dry_run=args.dry_run)
+    except sqlite3.Error as error:
+        raise OperatorError(f"cannot prune {settings.database}: {error}") from None
+    verb = "would forget" if args.dry_run else "forgot"
+    print(f"{verb} {pruned['done']} done and {pruned['failed']} failed jobs; no file was touched")
     return 0
 
 
@@ -288,7 +431,7 @@ def _doctor(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, Settings)
     except ConfigError as error:
-        findings = [doctor.Finding("config", "fail", str(error), "fix the config file")]
+        findings = [doctor.Finding("config", "fail", str(error), "fix the setting named above")]
     else:
         _offline_unless(False)  # doctor only looks: never fetch anything
         findings = [doctor.Finding("config", "ok", "the configuration is valid")]
@@ -341,6 +484,9 @@ def _bench(args: argparse.Namespace) -> int:
     keys = ("model", "device", "batch_size", "compile")
     overrides = {k: v for k in keys if (v := getattr(args, k))}
     settings = load_settings(args.config, ModelSettings, **overrides)
+    if not args.synthetic_weights:
+        _check_model_files(settings)
+    _check_device(settings.device)
     _offline_unless(settings.allow_download)
     from transcribed import bench
     from transcribed.engine import Engine

@@ -210,39 +210,34 @@ def _inotify(settings: Settings) -> Iterator[Finding]:
 
 
 def _model(settings: Settings) -> Iterator[Finding]:
-    from transcribed.engine import check_layout, resolve_model_folder
+    """The same checks `run` makes before it loads the weights."""
+    from transcribed.model_files import checked_folder, load_processor
 
     for name, model in (("model", settings.model), ("aligner", settings.aligner)):
         if model is None:
             continue
         try:
-            folder = resolve_model_folder(model, allow_download=False)
-            if name == "model":
-                check_layout(folder)
+            folder = checked_folder(model, allow_download=False, recognizer=name == "model")
+            load_processor(folder)
         except ModelError as error:
             yield Finding(name, "fail", str(error), "fetch it once while online (README)")
             continue
-        yield Finding(name, "ok", f"{model} is on disk at {folder}")
+        yield Finding(name, "ok", f"{model} is complete on disk at {folder}")
 
 
 def _gpu(settings: Settings) -> Iterator[Finding]:
     import torch
 
+    from transcribed.engine import why_no_cuda
+
     if settings.device == "cpu":
         yield Finding("gpu", "ok", "device = cpu: the GPU is not used (slow for real models)")
         return
-    if not torch.cuda.is_available():
+    if (reason := why_no_cuda()) is not None:  # the words `run` refuses device = "cuda" with
+        problem, remedy = reason
         level: Level = "fail" if settings.device.startswith("cuda") else "warn"
-        yield Finding(
-            "gpu",
-            level,
-            "no usable CUDA GPU"
-            + (
-                " and device = 'auto' falls back to the CPU (far slower)" if level == "warn" else ""
-            ),
-            "check `nvidia-smi` and that this torch build has CUDA "
-            f"(torch {torch.__version__}, CUDA {torch.version.cuda or 'none'})",
-        )
+        fallback = ": device = 'auto' falls back to the CPU (far slower)"
+        yield Finding("gpu", level, problem + (fallback if level == "warn" else ""), remedy)
         return
     index = int(settings.device.partition(":")[2] or 0)
     if index >= torch.cuda.device_count():

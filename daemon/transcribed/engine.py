@@ -3,11 +3,9 @@
 Hides every ML type behind `ChunkText`: callers hand in 16 kHz float32 arrays and get text.
 """
 
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +15,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from transcribed import faults
 from transcribed.errors import ModelError, ShutdownRequested, TransientError
 from transcribed.logs import get_logger
+from transcribed.model_files import checked_folder, first_line, load_processor
 from transcribed.repetition import collapse_repetitions, remove_context_echo
 from transcribed.scoring import LANGUAGE_STEPS, language_confidence
 from transcribed.transcript import ChunkText, ModelInfo
@@ -55,15 +54,33 @@ def batch_shapes(ceiling: int) -> list[int]:
     return sorted(sizes | {ceiling})
 
 
+def why_no_cuda() -> tuple[str, str] | None:
+    """Why torch cannot use a CUDA GPU here, and what to do; None when it can."""
+    if torch.version.cuda is None:
+        return (
+            f"this torch ({torch.__version__}) is a CPU-only build",
+            "install a CUDA build of torch: `pip install --force-reinstall torch` (PyPI's Linux "
+            "wheels are CUDA builds) or the command for your CUDA version from "
+            "https://pytorch.org/get-started/locally/",
+        )
+    if not torch.cuda.is_available():
+        return (
+            f"no usable CUDA GPU was found (torch {torch.__version__}, CUDA {torch.version.cuda})",
+            "check that the NVIDIA driver is loaded and `nvidia-smi` works",
+        )
+    return None
+
+
 def resolve_device(requested: str) -> torch.device:
     """`auto` picks the first GPU when CUDA works, else the CPU; `cuda` without one is an error."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type == "cuda" and (reason := why_no_cuda()) is not None:
+        problem, remedy = reason
         raise ModelError(
-            f"device = {requested!r} but no usable CUDA GPU was found (driver loaded? "
-            "nvidia-smi works?); use device = 'auto' or 'cpu' to run without one"
+            f"device = {requested!r} but {problem}: {remedy}; or set device = 'auto' or 'cpu' "
+            "to run without a GPU"
         )
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise ModelError(
@@ -99,58 +116,6 @@ def announce_device(requested: str, chosen: torch.device) -> None:
 
 def _gpu_name(device: torch.device) -> str:
     return str(torch.cuda.get_device_name(device))
-
-
-def resolve_model_folder(model: str, allow_download: bool) -> Path:
-    """A local folder holding the model: `model` itself, or its hub-cache snapshot."""
-    folder = Path(model).expanduser()
-    if folder.is_dir():
-        return folder
-    if model.startswith((".", "/", "~")):
-        raise ModelError(f"model folder {model} does not exist")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(model, local_files_only=not allow_download))
-    except Exception as error:  # the hub raises many types; all mean "not available here"
-        raise ModelError(
-            f"model {model!r} is not in the local Hugging Face cache. Fetch it once while "
-            f"online: `hf download {model}` (or set allow_download = true for one run), "
-            "or set model to a local folder"
-        ) from error
-
-
-def check_layout(folder: Path) -> None:
-    """Refuse the original qwen-asr layout: transformers loads it silently and outputs garbage."""
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as error:
-        raise ModelError(f"{folder} has no readable config.json; is it a model folder?") from error
-    if "thinker_config" in config or _has_thinker_weights(folder):
-        raise ModelError(
-            f"{folder} is the original qwen-asr checkpoint layout (thinker.* weights), which "
-            "transformers cannot use correctly. Use the converted checkpoint "
-            "Qwen/Qwen3-ASR-1.7B-hf (or Qwen/Qwen3-ASR-0.6B-hf)"
-        )
-    if config.get("model_type") != "qwen3_asr":
-        raise ModelError(
-            f"{folder} holds a {config.get('model_type')!r} model, not Qwen3-ASR; "
-            "use Qwen/Qwen3-ASR-1.7B-hf"
-        )
-
-
-def _has_thinker_weights(folder: Path) -> bool:
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
-        return any(name.startswith("thinker.") for name in weight_map)
-    single = folder / "model.safetensors"
-    if single.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(single), framework="pt") as weights:
-            return any(name.startswith("thinker.") for name in weights.keys())  # noqa: SIM118
-    return False
 
 
 class Engine:
@@ -206,26 +171,28 @@ class Engine:
         chunk_seconds: float = 30.0,
         compile_decoder: bool = False,
     ) -> "Engine":
-        from transformers import AutoProcessor, Qwen3ASRForConditionalGeneration
+        from transformers import Qwen3ASRForConditionalGeneration
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # bars would garble the JSON log lines
         torch_device = resolve_device(device)
         announce_device(device, torch_device)
-        folder = resolve_model_folder(model, allow_download)
-        check_layout(folder)
+        folder = checked_folder(model, allow_download)  # what `doctor` checks, too
         dtype = torch.bfloat16 if torch_device.type == "cuda" else torch.float32
         started = time.monotonic()
+        processor = load_processor(folder)
         try:
-            processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
             network = Qwen3ASRForConditionalGeneration.from_pretrained(
                 folder,
                 dtype=dtype,
                 attn_implementation=attention_for(torch_device),
                 local_files_only=True,
             )
-        except (OSError, ValueError) as error:
-            raise ModelError(f"cannot load the model from {folder}: {error}") from error
+        except Exception as error:  # OSError, ValueError, RuntimeError (shapes), …
+            raise ModelError(
+                f"cannot load the model weights from {folder}: {type(error).__name__}: "
+                f"{first_line(error)}"
+            ) from error
         network.to(torch_device).eval()
         info = ModelInfo(
             id=model, device=str(torch_device), dtype=str(dtype).removeprefix("torch.")

@@ -32,7 +32,8 @@ from transcribed.logs import get_logger
 from transcribed.names import display_name
 from transcribed.queue import JobQueue, JobState
 from transcribed.readiness import Identity, SettleTracker
-from transcribed.watcher import walk_candidates
+from transcribed.strays import Strays
+from transcribed.watcher import walk_files
 from transcribed.workfolder import WorkFolder, work_name
 
 if TYPE_CHECKING:
@@ -87,6 +88,7 @@ class Intake:
         self._tracker = SettleTracker(self.settle_seconds, self._look, self.clock)
         self._ignored: dict[str, Identity] = {}
         self._waiting: dict[str, _Waiting] = {}
+        self._strays = Strays(self.inbox)  # files that are not recordings: logged once each
         self._next_rescan = self.clock() + self.rescan_seconds
         self._rescan_requested = False
         self.last_rescan: float | None = None  # clock() of the last full rescan
@@ -115,7 +117,7 @@ class Intake:
         self._next_rescan = self.clock() + self.rescan_seconds
         if self.reconciler is not None:
             self.reconciler.run()
-        for relpath in walk_candidates(self.inbox):
+        for relpath in self._strays.recordings_among(walk_files(self.inbox)):
             self._tracker.arrived(relpath)
         for relpath in list(self._waiting):  # re-looked at: stalled ones come due by time
             self._tracker.arrived(relpath)

@@ -4,6 +4,8 @@ import os
 import re
 from pathlib import PurePosixPath
 
+# Video containers are here for their sound: phone recorders write .3gp/.3g2, audiobook and
+# dictation apps .m4b, meeting capture .mkv/.mov; only the audio stream is decoded.
 AUDIO_EXTENSIONS = frozenset(
     {
         ".wav",
@@ -23,6 +25,11 @@ AUDIO_EXTENSIONS = frozenset(
         ".aif",
         ".caf",
         ".mka",
+        ".3gp",
+        ".3g2",
+        ".m4b",
+        ".mkv",
+        ".mov",
     }
 )
 
@@ -42,12 +49,25 @@ def is_temporary_name(name: str) -> bool:
     )
 
 
+def is_temporary_path(relpath: str) -> bool:
+    """True when the path, or a folder on it, has a temp or hidden name: never looked at."""
+    parts = PurePosixPath(relpath).parts
+    return not parts or any(is_temporary_name(part) for part in parts)
+
+
 def is_candidate(relpath: str) -> bool:
     """True when a path relative to the inbox may be a recording we should pick up."""
-    parts = PurePosixPath(relpath).parts
-    if not parts or any(is_temporary_name(part) for part in parts):
-        return False
-    return PurePosixPath(parts[-1]).suffix.lower() in AUDIO_EXTENSIONS
+    return not is_temporary_path(relpath) and not_a_recording(relpath) is None
+
+
+def not_a_recording(relpath: str) -> str | None:
+    """Why a (non-temporary) file is not taken as a recording, or None when it may be one."""
+    suffix = PurePosixPath(relpath).suffix.lower()
+    if suffix in AUDIO_EXTENSIONS:
+        return None
+    if not suffix:
+        return "not a recording: the name has no audio extension"
+    return f"not a recording: {display_name(suffix)} is not an audio extension"
 
 
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")

@@ -84,7 +84,9 @@ class Outbox:
                 data = WRITERS[extension](transcript)
                 label = f"outbox.{extension}"
                 temps[extension] = write_temp(folder, f"x.{extension}", data, self._mode, label)
-            stem = self._reserve(folder, PurePosixPath(relpath).stem, owner, temps["json"])
+            stem = self._reserve(
+                folder, PurePosixPath(relpath).stem, owner, temps["json"], transcript.language
+            )
             targets = self._targets(folder, stem, transcript.language)
             for extension, target in targets[1:]:
                 os.replace(temps[extension], target)
@@ -104,13 +106,15 @@ class Outbox:
             check_outside(folder, self._inbox)
         return folder
 
-    def _reserve(self, folder: Path, stem: str, owner: "_Owner", json_temp: Path) -> str:
+    def _reserve(
+        self, folder: Path, stem: str, owner: "_Owner", json_temp: Path, language: str | None
+    ) -> str:
         """Publish the JSON under the first free stem (`stem`, `stem-2`, …) and return that
         stem. Taking the name is one atomic link, which fails if the name exists: two jobs
         with the same stem publishing at once never take the same name, and a stem whose JSON
         is already this recording's (a retry after a crash) is reused."""
         for candidate in self._candidates(stem):
-            standing = self._standing(folder, candidate, owner)
+            standing = self._standing(folder, candidate, owner, language)
             target = folder / f"{candidate}.json"
             if standing == "ours":
                 os.replace(json_temp, target)  # from an attempt a crash cut short
@@ -128,7 +132,7 @@ class Outbox:
         stem = next(
             c
             for c in self._candidates(PurePosixPath(relpath).stem)
-            if self._standing(folder, c, owner) != "taken"
+            if self._standing(folder, c, owner, None) != "taken"
         )
         marker = read_json_object(folder / f"{stem}.json")
         if marker is None or _owner_of(marker) != owner:
@@ -156,16 +160,17 @@ class Outbox:
         for number in itertools.count(2):
             yield fit_name(stem, f"-{number}", reserve)
 
-    def _standing(self, folder: Path, stem: str, owner: "_Owner") -> str:
-        """`ours` (the stem's JSON is this recording's), `free` (none of its files exist), or
-        `taken`. Only `ours` may be replaced: a free name can be taken by another job the
-        next moment, so it is taken with `_take_name`, never by replacing."""
+    def _standing(self, folder: Path, stem: str, owner: "_Owner", language: str | None) -> str:
+        """`ours` (the stem's JSON is this recording's), `free` (none of its files exist, a
+        subtitle named with this language included), or `taken`. Only `ours` may be replaced:
+        a free name can be taken by another job the next moment, so it is taken with
+        `_take_name`, never by replacing."""
         marker = folder / f"{stem}.json"
         if os.path.lexists(marker):
             found = read_json_object(marker)
             return "ours" if found is not None and _owner_of(found) == owner else "taken"
-        plain = self._targets(folder, stem, None)
-        return "taken" if any(os.path.lexists(path) for _extension, path in plain) else "free"
+        files = self._targets(folder, stem, language)
+        return "taken" if any(os.path.lexists(path) for _extension, path in files) else "free"
 
 
 # Filesystems without hard links (some network shares) cannot take a name with one link:

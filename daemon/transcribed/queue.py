@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     processing_seconds REAL,  -- published: wall time from start to published transcript
     progress_seconds   REAL,  -- running: audio transcribed so far
     expected_seconds   REAL,  -- running: length the file's header claims (for an ETA only)
+    language     TEXT,  -- published: the transcript's main language (ISO code), for `jobs list`
     created      REAL    NOT NULL,
     updated      REAL    NOT NULL
 );
@@ -92,6 +93,7 @@ _ADDED_COLUMNS = {
     # missing work file may be our own doing, which the disposer verifies.
     "disposal_started": "REAL",
     "progress_at": "REAL",  # running: when progress was last written (a stalled job shows)
+    "language": "TEXT",  # published: the main language, for `jobs list`
 }
 
 
@@ -144,6 +146,7 @@ class Job:
     processing_seconds: float | None = None
     progress_seconds: float | None = None
     expected_seconds: float | None = None
+    language: str | None = None
     updated: float = 0.0
     request: str | None = None
     transient_failures: int = 0
@@ -344,7 +347,12 @@ class JobQueue:
         )
 
     def mark_published(
-        self, job_id: int, outputs: list[str], audio_seconds: float, processing_seconds: float
+        self,
+        job_id: int,
+        outputs: list[str],
+        audio_seconds: float,
+        processing_seconds: float,
+        language: str | None = None,
     ) -> None:
         """The transcript files are durable; disposal of the original may start."""
         self._set(
@@ -357,6 +365,7 @@ class JobQueue:
             finished=self._now(),
             transient_failures=0,
             not_before=0,
+            language=language,
         )
 
     def requeue(
@@ -513,6 +522,7 @@ class JobQueue:
                 "audio_seconds",
                 "finished",
                 "request",
+                "language",
             )
         }
         cursor = self._db.execute(

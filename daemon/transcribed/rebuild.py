@@ -73,6 +73,7 @@ def _published(outbox: Path) -> Iterator[Job]:
             outputs=_siblings(path),
             audio_seconds=data.get("duration") if data else None,
             request=_request(data) if data else None,
+            language=data.get("language") if data else None,
             finished=path.stat().st_mtime,
         )
 

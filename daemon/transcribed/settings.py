@@ -1,23 +1,51 @@
-"""Settings: a TOML file and TRANSCRIBED_* environment variables (env wins), validated at start."""
+"""Settings: a TOML file and TRANSCRIBED_* environment variables (env wins), validated at start.
 
+Every refusal names where the bad value came from (the file, which variable, an option) and,
+for a misspelt name, the setting it probably meant.
+"""
+
+import difflib
+import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
 from transcribed.errors import ConfigError
+from transcribed.logs import get_logger
 from transcribed.rules import Disposal, FolderRule, Format
+
+log = get_logger(__name__)
 
 DEFAULT_CONFIG_PATH = Path("/etc/transcribed/config.toml")
 DEFAULT_MODEL = "Qwen/Qwen3-ASR-1.7B-hf"
+ENV_PREFIX = "TRANSCRIBED_"
+DATABASE_NAME = "jobs.sqlite3"
+
+# TRANSCRIBED_* variables that are not settings: what hooks receive (service.hook_environment;
+# a hook may well call `transcribed status`) and the tests' fault switches.
+_NOT_SETTINGS = frozenset(
+    {
+        "TRANSCRIBED_JOB",
+        "TRANSCRIBED_SOURCE",
+        "TRANSCRIBED_OUTPUTS",
+        "TRANSCRIBED_TRANSCRIPT",
+        "TRANSCRIBED_JSON",
+        "TRANSCRIBED_ERROR",
+        "TRANSCRIBED_FAILED_PATH",
+        "TRANSCRIBED_AUDIO_SECONDS",
+    }
+)
+_NOT_SETTINGS_PREFIX = "TRANSCRIBED_TEST_"
 
 
 def _default_state_dir() -> Path:
@@ -28,10 +56,79 @@ def _default_state_dir() -> Path:
     return Path(xdg) / "transcribed"
 
 
-class ModelSettings(BaseSettings):
-    """What turning audio into text needs; shared by `run` and one-shot `transcribe`."""
+class _Environment(EnvSettingsSource):
+    """TRANSCRIBED_* variables. A list setting takes a comma list (TRANSCRIBED_FORMATS=txt,srt)
+    or JSON (TRANSCRIBED_FORMATS='["txt", "srt"]'); a bad one is blamed on its variable."""
 
-    model_config = SettingsConfigDict(env_prefix="TRANSCRIBED_", extra="ignore", frozen=True)
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        variable = f"{ENV_PREFIX}{field_name.upper()}"
+        text = str(value).strip()
+        if text.startswith(("[", "{")):
+            try:
+                return json.loads(text)
+            except ValueError as error:
+                raise ConfigError(
+                    f"environment variable {variable} is not valid JSON ({error}); "
+                    "write it as a JSON list or as a comma list (a,b,c)"
+                ) from None
+        if _holds_tables(field):
+            raise ConfigError(
+                f"environment variable {variable} must be a JSON list, e.g. "
+                f'{variable}=\'[{{"path": "team", "language": "zh"}}]\' '
+                f"(or use [[{field_name}]] in the config file)"
+            )
+        return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _holds_tables(field: FieldInfo) -> bool:
+    """A list of models ([[folders]]): a comma list cannot express its items."""
+    arguments = getattr(field.annotation, "__args__", ())
+    return any(isinstance(a, type) and issubclass(a, BaseModel) for a in arguments)
+
+
+class _Base(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, _Environment(settings_cls))
+
+
+StateDir = Annotated[
+    Path,
+    Field(
+        default_factory=_default_state_dir,
+        description="Local folder for the job database (never on a network share).",
+    ),
+]
+
+
+class StateSettings(_Base):
+    """Where the job database is: all that `status` and `jobs` need."""
+
+    state_dir: StateDir
+
+    @property
+    def database(self) -> Path:
+        """The job queue."""
+        return self.state_dir / DATABASE_NAME
+
+
+class RetrySettings(StateSettings):
+    """`jobs retry` also puts the recording back into the inbox."""
+
+    inbox: Path = Field(description="Folder watched for recordings.")
+
+
+class ModelSettings(_Base):
+    """What turning audio into text needs; shared by `run` and one-shot `transcribe`."""
 
     model: str = Field(
         default=DEFAULT_MODEL, description="Hugging Face repo id or local folder of a -hf model."
@@ -100,22 +197,8 @@ class ModelSettings(BaseSettings):
             return value
         raise ValueError("must be auto, cpu, cuda or cuda:N (for example cuda:0)")
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if settings_cls.model_config.get("toml_file"):
-            sources.append(TomlConfigSettingsSource(settings_cls))
-        return tuple(sources)
 
-
-class Settings(ModelSettings):
+class Settings(StateSettings, ModelSettings):
     """Everything the daemon needs. Field descriptions are shown by `transcribed run --help`."""
 
     model_config = SettingsConfigDict(extra="forbid")
@@ -127,10 +210,6 @@ class Settings(ModelSettings):
     )
     failed_dir: Path = Field(
         description="Where recordings that can never be transcribed go, with <name>.error.json."
-    )
-    state_dir: Path = Field(
-        default_factory=_default_state_dir,
-        description="Local folder for the job database (never on a network share).",
     )
     disposal: Disposal = Field(
         default="move", description="What happens to an original once its transcript is durable."
@@ -214,54 +293,137 @@ class Settings(ModelSettings):
             raise ValueError("two [[folders]] rules have the same path")
         return self
 
-    @property
-    def database(self) -> Path:
-        """The job queue."""
-        return self.state_dir / "jobs.sqlite3"
 
 
-SettingsT = TypeVar("SettingsT", bound=ModelSettings)
+SettingsT = TypeVar("SettingsT", bound=_Base)
 
 
 def load_settings(config_path: Path | None, kind: type[SettingsT], **overrides: Any) -> SettingsT:
-    """Read settings from `config_path` (or the system default when present) and the environment.
+    """Read settings from `config_path` (or the system default when present) and the environment;
+    `overrides` (command-line options) win over both.
 
-    Raises ConfigError with one readable line per problem.
+    Raises ConfigError with one readable line per problem, each naming where the value came from.
     """
     path = config_path if config_path is not None else _system_config()
-    if path is not None and not path.is_file():
-        raise ConfigError(f"config file {path} does not exist (check --config)")
-
-    file_settings = type(
-        kind.__name__, (kind,), {"model_config": SettingsConfigDict(toml_file=path)}
-    )
+    values = read_config_file(path)
+    if unknown := [key for key in values if key not in Settings.model_fields]:
+        where = f" in {path}" if path else ""
+        raise ConfigError(_lines([_unknown(key, Settings.model_fields, where) for key in unknown]))
+    _warn_about_unknown_variables()
     try:
-        return file_settings(**overrides)  # type: ignore[no-any-return]
+        return _reading(kind, values)(**overrides)
     except ValidationError as error:
-        raise ConfigError(_describe(error, path)) from None
-    except (OSError, ValueError) as error:  # unreadable or malformed TOML
-        raise ConfigError(f"cannot read config file {path}: {error}") from None
+        problems = [_problem(p, path, set(values), set(overrides)) for p in error.errors()]
+        raise ConfigError(_lines(problems)) from None
+
+
+def read_config_file(path: Path | None) -> dict[str, Any]:
+    """The config file's keys and values; {} without a file."""
+    if path is None:
+        return {}
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist (check --config)") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:  # TOML is UTF-8
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+
+
+def _reading(kind: type[SettingsT], values: dict[str, Any]) -> type[SettingsT]:
+    """`kind` reading options, then the environment, then the file's `values`."""
+
+    def sources(
+        cls: type[BaseSettings],
+        /,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        **_: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, _Environment(settings_cls), _FileValues(settings_cls, values))
+
+    return type(kind.__name__, (kind,), {"settings_customise_sources": classmethod(sources)})
+
+
+class _FileValues(PydanticBaseSettingsSource):
+    """The config file's values, already read (so a TOML error is blamed on the file alone)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._values = values
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._values)
 
 
 def _system_config() -> Path | None:
     return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
 
 
-def _describe(error: ValidationError, path: Path | None) -> str:
-    lines = ["invalid configuration:"]
-    for problem in error.errors():
-        field = ".".join(str(part) for part in problem["loc"]) or "settings"
-        env = f"TRANSCRIBED_{field.upper()}" if problem["loc"] else "the settings"
-        message = problem["msg"].removeprefix("Value error, ")
-        if problem["type"] == "missing":
-            where = f"in {path}" if path else "in a config file (--config)"
-            message = f"is required: set {env} or {field} {where}"
-        lines.append(f"  {field}: {message}")
-    return "\n".join(lines)
+def _lines(problems: list[str]) -> str:
+    if len(problems) == 1:
+        return f"invalid configuration: {problems[0]}"
+    return "\n".join(["invalid configuration:", *(f"  {problem}" for problem in problems)])
+
+
+def _unknown(key: str, known: dict[str, FieldInfo], where: str = "", noun: str = "setting") -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f"unknown {noun} {key}{where}" + (f" — did you mean {close[0]}?" if close else "")
+
+
+def _problem(problem: Any, path: Path | None, in_file: set[str], overrides: set[str]) -> str:
+    loc = problem["loc"]
+    if not loc:  # a check across several settings
+        return str(problem["msg"]).removeprefix("Value error, ")
+    name, field = str(loc[0]), ".".join(str(part) for part in loc)
+    if problem["type"] == "missing":
+        where = f"in {path}" if path else "in a config file (--config)"
+        return f"{field} is required: set {ENV_PREFIX}{name.upper()} or {name} {where}"
+    if problem["type"] == "extra_forbidden" and name == "folders":
+        rule = f" in [[folders]] rule {int(loc[1]) + 1}"
+        return _unknown(str(loc[-1]), FolderRule.model_fields, rule, "key")
+    message = str(problem["msg"]).removeprefix("Value error, ")
+    return f"{field}: {message} (from {_origin(name, path, in_file, overrides)})"
+
+
+def _origin(name: str, path: Path | None, in_file: set[str], overrides: set[str]) -> str:
+    """Where the value of setting `name` comes from, in the precedence `load_settings` uses."""
+    variable = f"{ENV_PREFIX}{name.upper()}"
+    if name in overrides:
+        return f"option --{name.replace('_', '-')}"
+    if variable in {key.upper() for key in os.environ}:
+        return f"environment {variable}"
+    if name in in_file:
+        return f"file {path}"
+    return "default"
+
+
+def _warn_about_unknown_variables() -> None:
+    """A misspelt variable is only warned about: the environment is inherited (hooks, shells,
+    unit files), so a stray TRANSCRIBED_* name must not stop every command."""
+    for variable in sorted(os.environ):
+        upper = variable.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in _NOT_SETTINGS:
+            continue
+        key = upper.removeprefix(ENV_PREFIX).lower()
+        if key not in Settings.model_fields and not upper.startswith(_NOT_SETTINGS_PREFIX):
+            close = difflib.get_close_matches(key, list(Settings.model_fields), n=1)
+            hint = f"did you mean {ENV_PREFIX}{close[0].upper()}? " if close else ""
+            log.warning(
+                "config.unknown_variable",
+                variable=variable,
+                hint=f"{hint}{variable} names no setting and is ignored",
+            )
 
 
 def check_folders(settings: Settings) -> None:
-    """Refuse to run with folders that are missing, unwritable, or would loop through the inbox."""
+    """Refuse to run with folders that are missing, unwritable, shared by two roles, or that
+    would loop through the inbox."""
     folders = {
         "inbox": settings.inbox,
         "outbox": settings.outbox,
@@ -270,13 +432,32 @@ def check_folders(settings: Settings) -> None:
     if settings.archive_dir is not None and settings.disposal == "move":
         folders["archive_dir"] = settings.archive_dir
     problems = [p for name, folder in folders.items() if (p := _folder_problem(name, folder))]
-    settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-    if problem := _folder_problem("state_dir", settings.state_dir):
+    if problem := _state_dir_problem(settings.state_dir):
         problems.append(problem)
     if not problems:
         problems += _nesting_problems(settings.inbox, folders | {"state_dir": settings.state_dir})
+        problems += _shared_folder_problems(folders)
     if problems:
-        raise ConfigError("unusable folders:\n" + "\n".join(f"  {p}" for p in problems))
+        raise ConfigError(_folder_lines(problems))
+
+
+def _folder_lines(problems: list[str]) -> str:
+    if len(problems) == 1:
+        return f"unusable folder: {problems[0]}"
+    return "\n".join(["unusable folders:", *(f"  {problem}" for problem in problems)])
+
+
+def _state_dir_problem(state_dir: Path) -> str | None:
+    """The state folder is made when missing (as systemd's StateDirectory= would)."""
+    if not state_dir.exists():
+        try:
+            state_dir.mkdir(parents=True, mode=0o750)
+        except OSError as error:
+            return (
+                f"state_dir: cannot create {state_dir}: {error.strerror}; create it or "
+                "point state_dir elsewhere"
+            )
+    return _folder_problem("state_dir", state_dir)
 
 
 def _folder_problem(name: str, folder: Path) -> str | None:
@@ -299,21 +480,31 @@ def _nesting_problems(inbox: Path, folders: dict[str, Path]) -> list[str]:
     return problems
 
 
-def setting_sources(config_path: Path | None, settings: ModelSettings) -> dict[str, str]:
-    """Where each effective setting came from: the environment, the config file, or the
-    default (the same precedence `load_settings` applies)."""
+# Why two roles cannot share one folder.
+_SHARING = {
+    frozenset({"outbox", "failed_dir"}): "reason files would sit among the transcripts",
+    frozenset({"outbox", "archive_dir"}): "recordings would sit among the transcripts",
+    frozenset({"failed_dir", "archive_dir"}): "the recordings that need a look would be lost "
+    "among the archived ones",
+}
+
+
+def _shared_folder_problems(folders: dict[str, Path]) -> list[str]:
+    real = {name: folder.resolve() for name, folder in folders.items()}
+    problems = []
+    for pair, why in _SHARING.items():
+        first, second = sorted(pair)
+        if first in real and second in real and real[first] == real[second]:
+            problems.append(
+                f"{first} and {second} are the same folder ({folders[first]}): {why}; "
+                "give each its own folder"
+            )
+    return problems
+
+
+def setting_sources(config_path: Path | None, settings: _Base) -> dict[str, str]:
+    """Where each effective setting came from: an environment variable, the config file, or
+    the default (the same precedence `load_settings` applies)."""
     path = config_path if config_path is not None else _system_config()
-    in_file: set[str] = set()
-    if path is not None:
-        with path.open("rb") as handle:
-            in_file = set(tomllib.load(handle))
-    sources = {}
-    for name in type(settings).model_fields:
-        variable = f"TRANSCRIBED_{name.upper()}"
-        if variable in os.environ:
-            sources[name] = f"environment {variable}"
-        elif name in in_file:
-            sources[name] = f"file {path}"
-        else:
-            sources[name] = "default"
-    return sources
+    in_file = set(read_config_file(path))
+    return {name: _origin(name, path, in_file, set()) for name in type(settings).model_fields}

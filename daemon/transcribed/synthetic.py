@@ -7,7 +7,7 @@ Its text is random; it proves structure, never words.
     python -m transcribed.synthetic /tmp/tiny-qwen3-asr
 """
 
-import sys
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -237,15 +237,29 @@ def _visible(text: str) -> bool:
     return bool(text.strip()) and "\ufffd" not in text
 
 
-if __name__ == "__main__":
-    usage = "usage: python -m transcribed.synthetic [--aligner | --full 1.7b|0.6b] FOLDER"
-    if len(sys.argv) not in (2, 3, 4):
-        sys.exit(usage)
-    if sys.argv[1] == "--aligner" and len(sys.argv) == 3:
-        print(build_tiny_aligner(Path(sys.argv[2])))
-    elif sys.argv[1] == "--full" and len(sys.argv) == 4 and sys.argv[2] in FULL_SIZES:
-        print(build_full_size_checkpoint(Path(sys.argv[3]), sys.argv[2]))
-    elif len(sys.argv) != 2:
-        sys.exit(usage)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m transcribed.synthetic",
+        description="Write a tiny random Qwen3-ASR checkpoint to FOLDER, to try the daemon or "
+        "run the tests without downloading a model. Its transcripts are random text.",
+    )
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--aligner", action="store_true", help="a tiny random forced aligner")
+    kind.add_argument(
+        "--full",
+        choices=sorted(FULL_SIZES),
+        metavar="SIZE",
+        help="the full-size architecture (1.7b or 0.6b) with random weights, for `bench`",
+    )
+    parser.add_argument("folder", type=Path, metavar="FOLDER", help="created if missing")
+    args = parser.parse_args(argv)
+    if args.aligner:
+        print(build_tiny_aligner(args.folder))
+    elif args.full:
+        print(build_full_size_checkpoint(args.folder, args.full))
     else:
-        print(build_tiny_checkpoint(Path(sys.argv[1])))
+        print(build_tiny_checkpoint(args.folder))
+
+
+if __name__ == "__main__":
+    main()

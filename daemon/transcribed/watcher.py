@@ -67,6 +67,12 @@ def _target(event: FileSystemEvent) -> str | bytes:
 
 def walk_candidates(root: Path) -> Iterator[str]:
     """Relative paths of candidate files below `root`; never enters symlinked or hidden folders."""
+    return (relpath for relpath in walk_files(root) if is_candidate(relpath))
+
+
+def walk_files(root: Path) -> Iterator[str]:
+    """Relative paths of every file below `root` without a temporary or hidden name (recordings
+    or not); never enters symlinked or hidden folders."""
     stack = [""]
     while stack:
         relfolder = stack.pop()
@@ -77,10 +83,11 @@ def walk_candidates(root: Path) -> Iterator[str]:
             continue
         for entry in entries:
             relpath = os.path.join(relfolder, entry.name)
+            if is_temporary_name(entry.name):
+                continue
             if entry.is_dir(follow_symlinks=False):
-                if not is_temporary_name(entry.name):
-                    stack.append(relpath)
-            elif is_candidate(relpath):
+                stack.append(relpath)
+            else:
                 yield relpath
 
 

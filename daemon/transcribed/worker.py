@@ -303,6 +303,7 @@ class Worker:
             [str(path) for path in outputs],
             audio_seconds=transcript.duration,
             processing_seconds=round(time.monotonic() - started, 3),
+            language=transcript.language,
         )
         log.info(
             "job.published",

@@ -1,0 +1,205 @@
+"""Is a model folder complete, and the right kind? Judged from its files alone (no torch, no
+weights read), so that `run` refuses and `doctor` fails on exactly the same folders, and an
+interrupted download is named in a second rather than after importing the model stack.
+
+The one check both use: `checked_folder` (the files), then `load_processor` (the tokenizer and
+feature extractor, which need transformers). The weights themselves are loaded by `run` only.
+"""
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from transcribed.errors import ModelError
+from transcribed.settings import ModelSettings
+
+# safetensors itself refuses headers larger than this.
+_HEADER_LIMIT = 100 << 20
+_PROCESSOR_CONFIGS = ("processor_config.json", "preprocessor_config.json")
+
+
+class _Broken(Exception):
+    """One file of the model folder is missing or incomplete (the reason, without the name)."""
+
+
+def check_before_loading(settings: ModelSettings) -> None:
+    """The model's and the aligner's files, checked before anything imports torch."""
+    if settings.allow_download:
+        return  # what is missing may yet be fetched: the loader checks after fetching
+    checked_folder(settings.model, allow_download=False)
+    if settings.aligner is not None:
+        checked_folder(settings.aligner, allow_download=False, recognizer=False)
+
+
+def checked_folder(model: str, allow_download: bool, *, recognizer: bool = True) -> Path:
+    """The local folder of `model` (a folder, or a hub id in the Hugging Face cache), after
+    checking it holds a complete checkpoint; for the recognizer, also that it is Qwen3-ASR in
+    the layout transformers can use. ModelError says what is wrong and how to mend it."""
+    folder = resolve_model_folder(model, allow_download)
+    try:
+        config = _config(folder)
+        if recognizer:
+            check_layout(folder, config)
+        _check_weights(folder)
+        _check_tokenizer(folder)
+    except _Broken as broken:
+        raise ModelError(f"{_named(model, folder)}: {broken}; {_how_to_refetch(model)}") from None
+    return folder
+
+
+def resolve_model_folder(model: str, allow_download: bool) -> Path:
+    """A local folder holding the model: `model` itself, or its hub-cache snapshot."""
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        return folder
+    if model.startswith((".", "/", "~")):
+        raise ModelError(f"model folder {model} does not exist")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model, local_files_only=not allow_download))
+    except Exception as error:  # the hub raises many types; all mean "not available here"
+        raise ModelError(
+            f"model {model!r} is not in the local Hugging Face cache. Fetch it once while "
+            f"online: `hf download {model}` (or set allow_download = true for one run), "
+            "or set model to a local folder"
+        ) from error
+
+
+def check_layout(folder: Path, config: dict[str, Any] | None = None) -> None:
+    """Refuse the original qwen-asr layout (transformers loads it silently and outputs
+    garbage) and models that are not Qwen3-ASR."""
+    config = _config(folder) if config is None else config
+    if "thinker_config" in config or any(name.startswith("thinker.") for name in _names(folder)):
+        raise ModelError(
+            f"{folder} is the original qwen-asr checkpoint layout (thinker.* weights), which "
+            "transformers cannot use correctly. Use the converted checkpoint "
+            "Qwen/Qwen3-ASR-1.7B-hf (or Qwen/Qwen3-ASR-0.6B-hf)"
+        )
+    if config.get("model_type") != "qwen3_asr":
+        raise ModelError(
+            f"{folder} holds a {config.get('model_type')!r} model, not Qwen3-ASR; "
+            "use Qwen/Qwen3-ASR-1.7B-hf"
+        )
+
+
+def load_processor(folder: Path) -> Any:
+    """The model's processor (tokenizer, feature extractor, chat template)."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(folder, local_files_only=True)
+    except Exception as error:  # OSError, ValueError, AttributeError, …: all mean unusable files
+        raise ModelError(
+            f"cannot load the tokenizer and processor from {folder}: {type(error).__name__}: "
+            f"{first_line(error)}"
+        ) from error
+
+
+def first_line(error: BaseException) -> str:
+    """transformers' messages run to paragraphs; the first line says what went wrong."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _config(folder: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{folder} has no config.json; is it a model folder?") from None
+    except (OSError, ValueError) as error:
+        raise _Broken(f"config.json is unreadable ({error})") from None
+    if not isinstance(config, dict):
+        raise _Broken("config.json is not a model configuration")
+    return config
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The safetensors files the checkpoint consists of (listed by its index when sharded)."""
+    index = folder / "model.safetensors.index.json"
+    if not index.is_file():
+        return [folder / "model.safetensors"]
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [folder / name for name in sorted(set(weight_map.values()))]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise _Broken(f"{index.name} is unreadable") from None
+
+
+def _check_weights(folder: Path) -> None:
+    files = _weight_files(folder)
+    if not any(path.is_file() for path in files):
+        raise _Broken(f"no weights ({files[0].name} is missing)")
+    for path in files:
+        safetensors_header(path)
+
+
+def _names(folder: Path) -> list[str]:
+    """Every tensor name in the checkpoint (from the file headers; no data is read)."""
+    names: list[str] = []
+    for path in _weight_files(folder):
+        if path.is_file():
+            names += [name for name in safetensors_header(path) if name != "__metadata__"]
+    return names
+
+
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """The tensor table of a .safetensors file, after checking the file holds every byte its
+    header promises (an interrupted download is cut short). Raises _Broken."""
+    try:
+        with path.open("rb") as handle:
+            prefix = handle.read(8)
+            length = int.from_bytes(prefix, "little") if len(prefix) == 8 else 0
+            if not 0 < length <= _HEADER_LIMIT:
+                raise _Broken(f"{path.name} is not a complete safetensors file")
+            header = json.loads(handle.read(length))
+            size = os.fstat(handle.fileno()).st_size
+        tensors = [entry for key, entry in header.items() if key != "__metadata__"]
+        end = max((int(entry["data_offsets"][1]) for entry in tensors), default=0)
+    except FileNotFoundError:
+        raise _Broken(f"{path.name} is missing") from None
+    except OSError as error:
+        raise _Broken(f"{path.name} cannot be read ({error.strerror})") from None
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        raise _Broken(f"{path.name} has an unreadable header") from None
+    expected = 8 + length + end
+    if size < expected:
+        raise _Broken(f"{path.name} is cut short ({_size(size)} of {_size(expected)})")
+    return dict(header)
+
+
+def _check_tokenizer(folder: Path) -> None:
+    """The files AutoProcessor reads; without tokenizer_config.json the tokenizer loads but
+    lacks the audio tokens (an AttributeError deep in transformers)."""
+    has = {name for name in os.listdir(folder) if (folder / name).is_file()}
+    missing = [] if "tokenizer_config.json" in has else ["tokenizer_config.json"]
+    if "tokenizer.json" not in has and not {"vocab.json", "merges.txt"} <= has:
+        missing.append("tokenizer.json")
+    if not has & set(_PROCESSOR_CONFIGS):
+        missing.append(_PROCESSOR_CONFIGS[0])
+    if missing:
+        raise _Broken(f"tokenizer files missing: {', '.join(missing)}")
+
+
+def _is_folder(model: str) -> bool:
+    return Path(model).expanduser().is_dir()
+
+
+def _named(model: str, folder: Path) -> str:
+    if _is_folder(model):
+        return f"model folder {model}"
+    return f"model {model} (Hugging Face cache: {folder})"
+
+
+def _how_to_refetch(model: str) -> str:
+    if _is_folder(model):
+        return "copy or download the whole model folder again"
+    return f"an interrupted download? fetch it again: `hf download {model}`"
+
+
+def _size(size: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:,.1f} {unit}"
+    return f"{size} bytes"

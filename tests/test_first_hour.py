@@ -1,0 +1,250 @@
+"""The mistakes of a new user's first hour, against every command of the real CLI: each gets
+one clear line on stderr and exit 2 (doctor: its findings and exit 1), never a traceback.
+
+Each (mistake, command) pair is a subprocess; they run a few at a time, and every check
+happens before torch is imported, so the whole table takes seconds.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from recordings import write_soundfile
+from transcribed.queue import JobQueue
+
+CLI = (sys.executable, "-m", "transcribed")
+DOCTOR_FAILED = 1  # documented: doctor prints its findings and exits 1 when one fails
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A broken input, the commands that read it, and the words their refusal must contain."""
+
+    words: tuple[str, ...]
+    commands: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    config: Path | None = None  # given as `--config PATH` before the command
+    not_said: tuple[str, ...] = ()  # e.g. the good config file, when a variable is to blame
+    options: tuple[str, ...] = ()  # after the command
+
+
+ALL = (
+    "run",
+    "transcribe",
+    "status",
+    "jobs list",
+    "jobs retry",
+    "jobs forget",
+    "jobs prune",
+    "doctor",
+    "config",
+    "config show",
+    "bench",
+)
+STATE_ONLY = ("status", "jobs list", "jobs retry", "jobs forget", "jobs prune")
+
+
+def _argv(command: str, recording: Path, mistake: Mistake) -> list[str]:
+    before = ["--config", str(mistake.config)] if mistake.config else []
+    extra = {
+        "transcribe": [str(recording)],
+        "jobs retry": ["1"],
+        "jobs forget": ["1"],
+        "jobs prune": ["--older-than", "90d"],
+        "bench": ["--hours", "0.01"],
+    }
+    return [*before, *command.split(), *mistake.options, *extra.get(command, [])]
+
+
+def _config(path: Path, folders, model: Path, **extra: str) -> Path:
+    values = {
+        "inbox": folders.inbox,
+        "outbox": folders.outbox,
+        "archive_dir": folders.archive,
+        "failed_dir": folders.failed,
+        "state_dir": folders.state,
+        "model": model,
+        "device": "cpu",
+        **extra,
+    }
+    path.write_text("".join(f'{key} = "{value}"\n' for key, value in values.items()))
+    return path
+
+
+def _mistakes(tmp_path: Path, folders, tiny_model: Path) -> dict[str, Mistake]:
+    good = _config(tmp_path / "good.toml", folders, tiny_model)
+    misspelt = tmp_path / "misspelt.toml"
+    misspelt.write_text(good.read_text() + "settle_secnds = 3\n")
+    invalid = tmp_path / "invalid.toml"
+    invalid.write_text('inbox = "/srv/rec\n')
+    broken_model = tmp_path / "half-downloaded model"
+    shutil.copytree(tiny_model, broken_model)
+    weights = broken_model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
+    a_file = tmp_path / "a file"
+    a_file.write_text("")
+    empty_state = tmp_path / "empty state"
+    empty_state.mkdir()
+    only_state = tmp_path / "only-state.toml"
+    only_state.write_text(f'state_dir = "{folders.state}"\n')
+    mistakes = {
+        "missing config file": Mistake(
+            (f"config file {tmp_path / 'nope.toml'} does not exist",),
+            ALL,
+            config=tmp_path / "nope.toml",
+        ),
+        "invalid TOML": Mistake((f"config file {invalid} is not valid TOML",), ALL, config=invalid),
+        "misspelt key": Mistake(
+            ("unknown setting settle_secnds", "did you mean settle_seconds?"), ALL, config=misspelt
+        ),
+        "bad environment value": Mistake(
+            ("formats", "(from environment TRANSCRIBED_FORMATS)"),
+            ("run", "transcribe", "doctor", "config", "config show", "bench"),
+            env={"TRANSCRIBED_FORMATS": "txt,mp3"},
+            config=good,
+            not_said=(str(good),),
+        ),
+        "missing folders": Mistake(
+            ("does not exist",),
+            ("run", "doctor", "jobs retry"),
+            env={"TRANSCRIBED_INBOX": str(tmp_path / "no inbox")},
+            config=good,
+        ),
+        "missing outbox for transcribe": Mistake(
+            ("--outbox", "is not an existing folder"),
+            ("transcribe",),
+            config=good,
+            options=("--outbox", str(tmp_path / "no outbox")),
+        ),
+        "state folder that cannot be made": Mistake(
+            (f"{a_file / 'state'}",),
+            ("run", "doctor", *STATE_ONLY),
+            env={"TRANSCRIBED_STATE_DIR": str(a_file / "state")},
+            config=good,
+        ),
+        "broken model folder": Mistake(
+            ("model.safetensors is cut short", str(broken_model)),
+            ("run", "transcribe", "doctor", "bench"),
+            env={"TRANSCRIBED_MODEL": str(broken_model)},
+            config=good,
+        ),
+        "no database": Mistake(
+            ("no job database",),
+            STATE_ONLY,
+            env={"TRANSCRIBED_STATE_DIR": str(empty_state)},
+            config=good,
+        ),
+        "retry without the inbox": Mistake(
+            ("inbox is required",), ("jobs retry",), config=only_state
+        ),
+    }
+    if torch.version.cuda is None:  # on a CUDA build the words differ (tested in test_engine)
+        mistakes["device cuda with a CPU-only torch"] = Mistake(
+            ("CPU-only build", "pytorch.org"),
+            ("run",),
+            env={"TRANSCRIBED_DEVICE": "cuda"},
+            config=good,
+        )
+    return mistakes
+
+
+def _base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSCRIBED_")}
+    return env | {"HF_HUB_OFFLINE": "1", "HOME": env.get("HOME", "/root")}
+
+
+def _without_torch(tmp_path: Path) -> dict[str, str]:
+    """An environment in which importing torch or transformers fails loudly: a mistake must
+    be answered before the model stack loads (seconds, not a traceback)."""
+    shadow = tmp_path / "no-model-stack"
+    shadow.mkdir(exist_ok=True)
+    for name in ("torch", "transformers"):
+        (shadow / f"{name}.py").write_text(f"raise ImportError('{name} imported too early')\n")
+    return {"PYTHONPATH": str(shadow)}
+
+
+def _run(argv: Sequence[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *argv], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_every_command_answers_every_first_hour_mistake_in_one_line(
+    tmp_path, folders, tiny_model
+) -> None:
+    recording = write_soundfile(tmp_path / "memo.wav", 1, 16000, "PCM_16")
+    runs = []
+    for name, mistake in _mistakes(tmp_path, folders, tiny_model).items():
+        for command in mistake.commands:
+            # doctor checks the GPU with torch; only a device check needs it before refusing
+            needs_torch = command == "doctor" or "cuda" in name
+            env = _base_env() | mistake.env | ({} if needs_torch else _without_torch(tmp_path))
+            runs.append((name, command, mistake, _argv(command, recording, mistake), env))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda run: _run(run[3], run[4]), runs))
+
+    problems = []
+    for (name, command, mistake, *_), done in zip(runs, results, strict=True):
+        said = done.stdout if command == "doctor" else done.stderr
+        expected_code = DOCTOR_FAILED if command == "doctor" else 2
+        wrong = []
+        if done.returncode != expected_code:
+            wrong.append(f"exit {done.returncode}")
+        if "Traceback" in done.stdout + done.stderr:
+            wrong.append("a traceback")
+        if command != "doctor" and (len(done.stderr.splitlines()) != 1 or done.stdout):
+            wrong.append("not exactly one line on stderr")
+        if command == "doctor" and done.stderr:
+            wrong.append("doctor wrote to stderr")
+        wrong += [f"no {w!r}" for w in mistake.words if w not in said]
+        wrong += [f"blames {w!r}" for w in mistake.not_said if w in said]
+        if wrong:
+            problems.append(f"{name} / {command}: {', '.join(wrong)}:\n{said[-800:]}")
+    assert not problems, "\n\n".join(problems)
+    assert len(runs) >= 60
+
+
+def test_output_to_a_reader_that_went_away_ends_quietly(tmp_path) -> None:
+    jobs = JobQueue(tmp_path / "jobs.sqlite3")
+    for number in range(3):
+        jobs.begin_claim(f"{number}.wav".encode(), f"{number}.work")
+    env = _base_env() | {"TRANSCRIBED_STATE_DIR": str(tmp_path)}
+    for argv in (["status"], ["jobs", "list"], ["jobs", "list", "--json"], ["run", "--help"]):
+        reader, writer = os.pipe()
+        os.close(reader)  # `| head -1` that has already read its line
+        try:
+            done = subprocess.run(
+                [*CLI, *argv], env=env, stdout=writer, stderr=subprocess.PIPE, timeout=60
+            )
+        finally:
+            os.close(writer)
+        # 141 as if killed by SIGPIPE, like `yes | head -1`; argparse's own --help ends 0.
+        expected = (0, 141) if "--help" in argv else (141,)
+        assert done.returncode in expected and done.stderr == b"", (argv, done.stderr[-500:])
+
+
+def test_options_go_before_or_after_the_command_and_config_alone_shows_it(tmp_path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'state_dir = "{tmp_path}"\n')
+    JobQueue(tmp_path / "jobs.sqlite3")
+    env = _base_env() | {"TRANSCRIBED_INBOX": "/i", "TRANSCRIBED_OUTBOX": "/o"}
+    env |= {"TRANSCRIBED_FAILED_DIR": "/f", "TRANSCRIBED_DISPOSAL": "delete"}
+    for argv in (["--config", str(config), "status"], ["status", "--config", str(config)]):
+        done = _run(argv, env)
+        assert done.returncode == 0 and "0 queued" in done.stdout, done.stderr
+    shown = _run(["--config", str(config), "config"], env)
+    assert shown.returncode == 0 and "state_dir" in shown.stdout and str(config) in shown.stdout
+    helped = subprocess.run(
+        [sys.executable, "-m", "transcribed.synthetic", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert helped.returncode == 0 and helped.stdout.startswith("usage:")
+    assert not (tmp_path / "--help").exists()
