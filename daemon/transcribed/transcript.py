@@ -44,6 +44,10 @@ class Segment:
     no_speech: bool = False
     words: tuple[Word, ...] = ()  # only with the aligner; times in seconds of the recording
     pause_before: float = 0.0  # seconds of quiet between the previous speech and this
+    # With the diarizer: who speaks ("S1", "S2", … by first appearance in the recording), and
+    # who else talks at the same time for a noticeable while (overlapping speech).
+    speaker: str | None = None
+    overlap: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,9 @@ class Transcript:
     created: str
     processing_seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    # With the diarizer: each speaker's talk time and share of all talk time, by label, e.g.
+    # {"S1": {"seconds": 412.3, "share": 0.58}}; empty without it.
+    speakers: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -123,6 +130,21 @@ def language_shares(segments: tuple[Segment, ...]) -> dict[str, float]:
     total = sum(seconds.values())
     ranked = sorted(seconds.items(), key=lambda item: -item[1])
     return {code: round(time / total, 2) for code, time in ranked} if total else {}
+
+
+def word_ends(text: str, words: tuple[Word, ...]) -> list[int] | None:
+    """Where each aligned word ends in `text` (with punctuation that follows it), or None when
+    the words cannot be found in order."""
+    ends, position = [], 0
+    for word in words:
+        found = text.find(word.text, position)
+        if found < 0:
+            return None
+        position = found + len(word.text)
+        while position < len(text) and unicodedata.category(text[position]).startswith("P"):
+            position += 1
+        ends.append(position)
+    return ends
 
 
 def weighted_confidence(segments: tuple[Segment, ...], language: str | None) -> float | None:
