@@ -43,7 +43,7 @@ class Aligner:
         from transcribed.engine import resolve_device, resolve_model_folder
 
         torch_device = resolve_device(device)
-        folder = resolve_model_folder(model, allow_download)
+        folder = resolve_model_folder(model, allow_download, setting="aligner")
         dtype = torch.bfloat16 if torch_device.type == "cuda" else torch.float32
         started = time.monotonic()
         try:

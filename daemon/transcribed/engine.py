@@ -101,22 +101,23 @@ def _gpu_name(device: torch.device) -> str:
     return str(torch.cuda.get_device_name(device))
 
 
-def resolve_model_folder(model: str, allow_download: bool) -> Path:
-    """A local folder holding the model: `model` itself, or its hub-cache snapshot."""
+def resolve_model_folder(model: str, allow_download: bool, setting: str = "model") -> Path:
+    """A local folder holding the model: `model` itself, or its hub-cache snapshot.
+    `setting` names the setting that asked for it, in the error."""
     folder = Path(model).expanduser()
     if folder.is_dir():
         return folder
     if model.startswith((".", "/", "~")):
-        raise ModelError(f"model folder {model} does not exist")
+        raise ModelError(f"{setting} folder {model} does not exist")
     from huggingface_hub import snapshot_download
 
     try:
         return Path(snapshot_download(model, local_files_only=not allow_download))
     except Exception as error:  # the hub raises many types; all mean "not available here"
         raise ModelError(
-            f"model {model!r} is not in the local Hugging Face cache. Fetch it once while "
+            f"{setting} {model!r} is not in the local Hugging Face cache. Fetch it once while "
             f"online: `hf download {model}` (or set allow_download = true for one run), "
-            "or set model to a local folder"
+            f"or set {setting} to a local folder"
         ) from error
 
 
