@@ -167,11 +167,12 @@ def _inotify(settings: Settings) -> Iterator[Finding]:
 def _model(settings: Settings) -> Iterator[Finding]:
     from transcribed.engine import check_layout, resolve_model_folder
 
-    for name, model in (("model", settings.model), ("aligner", settings.aligner)):
+    models = (("model", settings.model), ("aligner", settings.aligner))
+    for name, model in (*models, ("diarizer", settings.diarizer)):
         if model is None:
             continue
         try:
-            folder = resolve_model_folder(model, allow_download=False)
+            folder = resolve_model_folder(model, allow_download=False, setting=name)
             if name == "model":
                 check_layout(folder)
         except ModelError as error:

@@ -35,6 +35,7 @@ from transcribed.names import display_name
 from transcribed.pipeline import Recognizer, WordAligner, transcribe_stream
 from transcribed.queue import FailureKind, Job, JobQueue, JobState
 from transcribed.rules import Rules
+from transcribed.speakers import SpeakerSource
 from transcribed.transcript import SourceInfo
 
 log = get_logger(__name__)
@@ -71,6 +72,7 @@ class Worker:
     stop: threading.Event
     retry_seconds: float = 30.0
     aligner: WordAligner | None = None
+    diarizer: SpeakerSource | None = None  # speaker labels, where the folder's plan asks
     # When the worker last showed it is alive: each loop turn and each model batch.
     last_beat: float = dataclasses.field(default_factory=time.monotonic)
     on_finished: Callable[[Job, str], None] = lambda job, outcome: None
@@ -229,6 +231,8 @@ class Worker:
             language=plan.language,
             context=self.rules.context(plan),
             aligner=self.aligner,
+            speakers=self.diarizer.open() if self.diarizer is not None and plan.diarize else None,
+            max_speakers=plan.max_speakers,
             should_stop=self._beat_and_check_stop,
             on_progress=lambda seconds: self._record_progress(job, seconds),
             started=started,
