@@ -6,12 +6,18 @@ reports exactly the speakers a test scripts, as late as the real one does.
 """
 
 import itertools
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from transcribed.memory import pin_mmap_threshold
 from transcribed.pipeline import transcribe_stream
-from transcribed.speakers import FRAME_SAMPLES, SpeakerTrack
+from transcribed.speakers import FRAME_SAMPLES, SpeakerStream, SpeakerTrack
 from transcribed.transcript import ChunkText, ModelInfo, Segment, SourceInfo, Transcript, Word
 
 RATE = 16000
@@ -205,3 +211,84 @@ def test_the_track_hands_on_all_audio_in_order_and_holds_little() -> None:
     out, found = track.finish()
     assert np.array_equal(np.concatenate([*handed, out]), audio)
     assert [round(turn / RATE, 1) for turn in turns + found] == [20.0]
+
+
+class RotatingSpeakers:
+    """Three of eight slots taking 20 s turns for as long as the audio lasts, reported in
+    27.2 s steps 30.4 s behind the audio, as the real diarizer's schedule does."""
+
+    speakers = 8
+
+    def __init__(self) -> None:
+        self._fed = 0
+        self._given = 0
+
+    def feed(self, audio: np.ndarray) -> np.ndarray:
+        self._fed += len(audio)
+        ready = max(0, self._fed - round(30.4 * RATE)) // FRAME_SAMPLES
+        return self._until(ready // 2720 * 2720)
+
+    def finish(self) -> np.ndarray:
+        return self._until(self._fed // FRAME_SAMPLES)
+
+    def _until(self, end: int) -> np.ndarray:
+        frames = np.full((max(0, end - self._given), self.speakers), 0.05, np.float32)
+        slots = (np.arange(self._given, end) // 2000) % 3 * 2  # slots 0, 2, 4
+        frames[np.arange(len(frames)), slots] = 0.9
+        self._given = max(self._given, end)
+        return frames
+
+
+def _peak_mib() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+
+
+HOURS = 3
+
+
+def test_memory_stays_flat_through_a_three_hour_recording() -> None:
+    """Three hours of turns through the chunker, the track and the labels: peak memory after
+    20 minutes and after three hours are the same. The audio is one minute, repeated, so the
+    test holds no recording either. (The diarizer's own state is fixed in size: see
+    test_diarizer; TRANSCRIBED_LOAD_DIARIZER=1 runs this on the tiny real one.)"""
+    pin_mmap_threshold()  # as the daemon does
+    minute = _talk(60, quiet_at=(20.0, 40.0, 60.0))
+    speakers = _real_diarizer() if os.environ.get("TRANSCRIBED_LOAD_DIARIZER") else None
+    early: list[float] = []
+
+    def blocks() -> Iterator[np.ndarray]:
+        for _ in range(HOURS * 60):
+            yield from _blocks(minute, 4 * RATE)
+
+    def progress(seconds: float) -> None:
+        if seconds >= 20 * 60 and not early:
+            early.append(_peak_mib())
+
+    Path("/proc/self/clear_refs").write_text("5")  # the peak restarts from here
+    transcript = transcribe_stream(
+        blocks(),
+        SourceInfo("long.wav", "0" * 64, 1),
+        Words(),
+        chunk_seconds=30,
+        language=None,
+        speakers=speakers or RotatingSpeakers(),
+        on_progress=progress,
+    )
+    grown = _peak_mib() - early[0]
+    print(f"peak memory grew {grown:.1f} MiB from 20 min to {HOURS} h")
+    assert transcript.segments[-1].end == HOURS * 3600
+    assert all(segment.speaker for segment in transcript.segments)
+    if speakers is None:
+        assert len(transcript.segments) >= HOURS * 3600 / 20, "a segment per turn at least"
+        assert list(transcript.speakers) == ["S1", "S2", "S3"]
+    # Keeping the recording's speaker frames would take 35 MiB; its audio, 660 MiB.
+    assert grown < 15
+
+
+def _real_diarizer() -> SpeakerStream:
+    from transcribed.diarizer import Diarizer
+    from transcribed.synthetic import build_tiny_diarizer
+
+    folder = build_tiny_diarizer(Path(tempfile.mkdtemp(prefix="tiny-diarizer-")))
+    return Diarizer.load(str(folder), "cpu", allow_download=False).open()

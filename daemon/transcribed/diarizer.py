@@ -267,6 +267,11 @@ class DiarizerStream:
         self._cache: Any = None
         self._first = True
 
+    @property
+    def held_samples(self) -> int:
+        """Audio held for the next step (less than one step's worth)."""
+        return self._held
+
     def feed(self, audio: np.ndarray) -> np.ndarray:
         """Add audio; the probabilities of the frames it completes."""
         self._blocks.append(audio)
