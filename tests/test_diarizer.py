@@ -13,6 +13,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -27,10 +28,12 @@ from transcribed.destinations import Destinations
 from transcribed.diarizer import Diarizer
 from transcribed.disposal import Disposer
 from transcribed.engine import Engine
-from transcribed.errors import ModelError
+from transcribed.errors import ConfigError, ModelError
 from transcribed.outbox import Outbox
 from transcribed.queue import JobQueue
 from transcribed.rules import FolderRule, Rules
+from transcribed.service import load_diarizer
+from transcribed.settings import Settings, load_settings
 from transcribed.worker import Worker
 
 RATE = 16000
@@ -226,3 +229,27 @@ def test_a_folder_rule_turns_speakers_off_for_its_recordings(
     note = json.loads((folders.outbox / "dictation/note.json").read_text())
     assert meeting["speakers"] and all(s["speaker"] for s in meeting["segments"] if s["text"])
     assert note["speakers"] == {} and all(s["speaker"] is None for s in note["segments"])
+
+
+def test_labels_asked_for_without_a_diarizer_or_beyond_it_are_refused_at_start(
+    folders, tmp_path, monkeypatch
+) -> None:
+    config = tmp_path / "config.toml"
+    base = (
+        f'inbox = "{folders.inbox}"\noutbox = "{folders.outbox}"\n'
+        f'failed_dir = "{folders.failed}"\nstate_dir = "{folders.state}"\ndisposal = "delete"\n'
+    )
+    config.write_text(base + '[[folders]]\npath = "calls"\ndiarize = true\n')
+    with pytest.raises(ConfigError, match="'calls' sets diarize = true, but no diarizer"):
+        load_settings(config, Settings)
+    config.write_text(base + "max_speakers = 9\n")
+    with pytest.raises(ConfigError, match="max_speakers"):
+        load_settings(config, Settings)
+    # A checkpoint that tells fewer speakers apart than a folder's cap.
+    config.write_text(
+        base + 'diarizer = "/models/four"\n[[folders]]\npath = "panel"\nmax_speakers = 6\n'
+    )
+    settings = load_settings(config, Settings)
+    monkeypatch.setattr(Diarizer, "load", lambda *args, **kwargs: SimpleNamespace(speakers=4))
+    with pytest.raises(ConfigError, match="max_speakers = 6, but the diarizer tells at most 4"):
+        load_diarizer(settings)
