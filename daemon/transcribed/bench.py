@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import soundfile
@@ -307,7 +307,8 @@ def run_bench(
 
 def _diarizer_figures(
     diarizer: "Diarizer | None", load_seconds: float, audio_seconds: float
-) -> dict[str, object]:
+) -> dict[str, Any]:
+    """The BenchReport fields about the diarizer (none without one)."""
     if diarizer is None:
         return {}
     seconds = max(diarizer.seconds, 1e-9)
