@@ -23,18 +23,10 @@ import webvtt
 
 from recordings import write_soundfile
 from running import cli, transcribe_once
-from transcribed.decoder import ChildDecoder
-from transcribed.destinations import Destinations
 from transcribed.diarizer import Diarizer
-from transcribed.disposal import Disposer
-from transcribed.engine import Engine
 from transcribed.errors import ConfigError, ModelError
-from transcribed.outbox import Outbox
-from transcribed.queue import JobQueue
-from transcribed.rules import FolderRule, Rules
 from transcribed.service import load_diarizer
 from transcribed.settings import Settings, load_settings
-from transcribed.worker import Worker
 
 RATE = 16000
 LABEL = re.compile(r"S[1-8]")
@@ -184,51 +176,6 @@ def test_every_format_names_the_speakers_and_still_parses(
     rows = (tmp_path / "meeting.tsv").read_text().splitlines()
     assert rows[0] == "start\tend\tlanguage\tspeaker\toverlap\ttext"
     assert [row.split("\t")[3] for row in rows[1:]] == [s["speaker"] or "" for s in segments]
-
-
-def test_a_folder_rule_turns_speakers_off_for_its_recordings(
-    folders, tiny_model, diarizer: Diarizer
-) -> None:
-    """The worker labels speakers where its plan asks: everywhere but `dictation/`."""
-    work = folders.inbox / ".transcribed-work"
-    work.mkdir()
-    jobs = JobQueue(folders.state / "q.db")
-    decoder = ChildDecoder(timeout_seconds=60, memory_bytes=4 << 30, max_seconds=3600)
-    rules = Rules(
-        [FolderRule(path="dictation", diarize=False)],
-        inbox=folders.inbox,
-        language=None,
-        formats=("json",),
-        disposal="move",
-        diarize=True,
-    )
-    worker = Worker(
-        jobs=jobs,
-        work_dir=work,
-        decoder=decoder,
-        recognizer=Engine.load(str(tiny_model), "cpu", allow_download=False, batch_size=4),
-        rules=rules,
-        destinations=Destinations(
-            lambda formats: Outbox(folders.outbox, formats=formats),
-            lambda policy: Disposer(jobs, work, policy, folders.archive, folders.failed),
-        ),
-        chunk_seconds=30,
-        max_attempts=1,
-        stop=threading.Event(),
-        diarizer=diarizer,
-    )
-    try:
-        for number, relpath in enumerate(["meetings/monday.wav", "dictation/note.wav"]):
-            job = jobs.begin_claim(relpath.encode(), f"{number}.wav")
-            path = write_soundfile(work / f"{number}.wav", 8, RATE, "PCM_16", seed=number)
-            jobs.finish_claim(job, f"{number}" * 64, path.stat().st_size)
-            assert worker.step() is True
-    finally:
-        decoder.close()
-    meeting = json.loads((folders.outbox / "meetings/monday.json").read_text())
-    note = json.loads((folders.outbox / "dictation/note.json").read_text())
-    assert meeting["speakers"] and all(s["speaker"] for s in meeting["segments"] if s["text"])
-    assert note["speakers"] == {} and all(s["speaker"] is None for s in note["segments"])
 
 
 def test_labels_asked_for_without_a_diarizer_or_beyond_it_are_refused_at_start(
