@@ -127,6 +127,14 @@ def test_an_unusable_diarizer_is_refused_with_what_to_do(
         Diarizer.load(model, "cpu", allow_download=False)
 
 
+def test_a_transformers_without_the_streaming_api_is_named(tiny_diarizer, monkeypatch) -> None:
+    import transformers
+
+    monkeypatch.setattr(transformers, "Nemotron3DiarizationProcessor", None)
+    with pytest.raises(ModelError, match=r"need a newer transformers than .*pip install -U"):
+        Diarizer.load(str(tiny_diarizer), "cpu", allow_download=False)
+
+
 @pytest.mark.slow
 def test_the_daemon_refuses_to_start_with_a_broken_diarizer(
     folders, tiny_model, tiny_diarizer, tmp_path

@@ -86,6 +86,7 @@ class Diarizer:
 
         from transcribed.engine import resolve_device, resolve_model_folder
 
+        _check_transformers()
         torch_device = resolve_device(device)
         folder = resolve_model_folder(model, allow_download, setting="diarizer")
         _check_config(folder)
@@ -299,6 +300,25 @@ class DiarizerStream:
 
     def _joined(self) -> np.ndarray:
         return np.concatenate(self._blocks) if len(self._blocks) != 1 else self._blocks[0]
+
+
+def _check_transformers() -> None:
+    """The streaming API this module uses (Nemotron3DiarizationProcessor's chunk sizes and
+    streaming modes) is in recent transformers only."""
+    import inspect
+
+    import transformers
+
+    processor = getattr(transformers, "Nemotron3DiarizationProcessor", None)
+    if (
+        processor is None
+        or not hasattr(processor, "audio_chunk_start")
+        or ("streaming_modes" not in inspect.signature(processor.__init__).parameters)
+    ):
+        raise ModelError(
+            f"speaker labels need a newer transformers than {transformers.__version__} "
+            "(5.24 is tested): pip install -U transformers"
+        )
 
 
 def _check_config(folder: Any) -> None:
