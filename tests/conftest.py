@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from transcribed.synthetic import build_tiny_aligner, build_tiny_checkpoint
+from transcribed.synthetic import build_tiny_aligner, build_tiny_checkpoint, build_tiny_diarizer
 from transcribed.workfolder import WorkFolder
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach for the network
@@ -40,6 +40,11 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_aligner(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_aligner(tmp_path_factory.mktemp("tiny-qwen3-aligner"))
+
+
+@pytest.fixture(scope="session")
+def tiny_diarizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_diarizer(tmp_path_factory.mktemp("tiny-diarizer"))
 
 
 @dataclass

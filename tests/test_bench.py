@@ -2,18 +2,21 @@
 builds for `--synthetic-weights`."""
 
 import json
+import re
 import shutil
 
 import pytest
 import torch
 
 from running import cli
-from transcribed.bench import ffmpeg_program_seconds
+from transcribed.bench import BenchReport, ffmpeg_program_seconds, render
 from transcribed.synthetic import FULL_SIZES, _config, _tokenizer
 
 
 @pytest.mark.slow
-def test_bench_measures_a_backlog_end_to_end_on_the_cpu(folders, tiny_model, tmp_path) -> None:
+def test_bench_measures_a_backlog_end_to_end_on_the_cpu(
+    folders, tiny_model, tiny_diarizer, tmp_path
+) -> None:
     done = cli(
         "bench",
         "--hours",
@@ -39,8 +42,18 @@ def test_bench_measures_a_backlog_end_to_end_on_the_cpu(folders, tiny_model, tmp
     assert report["batch_ceiling"] == report["batch_size"]  # the CPU: no GPU memory to fill
     # The ffmpeg program's own time on the same files, where it is installed.
     assert (report["ffmpeg_program_seconds"] is None) == (shutil.which("ffmpeg") is None)
-    table = cli("bench", "--hours", "0.01", env=folders.env(tiny_model)).stdout
+    assert report["diarizer"] is None  # none configured: no speaker labels, no figures
+    # With speaker labels, the diarizer's own cost is reported apart.
+    diarizer = ("--diarizer", str(tiny_diarizer), "--json")
+    labelled = json.loads(
+        cli("bench", "--hours", "0.01", *diarizer, env=folders.env(tiny_model)).stdout
+    )
+    assert labelled["diarizer"] == str(tiny_diarizer)
+    assert 0 < labelled["diarizer_seconds"] < labelled["wall_seconds"]
+    assert labelled["diarizer_times_real_time"] > 0 and labelled["diarizer_load_seconds"] > 0
+    table = render(BenchReport(**labelled))
     assert "x real time" in table and "NOTE" not in table
+    assert re.search(r"in the diarizer +\d", table) and "diarizer load" in table
 
 
 @pytest.mark.parametrize(("size", "billions"), [("1.7b", 2.0), ("0.6b", 0.78)])

@@ -86,8 +86,8 @@ def test_the_nearest_context_file_is_read_and_symlinks_are_not_followed(tmp_path
 
 
 @pytest.mark.slow
-def test_a_folder_rule_forces_the_language_formats_output_and_disposal(
-    folders, tiny_model, tmp_path
+def test_a_folder_rule_forces_the_language_formats_output_disposal_and_speakers(
+    folders, tiny_model, tiny_diarizer, tmp_path
 ) -> None:
     (folders.inbox / "zh").mkdir()
     (folders.inbox / "zh" / ".context.txt").write_text("预算 季度 Kubernetes\n")
@@ -101,9 +101,13 @@ def test_a_folder_rule_forces_the_language_formats_output_and_disposal(
         "formats": ["json", "srt"],
         "disposal": "delete",
         "output": "chinese",
+        "diarize": False,
     }
     env = folders.env(
-        tiny_model, TRANSCRIBED_SETTLE_SECONDS="0.3", TRANSCRIBED_FOLDERS=json.dumps([rule])
+        tiny_model,
+        TRANSCRIBED_SETTLE_SECONDS="0.3",
+        TRANSCRIBED_FOLDERS=json.dumps([rule]),
+        TRANSCRIBED_DIARIZER=str(tiny_diarizer),
     )
     daemon = Daemon(env, tmp_path / "daemon.log")
     try:
@@ -125,6 +129,8 @@ def test_a_folder_rule_forces_the_language_formats_output_and_disposal(
         "standup.srt",
     ]
     assert not (folders.archive / "zh").exists(), "deleted by its folder's rule, not archived"
+    assert ruled["speakers"] == {} and all(s["speaker"] is None for s in ruled["segments"])
     plain = json.loads((folders.outbox / "plain.json").read_text())
     assert plain["language_forced"] is False and plain["disposal"]["method"] == "move"
+    assert plain["speakers"] and all(s["speaker"] for s in plain["segments"] if s["text"])
     assert "预算" not in (tmp_path / "daemon.log").read_text(), "context never logged"

@@ -44,7 +44,7 @@ class Aligner:
         from transcribed.model_files import checked_folder, first_line, load_processor
 
         torch_device = resolve_device(device)
-        folder = checked_folder(model, allow_download, recognizer=False)
+        folder = checked_folder(model, allow_download, recognizer=False, setting="aligner")
         dtype = torch.bfloat16 if torch_device.type == "cuda" else torch.float32
         started = time.monotonic()
         processor = load_processor(folder)

@@ -11,6 +11,9 @@ decoders called from Python (PyAV): the floor for any Python pipeline.
 `--synthetic-weights 1.7b|0.6b` builds the full-size architecture with random weights and
 makes it write a fixed number of tokens per audio second: throughput without downloading
 anything. Its transcripts are meaningless, and the report says so.
+
+With a diarizer configured, every recording also gets speaker labels, as in the daemon; the
+time spent in the diarizer (features and model) and its load are reported on their own.
 """
 
 import queue
@@ -22,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import soundfile
@@ -36,6 +39,7 @@ from transcribed.worker import Decoder
 from transcribed.workfolder import WorkFolder
 
 if TYPE_CHECKING:
+    from transcribed.diarizer import Diarizer
     from transcribed.engine import Engine
 
 _SOURCE_RATE = 48_000
@@ -69,6 +73,10 @@ class BenchReport:
     jobs_at_once: int
     batch_size: int
     batch_ceiling: int
+    diarizer: str | None = None
+    diarizer_seconds: float | None = None  # inside the diarizer: its features and model
+    diarizer_times_real_time: float | None = None
+    diarizer_load_seconds: float | None = None
 
 
 class TimedRecognizer:
@@ -232,6 +240,8 @@ def run_bench(
 ) -> BenchReport:
     import torch
 
+    from transcribed.service import load_diarizer
+
     owned = scratch is None
     scratch = Path(tempfile.mkdtemp(prefix="transcribed-bench-")) if scratch is None else scratch
     try:
@@ -245,6 +255,9 @@ def run_bench(
         alone = _transcribe_backlog(
             _rig(settings, scratch / "no-model"), copies, NoModel(settings.batch_size), jobs_at_once
         )
+        started = time.perf_counter()
+        diarizer = load_diarizer(settings)  # first, as the daemon loads it
+        diarizer_load = time.perf_counter() - started
         progress("loading the model")
         started = time.perf_counter()
         engine = load()
@@ -257,7 +270,8 @@ def run_bench(
             torch.cuda.reset_peak_memory_stats()
         timed = TimedRecognizer(engine)
         progress(f"transcribing {len(paths)} recordings ({audio_seconds / 3600:.2f} h)")
-        wall = _transcribe_backlog(_rig(settings, scratch / "model"), paths, timed, jobs_at_once)
+        rig = _rig(settings, scratch / "model")
+        wall = _transcribe_backlog(rig, paths, timed, jobs_at_once, diarizer)
         gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     finally:
         if owned:
@@ -288,7 +302,23 @@ def run_bench(
         jobs_at_once=jobs_at_once,
         batch_size=engine.batch_size,
         batch_ceiling=engine.ceiling,
+        **_diarizer_figures(diarizer, diarizer_load, audio_seconds),
     )
+
+
+def _diarizer_figures(
+    diarizer: "Diarizer | None", load_seconds: float, audio_seconds: float
+) -> dict[str, Any]:
+    """The BenchReport fields about the diarizer (none without one)."""
+    if diarizer is None:
+        return {}
+    seconds = max(diarizer.seconds, 1e-9)
+    return {
+        "diarizer": diarizer.id,
+        "diarizer_seconds": round(diarizer.seconds, 2),
+        "diarizer_times_real_time": round(audio_seconds / seconds, 1),
+        "diarizer_load_seconds": round(load_seconds, 2),
+    }
 
 
 def _copy_backlog(paths: list[Path], folder: Path) -> list[Path]:
@@ -297,7 +327,11 @@ def _copy_backlog(paths: list[Path], folder: Path) -> list[Path]:
 
 
 def _transcribe_backlog(
-    rig: Settings, paths: list[Path], model: Recognizer, jobs_at_once: int
+    rig: Settings,
+    paths: list[Path],
+    model: Recognizer,
+    jobs_at_once: int,
+    diarizer: "Diarizer | None" = None,
 ) -> float:
     """Drop the backlog into the inbox and run the daemon's parts, wired as the daemon
     wires them, until every transcript is published and every original archived; wall
@@ -310,7 +344,7 @@ def _transcribe_backlog(
     work = WorkFolder(rig.inbox)
     work.open()
     workers = [
-        make_worker(rig, work, JobQueue(rig.database), shared, stop, wake)
+        make_worker(rig, work, JobQueue(rig.database), shared, stop, wake, diarizer=diarizer)
         for _ in range(jobs_at_once)
     ]
     disposals = make_worker(rig, work, JobQueue(rig.database), shared, stop, wake)
@@ -392,6 +426,13 @@ def render(report: BenchReport) -> str:
         ("jobs at once", f"{report.jobs_at_once}"),
         ("batch", f"{report.batch_size} per recording, {report.batch_ceiling} per model call"),
     ]
+    if report.diarizer is not None:
+        rows += [
+            ("diarizer", f"{report.diarizer}"),
+            ("in the diarizer", f"{report.diarizer_seconds:,.2f} s (also within wall)"),
+            ("diarizer alone", f"{report.diarizer_times_real_time:,.1f}x real time"),
+            ("diarizer load", f"{report.diarizer_load_seconds:,.2f} s (not counted)"),
+        ]
     lines = [f"{name:<22}{value}" for name, value in rows]
     if report.synthetic:
         lines.append(

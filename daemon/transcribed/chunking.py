@@ -14,6 +14,10 @@ _MIN_CHUNK_SECONDS = 5.0
 # silence, a muted microphone) whatever the level around it. Shared with pauses and pipeline.
 RELATIVE_QUIET = 0.1
 SILENCE_RMS = 1e-3
+# A change of speaker (from the diarizer) ends a chunk too, when there is quiet within this
+# distance of it (a cut must not split a word), and the chunk is at least this long.
+TURN_SEARCH_SECONDS = 0.3
+_MIN_TURN_CHUNK_SECONDS = 0.5
 
 
 def plan_chunks(audio: np.ndarray, sample_rate: int, max_seconds: float) -> list[tuple[int, int]]:
@@ -63,9 +67,21 @@ def _quietest_cut(rms: np.ndarray, frame: int, lo: int, hi: int) -> int:
     return min(hi, quiet * frame + frame // 2)
 
 
+def _quiet_cut_near(
+    rms: np.ndarray, frame: int, at: int, reach: int, threshold: float
+) -> int | None:
+    """The middle of the quietest frame within `reach` samples of `at`, if it is quiet."""
+    first, last = max(0, (at - reach) // frame), min(len(rms), (at + reach) // frame + 1)
+    if first >= last:
+        return None
+    quietest = first + int(np.argmin(rms[first:last]))
+    return quietest * frame + frame // 2 if rms[quietest] < threshold else None
+
+
 class StreamChunker:
     """`plan_chunks` over audio that arrives block by block, holding at most one window plus
-    one block: memory stays flat however long the recording is."""
+    one block: memory stays flat however long the recording is. Changes of speaker, when
+    given, end chunks where there is quiet near them."""
 
     def __init__(self, sample_rate: int, max_seconds: float) -> None:
         self._rate = sample_rate
@@ -75,14 +91,19 @@ class StreamChunker:
         self._blocks: list[np.ndarray] = []
         self._buffered = 0
         self._offset = 0  # sample position of the first buffered sample in the whole recording
+        self._turns: list[int] = []  # changes of speaker (sample positions) not yet passed
 
     @property
     def buffered_samples(self) -> int:
         """Samples held, waiting for the next cut."""
         return self._buffered
 
-    def feed(self, block: np.ndarray) -> list[tuple[int, np.ndarray]]:
-        """Add decoded samples; return the (start sample, chunk) pieces now final."""
+    def feed(
+        self, block: np.ndarray, turns: list[int] | None = None
+    ) -> list[tuple[int, np.ndarray]]:
+        """Add decoded samples, and changes of speaker (sample positions in the recording,
+        in order); return the (start sample, chunk) pieces now final."""
+        self._turns += turns or []
         self._blocks.append(block)
         self._buffered += len(block)
         if self._buffered <= self._window:
@@ -101,18 +122,42 @@ class StreamChunker:
             buffer = buffer[cut:]
             self._offset += cut
         self._blocks, self._buffered = ([buffer] if len(buffer) else []), len(buffer)
+        self._turns = [turn for turn in self._turns if turn > self._offset]
         return ready
 
     def _next_cut(self, buffer: np.ndarray, final: bool) -> int | None:
-        """Where the next chunk ends: in the middle of the first long pause; else, when the
-        buffer is longer than a window, at the quietest point of the window's last third."""
+        """Where the next chunk ends: in the middle of the first long pause or at the first
+        change of speaker with quiet near it, whichever comes first; else, when the buffer is
+        longer than a window, at the quietest point of the window's last third."""
         if not len(buffer) or (not final and len(buffer) <= self._window):
             return None
         frame = max(1, int(_FRAME_SECONDS * self._rate))
         rms = frame_rms(buffer[: self._window], frame)
-        if (pause := _first_long_pause(rms, frame, self._rate)) is not None:
-            return pause
+        natural = [
+            cut
+            for cut in (_first_long_pause(rms, frame, self._rate), self._turn_cut(rms, frame))
+            if cut is not None
+        ]
+        if natural:
+            return min(natural)
         if len(buffer) <= self._window:
             return len(buffer)  # final: the tail is one chunk
         lowest = int(self._window * (1 - _SEARCH_FRACTION))
         return _quietest_cut(rms, frame, lowest, self._window)
+
+    def _turn_cut(self, rms: np.ndarray, frame: int) -> int | None:
+        """Where to cut for the first change of speaker in the window that has quiet near it
+        and leaves a chunk long enough before it (buffer positions)."""
+        if not self._turns or not len(rms):
+            return None
+        threshold = quiet_threshold(rms)
+        reach = int(TURN_SEARCH_SECONDS * self._rate)
+        shortest = int(_MIN_TURN_CHUNK_SECONDS * self._rate)
+        for turn in self._turns:
+            at = turn - self._offset
+            if at >= len(rms) * frame:
+                break
+            cut = _quiet_cut_near(rms, frame, at, reach, threshold)
+            if cut is not None and cut >= shortest:
+                return cut
+        return None

@@ -239,6 +239,9 @@ def _build_parser() -> argparse.ArgumentParser:
         help="static KV cache and compiled decoding (CUDA; compiling counts as warm-up)",
     )
     bench.add_argument("--model", help="hub id or local folder (default: from config)")
+    bench.add_argument(
+        "--diarizer", help="also label speakers with this diarizer (default: from config)"
+    )
     bench.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: from config)")
     bench.add_argument("--scratch", type=Path, help="folder for the backlog (default: a temp one)")
     bench.set_defaults(handler=_bench, quiet_log_level="WARNING")  # the table, not every job
@@ -481,7 +484,7 @@ def _config_show(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    keys = ("model", "device", "batch_size", "compile")
+    keys = ("model", "device", "batch_size", "compile", "diarizer")
     overrides = {k: v for k in keys if (v := getattr(args, k))}
     settings = load_settings(args.config, ModelSettings, **overrides)
     if not args.synthetic_weights:

@@ -213,12 +213,20 @@ def _model(settings: Settings) -> Iterator[Finding]:
     """The same checks `run` makes before it loads the weights."""
     from transcribed.model_files import checked_folder, load_processor
 
-    for name, model in (("model", settings.model), ("aligner", settings.aligner)):
+    models = (("model", settings.model), ("aligner", settings.aligner))
+    for name, model in (*models, ("diarizer", settings.diarizer)):
         if model is None:
             continue
         try:
-            folder = checked_folder(model, allow_download=False, recognizer=name == "model")
-            load_processor(folder)
+            if name == "diarizer":
+                from transcribed.diarizer import diarizer_folder
+
+                folder = diarizer_folder(model, allow_download=False)
+            else:
+                folder = checked_folder(
+                    model, allow_download=False, recognizer=name == "model", setting=name
+                )
+                load_processor(folder)
         except ModelError as error:
             yield Finding(name, "fail", str(error), "fetch it once while online (README)")
             continue

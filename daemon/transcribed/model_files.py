@@ -29,41 +29,56 @@ def check_before_loading(settings: ModelSettings) -> None:
         return  # what is missing may yet be fetched: the loader checks after fetching
     checked_folder(settings.model, allow_download=False)
     if settings.aligner is not None:
-        checked_folder(settings.aligner, allow_download=False, recognizer=False)
+        checked_folder(settings.aligner, allow_download=False, recognizer=False, setting="aligner")
+    if settings.diarizer is not None:
+        from transcribed.diarizer import diarizer_folder
+
+        diarizer_folder(settings.diarizer, allow_download=False)
 
 
-def checked_folder(model: str, allow_download: bool, *, recognizer: bool = True) -> Path:
+def checked_folder(
+    model: str,
+    allow_download: bool,
+    *,
+    recognizer: bool = True,
+    tokenizer: bool = True,
+    setting: str = "model",
+) -> Path:
     """The local folder of `model` (a folder, or a hub id in the Hugging Face cache), after
-    checking it holds a complete checkpoint; for the recognizer, also that it is Qwen3-ASR in
-    the layout transformers can use. ModelError says what is wrong and how to mend it."""
-    folder = resolve_model_folder(model, allow_download)
+    checking it holds a complete checkpoint (with its tokenizer, for models that write text);
+    for the recognizer, also that it is Qwen3-ASR in the layout transformers can use.
+    ModelError says what is wrong and how to mend it, naming `setting`."""
+    folder = resolve_model_folder(model, allow_download, setting)
     try:
         config = _config(folder)
         if recognizer:
             check_layout(folder, config)
         _check_weights(folder)
-        _check_tokenizer(folder)
+        if tokenizer:
+            _check_tokenizer(folder)
     except _Broken as broken:
-        raise ModelError(f"{_named(model, folder)}: {broken}; {_how_to_refetch(model)}") from None
+        named = _named(model, folder, setting)
+        raise ModelError(f"{named}: {broken}; {_how_to_refetch(model)}") from None
     return folder
 
 
-def resolve_model_folder(model: str, allow_download: bool) -> Path:
-    """A local folder holding the model: `model` itself, or its hub-cache snapshot."""
+def resolve_model_folder(model: str, allow_download: bool, setting: str = "model") -> Path:
+    """A local folder holding the model: `model` itself, or its hub-cache snapshot.
+    `setting` names the setting that asked for it, in the error."""
     folder = Path(model).expanduser()
     if folder.is_dir():
         return folder
     if model.startswith((".", "/", "~")):
-        raise ModelError(f"model folder {model} does not exist")
+        raise ModelError(f"{setting} folder {model} does not exist")
     from huggingface_hub import snapshot_download
 
     try:
         return Path(snapshot_download(model, local_files_only=not allow_download))
     except Exception as error:  # the hub raises many types; all mean "not available here"
         raise ModelError(
-            f"model {model!r} is not in the local Hugging Face cache. Fetch it once while "
+            f"{setting} {model!r} is not in the local Hugging Face cache. Fetch it once while "
             f"online: `hf download {model}` (or set allow_download = true for one run), "
-            "or set model to a local folder"
+            f"or set {setting} to a local folder"
         ) from error
 
 
@@ -186,10 +201,10 @@ def _is_folder(model: str) -> bool:
     return Path(model).expanduser().is_dir()
 
 
-def _named(model: str, folder: Path) -> str:
+def _named(model: str, folder: Path, setting: str = "model") -> str:
     if _is_folder(model):
-        return f"model folder {model}"
-    return f"model {model} (Hugging Face cache: {folder})"
+        return f"{setting} folder {model}"
+    return f"{setting} {model} (Hugging Face cache: {folder})"
 
 
 def _how_to_refetch(model: str) -> str:

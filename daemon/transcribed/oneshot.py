@@ -15,7 +15,13 @@ from transcribed.logs import get_logger
 from transcribed.memory import pin_mmap_threshold
 from transcribed.names import display_name
 from transcribed.pipeline import transcribe_stream
-from transcribed.service import load_aligner, load_engine, make_decoder, make_outbox
+from transcribed.service import (
+    load_aligner,
+    load_diarizer,
+    load_engine,
+    make_decoder,
+    make_outbox,
+)
 from transcribed.settings import ModelSettings
 from transcribed.transcript import SourceInfo
 
@@ -25,6 +31,7 @@ log = get_logger(__name__)
 def transcribe_files(files: list[Path], settings: ModelSettings, outbox_dir: Path | None) -> int:
     """Transcribe each file; return how many failed. Outputs go beside each file by default."""
     pin_mmap_threshold()
+    diarizer = load_diarizer(settings)
     engine = load_engine(settings)
     aligner = load_aligner(settings)
     decoder = make_decoder(settings)
@@ -50,6 +57,8 @@ def transcribe_files(files: list[Path], settings: ModelSettings, outbox_dir: Pat
                         chunk_seconds=settings.chunk_seconds,
                         language=settings.language,
                         aligner=aligner,
+                        speakers=diarizer.open() if diarizer is not None else None,
+                        max_speakers=settings.max_speakers,
                         started=started,
                     )
                     outbox = make_outbox(outbox_dir or path.parent, settings)

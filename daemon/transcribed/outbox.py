@@ -30,15 +30,23 @@ PARAGRAPH_PAUSE_SECONDS = 2.0
 
 
 def render_txt(transcript: Transcript) -> bytes:
-    """The text, with a new paragraph wherever the speaker paused for 2 s or more."""
-    paragraphs: list[list[str]] = [[]]
+    """The text, with a new paragraph wherever the speaker paused for 2 s or more, or another
+    speaker takes over; with speaker labels, a paragraph starts with its speaker ("S2: …")
+    when the speaker changes."""
+    paragraphs: list[tuple[str | None, list[str]]] = []
     for segment in transcript.segments:
         if not segment.text:
             continue
-        if segment.pause_before >= PARAGRAPH_PAUSE_SECONDS and paragraphs[-1]:
-            paragraphs.append([])
-        paragraphs[-1].append(segment.text)
-    text = "\n\n".join(join_texts(paragraph) for paragraph in paragraphs if paragraph)
+        paused = segment.pause_before >= PARAGRAPH_PAUSE_SECONDS
+        if not paragraphs or paused or segment.speaker != paragraphs[-1][0]:
+            paragraphs.append((segment.speaker, []))
+        paragraphs[-1][1].append(segment.text)
+    shown, previous = [], None
+    for speaker, texts in paragraphs:
+        label = f"{speaker}: " if speaker is not None and speaker != previous else ""
+        shown.append(label + join_texts(texts))
+        previous = speaker
+    text = "\n\n".join(shown)
     return (text + "\n").encode() if text else b""
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from transcribed.audio import SAMPLE_RATE
 from transcribed.chunking import SILENCE_RMS, StreamChunker, plan_chunks
 from transcribed.pauses import PauseTracker
+from transcribed.speakers import SpeakerStream, SpeakerTrack
 from transcribed.transcript import (
     ChunkText,
     ModelInfo,
@@ -57,6 +58,8 @@ def transcribe_stream(
     language: str | None,
     context: str | None = None,
     aligner: WordAligner | None = None,
+    speakers: SpeakerStream | None = None,
+    max_speakers: int | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     on_progress: Callable[[float], None] = lambda seconds: None,
     started: float | None = None,
@@ -65,24 +68,31 @@ def transcribe_stream(
 
     Chunks go to the model a batch at a time while decoding continues, so memory holds one
     batch of chunks, not the recording: a 12-hour file needs no more than a 1-minute one.
+    With `speakers` (a diarizer stream) the audio reaches the chunker once the diarizer has
+    judged it, chunks end at changes of speaker, and segments are labelled.
     `on_progress` hears the seconds of audio transcribed after each batch.
     """
     started = time.monotonic() if started is None else started
     chunker = StreamChunker(SAMPLE_RATE, chunk_seconds)
+    track = SpeakerTrack(speakers, max_speakers) if speakers is not None else None
     pending: list[tuple[int, np.ndarray]] = []
     segments: list[Segment] = []
     pauses = PauseTracker()
+
+    def run_batch(batch: list[tuple[int, np.ndarray]]) -> None:
+        found = _recognize(batch, recognizer, language, context, should_stop)
+        segments.extend(_finish(found, batch, aligner, pauses, track))
+
     for block in blocks:
-        pending += chunker.feed(block)
+        pending += chunker.feed(*track.feed(block)) if track is not None else chunker.feed(block)
         while len(pending) >= recognizer.batch_size:
-            batch = pending[: recognizer.batch_size]
-            found = _recognize(batch, recognizer, language, context, should_stop)
-            segments += _finish(found, batch, aligner, pauses)
+            run_batch(pending[: recognizer.batch_size])
             del pending[: recognizer.batch_size]
             on_progress(segments[-1].end)
+    if track is not None:
+        pending += chunker.feed(*track.finish())
     pending += chunker.finish()
-    found = _recognize(pending, recognizer, language, context, should_stop)
-    segments += _finish(found, pending, aligner, pauses)
+    run_batch(pending)
     duration = segments[-1].end if segments else 0.0
     spoken = any(segment.text for segment in segments)
     language = main_language(tuple(segments))
@@ -99,6 +109,7 @@ def transcribe_stream(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         processing_seconds=round(time.monotonic() - started, 3),
         extra={"language_forced": language is not None},
+        speakers=track.summary() if track is not None else {},
     )
 
 
@@ -107,9 +118,11 @@ def _finish(
     pieces: list[tuple[int, np.ndarray]],
     aligner: WordAligner | None,
     pauses: PauseTracker,
+    track: SpeakerTrack | None = None,
 ) -> list[Segment]:
     """Add what needs each segment's own samples: word timing (with an aligner) and the
-    pause before it. `segments` tile `pieces` (a retried chunk gives two segments)."""
+    pause before it; then speakers (which may split a segment between words). `segments`
+    tile `pieces` (a retried chunk gives two segments)."""
     if not pieces:
         return segments
     finished = []
@@ -127,7 +140,10 @@ def _finish(
                 for w in words
             )
             segment = dataclasses.replace(segment, words=shifted)
-        finished.append(pauses.measure(segment, samples))
+        segment = pauses.measure(segment, samples)
+        finished += track.label(segment) if track is not None else [segment]
+    if track is not None:
+        track.forget_before(finished[-1].end)
     return finished
 
 

@@ -1,6 +1,6 @@
 """Per-folder rules: an inbox subfolder can force a language, add context (hotwords), choose
-formats, a disposal policy and an outbox subfolder. The deepest matching rule wins; anything
-a rule leaves unset comes from the global settings.
+formats, a disposal policy and an outbox subfolder, and turn speaker labels on or off. The
+deepest matching rule wins; anything a rule leaves unset comes from the global settings.
 
 A `.context.txt` in an inbox folder (or any folder above it, up to the inbox) adds to the
 context of recordings below it. The inbox is shared, so that file is read like untrusted
@@ -44,6 +44,12 @@ class FolderRule(BaseModel):
     formats: list[Format] | None = Field(default=None, min_length=1)
     disposal: Disposal | None = None
     output: str | None = Field(default=None, description="Outbox subfolder for its transcripts.")
+    diarize: bool | None = Field(
+        default=None, description="Speaker labels on or off here (on wherever a diarizer is set)."
+    )
+    max_speakers: int | None = Field(
+        default=None, ge=1, le=8, description="Label at most this many speakers here."
+    )
 
     @field_validator("path", "output")
     @classmethod
@@ -61,6 +67,8 @@ class Plan:
     formats: tuple[str, ...]
     disposal: str
     output_relpath: str  # where its transcripts go, relative to the outbox (with its name)
+    diarize: bool = False  # label speakers
+    max_speakers: int | None = None
 
 
 class Rules:
@@ -72,12 +80,16 @@ class Rules:
         language: str | None,
         formats: tuple[str, ...],
         disposal: str,
+        diarize: bool = False,
+        max_speakers: int | None = None,
     ) -> None:
         self._rules = sorted(rules, key=lambda rule: -len(PurePosixPath(rule.path).parts))
         self._inbox = inbox
         self._language = language
         self._formats = formats
         self._disposal = disposal
+        self._diarize = diarize
+        self._max_speakers = max_speakers
 
     def plan(self, relpath: str) -> Plan:
         """The plan for the recording at inbox-relative `relpath` (no file is read)."""
@@ -93,6 +105,8 @@ class Rules:
             formats=tuple(rule.formats) if rule and rule.formats else self._formats,
             disposal=rule.disposal if rule and rule.disposal else self._disposal,
             output_relpath=output,
+            diarize=rule.diarize if rule and rule.diarize is not None else self._diarize,
+            max_speakers=rule.max_speakers if rule and rule.max_speakers else self._max_speakers,
         )
 
     def context(self, plan: Plan) -> str | None:

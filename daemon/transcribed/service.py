@@ -24,6 +24,7 @@ from transcribed.aligner import Aligner
 from transcribed.batching import SerializedAligner, SharedRecognizer
 from transcribed.decoder import ChildDecoder
 from transcribed.destinations import Destinations
+from transcribed.diarizer import Diarizer
 from transcribed.disposal import Disposer
 from transcribed.durable import remove_stale_temps
 from transcribed.engine import Engine
@@ -75,6 +76,7 @@ RELOADABLE = frozenset(
         "on_failed",
         "hook_timeout_seconds",
         "metrics_file",
+        "max_speakers",
     }
 )
 
@@ -111,6 +113,7 @@ def make_worker(
     wake_disposals: threading.Event,
     *,
     aligner: SerializedAligner | None = None,
+    diarizer: Diarizer | None = None,
     on_finished: Callable[[Job, str], None] = lambda job, outcome: None,
 ) -> Worker:
     """A worker with its own database connection (one per thread) and decoder process,
@@ -126,6 +129,7 @@ def make_worker(
         max_attempts=settings.max_attempts,
         retry_seconds=settings.retry_seconds,
         aligner=aligner,
+        diarizer=diarizer,
         stop=stop,
         on_finished=on_finished,
         disposes=False,
@@ -196,7 +200,26 @@ def make_rules(settings: Settings) -> Rules:
         language=settings.language,
         formats=tuple(settings.formats),
         disposal=settings.disposal,
+        diarize=settings.diarizer is not None,
+        max_speakers=settings.max_speakers,
     )
+
+
+def load_diarizer(settings: ModelSettings) -> Diarizer | None:
+    """The diarizer the settings ask for, refusing a speaker cap beyond what it can tell."""
+    if settings.diarizer is None:
+        return None
+    diarizer = Diarizer.load(
+        settings.diarizer, settings.device, allow_download=settings.allow_download
+    )
+    rules = settings.folders if isinstance(settings, Settings) else []
+    caps = [settings.max_speakers, *(rule.max_speakers for rule in rules)]
+    if (most := max((cap for cap in caps if cap), default=0)) > diarizer.speakers:
+        raise ConfigError(
+            f"max_speakers = {most}, but the diarizer tells at most {diarizer.speakers} "
+            "speakers apart"
+        )
+    return diarizer
 
 
 def load_aligner(settings: ModelSettings) -> Aligner | None:
@@ -245,6 +268,9 @@ class Daemon:
         self._jobs = open_job_database(settings)
         self._arrivals: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._recover_disk(settings)
+        # The diarizer first: a missing one is found before the long model load, and the
+        # model's batches are sized from the GPU memory left beside it.
+        self._diarizer = load_diarizer(settings)
         engine = load_engine(settings)
         # One model thread; each worker transcribes one recording with its own decoder
         # process, and their chunks share model batches.
@@ -253,7 +279,7 @@ class Daemon:
         shared_aligner = SerializedAligner(aligner) if aligner is not None else None
         self._wake_disposals = threading.Event()
         self._workers = [
-            self._make_worker(settings, JobQueue(settings.database), shared_aligner)
+            self._make_worker(settings, JobQueue(settings.database), shared_aligner, self._diarizer)
             for _ in range(settings.jobs_at_once)
         ]
         self._hasher = LargeFileHasher(settings.database, self._work, self.stop)
@@ -263,7 +289,7 @@ class Daemon:
             # ends the process (the orphan would print a traceback into the journal).
             worker.decoder.start()
         # The disposal thread: the only one that disposes, so two never race on one original.
-        self._disposals = self._make_worker(settings, self._jobs, None)
+        self._disposals = self._make_worker(settings, self._jobs, None, None)
         self._hooks = Hooks(settings.on_done, settings.on_failed, settings.hook_timeout_seconds)
         self._intake = make_intake(settings, self._work, self._arrivals, self._hasher)
 
@@ -289,7 +315,11 @@ class Daemon:
                 log.info("recover.temp_files_removed", folder=str(folder), files=removed)
 
     def _make_worker(
-        self, settings: Settings, jobs: JobQueue, aligner: SerializedAligner | None
+        self,
+        settings: Settings,
+        jobs: JobQueue,
+        aligner: SerializedAligner | None,
+        diarizer: Diarizer | None,
     ) -> Worker:
         return make_worker(
             settings,
@@ -299,6 +329,7 @@ class Daemon:
             self.stop,
             self._wake_disposals,
             aligner=aligner,
+            diarizer=diarizer,
             on_finished=self._job_finished,
         )
 

@@ -151,6 +151,18 @@ class ModelSettings(_Base):
         description="Word timing model (hub id or folder), e.g. Qwen/Qwen3-ForcedAligner-0.6B-hf; "
         "off by default.",
     )
+    diarizer: str | None = Field(
+        default=None,
+        description="Speaker labels (S1, S2, …): diarization model (hub id or folder), e.g. "
+        "nvidia/Nemotron-3-Diarization; off by default.",
+    )
+    max_speakers: int | None = Field(
+        default=None,
+        ge=1,
+        le=8,
+        description="Label at most this many speakers (the diarizer tells up to 8 apart); "
+        "default: as many as it hears.",
+    )
     batch_size: int = Field(
         default=8,
         ge=1,
@@ -291,8 +303,12 @@ class Settings(StateSettings, ModelSettings):
         paths = [rule.path for rule in self.folders]
         if len(paths) != len(set(paths)):
             raise ValueError("two [[folders]] rules have the same path")
+        if self.diarizer is None and (asks := [r.path for r in self.folders if r.diarize]):
+            raise ValueError(
+                f"[[folders]] {asks[0]!r} sets diarize = true, but no diarizer is configured "
+                "(set diarizer, e.g. nvidia/Nemotron-3-Diarization)"
+            )
         return self
-
 
 
 SettingsT = TypeVar("SettingsT", bound=_Base)

@@ -4,13 +4,15 @@ Segments are up to `chunk_seconds` long: far too long for one subtitle, so each 
 cues of at most two readable lines. With word timing (the aligner) cues are cut after a word
 and take that word's times; without it they are cut at spaces (characters for unspaced
 scripts) and the segment's time is shared out in proportion to the text.
+
+With speaker labels, an SRT cue starts with its speaker ("S1: …"), a WebVTT cue is a voice
+span (`<v S1>…`), and the TSV gains `speaker` and `overlap` columns.
 """
 
 import re
-import unicodedata
 from dataclasses import dataclass
 
-from transcribed.transcript import Segment, Transcript, Word
+from transcribed.transcript import Segment, Transcript, word_ends
 
 MAX_CUE_CHARS = 84  # two lines of 42: the usual broadcast limit
 _LINE_CHARS = 42
@@ -21,6 +23,7 @@ class Cue:
     start: float
     end: float
     text: str
+    speaker: str | None = None
 
 
 def cues(segments: tuple[Segment, ...], max_chars: int = MAX_CUE_CHARS) -> list[Cue]:
@@ -28,33 +31,23 @@ def cues(segments: tuple[Segment, ...], max_chars: int = MAX_CUE_CHARS) -> list[
     result: list[Cue] = []
     for segment in segments:
         text = " ".join(segment.text.split())
-        ends = _word_ends(text, segment.words) if segment.words else None
+        room = max_chars - len(_label(segment.speaker))  # the SRT label shares the lines
+        ends = word_ends(text, segment.words) if segment.words else None
         if ends is not None:
-            result += _word_cues(text, segment, ends, max_chars)
+            result += _word_cues(text, segment, ends, room)
             continue
-        pieces = _split(text, max_chars)
+        pieces = _split(text, room)
         total = sum(len(piece) for piece in pieces)
         start = segment.start
         for piece in pieces:
             end = start + (segment.end - segment.start) * len(piece) / total
-            result.append(Cue(round(start, 3), round(end, 3), piece))
+            result.append(Cue(round(start, 3), round(end, 3), piece, segment.speaker))
             start = end
     return result
 
 
-def _word_ends(text: str, words: tuple[Word, ...]) -> list[int] | None:
-    """Where each aligned word ends in `text` (with punctuation that follows it), or None when
-    the words cannot be found in order (then the proportional split is used)."""
-    ends, position = [], 0
-    for word in words:
-        found = text.find(word.text, position)
-        if found < 0:
-            return None
-        position = found + len(word.text)
-        while position < len(text) and unicodedata.category(text[position]).startswith("P"):
-            position += 1
-        ends.append(position)
-    return ends
+def _label(speaker: str | None) -> str:
+    return f"{speaker}: " if speaker else ""
 
 
 def _word_cues(text: str, segment: Segment, ends: list[int], max_chars: int) -> list[Cue]:
@@ -74,7 +67,7 @@ def _word_cues(text: str, segment: Segment, ends: list[int], max_chars: int) -> 
 
 def _cue(text: str, segment: Segment, first: int, last: int) -> Cue:
     start, end = segment.words[first].start, segment.words[last].end
-    return Cue(start, max(start, end), text.strip())
+    return Cue(start, max(start, end), text.strip(), segment.speaker)
 
 
 def _split(text: str, max_chars: int) -> list[str]:
@@ -118,7 +111,7 @@ def _no_arrow(text: str) -> str:
 def render_srt(transcript: Transcript) -> bytes:
     blocks = [
         f"{number}\n{_clock(cue.start, ',')} --> {_clock(cue.end, ',')}\n"
-        f"{_lines(_no_arrow(cue.text))}\n"
+        f"{_lines(_no_arrow(_label(cue.speaker) + cue.text))}\n"
         for number, cue in enumerate(cues(transcript.segments), start=1)
     ]
     return "\n".join(blocks).encode()
@@ -131,17 +124,23 @@ def render_vtt(transcript: Transcript) -> bytes:
     lines = ["WEBVTT", ""]
     for cue in cues(transcript.segments):
         text = re.sub(r"[&<>]", lambda m: _VTT_ESCAPES[m.group()], _no_arrow(cue.text))
-        lines += [f"{_clock(cue.start, '.')} --> {_clock(cue.end, '.')}", _lines(text), ""]
+        voice = f"<v {cue.speaker}>" if cue.speaker else ""
+        lines += [f"{_clock(cue.start, '.')} --> {_clock(cue.end, '.')}", voice + _lines(text), ""]
     return "\n".join(lines).encode()
 
 
 def render_tsv(transcript: Transcript) -> bytes:
-    """One row per segment: start and end in milliseconds, then the text (tabs removed)."""
-    rows = ["start\tend\tlanguage\ttext"]
+    """One row per segment: start and end in milliseconds, the language, with speaker labels
+    the speaker and who else talks over it (comma-separated), then the text (tabs removed)."""
+    labelled = any(segment.speaker for segment in transcript.segments)
+    rows = [
+        "start\tend\tlanguage\tspeaker\toverlap\ttext" if labelled else "start\tend\tlanguage\ttext"
+    ]
     for segment in transcript.segments:
         text = " ".join(segment.text.split())
+        who = f"{segment.speaker or ''}\t{','.join(segment.overlap)}\t" if labelled else ""
         rows.append(
             f"{round(segment.start * 1000)}\t{round(segment.end * 1000)}\t"
-            f"{segment.language or ''}\t{text}"
+            f"{segment.language or ''}\t{who}{text}"
         )
     return ("\n".join(rows) + "\n").encode()

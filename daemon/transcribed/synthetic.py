@@ -237,6 +237,53 @@ def _visible(text: str) -> bool:
     return bool(text.strip()) and "\ufffd" not in text
 
 
+# A tiny Nemotron 3 Diarization: the published schedule and speaker cache (8 speakers, 128 mel
+# bins, 27.2 s steps), with a 1-layer encoder of width 32 and a head of width 16.
+_TINY_DIARIZER_AUDIO = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_mel_bins": 128,
+}
+_TINY_DIARIZER_HEAD = {"hidden_size": 16, "num_speakers": 8, "audio_hidden_size": 32}
+
+
+def build_tiny_diarizer(folder: Path, seed: int = 0) -> Path:
+    """Write a tiny random Nemotron 3 Diarization model and its processor to `folder`. Its
+    speaker labels are random; it proves structure, never who spoke."""
+    return _build_diarizer(folder, seed, _TINY_DIARIZER_AUDIO, _TINY_DIARIZER_HEAD)
+
+
+def build_full_size_diarizer(folder: Path, seed: int = 0) -> Path:
+    """The published Nemotron 3 Diarization architecture (transformers' defaults) with random
+    weights: what the diarizer costs, without downloading it."""
+    if (folder / "config.json").is_file():
+        return folder
+    return _build_diarizer(folder, seed, {}, {})
+
+
+def _build_diarizer(folder: Path, seed: int, audio: dict[str, int], head: dict[str, int]) -> Path:
+    import torch
+    from transformers import (
+        Nemotron3DiarizationConfig,
+        Nemotron3DiarizationForAudioFrameClassification,
+        Nemotron3DiarizationProcessor,
+        NemotronAsrStreamingFeatureExtractor,
+    )
+
+    config = Nemotron3DiarizationConfig(audio_config=audio or None, head_config=head or None)
+    torch.manual_seed(seed)
+    model = Nemotron3DiarizationForAudioFrameClassification(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    features = NemotronAsrStreamingFeatureExtractor(feature_size=config.audio_config.num_mel_bins)
+    Nemotron3DiarizationProcessor(
+        features, subsampling_factor=config.audio_config.subsampling_factor
+    ).save_pretrained(folder)
+    return folder
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m transcribed.synthetic",
@@ -245,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument("--aligner", action="store_true", help="a tiny random forced aligner")
+    kind.add_argument("--diarizer", action="store_true", help="a tiny random speaker diarizer")
     kind.add_argument(
         "--full",
         choices=sorted(FULL_SIZES),
@@ -255,6 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.aligner:
         print(build_tiny_aligner(args.folder))
+    elif args.diarizer:
+        print(build_tiny_diarizer(args.folder))
     elif args.full:
         print(build_full_size_checkpoint(args.folder, args.full))
     else:

@@ -47,6 +47,10 @@ class Segment:
     no_speech: bool = False
     words: tuple[Word, ...] = ()  # only with the aligner; times in seconds of the recording
     pause_before: float = 0.0  # seconds of quiet between the previous speech and this
+    # With the diarizer: who speaks ("S1", "S2", … by first appearance in the recording), and
+    # who else talks at the same time for a noticeable while (overlapping speech).
+    speaker: str | None = None
+    overlap: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,9 @@ class Transcript:
     created: str
     processing_seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    # With the diarizer: each speaker's talk time and share of all talk time, by label, e.g.
+    # {"S1": {"seconds": 412.3, "share": 0.58}}; empty without it.
+    speakers: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -93,6 +100,7 @@ class Transcript:
         return cls(
             **fields,
             languages=dict(data["languages"]),
+            speakers=dict(data.get("speakers", {})),
             segments=tuple(_segment(segment) for segment in data["segments"]),
             source=SourceInfo(**data["source"]),
             model=ModelInfo(**data["model"]),
@@ -102,11 +110,11 @@ class Transcript:
 
 def _segment(data: dict[str, Any]) -> Segment:
     words = tuple(Word(**word) for word in data.get("words", ()))
-    return Segment(**{**data, "words": words})
+    return Segment(**{**data, "words": words, "overlap": tuple(data.get("overlap", ()))})
 
 
 _ALL_FIELDS = {f.name for f in dataclasses.fields(Transcript)}
-_CONVERTED = {"languages", "segments", "source", "model", "extra"}
+_CONVERTED = {"languages", "segments", "source", "model", "extra", "speakers"}
 _PLAIN_FIELDS = tuple(sorted(_ALL_FIELDS - _CONVERTED))
 
 
@@ -153,6 +161,21 @@ def language_shares(segments: tuple[Segment, ...]) -> dict[str, float]:
     return {code: round(time / total, 2) for code, time in ranked} if total else {}
 
 
+def word_ends(text: str, words: tuple[Word, ...]) -> list[int] | None:
+    """Where each aligned word ends in `text` (with punctuation that follows it), or None when
+    the words cannot be found in order."""
+    ends, position = [], 0
+    for word in words:
+        found = text.find(word.text, position)
+        if found < 0:
+            return None
+        position = found + len(word.text)
+        while position < len(text) and unicodedata.category(text[position]).startswith("P"):
+            position += 1
+        ends.append(position)
+    return ends
+
+
 def weighted_confidence(segments: tuple[Segment, ...], language: str | None) -> float | None:
     """Duration-weighted confidence of `language` over its segments that have one."""
     scored = [s for s in segments if s.language == language and s.language_confidence is not None]
@@ -171,11 +194,12 @@ class Request:
     model: str
     language: str | None
     context: str | None
+    speakers: int | None = None  # speaker labels: None off, else the speaker cap (0: none)
 
-    def as_json(self) -> dict[str, str | None]:
+    def as_json(self) -> dict[str, str | int | None]:
         """For the transcript's JSON: enough to recognise the request, not the context text."""
         digest = hashlib.sha256(self.context.encode()).hexdigest() if self.context else None
-        return {"language": self.language, "context_sha256": digest}
+        return {"language": self.language, "context_sha256": digest, "speakers": self.speakers}
 
     @property
     def key(self) -> str:
@@ -186,4 +210,6 @@ def request_key(model: str, request: dict[str, Any]) -> str:
     """The key of a request, from the model id and `Request.as_json()` (as a published JSON
     holds them: the job database can be rebuilt from the outbox)."""
     parts = [model, request.get("language"), request.get("context_sha256")]
+    if request.get("speakers") is not None:  # keys of requests without labels stay as they were
+        parts.append(request["speakers"])
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]

@@ -43,6 +43,7 @@ from transcribed.names import display_name
 from transcribed.pipeline import Recognizer, WordAligner, transcribe_stream
 from transcribed.queue import FailureKind, Job, JobQueue, JobState
 from transcribed.rules import Plan, Rules
+from transcribed.speakers import SpeakerSource
 from transcribed.transcript import Request, SourceInfo, Transcript
 from transcribed.workfolder import WorkFolder
 
@@ -86,6 +87,7 @@ class Worker:
     stop: threading.Event
     retry_seconds: float = 30.0
     aligner: WordAligner | None = None
+    diarizer: SpeakerSource | None = None  # speaker labels, where the folder's plan asks
     # When the worker last showed it is alive: each loop turn and each model batch.
     last_beat: float = dataclasses.field(default_factory=time.monotonic)
     on_finished: Callable[[Job, str], None] = lambda job, outcome: None
@@ -281,7 +283,12 @@ class Worker:
         if not os.path.lexists(self.work.file(job.work_name)):
             self._check_work_folder()
             raise RecordingVanished(self.work.vanished())
-        request = Request(self.recognizer.info.id, plan.language, self.rules.context(plan))
+        request = Request(
+            self.recognizer.info.id,
+            plan.language,
+            self.rules.context(plan),
+            speakers=self._speakers(plan),
+        )
         twin = self.jobs.start_request(job.id, request.key)
         if twin is not None and twin.state == JobState.RUNNING:
             raise _WaitingForSameContent(twin.id)
@@ -330,6 +337,10 @@ class Worker:
             language=request.language,
             context=request.context,
             aligner=self.aligner,
+            speakers=self.diarizer.open()
+            if self.diarizer and request.speakers is not None
+            else None,
+            max_speakers=plan.max_speakers,
             should_stop=self._beat_and_check_stop,
             on_progress=lambda seconds: self._record_progress(job, seconds),
             started=started,
@@ -340,6 +351,13 @@ class Worker:
         if self.decoder.repaired_samples:
             extra["samples_repaired"] = self.decoder.repaired_samples
         return dataclasses.replace(transcript, extra=transcript.extra | extra)
+
+    def _speakers(self, plan: Plan) -> int | None:
+        """Speaker labels asked for this recording: None (off), else the speaker cap (0 for
+        the model's own limit). Part of the request: labels change the transcript."""
+        if self.diarizer is None or not plan.diarize:
+            return None
+        return plan.max_speakers or 0
 
     def _reuse(self, twin: Job, source: SourceInfo) -> Transcript | None:
         """This content's transcript, published for `twin` under its name, as this
