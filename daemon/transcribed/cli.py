@@ -1,5 +1,5 @@
-"""The `transcribed` command: `run` the daemon, `transcribe` files once, and the operator
-commands `status`, `jobs`, `doctor` and `config show`."""
+"""The `transcribed` command: `run` the daemon, `transcribe` files once, the operator
+commands `status`, `jobs`, `doctor` and `config show`, and `search`."""
 
 import argparse
 import dataclasses
@@ -166,10 +166,27 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--scratch", type=Path, help="folder for the backlog (default: a temp one)")
     bench.set_defaults(handler=_bench)
 
-    with_json = (status, listing, doctor, show, bench)
+    search = commands.add_parser(
+        "search",
+        help="find words in every transcript (the page's search, from the shell)",
+        description="Full-text search over published transcripts: segments holding any "
+        "term of QUERY, in transcripts that hold every term, with their times. Any script "
+        "works, Chinese and Japanese included. The index lives beside the job database; "
+        "--rebuild makes it anew from the JSON files in the outbox.",
+    )
+    search.add_argument("query", nargs="?", metavar="QUERY", help="words to look for")
+    search.add_argument("--limit", type=int, default=50, help="at most this many hits (50)")
+    search.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="index every transcript in the outbox anew (run as the service's user)",
+    )
+    search.set_defaults(handler=_search)
+
+    with_json = (status, listing, doctor, show, bench, search)
     for command in with_json:
         command.add_argument("--json", action="store_true", help="machine-readable output")
-    for command in (run, once, status, listing, again, drop, doctor, show, bench):
+    for command in (run, once, status, listing, again, drop, doctor, show, bench, search):
         command.add_argument(
             "--config",
             type=Path,
@@ -266,6 +283,31 @@ def _jobs_forget(args: argparse.Namespace) -> int:
     job = admin.forget(admin.open_queue(load_settings(args.config, Settings)), args.job)
     print(f"job {args.job} ({job.state}) forgotten; its files were not touched")
     return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from transcribed import search_index
+
+    settings = load_settings(args.config, Settings)
+    index = search_index.SearchIndex(settings.search_database)
+    if args.rebuild:
+        ids = search_index.published_job_ids(settings.database)
+        count = index.rebuild(settings.outbox, ids)
+        print(f"indexed {count} transcripts from {settings.outbox}", file=sys.stderr)
+        if not args.query:
+            return 0
+    if not args.query:
+        raise ConfigError("say what to look for: transcribed search QUERY (or --rebuild)")
+    if not settings.search_database.exists():
+        raise ConfigError(
+            f"no search index at {settings.search_database}: run `transcribed search "
+            "--rebuild` as the service's user (pass the daemon's config with --config)"
+        )
+    hits = index.search(args.query, args.limit)
+    rows = [dataclasses.asdict(hit) for hit in hits]
+    text = "\n".join(search_index.render_hit(hit) for hit in hits) or "no transcript holds that"
+    _print(rows, args.json, text)
+    return 0 if hits else EXIT_FAILED
 
 
 def _doctor(args: argparse.Namespace) -> int:

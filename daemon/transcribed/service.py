@@ -39,6 +39,7 @@ from transcribed.notify import Notifier
 from transcribed.outbox import Outbox
 from transcribed.queue import Job, JobQueue
 from transcribed.rules import Rules
+from transcribed.search_index import SearchIndex
 from transcribed.settings import ModelSettings, Settings, check_folders, load_settings
 from transcribed.watcher import ObserverSupervisor
 from transcribed.worker import Worker
@@ -122,6 +123,7 @@ def make_worker(
         disposes=False,
         job_scope=model.job,
         wake_disposals=wake_disposals,
+        search=SearchIndex(settings.search_database),
     )
 
 

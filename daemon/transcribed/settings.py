@@ -213,6 +213,11 @@ class Settings(ModelSettings):
         return self.state_dir / "jobs.sqlite3"
 
     @property
+    def search_database(self) -> Path:
+        """The full-text index of published transcripts; rebuilt from the outbox at will."""
+        return self.state_dir / "search.sqlite3"
+
+    @property
     def work_dir(self) -> Path:
         """Private folder inside the inbox: same filesystem, so claiming is an atomic rename."""
         return self.inbox / ".transcribed-work"
