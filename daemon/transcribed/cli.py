@@ -1,5 +1,5 @@
 """The `transcribed` command: `run` the daemon, `transcribe` files once, the operator
-commands `status`, `jobs`, `doctor` and `config show`, and `search`."""
+commands `status`, `jobs`, `doctor` and `config show`, and the page: `web`, `search`."""
 
 import argparse
 import dataclasses
@@ -183,10 +183,31 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     search.set_defaults(handler=_search)
 
+    web = commands.add_parser(
+        "web",
+        help="serve the page: status, transcripts, search and upload (127.0.0.1 by default)",
+        description="A web page for the people who drop the files, in its own process (the "
+        "daemon stays cut off from the network). It reads the job database and the "
+        "outbox, and writes only uploads into the inbox and retries. Listening beyond "
+        "127.0.0.1 needs a login: [web] password_hash (see `transcribed web-password`) "
+        "or token_file in the config.",
+    )
+    web.add_argument("--host", help="address to listen on (default: [web] host, 127.0.0.1)")
+    web.add_argument("--port", type=int, help="TCP port (default: [web] port, 8750)")
+    web.set_defaults(handler=_web)
+
+    password = commands.add_parser(
+        "web-password",
+        help="hash a password for the page's [web] password_hash",
+        description="Read a password (twice, from the terminal; once from a pipe) and print "
+        "the line to put under [web] in the config file.",
+    )
+    password.set_defaults(handler=_web_password, log_level="WARNING")
+
     with_json = (status, listing, doctor, show, bench, search)
     for command in with_json:
         command.add_argument("--json", action="store_true", help="machine-readable output")
-    for command in (run, once, status, listing, again, drop, doctor, show, bench, search):
+    for command in (run, once, status, listing, again, drop, doctor, show, bench, search, web):
         command.add_argument(
             "--config",
             type=Path,
@@ -308,6 +329,22 @@ def _search(args: argparse.Namespace) -> int:
     text = "\n".join(search_index.render_hit(hit) for hit in hits) or "no transcript holds that"
     _print(rows, args.json, text)
     return 0 if hits else EXIT_FAILED
+
+
+def _web(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, Settings)
+    overrides = {k: v for k in ("host", "port") if (v := getattr(args, k)) is not None}
+    web = settings.web.model_copy(update=overrides)
+    from transcribed.web_app import serve
+
+    return serve(settings.model_copy(update={"web": web}))
+
+
+def _web_password(args: argparse.Namespace) -> int:
+    from transcribed.web_auth import hash_password, read_new_password
+
+    print(f'password_hash = "{hash_password(read_new_password())}"')
+    return 0
 
 
 def _doctor(args: argparse.Namespace) -> int:

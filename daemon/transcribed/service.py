@@ -72,6 +72,7 @@ RELOADABLE = frozenset(
         "on_failed",
         "hook_timeout_seconds",
         "metrics_file",
+        "web",  # the page's own settings: nothing in the daemon uses them
     }
 )
 

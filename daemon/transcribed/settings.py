@@ -15,6 +15,7 @@ from pydantic_settings import (
 
 from transcribed.errors import ConfigError
 from transcribed.rules import Disposal, FolderRule, Format
+from transcribed.web_settings import WebSettings
 
 DEFAULT_CONFIG_PATH = Path("/etc/transcribed/config.toml")
 DEFAULT_MODEL = "Qwen/Qwen3-ASR-1.7B-hf"
@@ -188,6 +189,12 @@ class Settings(ModelSettings):
         default=None,
         description="Prometheus textfile (e.g. /var/lib/node_exporter/textfile/"
         "transcribed.prom), rewritten atomically; off by default.",
+    )
+
+    web: WebSettings = Field(
+        default_factory=WebSettings,
+        description="The page (`transcribed web`): [web] in the config file; the daemon "
+        "ignores it.",
     )
 
     @field_validator("on_done", "on_failed")
