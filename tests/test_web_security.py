@@ -430,6 +430,6 @@ def test_a_symlinked_upload_folder_is_not_followed(client, site, tmp_path):
 
 
 def test_follow_never_looks_outside_the_upload_folders(client, site):
-    page = client.get("/follow", params={"after": 0, "file": ["../secret.txt", "/etc/passwd"]})
+    page = client.get("/follow", params={"since": 0, "file": ["../secret.txt", "/etc/passwd"]})
     assert page.status_code == 200
     assert page.text.count("Being taken in") == 2  # neither was looked up on disk

@@ -128,20 +128,17 @@ class Catalog:
             and (language is None or row.language == language)
         ]
 
-    def first_job_after(self, relpath: bytes, after: int) -> Job | None:
-        """The job the daemon made for an upload: the first with this inbox path since then."""
+    def job_since(self, relpath: bytes, since: float) -> Job | None:
+        """The job the daemon made for a file put into the inbox at `since`: the first one
+        with this inbox path created then or later (ids are reused after a retry, times not)."""
+        if not self.settings.database.is_file():
+            return None
         with closing(self._raw()) as db:
             row = db.execute(
-                "SELECT id FROM jobs WHERE relpath = ? AND id > ? ORDER BY id LIMIT 1",
-                (relpath, after),
+                "SELECT id FROM jobs WHERE relpath = ? AND created >= ? ORDER BY created LIMIT 1",
+                (relpath, since),
             ).fetchone()
         return self.job(int(row[0])) if row else None
-
-    def newest_job_id(self) -> int:
-        if not self.settings.database.is_file():
-            return 0
-        with closing(self._raw()) as db:
-            return int(db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()[0])
 
     def _raw(self) -> sqlite3.Connection:
         uri = f"{self.settings.database.absolute().as_uri()}?mode=ro"

@@ -240,6 +240,7 @@ class Views:
     async def retry(self, request: Request) -> Response:
         await self.checked_form(request)
         job_id = int(request.path_params["job"])
+        since = time.time()
         try:
             target = admin.retry(admin.open_queue(self.settings), self.settings, job_id)
         except (admin.OperatorError, ConfigError, OSError, sqlite3.Error) as error:
@@ -248,7 +249,7 @@ class Views:
         relpath = os.path.relpath(target, self.settings.inbox)
         log.info("web.retry", job=job_id, file=display_name(relpath), client=_client(request))
         self.flash(request, f"{display_name(relpath)} is back in the inbox; following it here.")
-        return RedirectResponse(self._follow_url([relpath], job_id), status_code=303)
+        return RedirectResponse(self._follow_url([relpath], since), status_code=303)
 
     def _job(self, request: Request) -> Job:
         try:
@@ -298,7 +299,7 @@ class Views:
         try:
             folder, name = self._upload_target(request)
             self._admit_upload(request, client)
-            after = self.catalog.newest_job_id()
+            since = time.time()
             relpath = await receive(
                 request.stream(),
                 self.settings.inbox,
@@ -321,7 +322,7 @@ class Views:
         size = os.lstat(self.settings.inbox / relpath).st_size
         log.info("web.upload", file=display_name(relpath), bytes=size, client=client)
         return JSONResponse(
-            {"file": relpath, "after": after, "follow": self._follow_url([relpath], after)}
+            {"file": relpath, "since": since, "follow": self._follow_url([relpath], since)}
         )
 
     def _upload_target(self, request: Request) -> tuple[Folder, str]:
@@ -341,17 +342,18 @@ class Views:
         self.uploads.record(client)
 
     @staticmethod
-    def _follow_url(relpaths: list[str], after: int) -> str:
-        return "/follow?" + urlencode([("after", str(after)), *(("file", p) for p in relpaths)])
+    def _follow_url(relpaths: list[str], since: float) -> str:
+        """The follow page for recordings put into the inbox at `since` (seconds, epoch)."""
+        return "/follow?" + urlencode([("since", f"{since:.3f}"), *(("file", p) for p in relpaths)])
 
     def follow(self, request: Request) -> Response:
         """The recordings just uploaded (or retried), as they go from the inbox to done."""
         try:
-            after = int(request.query_params.get("after", "0"))
+            since = float(request.query_params.get("since", "0"))
         except ValueError:
-            raise HTTPException(400, "after must be a job number") from None
+            raise HTTPException(400, "since must be a time in seconds") from None
         wanted = request.query_params.getlist("file")[:_FOLLOWED]
-        cards = [self._follow_card(relpath, after) for relpath in wanted]
+        cards = [self._follow_card(relpath, since) for relpath in wanted]
         return self.live_or_page(
             request,
             "follow.html",
@@ -361,10 +363,10 @@ class Views:
             final=all(card["final"] for card in cards),
         )
 
-    def _follow_card(self, relpath: str, after: int) -> dict[str, Any]:
+    def _follow_card(self, relpath: str, since: float) -> dict[str, Any]:
         card: dict[str, Any] = {"name": display_name(relpath), "job": None, "final": False}
         try:
-            job = self.catalog.first_job_after(os.fsencode(relpath), after)
+            job = self.catalog.job_since(os.fsencode(relpath), since)
         except (NotAvailable, sqlite3.Error):  # no database yet, or a damaged one
             job = None
         if job is not None:

@@ -186,7 +186,7 @@
           const answer = await sendFile(file, folder, (share) => {
             bar.value = Math.round(100 * (index + share) / files.length);
           });
-          if (!follow.has("after")) follow.set("after", answer.after);
+          if (!follow.has("since")) follow.set("since", answer.since);
           follow.append("file", answer.file);
         }
       } catch (error) {
