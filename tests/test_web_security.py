@@ -5,7 +5,9 @@ TestClient) over a real job database, search index and files; no daemon needed."
 import json
 import os
 import re
+import ssl
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from transcribed.settings import Settings
 from transcribed.web_app import CONTENT_SECURITY_POLICY, build_app
 from transcribed.web_auth import Credentials, hash_password
 from transcribed.web_settings import WebSettings
+from webpage import WebPage
 
 LOCAL = "http://127.0.0.1:8750"
 STRANGER = ("203.0.113.9", 40000)  # a documentation address: some other machine
@@ -323,6 +326,29 @@ def test_a_token_file_others_can_read_is_refused(folders, tmp_path):
     env = folders.env(Path("unused"), TRANSCRIBED_WEB=json.dumps({"token_file": str(token_file)}))
     done = subprocess.run([*CLI, "web"], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "chmod 600" in done.stderr
+
+
+def test_https_with_a_certificate_and_secure_cookies(folders, tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    subprocess.run(
+        [*request, "-keyout", str(key), "-out", str(cert), "-subj", "/CN=transcribed-test"],
+        check=True,
+        capture_output=True,
+    )
+    tls = {"tls_certfile": str(cert), "tls_keyfile": str(key)}
+    page = WebPage(folders.env(Path("unused"), TRANSCRIBED_WEB=json.dumps(tls)), tmp_path / "log")
+    try:
+        assert page.url.startswith("https://127.0.0.1:")
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False  # a test certificate, trusted by its own file
+        https = page.url + "/upload"  # the https:// URL the page itself announced
+        with urllib.request.urlopen(https, context=context, timeout=30) as answer:  # noqa: S310
+            assert answer.status == 200
+            cookie = answer.headers["set-cookie"].lower()
+        assert "secure" in cookie and "httponly" in cookie and "samesite=lax" in cookie
+    finally:
+        page.stop()
 
 
 def test_web_password_prints_a_hash_that_verifies(tmp_path):
