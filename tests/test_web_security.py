@@ -126,6 +126,17 @@ def test_script_in_a_transcript_name_or_reason_is_shown_as_text(client, site):
         assert "<img" not in html and "<b " not in html and "<i " not in html, name
 
 
+def test_a_search_hit_links_only_to_the_job_that_published_it(client, site):
+    """Job ids are reused after `jobs forget`: an old transcript's hit must not lead to the
+    newer recording that now has its id."""
+    stale = site.settings.outbox / "stale.json"
+    stale.write_text(json.dumps({"segments": [{"start": 0, "end": 1, "text": "zebra"}]}))
+    SearchIndex(site.settings.search_database).add(stale, site.failed)
+    page = client.get("/search", params={"q": "zebra"}).text
+    assert "<mark>zebra</mark>" in page and f'href="/jobs/{site.failed}' not in page
+    assert f'href="/jobs/{site.done}' in client.get("/search", params={"q": "alert"}).text
+
+
 def test_every_response_carries_a_strict_content_security_policy(client, site):
     for path in (
         "/",

@@ -58,6 +58,7 @@ class Hit:
     end: float
     text: str
     segment: int  # its index in the transcript's segments
+    json_path: str  # the transcript it comes from
 
 
 class SearchIndex:
@@ -211,11 +212,13 @@ def _hit(db: sqlite3.Connection, rowid: int) -> Hit:
     text, start, end = db.execute(
         "SELECT text, start, end FROM segments WHERE rowid = ?", (rowid,)
     ).fetchone()
-    job_id, name, language = db.execute(
-        "SELECT job_id, name, language FROM transcripts WHERE doc = ?", (rowid >> _SEGMENT_BITS,)
+    job_id, name, language, json_path = db.execute(
+        "SELECT job_id, name, language, json_path FROM transcripts WHERE doc = ?",
+        (rowid >> _SEGMENT_BITS,),
     ).fetchone()
     segment = rowid & ((1 << _SEGMENT_BITS) - 1)
-    return Hit(job_id, name, language, float(start), float(end), text, segment)
+    path = os.fsdecode(bytes(json_path))
+    return Hit(job_id, name, language, float(start), float(end), text, segment, path)
 
 
 def _read_transcript(json_path: Path) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from transcribed.errors import ConfigError
 from transcribed.logs import get_logger
 from transcribed.names import display_name
 from transcribed.queue import Job, JobState
-from transcribed.search_index import clock, highlight, query_terms
+from transcribed.search_index import Hit, clock, highlight, query_terms
 from transcribed.settings import Settings
 from transcribed.web_auth import (
     SESSION_USER,
@@ -264,8 +264,13 @@ class Views:
         hits = self.catalog.search_index.search(query) if query else []
         terms = query_terms(query)
         groups: dict[tuple[int | None, str], list[Any]] = {}
+        linked: dict[tuple[int | None, str], bool] = {}
         for hit in hits:
-            groups.setdefault((hit.job_id, hit.name), []).append(
+            key = (hit.job_id, hit.json_path)
+            if key not in linked:
+                linked[key] = self._still_published(hit)
+            job_id = hit.job_id if linked[key] else None
+            groups.setdefault((job_id, hit.name), []).append(
                 {"hit": hit, "pieces": highlight(hit.text, terms)}
             )
         return self.render(
@@ -277,6 +282,16 @@ class Views:
             count=len(hits),
             indexed=self.catalog.search_index.path.exists(),
         )
+
+    def _still_published(self, hit: Hit) -> bool:
+        """The hit's job still names its transcript: a forgotten job's id may have been given
+        to a newer recording, which the hit must not link to."""
+        if hit.job_id is None:
+            return False
+        try:
+            return hit.json_path in self.catalog.job(hit.job_id).outputs
+        except (KeyError, NotAvailable):
+            return False
 
     # --- upload ---------------------------------------------------------------------------
 
