@@ -9,11 +9,10 @@ file names, reasons and transcript text are all untrusted.
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, urlencode
+from urllib.parse import parse_qs, urlencode
 
 import jinja2
 from starlette.exceptions import HTTPException
@@ -23,7 +22,6 @@ from starlette.responses import (
     JSONResponse,
     RedirectResponse,
     Response,
-    StreamingResponse,
 )
 
 from transcribed import admin
@@ -49,6 +47,7 @@ from transcribed.web_catalog import (
     paragraphs,
     segments,
 )
+from transcribed.web_files import TEXT_TYPES, attachment, playable
 from transcribed.web_upload import (
     Folder,
     TooLarge,
@@ -63,30 +62,6 @@ log = get_logger(__name__)
 _FORM_BYTES = 64 * 1024  # logins and buttons: nothing larger is a real form
 _FOLLOWED = 20  # recordings one follow page tracks
 _FINAL = (JobState.DONE, JobState.FAILED)
-_BLOCK = 256 * 1024
-_TEXT_TYPES = {
-    "txt": "text/plain; charset=utf-8",
-    "json": "application/json; charset=utf-8",
-    "srt": "text/plain; charset=utf-8",
-    "vtt": "text/vtt; charset=utf-8",
-    "tsv": "text/tab-separated-values; charset=utf-8",
-}
-_AUDIO_TYPES = {
-    ".wav": "audio/wav",
-    ".wave": "audio/wav",
-    ".flac": "audio/flac",
-    ".mp3": "audio/mpeg",
-    ".m4a": "audio/mp4",
-    ".mp4": "audio/mp4",
-    ".aac": "audio/aac",
-    ".ogg": "audio/ogg",
-    ".oga": "audio/ogg",
-    ".opus": "audio/ogg",
-    ".webm": "audio/webm",
-    ".mka": "audio/x-matroska",
-    ".aiff": "audio/aiff",
-    ".aif": "audio/aiff",
-}
 
 
 @dataclass
@@ -196,20 +171,13 @@ class Views:
     def download(self, request: Request) -> Response:
         job = self._job(request)
         extension = request.path_params["format"]
-        if extension not in _TEXT_TYPES:
+        if extension not in TEXT_TYPES:
             raise HTTPException(404, "no such format")
         try:
             fd, name = self.catalog.output(job, extension)
         except NotAvailable as missing:
             raise HTTPException(404, str(missing)) from None
-        size = os.fstat(fd).st_size
-        headers = {
-            "Content-Disposition": _attachment(name),
-            "Content-Length": str(size),
-        }
-        return StreamingResponse(
-            _read_range(fd, 0, size), media_type=_TEXT_TYPES[extension], headers=headers
-        )
+        return attachment(fd, name, TEXT_TYPES[extension])
 
     def audio(self, request: Request) -> Response:
         """The original from the archive, with byte ranges so the player can seek."""
@@ -218,24 +186,7 @@ class Views:
             fd = self.catalog.original(job)
         except NotAvailable as missing:
             raise HTTPException(404, str(missing)) from None
-        size = os.fstat(fd).st_size
-        media = _AUDIO_TYPES.get(
-            Path(job.disposed_to or "").suffix.lower(), "application/octet-stream"
-        )
-        headers = {"Accept-Ranges": "bytes", "Content-Disposition": "inline"}
-        wanted = _byte_range(request.headers.get("range"), size)
-        if wanted is None:
-            headers["Content-Length"] = str(size)
-            return StreamingResponse(_read_range(fd, 0, size), media_type=media, headers=headers)
-        start, end = wanted
-        if start >= size:
-            os.close(fd)
-            return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
-        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-        headers["Content-Length"] = str(end - start + 1)
-        return StreamingResponse(
-            _read_range(fd, start, end + 1), status_code=206, media_type=media, headers=headers
-        )
+        return playable(fd, Path(job.disposed_to or "").suffix, request.headers.get("range"))
 
     async def retry(self, request: Request) -> Response:
         await self.checked_form(request)
@@ -482,43 +433,6 @@ def _local(target: str | None) -> str:
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
         return "/"
     return target
-
-
-def _attachment(name: str) -> str:
-    ascii_name = name.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_")
-    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
-
-
-def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """The one range of a `Range: bytes=a-b` header (a suffix `-n` too); None for the whole."""
-    if not header or not header.startswith("bytes=") or "," in header:
-        return None
-    first, _dash, last = header[6:].strip().partition("-")
-    try:
-        if not first:
-            length = int(last)
-            return (max(0, size - length), size - 1) if length > 0 else None
-        start = int(first)
-        end = int(last) if last else size - 1
-    except ValueError:
-        return None
-    if start >= size:
-        return start, start  # past the end: the caller answers 416
-    return (start, min(end, size - 1)) if start <= end else None
-
-
-def _read_range(fd: int, start: int, stop: int) -> Iterator[bytes]:
-    """Bytes [start, stop) of an open file; closes it when done or abandoned."""
-    try:
-        offset = start
-        while offset < stop:
-            block = os.pread(fd, min(_BLOCK, stop - offset), offset)
-            if not block:
-                return
-            offset += len(block)
-            yield block
-    finally:
-        os.close(fd)
 
 
 def when(timestamp: float | None) -> str:
