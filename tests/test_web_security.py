@@ -2,11 +2,14 @@
 strangers without a login, oversized and too many uploads. The real app in process (Starlette's
 TestClient) over a real job database, search index and files; no daemon needed."""
 
+import http.cookiejar
 import json
 import os
 import re
+import socket
 import ssl
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -447,6 +450,38 @@ def test_an_upload_is_hidden_until_complete_and_never_overwrites(client, site):
     assert (inbox / "team" / "talk-2.wav").stat().st_size == 4000
     [event] = [e for e in logged if e["event"] == "web.upload"]
     assert event["file"] == "team/talk-2.wav" and event["bytes"] == 4000
+
+
+def test_an_upload_cut_short_leaves_nothing_in_the_inbox(folders, tmp_path):
+    """The real server: a client that sends part of a file and hangs up."""
+    page = WebPage(folders.env(Path("unused")), tmp_path / "web.log")
+    try:
+        jar = http.cookiejar.CookieJar()
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        html = browser.open(page.url + "/upload", timeout=30).read().decode()
+        csrf = re.search(r'csrf-token" content="([^"]+)"', html)
+        assert csrf
+        cookies = "; ".join(f"{cookie.name}={cookie.value}" for cookie in jar)
+        host, port = page.url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=30) as connection:
+            connection.sendall(
+                f"POST /upload?folder=&name=cut.wav HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                f"Cookie: {cookies}\r\nX-CSRF-Token: {csrf.group(1)}\r\n"
+                "Content-Length: 1000000\r\n\r\n".encode()
+                + b"x" * 100_000
+            )
+            wait_for(lambda: any(p.name.startswith(".cut.wav.") for p in folders.inbox.iterdir()))
+        wait_for(lambda: [e for e in page.events() if e["event"] == "web.upload_cut_short"])
+        assert list(folders.inbox.iterdir()) == []
+    finally:
+        page.stop()
+
+
+def wait_for(predicate, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def test_uploads_per_client_are_limited(client, site):
