@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from running import cli
 from transcribed.queue import JobQueue
 from transcribed.search_index import SearchIndex, published_job_ids, render_hit
 
@@ -128,3 +129,18 @@ def test_a_hit_for_the_terminal_escapes_control_characters(index, tmp_path):
     index.add(write_transcript(tmp_path / "t.json", "evil \x1b[2J text"), 1)
     [hit] = index.search("evil")
     assert render_hit(hit) == "    #1  t.wav  0:00  evil \\x1b[2J text"
+
+
+def test_the_search_command_rebuilds_finds_and_says_when_nothing_matches(folders):
+    env = folders.env(Path("unused"))
+    missing = cli("search", "budget", env=env)
+    assert missing.returncode == 2 and "search --rebuild" in missing.stderr
+    write_transcript(folders.outbox / "team" / "m.json", "hello", "the budget is late")
+    rebuilt = cli("search", "--rebuild", env=env)
+    assert rebuilt.returncode == 0 and "indexed 1 transcripts" in rebuilt.stderr
+    found = cli("search", "BUDGET", env=env)
+    assert found.returncode == 0 and found.stdout == "     -  m.wav  0:10  the budget is late\n"
+    as_json = json.loads(cli("search", "budget", "--json", env=env).stdout)
+    assert [(hit["start"], hit["segment"]) for hit in as_json] == [(10.0, 1)]
+    nothing = cli("search", "zebra", env=env)
+    assert nothing.returncode == 1 and "no transcript holds that" in nothing.stdout
