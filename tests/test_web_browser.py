@@ -284,6 +284,10 @@ def test_a_failed_file_shows_its_reason_and_retry_takes_it_again(rig):
         "broken.mp3",
         "broken.mp3.error.json",
     ]
+    # Nothing is moving now: the page and `transcribed status` say the same.
+    page.goto(rig.web.url + "/")
+    from_shell = json.loads(cli("status", "--json", env=rig.env).stdout)
+    assert page.locator(".summary").inner_text().strip() == from_shell["summary"]
 
 
 def test_a_phone_sized_screen_can_do_everything(rig):

@@ -140,6 +140,27 @@ def test_a_search_hit_links_only_to_the_job_that_published_it(client, site):
     assert f'href="/jobs/{site.done}' in client.get("/search", params={"q": "alert"}).text
 
 
+def test_status_shows_waiting_files_and_the_daemon_when_the_report_has_them(
+    client, site, monkeypatch
+):
+    """The daemon's report may carry a `waiting` list and a `daemon` field; both are shown
+    (escaped) when present, and their absence is fine (the other tests)."""
+    from transcribed import admin
+
+    plain = admin.status_report
+
+    def fuller(jobs, now=None):
+        return plain(jobs, now) | {
+            "waiting": [{"file": "<u>half.wav</u>", "reason": "still being written"}],
+            "daemon": {"running": False, "pid": None, "since": None},
+        }
+
+    monkeypatch.setattr(admin, "status_report", fuller)
+    page = client.get("/").text
+    assert "&lt;u&gt;half.wav&lt;/u&gt;" in page and "still being written" in page
+    assert "The daemon is not running" in page
+
+
 def test_every_response_carries_a_strict_content_security_policy(client, site):
     for path in (
         "/",
