@@ -84,7 +84,8 @@ class Views:
         self, request: Request, template: str, status_code: int = 200, **context: Any
     ) -> HTMLResponse:
         page = self.templates.get_template(template)
-        flashes = request.session.pop("flash", [])
+        # Messages are for the next whole page; a live part (a "_" template) leaves them.
+        flashes = [] if template.startswith("_") else request.session.pop("flash", [])
         html = page.render(
             csrf=csrf_token(request.session),
             logged_in=bool(request.session.get(SESSION_USER)),
