@@ -80,23 +80,26 @@ def rig(tmp_path_factory, tiny_model, request) -> Iterator[Rig]:
         TRANSCRIBED_FORMATS='["txt", "json", "srt", "vtt"]',
         TRANSCRIBED_FOLDERS='[{"path": "team"}]',
     )
-    daemon = Daemon(env, root / "daemon.log")
-    web = WebPage(env, root / "web.log")
     shots = screenshot_folder(root / "screenshots")
-    try:
-        daemon.wait_ready()
-        # A long recording dropped into the share, as most people do: it keeps the daemon
-        # busy while the tests upload.
-        drop(folders.inbox, "meeting.wav", MEETING_SECONDS, seed=11)
-        with chromium() as browser:
-            yield Rig(folders, env, daemon, web, browser, shots)
+    daemon = Daemon(env, root / "daemon.log")
+    try:  # whatever fails below, no daemon or page outlives the tests
+        web = WebPage(env, root / "web.log")
+        try:
+            daemon.wait_ready()
+            # A long recording dropped into the share, as most people do: it keeps the
+            # daemon busy while the tests upload.
+            drop(folders.inbox, "meeting.wav", MEETING_SECONDS, seed=11)
+            with chromium() as browser:
+                yield Rig(folders, env, daemon, web, browser, shots)
+        finally:
+            page_exit = web.stop()
     finally:
-        # uvicorn finishes open requests, then ends by the SIGTERM it caught (as systemd expects).
-        assert web.stop() in (0, -signal.SIGTERM)
         daemon.stop()
         capture = request.config.pluginmanager.get_plugin("capturemanager")
         with capture.global_and_fixture_disabled():
             print(f"\nweb page screenshots: {shots}")
+    # uvicorn finishes open requests, then ends by the SIGTERM it caught (as systemd expects).
+    assert page_exit in (0, -signal.SIGTERM)
     logged = json.dumps(web.events())
     assert "lazy" not in logged and "guten" not in logged, "no transcript text in the page's log"
 

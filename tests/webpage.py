@@ -37,7 +37,12 @@ class WebPage:
             self.process = subprocess.Popen(
                 [*CLI, "web", "--port", "0", *args], env=env, stdout=log, stderr=subprocess.STDOUT
             )
-        self.url = self._wait_listening(30)
+        try:
+            self.url = self._wait_listening(30)
+        except BaseException:
+            self.process.kill()
+            self.process.wait(10)
+            raise
 
     def _wait_listening(self, timeout: float) -> str:
         deadline = time.monotonic() + timeout
