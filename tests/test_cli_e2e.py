@@ -80,6 +80,8 @@ def test_daemon_transcribes_a_mixed_inbox_archives_fails_and_stops_on_sigterm(
                 all((folders.outbox / f"{Path(n).stem}.json").exists() for n in durations)
                 and all((folders.failed / f"{n}.error.json").exists() for n in unreadable)
                 and not any((folders.inbox / n).exists() for n in durations)
+                # Archived too: the JSON is visible a moment before the original is moved.
+                and all((folders.archive / n).exists() for n in durations)
             )
 
         _wait_for(all_done, 120, daemon)

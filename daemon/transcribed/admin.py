@@ -17,7 +17,7 @@ from transcribed.errors import ConfigError
 from transcribed.instance import Holder
 from transcribed.names import display_name
 from transcribed.queue import Job, JobQueue, JobState, is_damaged
-from transcribed.settings import RetrySettings, StateSettings
+from transcribed.settings import StateSettings
 
 _HOUR = 3600.0
 _FAILED_SHOWN = 10
@@ -280,7 +280,7 @@ def render_jobs(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def retry(jobs: JobQueue, settings: RetrySettings, job_id: int) -> Path:
+def retry(jobs: JobQueue, inbox: Path, job_id: int) -> Path:
     """Put a failed job's original back into the inbox (under its old name) and forget the
     failure; the daemon picks it up as a new arrival. Returns where the file now is."""
     job = _get(jobs, job_id)
@@ -294,7 +294,7 @@ def retry(jobs: JobQueue, settings: RetrySettings, job_id: int) -> Path:
             f"yourself, then `transcribed jobs forget {job_id}`"
         )
     relpath = Path(os.fsdecode(job.relpath))
-    folder = make_folders(settings.inbox, relpath.parent)
+    folder = make_folders(inbox, relpath.parent)
     target = unique_name(folder, relpath.name)
     # The copy in the inbox is durable before anything is removed: at any crash point the
     # recording exists at least once.

@@ -1,5 +1,6 @@
-"""The `transcribed` command: `run` the daemon, `transcribe` files once, and the operator
-commands `status`, `jobs`, `doctor`, `config` and `bench`.
+"""The `transcribed` command: `run` the daemon, `transcribe` files once, the operator
+commands `status`, `jobs`, `doctor`, `config`, `recover` and `bench`, and the page: `web`,
+`search`.
 
 Nothing heavy is imported before the settings, folders and model files are checked: a
 mistake is reported in about a second, not after torch has loaded.
@@ -246,7 +247,49 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--scratch", type=Path, help="folder for the backlog (default: a temp one)")
     bench.set_defaults(handler=_bench, quiet_log_level="WARNING")  # the table, not every job
 
-    for command in (status, listing, doctor, config, show, bench):
+    search = _command(
+        commands,
+        "search",
+        help="find words in every transcript (the page's search, from the shell)",
+        description="Full-text search over published transcripts: segments holding any "
+        "term of QUERY, in transcripts that hold every term, with their times. Any script "
+        "works, Chinese and Japanese included. The index lives beside the job database; "
+        "--rebuild makes it anew from the JSON files in the outbox.",
+    )
+    search.add_argument("query", nargs="?", metavar="QUERY", help="words to look for")
+    search.add_argument("--limit", type=int, default=50, help="at most this many hits (50)")
+    search.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="index every transcript in the outbox anew (run as the service's user)",
+    )
+    search.set_defaults(handler=_search)
+
+    web = _command(
+        commands,
+        "web",
+        help="serve the page: status, transcripts, search and upload (127.0.0.1 by default)",
+        description="A web page for the people who drop the files, in its own process (the "
+        "daemon stays cut off from the network). It reads the job database and the "
+        "outbox, and writes only uploads into the inbox and retries. Listening beyond "
+        "127.0.0.1 needs a login: [web] password_hash (see `transcribed web-password`) "
+        "or token_file in the config.",
+    )
+    web.add_argument("--host", help="address to listen on (default: [web] host, 127.0.0.1)")
+    web.add_argument("--port", type=int, help="TCP port (default: [web] port, 8750)")
+    web.set_defaults(handler=_web)
+
+    password = _command(
+        commands,
+        "web-password",
+        help="hash a password for the page's [web] password_hash",
+        description="Read a password (twice, from the terminal; once from a pipe) and print "
+        "the line to put under [web] in the config file.",
+    )
+    password.set_defaults(handler=_web_password, quiet_log_level="WARNING")
+
+
+    for command in (status, listing, doctor, config, show, bench, search):
         command.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
@@ -400,7 +443,7 @@ def _jobs_retry(args: argparse.Namespace) -> int:
             f"inbox {settings.inbox} does not exist or is not a folder: the recording goes back "
             "there (check inbox in --config or TRANSCRIBED_INBOX)"
         )
-    target = admin.retry(admin.open_queue(settings), settings, args.job)
+    target = admin.retry(admin.open_queue(settings), settings.inbox, args.job)
     print(f"job {args.job}: the recording is back in the inbox as {target}")
     return 0
 
@@ -425,6 +468,47 @@ def _jobs_prune(args: argparse.Namespace) -> int:
         raise OperatorError(f"cannot prune {settings.database}: {error}") from None
     verb = "would forget" if args.dry_run else "forgot"
     print(f"{verb} {pruned['done']} done and {pruned['failed']} failed jobs; no file was touched")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from transcribed import search_index
+
+    settings = load_settings(args.config, Settings)
+    index = search_index.SearchIndex(settings.search_database)
+    if args.rebuild:
+        ids = search_index.published_job_ids(settings.database)
+        count = index.rebuild(settings.outbox, ids)
+        print(f"indexed {count} transcripts from {settings.outbox}", file=sys.stderr)
+        if not args.query:
+            return 0
+    if not args.query:
+        raise ConfigError("say what to look for: transcribed search QUERY (or --rebuild)")
+    if not settings.search_database.exists():
+        raise ConfigError(
+            f"no search index at {settings.search_database}: run `transcribed search "
+            "--rebuild` as the service's user (pass the daemon's config with --config)"
+        )
+    hits = index.search(args.query, args.limit)
+    rows = [dataclasses.asdict(hit) for hit in hits]
+    text = "\n".join(search_index.render_hit(hit) for hit in hits) or "no transcript holds that"
+    _print(rows, args.json, text)
+    return 0 if hits else EXIT_FAILED
+
+
+def _web(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, Settings)
+    overrides = {k: v for k in ("host", "port") if (v := getattr(args, k)) is not None}
+    web = settings.web.model_copy(update=overrides)
+    from transcribed.web_app import serve
+
+    return serve(settings.model_copy(update={"web": web}))
+
+
+def _web_password(args: argparse.Namespace) -> int:
+    from transcribed.web_auth import hash_password, read_new_password
+
+    print(f'password_hash = "{hash_password(read_new_password())}"')
     return 0
 
 

@@ -160,18 +160,25 @@ class JobQueue:
     """One connection. Use each JobQueue from one thread at a time (it may be created in another
     and handed over); every method commits before it returns."""
 
-    def __init__(self, database: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, database: Path, clock: Callable[[], float] = time.time, *, read_only: bool = False
+    ) -> None:
+        """`read_only`: a reader beside the daemon (the page): SQLite refuses every write, and
+        the schema is taken as the daemon left it."""
+        target = f"{database.absolute().as_uri()}?mode=ro" if read_only else str(database)
         self._db = sqlite3.connect(
-            database, isolation_level=None, timeout=30, check_same_thread=False
+            target, isolation_level=None, timeout=30, check_same_thread=False, uri=read_only
         )
         self._db.row_factory = sqlite3.Row
+        self._now = clock
+        if read_only:
+            return
         self._db.execute("PRAGMA journal_mode=WAL")
         # WAL defaults to NORMAL, which can lose the last commits on power loss; we promise more.
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
         self._migrate()
-        self._now = clock
 
     def _migrate(self) -> None:
         """Bring a database written by an older version up to this schema."""

@@ -43,6 +43,7 @@ from transcribed.queue import Job, JobQueue, is_damaged
 from transcribed.rebuild import index_disk
 from transcribed.reconcile import Reconciler
 from transcribed.rules import Rules
+from transcribed.search_index import SearchIndex, published_job_ids
 from transcribed.settings import ModelSettings, Settings, check_folders, load_settings
 from transcribed.watcher import ObserverSupervisor
 from transcribed.worker import Worker
@@ -77,6 +78,7 @@ RELOADABLE = frozenset(
         "hook_timeout_seconds",
         "metrics_file",
         "max_speakers",
+        "web",  # the page's own settings: nothing in the daemon uses them
     }
 )
 
@@ -135,6 +137,7 @@ def make_worker(
         disposes=False,
         job_scope=model.job,
         wake_disposals=wake_disposals,
+        search=SearchIndex(settings.search_database),
     )
 
 
@@ -296,7 +299,8 @@ class Daemon:
     def _recover_disk(self, settings: Settings) -> None:
         """Before anything runs: finish claims a crash cut short, index the disk when the
         database is new (lost or deleted: the work folder is then claimed again by the first
-        rescan), forget the last run's waiting files, remove stale temp files."""
+        rescan), forget the last run's waiting files, rebuild a missing search index, remove
+        stale temp files."""
         if recovered := recover_claims(self._jobs, self._work):
             log.info("recover.claims_finished", jobs=recovered)
         if self._jobs.is_empty():
@@ -310,6 +314,10 @@ class Daemon:
                     "failed folder",
                 )
         self._jobs.clear_waiting()
+        if not settings.search_database.exists():  # lost, or never built: the outbox has it all
+            index = SearchIndex(settings.search_database)
+            if found := index.rebuild(settings.outbox, published_job_ids(settings.database)):
+                log.info("recover.search_index_rebuilt", transcripts=found)
         for folder in (settings.outbox, settings.archive_dir, settings.failed_dir):
             if folder is not None and (removed := remove_stale_temps(folder)):
                 log.info("recover.temp_files_removed", folder=str(folder), files=removed)

@@ -23,6 +23,7 @@ from pydantic_settings import (
 from transcribed.errors import ConfigError
 from transcribed.logs import get_logger
 from transcribed.rules import Disposal, FolderRule, Format
+from transcribed.web_settings import WebSettings
 
 log = get_logger(__name__)
 
@@ -288,6 +289,12 @@ class Settings(StateSettings, ModelSettings):
         "transcribed.prom), rewritten atomically; off by default.",
     )
 
+    web: WebSettings = Field(
+        default_factory=WebSettings,
+        description="The page (`transcribed web`): [web] in the config file; the daemon "
+        "ignores it.",
+    )
+
     @field_validator("on_done", "on_failed")
     @classmethod
     def _nonempty_command(cls, value: list[str] | None) -> list[str] | None:
@@ -309,6 +316,12 @@ class Settings(StateSettings, ModelSettings):
                 "(set diarizer, e.g. nvidia/Nemotron-3-Diarization)"
             )
         return self
+
+
+    @property
+    def search_database(self) -> Path:
+        """The full-text index of published transcripts; rebuilt from the outbox at will."""
+        return self.state_dir / "search.sqlite3"
 
 
 SettingsT = TypeVar("SettingsT", bound=_Base)

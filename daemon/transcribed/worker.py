@@ -43,6 +43,7 @@ from transcribed.names import display_name
 from transcribed.pipeline import Recognizer, WordAligner, transcribe_stream
 from transcribed.queue import FailureKind, Job, JobQueue, JobState
 from transcribed.rules import Plan, Rules
+from transcribed.search_index import SearchIndex
 from transcribed.speakers import SpeakerSource
 from transcribed.transcript import Request, SourceInfo, Transcript
 from transcribed.workfolder import WorkFolder
@@ -97,6 +98,7 @@ class Worker:
     disposes: bool = True
     job_scope: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
     wake_disposals: threading.Event | None = None
+    search: SearchIndex | None = None  # full-text index of what is published (never fails a job)
     _progress_written: float = 0.0
     _last_job: int | None = None  # the job this worker last started (put back on a failure)
 
@@ -312,6 +314,8 @@ class Worker:
             processing_seconds=round(time.monotonic() - started, 3),
             language=transcript.language,
         )
+        if self.search is not None:
+            self.search.add_published(outputs, job.id)
         log.info(
             "job.published",
             job=job.id,

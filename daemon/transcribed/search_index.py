@@ -1,0 +1,310 @@
+"""Full-text search over published transcripts: SQLite FTS5, one row per segment.
+
+The index is a cache of the outbox: the daemon adds each transcript as it publishes it, and
+`rebuild` makes it again from the published JSON files at any time, so losing or deleting it
+loses nothing. It lives in its own file beside the job database.
+
+FTS5's `unicode61` tokenizer does not split Chinese or Japanese into words, so the segments are
+indexed with the `trigram` tokenizer: any run of 3 or more characters is found in any script.
+Shorter terms (a 2-character Chinese word such as 预算) fall back to LIKE over the same table.
+A query's terms must all occur in a transcript (not necessarily in one segment); every segment
+holding any of them is a hit.
+"""
+
+import json
+import os
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transcribed.logs import get_logger
+from transcribed.names import display_name
+
+log = get_logger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS transcripts (
+    doc       INTEGER PRIMARY KEY,
+    json_path BLOB NOT NULL UNIQUE,  -- raw bytes: names need not be UTF-8
+    job_id    INTEGER,               -- NULL when rebuilt from a file no job row names
+    name      TEXT NOT NULL,         -- the recording's name, for display
+    language  TEXT,
+    duration  REAL
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS segments USING fts5(
+    text, start UNINDEXED, end UNINDEXED, tokenize = 'trigram'
+);
+"""
+# A segment's rowid is its transcript's doc shifted left plus its index: a transcript's
+# segments are one rowid range, removed without scanning the whole table.
+_SEGMENT_BITS = 20
+TRIGRAM = 3  # the shortest term the trigram index can answer by itself
+_MAX_JSON_BYTES = 64 * 1024 * 1024
+_ROWS_PER_TERM = 5000
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One segment that holds a searched term."""
+
+    job_id: int | None
+    name: str
+    language: str | None
+    start: float
+    end: float
+    text: str
+    segment: int  # its index in the transcript's segments
+    json_path: str  # the transcript it comes from
+
+
+class SearchIndex:
+    """The index file. Each call opens its own connection, so any thread may use one."""
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        self.path = path
+        self._read_only = read_only
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        if self._read_only:
+            uri = f"{self.path.absolute().as_uri()}?mode=ro"
+            connection = sqlite3.connect(uri, uri=True, timeout=30)
+        else:
+            connection = sqlite3.connect(self.path, timeout=30)
+            # A cache: losing the last commits to a power cut costs a rebuild, not data.
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.executescript(_SCHEMA)
+        with closing(connection):
+            yield connection
+
+    def add(self, json_path: Path, job_id: int | None) -> None:
+        """Index the published transcript at `json_path` (replacing an older copy of it)."""
+        transcript = _read_transcript(json_path)
+        with self._connect() as db, db:
+            self._insert(db, json_path, job_id, transcript)
+
+    def add_published(self, outputs: Sequence[Path], job_id: int) -> None:
+        """The daemon's call after publishing: index the JSON among `outputs`. Never raises:
+        the transcript is already safe, and a rebuild catches up on anything missed."""
+        try:
+            json_path = next(path for path in outputs if path.suffix == ".json")
+            self.add(json_path, job_id)
+        except (StopIteration, OSError, ValueError, sqlite3.Error) as error:
+            log.warning(
+                "search.not_indexed",
+                job=job_id,
+                error=f"{type(error).__name__}: {error}",
+                hint="`transcribed search --rebuild` brings the index up to date",
+            )
+
+    def remove(self, json_path: Path) -> bool:
+        """Forget one transcript; False when it was not indexed."""
+        with self._connect() as db, db:
+            return self._delete(db, os.fsencode(json_path))
+
+    def rebuild(self, outbox: Path, job_ids: dict[bytes, int]) -> int:
+        """Index every published transcript below `outbox` anew; `job_ids` maps JSON paths
+        (bytes) to their jobs. Returns how many transcripts were indexed."""
+        count = 0
+        with self._connect() as db, db:
+            db.execute("DELETE FROM segments")
+            db.execute("DELETE FROM transcripts")
+            for json_path in _published_json(outbox):
+                try:
+                    transcript = _read_transcript(json_path)
+                except (OSError, ValueError):
+                    continue  # not one of ours, or unreadable: nothing to find in it
+                self._insert(db, json_path, job_ids.get(os.fsencode(json_path)), transcript)
+                count += 1
+        return count
+
+    def search(self, query: str, limit: int = 200) -> list[Hit]:
+        """Segments holding any term of `query`, in transcripts that hold every term; the
+        newest transcripts first, then in time order."""
+        terms = query_terms(query)
+        if not terms or not self.path.exists():
+            return []
+        with self._connect() as db:
+            per_term = [_segments_with(db, term) for term in terms]
+            in_docs = [{rowid >> _SEGMENT_BITS for rowid in rows} for rows in per_term]
+            docs = set.intersection(*in_docs)
+            rowids = sorted(
+                {rowid for rows in per_term for rowid in rows if rowid >> _SEGMENT_BITS in docs},
+                key=lambda rowid: (-(rowid >> _SEGMENT_BITS), rowid),
+            )[:limit]
+            return [_hit(db, rowid) for rowid in rowids]
+
+    def known_jobs(self) -> dict[int, str | None]:
+        """Every indexed job and its main language: the page's language filter."""
+        if not self.path.exists():
+            return {}
+        with self._connect() as db:
+            rows = db.execute("SELECT job_id, language FROM transcripts WHERE job_id IS NOT NULL")
+            return {int(job): language for job, language in rows}
+
+    def _insert(
+        self, db: sqlite3.Connection, json_path: Path, job_id: int | None, data: dict[str, Any]
+    ) -> None:
+        raw = os.fsencode(json_path)
+        self._delete(db, raw)
+        source = data["source"] if isinstance(data.get("source"), dict) else {}
+        cursor = db.execute(
+            "INSERT INTO transcripts (json_path, job_id, name, language, duration)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (
+                raw,
+                job_id,
+                display_name(str(source.get("name") or json_path.stem)),
+                _text_or_none(data.get("language")),
+                _number_or_none(data.get("duration")),
+            ),
+        )
+        doc = cursor.lastrowid
+        assert doc is not None
+        db.executemany(
+            "INSERT INTO segments (rowid, text, start, end) VALUES (?, ?, ?, ?)",
+            (
+                ((doc << _SEGMENT_BITS) + index, text, start, end)
+                for index, (text, start, end) in enumerate(_segments(data))
+            ),
+        )
+
+    @staticmethod
+    def _delete(db: sqlite3.Connection, raw: bytes) -> bool:
+        row = db.execute("SELECT doc FROM transcripts WHERE json_path = ?", (raw,)).fetchone()
+        if row is None:
+            return False
+        first = row[0] << _SEGMENT_BITS
+        db.execute(
+            "DELETE FROM segments WHERE rowid BETWEEN ? AND ?",
+            (first, first + (1 << _SEGMENT_BITS) - 1),
+        )
+        db.execute("DELETE FROM transcripts WHERE doc = ?", (row[0],))
+        return True
+
+
+def query_terms(query: str) -> list[str]:
+    """The distinct whitespace-separated terms of a query, in order."""
+    return list(dict.fromkeys(query.split()))
+
+
+def _segments_with(db: sqlite3.Connection, term: str) -> set[int]:
+    if len(term) >= TRIGRAM:
+        phrase = '"' + term.replace('"', '""') + '"'  # a literal substring, not FTS syntax
+        rows = db.execute(
+            "SELECT rowid FROM segments WHERE segments MATCH ? LIMIT ?", (phrase, _ROWS_PER_TERM)
+        )
+    else:
+        pattern = "%" + re.sub(r"([%_\\])", r"\\\1", term) + "%"
+        rows = db.execute(
+            "SELECT rowid FROM segments WHERE text LIKE ? ESCAPE '\\' LIMIT ?",
+            (pattern, _ROWS_PER_TERM),
+        )
+    return {rowid for (rowid,) in rows}
+
+
+def _hit(db: sqlite3.Connection, rowid: int) -> Hit:
+    text, start, end = db.execute(
+        "SELECT text, start, end FROM segments WHERE rowid = ?", (rowid,)
+    ).fetchone()
+    job_id, name, language, json_path = db.execute(
+        "SELECT job_id, name, language, json_path FROM transcripts WHERE doc = ?",
+        (rowid >> _SEGMENT_BITS,),
+    ).fetchone()
+    segment = rowid & ((1 << _SEGMENT_BITS) - 1)
+    path = os.fsdecode(bytes(json_path))
+    return Hit(job_id, name, language, float(start), float(end), text, segment, path)
+
+
+def _read_transcript(json_path: Path) -> dict[str, Any]:
+    """A transcript JSON the daemon wrote; ValueError for anything else."""
+    fd = os.open(json_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        raw = handle.read(_MAX_JSON_BYTES + 1)
+    if len(raw) > _MAX_JSON_BYTES:
+        raise ValueError(f"{display_name(str(json_path))} is too large to be a transcript")
+    data = json.loads(raw)
+    if not isinstance(data, dict) or not isinstance(data.get("segments"), list):
+        raise ValueError(f"{display_name(str(json_path))} is not a transcript")
+    return data
+
+
+def _segments(data: dict[str, Any]) -> Iterable[tuple[str, float, float]]:
+    for segment in data["segments"][: 1 << _SEGMENT_BITS]:
+        if isinstance(segment, dict) and isinstance(segment.get("text"), str) and segment["text"]:
+            yield (
+                segment["text"],
+                _number_or_none(segment.get("start")) or 0.0,
+                _number_or_none(segment.get("end")) or 0.0,
+            )
+
+
+def _published_json(outbox: Path) -> Iterator[Path]:
+    """Every visible .json file below the outbox; temp files (dot names) and symlinks skipped."""
+    for folder, subfolders, files in os.walk(outbox):  # never enters symlinked folders
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        for name in files:
+            path = Path(folder) / name
+            if name.endswith(".json") and not name.startswith(".") and not path.is_symlink():
+                yield path
+
+
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _number_or_none(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def published_job_ids(database: Path) -> dict[bytes, int]:
+    """JSON path (bytes) -> job id, read from the job database without changing it."""
+    if not database.exists():
+        return {}
+    uri = f"{database.absolute().as_uri()}?mode=ro"
+    with closing(sqlite3.connect(uri, uri=True, timeout=30)) as db:
+        rows = db.execute("SELECT id, outputs FROM jobs WHERE outputs IS NOT NULL").fetchall()
+    found: dict[bytes, int] = {}
+    for job_id, outputs in rows:
+        for output in json.loads(outputs):
+            if output.endswith(".json"):
+                found[os.fsencode(output)] = int(job_id)
+    return found
+
+
+def render_hit(hit: Hit) -> str:
+    """One hit for a terminal: job, recording, time, the segment's text (control characters
+    escaped: a transcript is untrusted text)."""
+    job = f"#{hit.job_id}" if hit.job_id is not None else "-"
+    return f"{job:>6}  {hit.name}  {clock(hit.start)}  {display_name(hit.text)}"
+
+
+def clock(seconds: float) -> str:
+    """12.5 -> '0:12', 3725 -> '1:02:05'."""
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def highlight(text: str, terms: Sequence[str]) -> list[tuple[str, bool]]:
+    """`text` in pieces, each marked True where it matches a term (any case): for showing
+    hits, the page escaping every piece."""
+    if not terms:
+        return [(text, False)]
+    longest_first = sorted(terms, key=len, reverse=True)
+    pattern = re.compile("|".join(re.escape(term) for term in longest_first), re.IGNORECASE)
+    pieces: list[tuple[str, bool]] = []
+    last = 0
+    for match in pattern.finditer(text):
+        if match.start() > last:
+            pieces.append((text[last : match.start()], False))
+        pieces.append((match.group(), True))
+        last = match.end()
+    if last < len(text):
+        pieces.append((text[last:], False))
+    return pieces

@@ -1,0 +1,257 @@
+"""`transcribed web`: the page, in its own process so the daemon keeps no network at all.
+
+Built from Starlette (routing, signed-cookie sessions), Jinja2 (templates that escape
+everything) and served by uvicorn. Every response carries a strict Content-Security-Policy:
+the page loads its own style sheet and script and nothing else, from nowhere else.
+"""
+
+import logging
+import socket
+from importlib import resources
+from typing import Any
+from urllib.parse import urlencode
+
+import jinja2
+import uvicorn
+from starlette.applications import Starlette
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from transcribed.errors import ConfigError
+from transcribed.logs import get_logger
+from transcribed.search_index import clock
+from transcribed.settings import Settings
+from transcribed.web_auth import (
+    SESSION_USER,
+    Credentials,
+    Verdict,
+    check_listening,
+    session_secret,
+    verdict,
+)
+from transcribed.web_upload import remove_stale_uploads
+from transcribed.web_views import Views, when
+
+log = get_logger(__name__)
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "media-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; "
+    "frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "content-security-policy": CONTENT_SECURITY_POLICY,
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    # same-origin, not no-referrer: with no-referrer a form POST carries "Origin: null".
+    "referrer-policy": "same-origin",
+    "cross-origin-opener-policy": "same-origin",
+    "cross-origin-resource-policy": "same-origin",
+    "permissions-policy": "camera=(), microphone=(), geolocation=()",
+}
+SESSION_COOKIE = "transcribed_session"
+_SAFE_METHODS = ("GET", "HEAD")
+
+
+class SecurityHeaders:
+    """Adds the headers above to every response; pages are private, so nothing is cached
+    except the static files."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        static = scope["path"].startswith("/static/")
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers[name] = value
+                headers["cache-control"] = "no-cache" if static else "no-store"
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+class Gate:
+    """Lets a request through, sends it to the login page, or refuses it (`web_auth.verdict`);
+    a POST from another site's page (an Origin that is not ours) is refused outright."""
+
+    def __init__(self, app: ASGIApp, login_required: bool) -> None:
+        self.app = app
+        self.login_required = login_required
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        client = scope.get("client")
+        decision = verdict(
+            self.login_required,
+            bool(scope["session"].get(SESSION_USER)),
+            client[0] if client else None,
+            headers.get("host", ""),
+            scope["path"],
+        )
+        refusal = self._refusal(decision, scope, headers)
+        if refusal is None:
+            await self.app(scope, receive, send)
+        else:
+            await refusal(scope, receive, send)
+
+    @staticmethod
+    def _refusal(decision: Verdict, scope: Scope, headers: Headers) -> Response | None:
+        if decision is Verdict.FORBIDDEN:
+            return PlainTextResponse(
+                "This page answers only on this machine (127.0.0.1) until a login is set up.", 403
+            )
+        if decision is Verdict.LOGIN:
+            if scope["method"] in _SAFE_METHODS:
+                query = scope.get("query_string", b"").decode("latin-1")
+                here = scope["path"] + (f"?{query}" if query else "")
+                return RedirectResponse("/login?" + urlencode({"next": here}), status_code=303)
+            return PlainTextResponse("Log in first.", 401)
+        origin = headers.get("origin")
+        if (
+            scope["method"] not in _SAFE_METHODS
+            and origin
+            and origin != _own_origin(scope, headers)
+        ):
+            return PlainTextResponse("Refused: the request came from another site.", 403)
+        return None
+
+
+def _own_origin(scope: Scope, headers: Headers) -> str:
+    return f"{scope.get('scheme', 'http')}://{headers.get('host', '')}"
+
+
+def templates() -> jinja2.Environment:
+    """Autoescaping on for every template; an undefined name is an error, not blank output."""
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("transcribed", "web_templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["clock"] = clock
+    environment.filters["when"] = when
+    return environment
+
+
+def build_app(settings: Settings, credentials: Credentials) -> Starlette:
+    views = Views(settings, credentials, templates())
+    static = resources.files("transcribed") / "web_static"
+    routes = [
+        Route("/", views.status),
+        Route("/transcripts", views.transcripts),
+        Route("/jobs/{job:int}", views.job),
+        Route("/jobs/{job:int}/files/{format}", views.download),
+        Route("/jobs/{job:int}/audio", views.audio),
+        Route("/jobs/{job:int}/retry", views.retry, methods=["POST"]),
+        Route("/search", views.search),
+        Route("/upload", views.upload_page),
+        Route("/upload", views.upload, methods=["POST"]),
+        Route("/follow", views.follow),
+        Route("/login", views.login_page),
+        Route("/login", views.login, methods=["POST"]),
+        Route("/logout", views.logout, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=str(static)), name="static"),
+    ]
+    middleware = [
+        Middleware(SecurityHeaders),
+        Middleware(
+            SessionMiddleware,
+            secret_key=session_secret(),
+            session_cookie=SESSION_COOKIE,
+            max_age=int(settings.web.session_hours * 3600),
+            same_site="lax",
+            https_only=settings.web.tls_certfile is not None,
+        ),
+        Middleware(Gate, login_required=credentials.required),
+    ]
+
+    async def error_page(request: Request, error: Exception) -> Response:
+        assert isinstance(error, HTTPException)
+        return views.render(
+            request,
+            "error.html",
+            status_code=error.status_code,
+            here="",
+            status=error.status_code,
+            detail=error.detail,
+        )
+
+    return Starlette(
+        routes=routes, middleware=middleware, exception_handlers={HTTPException: error_page}
+    )
+
+
+def serve(settings: Settings) -> int:
+    """Run the page until SIGTERM or Ctrl-C (uvicorn handles both, finishing open requests)."""
+    credentials = Credentials.from_settings(settings.web)
+    check_listening(settings.web, credentials)
+    if removed := remove_stale_uploads(settings.inbox):
+        log.info("web.stale_uploads_removed", files=removed)
+    web = settings.web
+    config: dict[str, Any] = {
+        "host": web.host,
+        "port": web.port,
+        "log_config": None,  # our structlog setup, not uvicorn's
+        "access_log": False,  # URLs carry search words and file names: not for the log
+        "server_header": False,
+        "proxy_headers": False,  # the client address is the socket's, never a header's
+        "limit_concurrency": 64,
+        "timeout_graceful_shutdown": 5,
+    }
+    if web.tls_certfile is not None:
+        config |= {"ssl_certfile": str(web.tls_certfile), "ssl_keyfile": str(web.tls_keyfile)}
+    log.info(
+        "web.starting",
+        host=web.host,
+        port=web.port,
+        login=credentials.required,
+        https=web.tls_certfile is not None,
+    )
+    # uvicorn's start-up chatter adds nothing to web.listening; its warnings and errors stay.
+    logging.getLogger("uvicorn").setLevel(logging.WARNING)
+    listening = _listen(web.host, web.port)
+    host, port = listening.getsockname()[:2]
+    scheme = "https" if web.tls_certfile is not None else "http"
+    log.info("web.listening", url=f"{scheme}://{_bracketed(host)}:{port}/")
+    server = uvicorn.Server(uvicorn.Config(build_app(settings, credentials), **config))
+    server.run(sockets=[listening])
+    return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so a taken port is one clear line, not a traceback."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        listening = socket.socket(family, socket.SOCK_STREAM)
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind((host, port))
+        listening.listen(128)  # connections wait in the backlog until uvicorn accepts them
+    except OSError as error:
+        raise ConfigError(
+            f"cannot listen on {host} port {port}: {error.strerror or error}; "
+            "choose another [web] host or port (or --host / --port)"
+        ) from None
+    listening.set_inheritable(True)
+    return listening
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

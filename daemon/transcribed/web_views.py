@@ -1,0 +1,443 @@
+"""The page's views: one method per page or action. Reading goes through `web_catalog`
+(read-only); the only writes are uploads (`web_upload`) and retries (`admin.retry`, the path
+`transcribed jobs retry` takes).
+
+Every POST checks the session's CSRF token first. Templates escape everything they are given:
+file names, reasons and transcript text are all untrusted.
+"""
+
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+import jinja2
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+)
+
+from transcribed import admin
+from transcribed.errors import ConfigError
+from transcribed.logs import get_logger
+from transcribed.names import display_name
+from transcribed.queue import Job, JobState
+from transcribed.search_index import Hit, clock, highlight, query_terms
+from transcribed.settings import Settings
+from transcribed.web_auth import (
+    SESSION_USER,
+    Credentials,
+    LoginGuard,
+    RateLimit,
+    csrf_ok,
+    csrf_token,
+    start_session,
+)
+from transcribed.web_catalog import (
+    Catalog,
+    NotAvailable,
+    language_card,
+    paragraphs,
+    segments,
+)
+from transcribed.web_files import TEXT_TYPES, attachment, playable
+from transcribed.web_upload import (
+    Folder,
+    TooLarge,
+    UploadRefused,
+    checked_name,
+    receive,
+    upload_folders,
+)
+
+log = get_logger(__name__)
+
+_FORM_BYTES = 64 * 1024  # logins and buttons: nothing larger is a real form
+_FOLLOWED = 20  # recordings one follow page tracks
+_FINAL = (JobState.DONE, JobState.FAILED)
+
+
+@dataclass
+class Views:
+    settings: Settings
+    credentials: Credentials
+    templates: jinja2.Environment
+    catalog: Catalog = field(init=False)
+    logins: LoginGuard = field(default_factory=LoginGuard)
+    uploads: RateLimit = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.catalog = Catalog(self.settings)
+        self.uploads = RateLimit(self.settings.web.uploads_per_hour, 3600.0)
+        self.folders = upload_folders([rule.path for rule in self.settings.folders])
+
+    # --- rendering ----------------------------------------------------------------------
+
+    def render(
+        self, request: Request, template: str, status_code: int = 200, **context: Any
+    ) -> HTMLResponse:
+        page = self.templates.get_template(template)
+        # Messages are for the next whole page; a live part (a "_" template) leaves them.
+        flashes = [] if template.startswith("_") else request.session.pop("flash", [])
+        html = page.render(
+            csrf=csrf_token(request.session),
+            logged_in=bool(request.session.get(SESSION_USER)),
+            login_required=self.credentials.required,
+            flashes=flashes if isinstance(flashes, list) else [],
+            **context,
+        )
+        return HTMLResponse(html, status_code=status_code)
+
+    def live_or_page(self, request: Request, page: str, fragment: str, **context: Any) -> Response:
+        """The live part alone when the page's script asks for it (`?live=1`), else the page."""
+        if request.query_params.get("live") == "1":
+            return self.render(request, fragment, **context)
+        return self.render(request, page, **context)
+
+    @staticmethod
+    def flash(request: Request, text: str, kind: str = "info") -> None:
+        request.session.setdefault("flash", []).append({"text": text, "kind": kind})
+
+    # --- status ---------------------------------------------------------------------------
+
+    def status(self, request: Request) -> Response:
+        try:
+            report = self.catalog.status()
+        except NotAvailable as missing:
+            return self.render(
+                request, "status.html", here="status", report=None, note=str(missing)
+            )
+        return self.live_or_page(
+            request, "status.html", "_status.html", here="status", report=report, note=None
+        )
+
+    # --- transcripts ----------------------------------------------------------------------
+
+    def transcripts(self, request: Request) -> Response:
+        params = request.query_params
+        folder, language, state = params.get("folder"), params.get("language"), params.get("state")
+        chosen_state = JobState(state) if state in set(JobState) else None
+        note: str | None = None
+        try:
+            rows = self.catalog.listing(
+                folder if folder is not None and folder != "*" else None,
+                language or None,
+                chosen_state,
+            )
+            everything = self.catalog.listing(None, None, None)
+        except NotAvailable as missing:
+            rows, everything, note = [], [], str(missing)
+        return self.render(
+            request,
+            "transcripts.html",
+            here="transcripts",
+            rows=rows,
+            note=note,
+            folder=folder if folder is not None else "*",
+            language=language or "",
+            state=chosen_state or "",
+            folders=sorted({row.folder for row in everything} | {f.path for f in self.folders}),
+            languages=sorted({row.language for row in everything if row.language}),
+            states=[s for s in JobState if s != JobState.CLAIMING],
+        )
+
+    def job(self, request: Request) -> Response:
+        job = self._job(request)
+        context: dict[str, Any] = {"here": "transcripts", "job": job, "name": _name(job)}
+        context |= self._transcript_context(job)
+        context["original"] = self.catalog.has_original(job)
+        return self.live_or_page(request, "job.html", "_job_state.html", **context)
+
+    def _transcript_context(self, job: Job) -> dict[str, Any]:
+        try:
+            data = self.catalog.transcript(job)
+        except NotAvailable as missing:
+            return {"data": None, "missing": str(missing) if job.outputs else None}
+        return {
+            "data": data,
+            "card": language_card(data),
+            "paragraphs": paragraphs(data),
+            "segments": segments(data),
+            "formats": self.catalog.formats(job),
+            "missing": None,
+        }
+
+    def download(self, request: Request) -> Response:
+        job = self._job(request)
+        extension = request.path_params["format"]
+        if extension not in TEXT_TYPES:
+            raise HTTPException(404, "no such format")
+        try:
+            fd, name = self.catalog.output(job, extension)
+        except NotAvailable as missing:
+            raise HTTPException(404, str(missing)) from None
+        return attachment(fd, name, TEXT_TYPES[extension])
+
+    def audio(self, request: Request) -> Response:
+        """The original from the archive, with byte ranges so the player can seek."""
+        job = self._job(request)
+        try:
+            fd = self.catalog.original(job)
+        except NotAvailable as missing:
+            raise HTTPException(404, str(missing)) from None
+        return playable(fd, Path(job.disposed_to or "").suffix, request.headers.get("range"))
+
+    async def retry(self, request: Request) -> Response:
+        await self.checked_form(request)
+        job_id = int(request.path_params["job"])
+        since = time.time()
+        try:
+            target = admin.retry(admin.open_queue(self.settings), self.settings.inbox, job_id)
+        except (admin.OperatorError, ConfigError, OSError, sqlite3.Error) as error:
+            self.flash(request, f"Could not retry: {error}", "error")
+            return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+        relpath = os.path.relpath(target, self.settings.inbox)
+        log.info("web.retry", job=job_id, file=display_name(relpath), client=_client(request))
+        self.flash(request, f"{display_name(relpath)} is back in the inbox; following it here.")
+        return RedirectResponse(self._follow_url([relpath], since), status_code=303)
+
+    def _job(self, request: Request) -> Job:
+        try:
+            return self.catalog.job(int(request.path_params["job"]))
+        except (KeyError, NotAvailable):
+            raise HTTPException(404, "no such job") from None
+
+    # --- search ---------------------------------------------------------------------------
+
+    def search(self, request: Request) -> Response:
+        query = request.query_params.get("q", "").strip()[:200]
+        hits = self.catalog.search_index.search(query) if query else []
+        terms = query_terms(query)
+        groups: dict[tuple[int | None, str], list[Any]] = {}
+        linked: dict[tuple[int | None, str], bool] = {}
+        for hit in hits:
+            key = (hit.job_id, hit.json_path)
+            if key not in linked:
+                linked[key] = self._still_published(hit)
+            job_id = hit.job_id if linked[key] else None
+            groups.setdefault((job_id, hit.name), []).append(
+                {"hit": hit, "pieces": highlight(hit.text, terms)}
+            )
+        return self.render(
+            request,
+            "search.html",
+            here="search",
+            query=query,
+            groups=groups,
+            count=len(hits),
+            indexed=self.catalog.search_index.path.exists(),
+        )
+
+    def _still_published(self, hit: Hit) -> bool:
+        """The hit's job still names its transcript: a forgotten job's id may have been given
+        to a newer recording, which the hit must not link to."""
+        if hit.job_id is None:
+            return False
+        try:
+            return hit.json_path in self.catalog.job(hit.job_id).outputs
+        except (KeyError, NotAvailable):
+            return False
+
+    # --- upload ---------------------------------------------------------------------------
+
+    def upload_page(self, request: Request) -> Response:
+        return self.render(
+            request,
+            "upload.html",
+            here="upload",
+            folders=self.folders,
+            max_bytes=self.settings.web.max_upload_bytes,
+            max_mb=self.settings.web.max_upload_mb,
+        )
+
+    async def upload(self, request: Request) -> Response:
+        """The body is the file itself (sent by the page's script); the folder and name are
+        query parameters, checked against the configured folders and the rules for names."""
+        if not csrf_ok(request.session, request.headers.get("x-csrf-token")):
+            raise HTTPException(403, "the page's security token is missing or stale: reload")
+        client = _client(request)
+        try:
+            folder, name = self._upload_target(request)
+            self._admit_upload(request, client)
+            since = time.time()
+            relpath = await receive(
+                request.stream(),
+                self.settings.inbox,
+                folder,
+                name,
+                self.settings.web.max_upload_bytes,
+            )
+        except UploadRefused as refused:
+            log.warning("web.upload_refused", reason=str(refused), client=client)
+            return JSONResponse(
+                {"error": str(refused)}, status_code=413 if isinstance(refused, TooLarge) else 400
+            )
+        except ClientDisconnect:
+            log.info("web.upload_cut_short", client=client)
+            return Response(status_code=400)
+        except OSError as error:  # the folder is unwritable, full, or a symlink
+            log.error("web.upload_failed", error=str(error), client=client)
+            message = f"cannot write into that inbox folder: {error.strerror or error}"
+            return JSONResponse({"error": message}, status_code=500)
+        size = os.lstat(self.settings.inbox / relpath).st_size
+        log.info("web.upload", file=display_name(relpath), bytes=size, client=client)
+        return JSONResponse(
+            {"file": relpath, "since": since, "follow": self._follow_url([relpath], since)}
+        )
+
+    def _upload_target(self, request: Request) -> tuple[Folder, str]:
+        wanted = request.query_params.get("folder", "")
+        folder = next((f for f in self.folders if f.path == wanted), None)
+        if folder is None:
+            raise UploadRefused("choose one of the folders the page offers")
+        return folder, checked_name(request.query_params.get("name", ""))
+
+    def _admit_upload(self, request: Request, client: str) -> None:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.settings.web.max_upload_bytes:
+            limit = self.settings.web.max_upload_mb
+            raise TooLarge(f"the file is larger than the {limit} MiB allowed")
+        if wait := self.uploads.retry_after(client):
+            raise UploadRefused(f"too many uploads from here; try again in {clock(wait)}")
+        self.uploads.record(client)
+
+    @staticmethod
+    def _follow_url(relpaths: list[str], since: float) -> str:
+        """The follow page for recordings put into the inbox at `since` (seconds, epoch)."""
+        return "/follow?" + urlencode([("since", f"{since:.3f}"), *(("file", p) for p in relpaths)])
+
+    def follow(self, request: Request) -> Response:
+        """The recordings just uploaded (or retried), as they go from the inbox to done."""
+        try:
+            since = float(request.query_params.get("since", "0"))
+        except ValueError:
+            raise HTTPException(400, "since must be a time in seconds") from None
+        wanted = request.query_params.getlist("file")[:_FOLLOWED]
+        cards = [self._follow_card(relpath, since) for relpath in wanted]
+        return self.live_or_page(
+            request,
+            "follow.html",
+            "_follow.html",
+            here="upload",
+            cards=cards,
+            final=all(card["final"] for card in cards),
+        )
+
+    def _follow_card(self, relpath: str, since: float) -> dict[str, Any]:
+        card: dict[str, Any] = {"name": display_name(relpath), "job": None, "final": False}
+        try:
+            job = self.catalog.job_since(os.fsencode(relpath), since)
+        except (NotAvailable, sqlite3.Error):  # no database yet, or a damaged one
+            job = None
+        if job is not None:
+            return card | {"job": job, "final": job.state in _FINAL, "percent": _percent(job)}
+        card["in_inbox"] = self._still_in_inbox(relpath)
+        return card
+
+    def _still_in_inbox(self, relpath: str) -> bool:
+        """Only for a name an upload could have made (a configured folder and a plain name):
+        the request's text is never a path into anywhere else."""
+        folder, _slash, name = relpath.rpartition("/")
+        if folder not in {f.path for f in self.folders}:
+            return False
+        try:
+            checked = checked_name(name)
+        except UploadRefused:
+            return False
+        return os.path.lexists(self.settings.inbox / folder / checked)
+
+    # --- login ----------------------------------------------------------------------------
+
+    def login_page(self, request: Request) -> Response:
+        return self.render(
+            request, "login.html", here="login", next=_local(request.query_params.get("next"))
+        )
+
+    async def login(self, request: Request) -> Response:
+        form = await self.checked_form(request)
+        client = _client(request)
+        wait = self.logins.retry_after(client)
+        if wait:
+            log.warning("web.login_refused", client=client, retry_in=round(wait))
+            response = self.render(
+                request,
+                "login.html",
+                status_code=429,
+                here="login",
+                next=_local(form.get("next")),
+                error=f"Too many failed logins. Try again in {clock(wait)}.",
+            )
+            response.headers["Retry-After"] = str(int(wait) + 1)
+            return response
+        if not self.credentials.check(form.get("password", "")):
+            self.logins.failed(client)
+            log.warning("web.login_failed", client=client)
+            return self.render(
+                request,
+                "login.html",
+                status_code=401,
+                here="login",
+                next=_local(form.get("next")),
+                error="That is not the password or the access token.",
+            )
+        self.logins.succeeded(client)
+        start_session(request.session)
+        log.info("web.login", client=client)
+        return RedirectResponse(_local(form.get("next")), status_code=303)
+
+    async def logout(self, request: Request) -> Response:
+        await self.checked_form(request)
+        request.session.clear()
+        return RedirectResponse("/login" if self.credentials.required else "/", status_code=303)
+
+    async def checked_form(self, request: Request) -> dict[str, str]:
+        """A small urlencoded form whose CSRF token matches the session's; 403 otherwise."""
+        if request.headers.get("content-type", "").split(";")[0].strip() not in (
+            "application/x-www-form-urlencoded",
+            "",
+        ):
+            raise HTTPException(415, "send the form as the page does")
+        body = b""
+        async for block in request.stream():
+            body += block
+            if len(body) > _FORM_BYTES:
+                raise HTTPException(413, "form too large")
+        form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+        if not csrf_ok(request.session, form.get("csrf")):
+            raise HTTPException(403, "the page's security token is missing or stale: reload")
+        return form
+
+
+def _name(job: Job) -> str:
+    return display_name(os.path.basename(job.relpath))
+
+
+def _percent(job: Job) -> int | None:
+    if job.state != JobState.RUNNING or not job.expected_seconds:
+        return None
+    return min(100, round(100 * (job.progress_seconds or 0) / job.expected_seconds))
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _local(target: str | None) -> str:
+    """Only a path on this site to go to after logging in: never another host."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+def when(timestamp: float | None) -> str:
+    """Local date and time of a job event, for people."""
+    if not timestamp:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
