@@ -12,6 +12,7 @@ network namespace): `python tests/vllm_server.py --model DIR --name NAME --host 
 
 import argparse
 import base64
+import contextlib
 import io
 import json
 import socket
@@ -140,6 +141,21 @@ class FakeServer(ApiServer):
         self.faults = Faults()
         self.received = 0
         self.stopping = threading.Event()
+        self.connections: set[socket.socket] = set()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        """As a dead server's: the open keep-alive connections end too."""
+        for connection in list(self.connections):
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
 
 class FakeVllm:
@@ -179,6 +195,7 @@ class FakeVllm:
         self.server.stopping.set()
         self.server.shutdown()
         self.server.server_close()
+        self.server.drop_connections()
 
 
 def main() -> None:

@@ -10,8 +10,9 @@ threads hand in request bodies with `submit` and get `concurrent.futures.Future`
   another server when there is one, after a backoff with jitter, up to `max_tries` times.
   A chunk's answer depends only on the chunk and its parameters, so repeating it is safe.
 - A server that refuses connections, rejects the API key or does not serve the model is
-  marked down at once; one that fails `DOWN_AFTER` times in a row too. Down servers are
-  probed (`GET /v1/models`) with growing intervals and come back when they answer well.
+  marked down at once; one that fails `DOWN_AFTER` times in a row too, and any failure gets
+  the server checked at once. Servers that are up are checked every `HEALTH_SECONDS`; down
+  ones are probed (`GET /v1/models`) with growing intervals and come back when they answer.
 - With no server up a request fails at once with `EngineUnavailable`, a `TransientError`: the
   job goes back to the queue, its original untouched, and is retried later.
 
@@ -254,6 +255,8 @@ class ServerPool:
         log.warning("engine.request_failed", server=server.url, problem=problem)
         if server.up and (at_once or server.failures >= DOWN_AFTER):
             self._mark(server, up=False, problem=problem)
+        elif server.up:
+            server.next_check = 0.0  # check it now: a dead server is found before more is sent
 
     def _mark(self, server: Server, up: bool, problem: str | None) -> None:
         changed = server.up != up
