@@ -89,7 +89,7 @@ def test_all_servers_down_is_transient_and_work_resumes_when_one_is_back(
 ) -> None:
     server = FakeVllm(model, "tiny").start()
     host, port = server.server.server_address[:2]
-    engine = remote_engine([server.url, "http://127.0.0.1:9"], vllm_connect_timeout_seconds=1.0)
+    engine = remote_engine([server.url, "http://127.0.0.1:9"], vllm_connect_seconds=1.0)
     try:
         assert engine.summary() == "1 of 2 engine servers up"  # port 9: nobody listens
         server.stop()

@@ -234,10 +234,13 @@ def _print(data: object, as_json: bool, text: str) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from transcribed import admin
+    from transcribed import admin, engine_status
 
-    jobs = admin.open_queue(load_settings(args.config, Settings))
-    report = admin.status_report(jobs)
+    settings = load_settings(args.config, Settings)
+    report = admin.status_report(admin.open_queue(settings))
+    if (servers := engine_status.read(settings.state_dir)) is not None:  # the vLLM engine's
+        report["engine_servers"] = servers
+        report["summary"] += f"; {engine_status.summary(servers)}"
     _print(report, args.json, admin.render_status(report))
     return 0
 

@@ -114,7 +114,7 @@ class ModelSettings(BaseSettings):
         gt=0,
         description="A request with no answer this long is given up and sent to another server.",
     )
-    vllm_connect_timeout_seconds: float = Field(
+    vllm_connect_seconds: float = Field(
         default=5.0, gt=0, description="A server not accepting a connection this fast is down."
     )
 

@@ -54,8 +54,23 @@ def pool_settings(settings: ModelSettings) -> PoolSettings:
         ca_file=settings.vllm_ca_file,
         max_in_flight=settings.vllm_max_in_flight,
         timeout_seconds=settings.vllm_timeout_seconds,
-        connect_timeout_seconds=settings.vllm_connect_timeout_seconds,
+        connect_timeout_seconds=settings.vllm_connect_seconds,
     )
+
+
+# Chunks in flight per server that the recordings being transcribed hold between them, as a
+# multiple of vllm_max_in_flight: each recording waits for its slowest chunk before it sends
+# its next batch, so the others must have enough queued to keep every server full meanwhile.
+IN_FLIGHT_RESERVE = 2
+_MOST_PER_RECORDING = 256
+
+
+def recording_batch(settings: ModelSettings, jobs_at_once: int) -> int:
+    """Chunks each recording sends at once: enough for the recordings at once to keep every
+    server at its cap (`IN_FLIGHT_RESERVE`), at least `batch_size`."""
+    wanted = IN_FLIGHT_RESERVE * len(settings.vllm_servers) * settings.vllm_max_in_flight
+    share = math.ceil(wanted / max(jobs_at_once, 1))
+    return max(settings.batch_size, min(share, _MOST_PER_RECORDING))
 
 
 def wav_base64(chunk: np.ndarray) -> str:
