@@ -124,4 +124,3 @@ def test_the_vllm_drop_in_opens_the_network_to_the_servers_only(tmp_path: Path) 
     drop_in = directives(VLLM_DROP_IN)
     assert drop_in["PrivateNetwork"] == ["no"] and drop_in["IPAddressDeny"] == ["any"]
     assert drop_in["IPAddressAllow"] and drop_in["RestrictAddressFamilies"][0] == ""
-

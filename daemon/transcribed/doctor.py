@@ -15,7 +15,12 @@ from typing import Literal
 
 from transcribed.assurance import NETWORK, assess, filesystem_type
 from transcribed.errors import ModelError
-from transcribed.isolation import ISOLATION_HINT, isolation_problem
+from transcribed.isolation import (
+    ISOLATION_HINT,
+    SERVERS_ONLY_HINT,
+    isolation_problem,
+    servers_only_problem,
+)
 from transcribed.settings import Settings, check_folders
 
 Level = Literal["ok", "warn", "fail"]
@@ -40,6 +45,7 @@ def diagnose(settings: Settings) -> list[Finding]:
         _inotify,
         _model,
         _gpu,
+        _engine,
         _network,
         _disposal,
     ]
@@ -168,8 +174,8 @@ def _model(settings: Settings) -> Iterator[Finding]:
     from transcribed.engine import check_layout, resolve_model_folder
 
     for name, model in (("model", settings.model), ("aligner", settings.aligner)):
-        if model is None:
-            continue
+        if model is None or (name == "model" and settings.engine == "vllm"):
+            continue  # the vLLM servers hold the model
         try:
             folder = resolve_model_folder(model, allow_download=False)
             if name == "model":
@@ -185,6 +191,9 @@ def _gpu(settings: Settings) -> Iterator[Finding]:
 
     if settings.device == "cpu":
         yield Finding("gpu", "ok", "device = cpu: the GPU is not used (slow for real models)")
+        return
+    if settings.engine == "vllm" and settings.aligner is None:
+        yield Finding("gpu", "ok", 'engine = "vllm": the model runs on the servers\' GPUs')
         return
     if not torch.cuda.is_available():
         level: Level = "fail" if settings.device.startswith("cuda") else "warn"
@@ -217,7 +226,17 @@ def _gpu(settings: Settings) -> Iterator[Finding]:
     )
 
 
+def _engine(settings: Settings) -> Iterator[Finding]:
+    if settings.engine == "vllm":
+        from transcribed.vllm_check import check_engine
+
+        yield from check_engine(settings)
+
+
 def _network(settings: Settings) -> Iterator[Finding]:
+    if settings.engine == "vllm":
+        yield from _servers_only(settings)
+        return
     problem = isolation_problem()
     if problem is None:
         yield Finding("network", "ok", "no network interface is reachable (isolated)")
@@ -229,6 +248,15 @@ def _network(settings: Settings) -> Iterator[Finding]:
         problem + " (the daemon itself never connects; isolation makes sure nothing can)",
         ISOLATION_HINT,
     )
+
+
+def _servers_only(settings: Settings) -> Iterator[Finding]:
+    problem = servers_only_problem()
+    if problem is None:
+        yield Finding("network", "ok", "only the engine servers are reachable (others blocked)")
+        return
+    level: Level = "fail" if settings.require_offline else "warn"
+    yield Finding("network", level, problem, SERVERS_ONLY_HINT)
 
 
 def _disposal(settings: Settings) -> Iterator[Finding]:

@@ -77,13 +77,13 @@ def probe(address: tuple[str, int], timeout: float = 1.0) -> int | None:
 
 
 def servers_only_problem(
-    attempt: Callable[[tuple[str, int]], int | None] = probe,
+    attempt: Callable[[tuple[str, int]], int | None] | None = None,
 ) -> str | None:
     """With the vLLM engine the daemon needs its servers and nothing else: None when a
     connection to an address that is no server is stopped (by a filter such as the unit's
     IPAddressDeny=any, or for want of a route); else one sentence saying what got through."""
     for address in PROBE_ADDRESSES:
-        if attempt(address) not in _BLOCKED:
+        if (attempt or probe)(address) not in _BLOCKED:
             return (
                 f"a connection to {address[0]} (no engine server) was not stopped: "
                 "addresses other than the engine servers are reachable"
