@@ -83,6 +83,8 @@ class ApiServer(ThreadingHTTPServer):
         self.answered = 0
         self._busy = 0.0  # integral of in_flight over time, in request-seconds
         self._since = time.monotonic()
+        self.first: float | None = None  # when the first request came (time.monotonic)
+        self.last: float | None = None  # when the last answer went
 
     @property
     def url(self) -> str:
@@ -97,14 +99,21 @@ class ApiServer(ThreadingHTTPServer):
             self.in_flight += change
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
             self.answered += change < 0
+            if change > 0 and self.first is None:
+                self.first = now
+            if change < 0:
+                self.last = now
 
-    def stats(self) -> dict[str, float]:
-        """Request-seconds in flight so far, at `now` (time.monotonic, shared by processes)."""
+    def stats(self) -> dict[str, float | None]:
+        """Request-seconds in flight so far, at `now` (time.monotonic: one clock for every
+        process on the machine), and when the first request came and the last answer went."""
         self.count(0)
         with self._lock:
             return {
                 "busy": self._busy,
                 "now": self._since,
+                "first": self.first,
+                "last": self.last,
                 "in_flight": self.in_flight,
                 "most_in_flight": self.most_in_flight,
                 "answered": self.answered,
@@ -181,10 +190,10 @@ def serve(count: int, speed: float, model: str, host: str = "127.0.0.1") -> list
     return servers
 
 
-def fetch_stats(url: str) -> dict[str, float]:
+def fetch_stats(url: str) -> dict[str, Any]:
     import httpx
 
-    return dict(httpx.get(url + "/sim/stats", timeout=10).json())
+    return dict(httpx.get(url + "/sim/stats", timeout=10, trust_env=False).json())
 
 
 def main() -> None:
