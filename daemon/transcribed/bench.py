@@ -85,6 +85,7 @@ class TimedRecognizer:
         self._model = model
         self.info: ModelInfo = model.info
         self.batch_size = model.batch_size
+        self.concurrent = getattr(model, "concurrent", False)
         self.seconds = 0.0
         self._lock = threading.Lock()
         self._calls = 0
@@ -121,6 +122,7 @@ class PassThrough:
         self._stop = stop
         self.info = model.info
         self.batch_size = model.batch_size
+        self.concurrent = True
 
     def transcribe(
         self,

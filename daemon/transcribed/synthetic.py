@@ -52,14 +52,16 @@ _ALIGNER_TEMPLATE = (
 _TIME_BINS = 5000  # the real aligner's classes: 5000 bins of 80 ms
 
 
-def build_tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
-    """Write a tiny random Qwen3-ASR model, tokenizer and processor to `folder`."""
+def build_tiny_checkpoint(folder: Path, seed: int = 0, for_vllm: bool = False) -> Path:
+    """Write a tiny random Qwen3-ASR model, tokenizer and processor to `folder`. `for_vllm`:
+    the variant vLLM's CPU build can serve (attention heads of 32, the audio encoder's
+    output as wide as the text model)."""
     import torch
     from transformers import Qwen3ASRForConditionalGeneration
 
     tokenizer = _tokenizer()
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in _SPECIAL_TOKENS}
-    config = _config(tokenizer)
+    config = _config(tokenizer, *(_VLLM_SIZES if for_vllm else ()))
     torch.manual_seed(seed)
     model = Qwen3ASRForConditionalGeneration(config)
     with torch.no_grad():
@@ -145,6 +147,12 @@ _TINY_TEXT = {
     "num_key_value_heads": 1,
     "head_dim": 16,
 }
+# vLLM's CPU attention has no kernel for heads of 16, and it feeds the audio encoder's output
+# straight into the text model: heads of 32, and output_dim equal to hidden_size.
+_VLLM_SIZES: tuple[dict[str, int], dict[str, int]] = (
+    _TINY_AUDIO | {"d_model": 64, "encoder_ffn_dim": 64, "output_dim": 64},
+    _TINY_TEXT | {"hidden_size": 64, "intermediate_size": 128, "head_dim": 32},
+)
 # The published architectures: the audio encoder (AuT) and the Qwen3 text model of each size.
 # 1.7B matches transformers' Qwen3ASRConfig defaults (its output_dim set to the text width);
 # 0.6B is the Qwen3-0.6B text model with the smaller encoder of Qwen/Qwen3-ASR-0.6B-hf.
@@ -238,11 +246,13 @@ def _visible(text: str) -> bool:
 
 
 if __name__ == "__main__":
-    usage = "usage: python -m transcribed.synthetic [--aligner | --full 1.7b|0.6b] FOLDER"
+    usage = "usage: python -m transcribed.synthetic [--aligner | --vllm | --full 1.7b|0.6b] FOLDER"
     if len(sys.argv) not in (2, 3, 4):
         sys.exit(usage)
     if sys.argv[1] == "--aligner" and len(sys.argv) == 3:
         print(build_tiny_aligner(Path(sys.argv[2])))
+    elif sys.argv[1] == "--vllm" and len(sys.argv) == 3:
+        print(build_tiny_checkpoint(Path(sys.argv[2]), for_vllm=True))
     elif sys.argv[1] == "--full" and len(sys.argv) == 4 and sys.argv[2] in FULL_SIZES:
         print(build_full_size_checkpoint(Path(sys.argv[3]), sys.argv[2]))
     elif len(sys.argv) != 2:

@@ -88,6 +88,9 @@ class RemoteEngine:
     def __init__(self, pool: ServerPool, batch_size: int, stop: threading.Event) -> None:
         self.pool = pool
         self.batch_size = batch_size  # chunks a recording sends at once
+        # Calls from many threads at once are welcome: a recording's next batch is decoded
+        # while its last is with the servers (pipeline._Flight).
+        self.concurrent = True
         # What a bench reports as chunks per call: all the pool holds in flight.
         self.ceiling = len(pool.servers) * pool.settings.max_in_flight
         self.info = ModelInfo(id=pool.settings.model, device="vllm", dtype="auto")
