@@ -175,6 +175,10 @@ def write_backlog(folder: Path, hours: float) -> list[Path]:
             break
         seconds = min(_MIX_SECONDS[index % len(_MIX_SECONDS)], max(remaining, 10))
         path = folder / f"recording-{index:03d}.ogg"
+        if _has_length(path, seconds):  # written by an earlier run in the same --scratch
+            paths.append(path)
+            remaining -= seconds
+            continue
         with soundfile.SoundFile(path, "w", _SOURCE_RATE, 1, format="OGG", subtype="VORBIS") as out:
             # Small writes: libsndfile's Vorbis encoder crashes on very large ones.
             for start in range(0, int(seconds), 10):
@@ -182,6 +186,14 @@ def write_backlog(folder: Path, hours: float) -> list[Path]:
         paths.append(path)
         remaining -= seconds
     return paths
+
+
+def _has_length(path: Path, seconds: float) -> bool:
+    try:
+        duration = float(soundfile.info(str(path)).duration)
+    except (OSError, RuntimeError):  # missing, or a partial file from an interrupted run
+        return False
+    return abs(duration - seconds) < 0.5
 
 
 def _speechlike(seconds: float, seed: int) -> np.ndarray:
@@ -255,7 +267,9 @@ def _cores() -> int:
 def _rig(settings: ModelSettings, scratch: Path) -> Settings:
     """The daemon's settings for a run in `scratch`: its own inbox, outbox, archive, failed
     folder and job database; everything else (formats, chunking, decoder limits) as
-    configured. Files are taken at once and a failure is not retried."""
+    configured. Files are taken at once and a failure is not retried. What an earlier run
+    left in `scratch` is removed first (its job database would take the backlog for done)."""
+    shutil.rmtree(scratch, ignore_errors=True)
     folders = {name: scratch / name for name in ("inbox", "outbox", "archive", "failed", "state")}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)

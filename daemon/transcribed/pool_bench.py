@@ -143,8 +143,8 @@ def _run(
 def _busy(at: list[dict[str, Any]], final: list[dict[str, Any]], cap: int, until: str) -> float:
     """Share of the servers' capacity in use from the first request to `until` (the time
     the stats `at` were taken, or the last answer)."""
-    start = min(stats["first"] for stats in final if stats["first"] is not None)
-    end = max(stats[until] for stats in at if stats[until] is not None)
+    start = min((stats["first"] for stats in final if stats["first"] is not None), default=0.0)
+    end = max((stats[until] for stats in at if stats[until] is not None), default=start)
     busy = sum(stats["busy"] for stats in at)
     share: float = busy / (cap * len(at) * max(end - start, 1e-9))
     return round(share, 3)
