@@ -46,8 +46,8 @@ def test_5xx_resets_and_latency_are_retried_on_the_other_server(
     pair: tuple[FakeVllm, FakeVllm],
 ) -> None:
     flaky, good = pair
-    flaky.faults.errors, flaky.faults.resets, good.faults.latency = 2, 2, 0.2
     engine = remote_engine([flaky.url, good.url], vllm_max_in_flight=2)
+    flaky.faults.errors, flaky.faults.resets, good.faults.latency = 2, 2, 0.2
     try:
         texts = engine.transcribe(_chunks(8))
     finally:
@@ -60,8 +60,8 @@ def test_a_request_hanging_past_the_timeout_goes_to_the_other_server(
     pair: tuple[FakeVllm, FakeVllm],
 ) -> None:
     hung, good = pair
-    hung.faults.hangs = 1
     engine = remote_engine([hung.url, good.url], vllm_timeout_seconds=1.0)
+    hung.faults.hangs = 1
     try:
         started = time.monotonic()
         [text] = engine.transcribe(_chunks(1))
@@ -74,8 +74,8 @@ def test_a_server_failing_every_request_is_marked_down_and_the_other_does_the_wo
     pair: tuple[FakeVllm, FakeVllm],
 ) -> None:
     broken, good = pair
-    broken.faults.errors = 1000
     engine = remote_engine([broken.url, good.url], vllm_max_in_flight=1)
+    broken.faults.errors = 1000  # its model listing still answers: only real work proves it
     try:
         assert len(engine.transcribe(_chunks(6))) == 6
         assert engine.summary() == "1 of 2 engine servers up"
@@ -173,9 +173,10 @@ def test_requests_go_to_the_least_busy_server_never_past_the_cap() -> None:
         threading.Thread(target=server.serve_forever, daemon=True).start()
     engine = remote_engine([server.url for server in servers], model="sim", vllm_max_in_flight=3)
     try:
+        probes = [server.answered for server in servers]  # each was asked once before use
         assert len(engine.transcribe(_chunks(12, seconds=4))) == 12  # 0.2 s each
         assert [server.most_in_flight for server in servers] == [3, 3]
-        assert [server.answered for server in servers] == [6, 6]
+        assert [s.answered - before for s, before in zip(servers, probes, strict=True)] == [6, 6]
     finally:
         engine.pool.close()
         for server in servers:

@@ -86,6 +86,9 @@ class ApiServer(ThreadingHTTPServer):
         self.first: float | None = None  # when the first request came (time.monotonic)
         self.last: float | None = None  # when the last answer went
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Quiet: a client that gave up on an answer (a timeout, a stop) is no fault here."""
+
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]

@@ -11,16 +11,19 @@ threads hand in request bodies with `submit` and get `concurrent.futures.Future`
   A chunk's answer depends only on the chunk and its parameters, so repeating it is safe.
 - A server that refuses connections, rejects the API key or does not serve the model is
   marked down at once; one that fails `DOWN_AFTER` times in a row too, and any failure gets
-  the server checked at once. Servers that are up are checked every `HEALTH_SECONDS`; down
-  ones are probed (`GET /v1/models`) with growing intervals and come back when they answer.
-- With no server up a request fails at once with `EngineUnavailable`, a `TransientError`: the
-  job goes back to the queue, its original untouched, and is retried later.
+  the server checked at once. Servers that are up are checked every `HEALTH_SECONDS`
+  (`GET /v1/models`: reachable, key accepted, model served); down ones are probed with
+  growing intervals and come back when that and a small real request (`probe`) succeed.
+- With no server up a request waits `connect_timeout_seconds` for a probe to bring one back,
+  then fails with `EngineUnavailable`, a `TransientError`: the job goes back to the queue,
+  its original untouched, and is retried later.
 
 The API key is sent as a bearer token and never logged; neither are request bodies.
 """
 
 import asyncio
 import concurrent.futures
+import contextlib
 import random
 import ssl
 import threading
@@ -62,6 +65,9 @@ class PoolSettings:
     connect_timeout_seconds: float = 5.0
     max_tries: int = 4
     backoff_seconds: float = 0.5
+    # A small real request (path, JSON body) a down server must answer before it is up
+    # again: answering the model listing does not prove it can do the work.
+    probe: tuple[str, dict[str, Any]] | None = None
 
 
 @dataclass
@@ -199,8 +205,9 @@ class ServerPool:
             try:
                 response = await self._client.post(server.url + path, json=body)
             except httpx.TimeoutException as error:
+                # Not down at once: a loaded server can be slow to accept, and is checked.
                 problem = f"no answer within the timeout ({type(error).__name__})"
-                self._failed(server, problem, at_once=isinstance(error, httpx.ConnectTimeout))
+                self._failed(server, problem)
                 continue
             except httpx.TransportError as error:
                 problem = f"connection failed ({type(error).__name__})"
@@ -223,9 +230,15 @@ class ServerPool:
     async def _acquire(self, tried: set[str]) -> Server:
         """A slot on the least busy server that is up, one not yet tried when possible."""
         assert self._slots is not None
+        grace = time.monotonic() + self.settings.connect_timeout_seconds
         async with self._slots:
             while True:
                 up = [server for server in self.servers if server.up]
+                if not up and (left := grace - time.monotonic()) > 0:
+                    # A blip (a restart, a burst of failures): the probes may bring one back.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._slots.wait(), left)
+                    continue
                 if not up:
                     raise EngineUnavailable(self.summary())
                 free = [s for s in up if s.outstanding < self.settings.max_in_flight]
@@ -306,18 +319,21 @@ class ServerPool:
 
     async def _health_problem(self, server: Server) -> str | None:
         assert self._client is not None
+        timeout = self.settings.connect_timeout_seconds * 2
         try:
-            response = await self._client.get(
-                server.url + MODELS_PATH, timeout=self.settings.connect_timeout_seconds * 2
-            )
+            response = await self._client.get(server.url + MODELS_PATH, timeout=timeout)
+            if response.status_code != 200:
+                return _describe(response)
+            served = served_models(response.json())
+            if self.settings.model not in served:
+                return f"it serves {', '.join(served) or 'no model'}, not {self.settings.model}"
+            if server.up or self.settings.probe is None:
+                return None
+            path, body = self.settings.probe
+            response = await self._client.post(server.url + path, json=body)
         except httpx.TransportError as error:
             return f"cannot reach it ({type(error).__name__}: {error})"
-        if response.status_code != 200:
-            return _describe(response)
-        served = served_models(response.json())
-        if self.settings.model not in served:
-            return f"it serves {', '.join(served) or 'no model'}, not {self.settings.model}"
-        return None
+        return None if response.status_code == 200 else _describe(response)
 
 
 def served_models(listing: Any) -> list[str]:

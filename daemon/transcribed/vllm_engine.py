@@ -37,6 +37,7 @@ from transcribed.settings import ModelSettings
 from transcribed.transcript import ChunkText, ModelInfo
 
 CHAT_PATH = "/v1/chat/completions"
+_SILENCE = np.zeros(SAMPLE_RATE // 2, np.float32)  # what a down server is asked to transcribe
 _STOP_POLL_SECONDS = 0.2
 
 
@@ -47,9 +48,20 @@ def pool_settings(settings: ModelSettings) -> PoolSettings:
         tls_context(settings.vllm_ca_file)  # a bad CA file is a config error, said at start
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    silence = {
+        "type": "input_audio",
+        "input_audio": {"data": wav_base64(_SILENCE), "format": "wav"},
+    }
+    probe = {
+        "model": settings.model,
+        "messages": [{"role": "user", "content": [silence]}],
+        "max_tokens": 1,
+        "temperature": 0,
+    }
     return PoolSettings(
         servers=tuple(settings.vllm_servers),
         model=settings.model,
+        probe=(CHAT_PATH, probe),
         api_key=key,
         ca_file=settings.vllm_ca_file,
         max_in_flight=settings.vllm_max_in_flight,
