@@ -13,6 +13,7 @@ one server killed, waits with none, and resumes.
 
 import json
 import os
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -153,7 +154,8 @@ def test_vllm_builds_the_prompt_transformers_builds(
     engine.pool.close()
     ask = {k: body[k] for k in ("model", "messages", "add_generation_prompt")}
     ask |= {k: body[k] for k in ("continue_final_message",) if k in body}
-    with httpx.Client(verify=str(tls / "ca.pem"), headers={"Authorization": f"Bearer {KEY}"}) as c:
+    trust = ssl.create_default_context(cafile=str(tls / "ca.pem"))
+    with httpx.Client(verify=trust, headers={"Authorization": f"Bearer {KEY}"}) as c:
         served = c.post(f"{loopback_server.url}/tokenize", json=ask)
     assert served.status_code == 200, served.text
     local = Engine.load(str(checkpoint), "cpu", allow_download=False, batch_size=1)
