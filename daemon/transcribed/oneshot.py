@@ -3,8 +3,10 @@
 Same decoder child, model and outbox writers as the daemon; no queue, no disposal.
 """
 
+import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -18,6 +20,10 @@ from transcribed.pipeline import transcribe_stream
 from transcribed.service import load_aligner, load_engine, make_decoder, make_outbox
 from transcribed.settings import ModelSettings
 from transcribed.transcript import SourceInfo
+from transcribed.vllm_engine import RemoteEngine
+
+if TYPE_CHECKING:
+    from transcribed.engine import Engine
 
 log = get_logger(__name__)
 
@@ -25,7 +31,7 @@ log = get_logger(__name__)
 def transcribe_files(files: list[Path], settings: ModelSettings, outbox_dir: Path | None) -> int:
     """Transcribe each file; return how many failed. Outputs go beside each file by default."""
     pin_mmap_threshold()
-    engine = load_engine(settings)
+    engine = _recognizer(settings)
     aligner = load_aligner(settings)
     decoder = make_decoder(settings)
     console = Console(stderr=True)
@@ -62,7 +68,16 @@ def transcribe_files(files: list[Path], settings: ModelSettings, outbox_dir: Pat
                 progress.advance(task)
     finally:
         decoder.close()
+        if isinstance(engine, RemoteEngine):
+            engine.pool.close()
     return failures
+
+
+def _recognizer(settings: ModelSettings) -> "Engine | RemoteEngine":
+    """The resident model, or with engine = "vllm" the configured servers."""
+    if settings.engine == "vllm":
+        return RemoteEngine.connect(settings, settings.batch_size, threading.Event())
+    return load_engine(settings)
 
 
 def _source(path: Path) -> SourceInfo:
