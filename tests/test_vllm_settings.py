@@ -64,3 +64,9 @@ def test_each_recording_sends_enough_to_keep_every_server_full() -> None:
     assert recording_batch(two.model_copy(update={"batch_size": 100}), 4) == 100
     eight = two.model_copy(update={"vllm_servers": [f"https://s{n}:1" for n in range(8)]})
     assert recording_batch(eight, jobs_at_once=1) == 256  # at most
+
+
+def test_a_plain_list_in_the_environment_gets_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRANSCRIBED_VLLM_SERVERS", "https://gpu1:8000")
+    with pytest.raises(ConfigError, match="lists in TRANSCRIBED_\\* variables are JSON"):
+        load_settings(None, ModelSettings)

@@ -11,6 +11,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -299,6 +300,13 @@ def load_settings(config_path: Path | None, kind: type[SettingsT], **overrides: 
         return file_settings(**overrides)  # type: ignore[no-any-return]
     except ValidationError as error:
         raise ConfigError(_describe(error, path)) from None
+    except SettingsError as error:
+        if "EnvSettingsSource" not in str(error):
+            raise ConfigError(f"cannot read config file {path}: {error}") from None
+        raise ConfigError(  # a list given plainly, e.g. TRANSCRIBED_VLLM_SERVERS=https://a:1
+            f"{error}: lists in TRANSCRIBED_* variables are JSON, e.g. "
+            """TRANSCRIBED_VLLM_SERVERS='["https://gpu1:8000"]'"""
+        ) from None
     except (OSError, ValueError) as error:  # unreadable or malformed TOML
         raise ConfigError(f"cannot read config file {path}: {error}") from None
 
