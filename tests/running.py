@@ -27,14 +27,19 @@ class Daemon:
     """One `transcribed run` process writing its log to `log_path` (appending)."""
 
     def __init__(
-        self, env: dict[str, str], log_path: Path, umask: int = 0o022, args: tuple[str, ...] = ()
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        umask: int = 0o022,
+        args: tuple[str, ...] = (),
+        prefix: tuple[str, ...] = (),  # e.g. `ip netns exec NAME`: it execs, the pid stays
     ) -> None:
         self.log_path = log_path
         self._readies_before = self._readies()
         env = {**env, "PYTHONPATH": f"{NET_GUARD}:{env.get('PYTHONPATH', '')}"}
         with log_path.open("a") as log:
             self.process = subprocess.Popen(
-                [*CLI, "run", *args],
+                [*prefix, *CLI, "run", *args],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

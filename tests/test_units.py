@@ -13,6 +13,7 @@ import pytest
 UNITS = Path(__file__).parent.parent / "systemd"
 SYSTEM_UNIT = UNITS / "transcribed.service"
 USER_UNIT = UNITS / "transcribed-user.service"
+VLLM_DROP_IN = UNITS / "transcribed.service.d" / "vllm.conf"
 ANALYZE = shutil.which("systemd-analyze")
 EXPOSURE_LIMIT = 1.5
 
@@ -88,7 +89,7 @@ def test_system_unit_keeps_the_gpu_and_cuts_the_network() -> None:
     assert "/etc/transcribed/" in unit["ExecStart"][0]
 
 
-@pytest.mark.parametrize("unit", [SYSTEM_UNIT, USER_UNIT])
+@pytest.mark.parametrize("unit", [SYSTEM_UNIT, USER_UNIT, VLLM_DROP_IN])
 def test_every_service_line_is_explained_by_a_comment(unit: Path) -> None:
     """Each directive in [Service] has a comment in the block of lines it belongs to."""
     service = unit.read_text().split("[Service]")[1].split("[Install]")[0]
@@ -97,3 +98,29 @@ def test_every_service_line_is_explained_by_a_comment(unit: Path) -> None:
         settings = [line for line in lines if not line.startswith("#")]
         if settings:
             assert any(line.startswith("#") for line in lines), f"uncommented: {settings}"
+
+
+def installed_with_drop_in(folder: Path) -> Path:
+    """The system unit installed as systemd finds it, with the vLLM drop-in beside it."""
+    unit = installed_copy(SYSTEM_UNIT, folder)
+    (folder / "transcribed.service.d").mkdir()
+    (folder / "transcribed.service.d" / VLLM_DROP_IN.name).write_text(VLLM_DROP_IN.read_text())
+    return unit
+
+
+@needs_systemd
+def test_the_vllm_drop_in_opens_the_network_to_the_servers_only(tmp_path: Path) -> None:
+    unit = installed_with_drop_in(tmp_path)
+    done = analyze("verify", str(unit), folder=tmp_path)
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+    report = analyze("security", "--offline=yes", "--no-pager", str(unit), folder=tmp_path)
+    lines = report.stdout.splitlines()
+    # The drop-in is applied: the host's network, behind an allow list of servers...
+    assert any("PrivateNetwork=" in line and "host's network" in line for line in lines)
+    assert any("IPAddressDeny=" in line and "allow list" in line for line in lines)
+    # ...and nothing else was loosened: the exposure stays within the unit's own limit.
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", report.stdout)
+    assert found and float(found.group(1)) <= EXPOSURE_LIMIT, report.stdout
+    drop_in = directives(VLLM_DROP_IN)
+    assert drop_in["PrivateNetwork"] == ["no"] and drop_in["IPAddressDeny"] == ["any"]
+    assert drop_in["IPAddressAllow"] and drop_in["RestrictAddressFamilies"][0] == ""

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -29,6 +30,17 @@ log = get_logger(__name__)
 # How long the model thread waits for other jobs' chunks before running a batch that is not
 # full: short next to a model call, long enough for a decoder to deliver its next chunk.
 GATHER_SECONDS = 0.05
+
+
+class SharedModel(Recognizer, Protocol):
+    """What the daemon's workers share: `SharedRecognizer` over the resident model, or
+    `vllm_engine.RemoteEngine`, whose servers batch for themselves."""
+
+    def job(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def serve(self) -> None: ...
+
+    def busy_for(self) -> float: ...
 
 
 @dataclass(eq=False)

@@ -14,15 +14,21 @@ anything. Its transcripts are meaningless, and the report says so.
 
 With a diarizer configured, every recording also gets speaker labels, as in the daemon; the
 time spent in the diarizer (features and model) and its load are reported on their own.
+
+With `engine = "vllm"` the same backlog goes to the configured servers, and the same table
+comes out. `simulate_pool` measures the dispatcher itself: K simulated servers of known
+capacity (`pool_sim`: answers take a set time per audio second and no CPU), and how much of
+their capacity the daemon's own pipeline keeps busy for K = 1, 2, 4, 8.
 """
 
+import contextlib
 import queue
 import resource
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import soundfile
 
-from transcribed.batching import SharedRecognizer
+from transcribed.batching import SharedModel, SharedRecognizer
 from transcribed.pipeline import Recognizer
 from transcribed.queue import JobQueue
 from transcribed.settings import ModelSettings, Settings
@@ -41,6 +47,7 @@ from transcribed.workfolder import WorkFolder
 if TYPE_CHECKING:
     from transcribed.diarizer import Diarizer
     from transcribed.engine import Engine
+    from transcribed.vllm_engine import RemoteEngine
 
 _SOURCE_RATE = 48_000
 # Lengths cycled through to fill the backlog: meetings, voice notes, calls, lectures.
@@ -80,13 +87,18 @@ class BenchReport:
 
 
 class TimedRecognizer:
-    """Counts the seconds spent inside model calls."""
+    """Counts the seconds during which at least one model call runs (the vLLM engine takes
+    calls from several recordings at once; their overlap is counted once)."""
 
     def __init__(self, model: Recognizer) -> None:
         self._model = model
         self.info: ModelInfo = model.info
         self.batch_size = model.batch_size
+        self.concurrent = getattr(model, "concurrent", False)
         self.seconds = 0.0
+        self._lock = threading.Lock()
+        self._calls = 0
+        self._since = 0.0
 
     def transcribe(
         self,
@@ -95,11 +107,54 @@ class TimedRecognizer:
         context: str | None = None,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> list[ChunkText]:
-        started = time.perf_counter()
+        self._count(+1)
         try:
             return self._model.transcribe(chunks, language, context, should_stop)
         finally:
-            self.seconds += time.perf_counter() - started
+            self._count(-1)
+
+    def _count(self, change: int) -> None:
+        with self._lock:
+            now = time.perf_counter()
+            if self._calls:
+                self.seconds += now - self._since
+            self._since = now
+            self._calls += change
+
+
+class PassThrough:
+    """The workers' shared model for an engine that batches for itself (vLLM servers):
+    every job's calls go straight through, from many threads at once."""
+
+    def __init__(self, model: Recognizer, stop: threading.Event) -> None:
+        self._model = model
+        self._stop = stop
+        self.info = model.info
+        self.batch_size = model.batch_size
+        self.concurrent = True
+
+    def transcribe(
+        self,
+        chunks: list[np.ndarray],
+        language: str | None = None,
+        context: str | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> list[ChunkText]:
+        return self._model.transcribe(chunks, language, context, should_stop)
+
+    @contextlib.contextmanager
+    def job(self) -> Iterator[None]:
+        yield
+
+    def serve(self) -> None:
+        self._stop.wait()
+
+    def busy_for(self) -> float:
+        return 0.0
+
+
+def _shared(model: Recognizer, stop: threading.Event, batches_itself: bool) -> SharedModel:
+    return PassThrough(model, stop) if batches_itself else SharedRecognizer(model, stop)
 
 
 class NoModel:
@@ -129,6 +184,10 @@ def write_backlog(folder: Path, hours: float) -> list[Path]:
             break
         seconds = min(_MIX_SECONDS[index % len(_MIX_SECONDS)], max(remaining, 10))
         path = folder / f"recording-{index:03d}.ogg"
+        if _has_length(path, seconds):  # written by an earlier run in the same --scratch
+            paths.append(path)
+            remaining -= seconds
+            continue
         with soundfile.SoundFile(path, "w", _SOURCE_RATE, 1, format="OGG", subtype="VORBIS") as out:
             # Small writes: libsndfile's Vorbis encoder crashes on very large ones.
             for start in range(0, int(seconds), 10):
@@ -136,6 +195,14 @@ def write_backlog(folder: Path, hours: float) -> list[Path]:
         paths.append(path)
         remaining -= seconds
     return paths
+
+
+def _has_length(path: Path, seconds: float) -> bool:
+    try:
+        duration = float(soundfile.info(str(path)).duration)
+    except (OSError, RuntimeError):  # missing, or a partial file from an interrupted run
+        return False
+    return abs(duration - seconds) < 0.5
 
 
 def _speechlike(seconds: float, seed: int) -> np.ndarray:
@@ -209,7 +276,9 @@ def _cores() -> int:
 def _rig(settings: ModelSettings, scratch: Path) -> Settings:
     """The daemon's settings for a run in `scratch`: its own inbox, outbox, archive, failed
     folder and job database; everything else (formats, chunking, decoder limits) as
-    configured. Files are taken at once and a failure is not retried."""
+    configured. Files are taken at once and a failure is not retried. What an earlier run
+    left in `scratch` is removed first (its job database would take the backlog for done)."""
+    shutil.rmtree(scratch, ignore_errors=True)
     folders = {name: scratch / name for name in ("inbox", "outbox", "archive", "failed", "state")}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
@@ -233,7 +302,7 @@ def run_bench(
     settings: ModelSettings,
     hours: float,
     jobs_at_once: int,
-    load: Callable[[], "Engine"],
+    load: Callable[[], "Engine | RemoteEngine"],
     synthetic: bool,
     progress: Callable[[str], None] = lambda line: None,
     scratch: Path | None = None,
@@ -270,9 +339,17 @@ def run_bench(
             torch.cuda.reset_peak_memory_stats()
         timed = TimedRecognizer(engine)
         progress(f"transcribing {len(paths)} recordings ({audio_seconds / 3600:.2f} h)")
-        rig = _rig(settings, scratch / "model")
-        wall = _transcribe_backlog(rig, paths, timed, jobs_at_once, diarizer)
+        wall = _transcribe_backlog(
+            _rig(settings, scratch / "model"),
+            paths,
+            timed,
+            jobs_at_once,
+            diarizer,
+            batches_itself=settings.engine == "vllm",
+        )
         gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+        if settings.engine == "vllm":
+            engine.pool.close()  # type: ignore[union-attr]  # the RemoteEngine's
     finally:
         if owned:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -332,14 +409,16 @@ def _transcribe_backlog(
     model: Recognizer,
     jobs_at_once: int,
     diarizer: "Diarizer | None" = None,
+    batches_itself: bool = False,
+    on_drained: Callable[[], None] = lambda: None,
 ) -> float:
     """Drop the backlog into the inbox and run the daemon's parts, wired as the daemon
     wires them, until every transcript is published and every original archived; wall
-    seconds."""
+    seconds. `on_drained` is called once, when the last recording has been started."""
     from transcribed.service import make_intake, make_worker
 
     stop = threading.Event()
-    shared = SharedRecognizer(model, stop)
+    shared = _shared(model, stop, batches_itself)
     wake = threading.Event()
     work = WorkFolder(rig.inbox)
     work.open()
@@ -365,6 +444,9 @@ def _transcribe_backlog(
     try:
         archive = rig.archive_dir
         assert archive is not None  # _rig sets it: the backlog is moved there
+        with contextlib.closing(JobQueue(rig.database)) as jobs:
+            _wait_until(lambda: _drained(jobs, len(paths)), stop)
+        on_drained()
         _wait_until(lambda: _archived(archive) == len(paths), stop)
     finally:
         wall = time.perf_counter() - started
@@ -386,6 +468,12 @@ def _warm_up_decoders(decoders: list[Decoder], scratch: Path) -> None:
         for _block in decoder.stream(sample):
             pass
     sample.unlink()
+
+
+def _drained(jobs: JobQueue, recordings: int) -> bool:
+    """Every recording claimed, and none waiting for a worker."""
+    counts = jobs.counts()
+    return sum(counts.values()) >= recordings and not counts.get("queued", 0)
 
 
 def _archived(folder: Path) -> int:

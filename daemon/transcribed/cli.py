@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from transcribed import __version__
 from transcribed.admin import OperatorError
@@ -32,6 +32,10 @@ from transcribed.settings import (
     load_settings,
     setting_sources,
 )
+
+if TYPE_CHECKING:
+    from transcribed.engine import Engine
+    from transcribed.vllm_engine import RemoteEngine
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2  # usage and configuration errors, like argparse's own
@@ -244,6 +248,24 @@ def _build_parser() -> argparse.ArgumentParser:
         "--diarizer", help="also label speakers with this diarizer (default: from config)"
     )
     bench.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: from config)")
+    bench.add_argument(
+        "--engine",
+        choices=["local", "vllm"],
+        help="the resident model, or the configured vLLM servers (default: from config)",
+    )
+    bench.add_argument(
+        "--simulate-servers",
+        metavar="K,K,…",
+        help="measure the dispatcher instead: simulated vLLM servers (no GPU, no CPU), e.g. "
+        "1,2,4,8; reports how busy the daemon keeps them",
+    )
+    bench.add_argument(
+        "--server-speed",
+        type=float,
+        default=5.0,
+        help="each simulated request's speed in audio seconds per second (5: a 30 s chunk "
+        "takes 6 s; capacity = speed x vllm_max_in_flight)",
+    )
     bench.add_argument("--scratch", type=Path, help="folder for the backlog (default: a temp one)")
     bench.set_defaults(handler=_bench, quiet_log_level="WARNING")  # the table, not every job
 
@@ -287,7 +309,6 @@ def _build_parser() -> argparse.ArgumentParser:
         "the line to put under [web] in the config file.",
     )
     password.set_defaults(handler=_web_password, quiet_log_level="WARNING")
-
 
     for command in (status, listing, doctor, config, show, bench, search):
         command.add_argument("--json", action="store_true", help="machine-readable output")
@@ -415,12 +436,14 @@ def _state(args: argparse.Namespace, kind: type[StateT]) -> StateT:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from transcribed import admin
+    from transcribed import admin, engine_status
     from transcribed.instance import holder
 
     settings = _state(args, StateSettings)
-    jobs = admin.open_queue(settings)
-    report = admin.status_report(jobs, daemon=holder(settings.state_dir))
+    report = admin.status_report(admin.open_queue(settings), daemon=holder(settings.state_dir))
+    if (servers := engine_status.read(settings.state_dir)) is not None:  # the vLLM engine's
+        report["engine_servers"] = servers
+        report["summary"] += f"; {engine_status.summary(servers)}"
     _print(report, args.json, admin.render_status(report))
     return 0
 
@@ -568,44 +591,83 @@ def _config_show(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    keys = ("model", "device", "batch_size", "compile", "diarizer")
+    keys = ("model", "device", "batch_size", "compile", "diarizer", "engine")
     overrides = {k: v for k in keys if (v := getattr(args, k))}
+    if args.simulate_servers:
+        return _bench_pool(args, load_settings(args.config, ModelSettings, **overrides))
     settings = load_settings(args.config, ModelSettings, **overrides)
     if not args.synthetic_weights:
         _check_model_files(settings)
     _check_device(settings.device)
     _offline_unless(settings.allow_download)
+    if settings.engine == "vllm" and args.synthetic_weights:
+        raise ConfigError("--synthetic-weights is for the local engine: the servers hold theirs")
     from transcribed import bench
-    from transcribed.engine import Engine
-    from transcribed.synthetic import build_full_size_checkpoint
 
     per_second = args.tokens_per_second or (4.0 if args.synthetic_weights else None)
-
-    def load() -> Engine:
-        model = settings.model
-        if args.synthetic_weights:
-            folder = Path.home() / ".cache" / "transcribed" / f"synthetic-{args.synthetic_weights}"
-            print(f"building random {args.synthetic_weights} weights in {folder}", file=sys.stderr)
-            model = str(build_full_size_checkpoint(folder, args.synthetic_weights))
-        engine = Engine.load(
-            model,
-            settings.device,
-            allow_download=False,
-            batch_size=settings.batch_size,
-            chunk_seconds=settings.chunk_seconds,
-            compile_decoder=settings.compile,
-        )
-        engine.fixed_tokens_per_second = per_second
-        return engine
-
     report = bench.run_bench(
         settings,
         args.hours,
         args.jobs_at_once,
-        load,
+        lambda: _bench_engine(settings, args, per_second),
         synthetic=bool(args.synthetic_weights),
         progress=lambda line: print(line, file=sys.stderr),
         scratch=args.scratch,
     )
     _print(dataclasses.asdict(report), args.json, bench.render(report))
+    return 0
+
+
+def _bench_engine(
+    settings: ModelSettings, args: argparse.Namespace, per_second: float | None
+) -> "Engine | RemoteEngine":
+    if settings.engine == "vllm":
+        import threading
+
+        from transcribed.vllm_engine import RemoteEngine, recording_batch
+
+        remote = RemoteEngine.connect(
+            settings, recording_batch(settings, args.jobs_at_once), threading.Event()
+        )
+        remote.fixed_tokens_per_second = args.tokens_per_second
+        return remote
+    from transcribed.engine import Engine
+    from transcribed.synthetic import build_full_size_checkpoint
+
+    model = settings.model
+    if args.synthetic_weights:
+        folder = Path.home() / ".cache" / "transcribed" / f"synthetic-{args.synthetic_weights}"
+        print(f"building random {args.synthetic_weights} weights in {folder}", file=sys.stderr)
+        model = str(build_full_size_checkpoint(folder, args.synthetic_weights))
+    engine = Engine.load(
+        model,
+        settings.device,
+        allow_download=False,
+        batch_size=settings.batch_size,
+        chunk_seconds=settings.chunk_seconds,
+        compile_decoder=settings.compile,
+    )
+    engine.fixed_tokens_per_second = per_second
+    return engine
+
+
+def _bench_pool(args: argparse.Namespace, settings: ModelSettings) -> int:
+    from transcribed import pool_bench
+
+    try:
+        counts = [int(part) for part in args.simulate_servers.split(",")]
+    except ValueError:
+        raise ConfigError("--simulate-servers takes counts like 1,2,4,8") from None
+    if not counts or min(counts) < 1 or args.server_speed <= 0:
+        raise ConfigError("--simulate-servers needs counts >= 1 and --server-speed > 0")
+    report = pool_bench.simulate_pool(
+        settings,
+        counts,
+        args.hours,
+        args.jobs_at_once,
+        args.server_speed,
+        progress=lambda line: print(line, file=sys.stderr),
+        scratch=args.scratch,
+    )
+    _print(dataclasses.asdict(report), args.json, pool_bench.render(report))
     return 0

@@ -16,7 +16,12 @@ from typing import Literal
 from transcribed.assurance import NETWORK, assess, filesystem_type
 from transcribed.errors import ModelError
 from transcribed.instance import holder
-from transcribed.isolation import ISOLATION_HINT, isolation_problem
+from transcribed.isolation import (
+    ISOLATION_HINT,
+    SERVERS_ONLY_HINT,
+    isolation_problem,
+    servers_only_problem,
+)
 from transcribed.queue import IN_WORK_FOLDER, JobState
 from transcribed.settings import Settings, check_folders
 from transcribed.workfolder import WORK_FOLDER_NAME
@@ -46,6 +51,7 @@ def diagnose(settings: Settings) -> list[Finding]:
         _inotify,
         _model,
         _gpu,
+        _engine,
         _network,
         _disposal,
     ]
@@ -215,8 +221,8 @@ def _model(settings: Settings) -> Iterator[Finding]:
 
     models = (("model", settings.model), ("aligner", settings.aligner))
     for name, model in (*models, ("diarizer", settings.diarizer)):
-        if model is None:
-            continue
+        if model is None or (name == "model" and settings.engine == "vllm"):
+            continue  # the vLLM servers hold the model
         try:
             if name == "diarizer":
                 from transcribed.diarizer import diarizer_folder
@@ -240,6 +246,9 @@ def _gpu(settings: Settings) -> Iterator[Finding]:
 
     if settings.device == "cpu":
         yield Finding("gpu", "ok", "device = cpu: the GPU is not used (slow for real models)")
+        return
+    if settings.engine == "vllm" and settings.aligner is None and settings.diarizer is None:
+        yield Finding("gpu", "ok", 'engine = "vllm": the model runs on the servers\' GPUs')
         return
     if (reason := why_no_cuda()) is not None:  # the words `run` refuses device = "cuda" with
         problem, remedy = reason
@@ -265,7 +274,17 @@ def _gpu(settings: Settings) -> Iterator[Finding]:
     )
 
 
+def _engine(settings: Settings) -> Iterator[Finding]:
+    if settings.engine == "vllm":
+        from transcribed.vllm_check import check_engine
+
+        yield from check_engine(settings)
+
+
 def _network(settings: Settings) -> Iterator[Finding]:
+    if settings.engine == "vllm":
+        yield from _servers_only(settings)
+        return
     problem = isolation_problem()
     if problem is None:
         yield Finding("network", "ok", "no network interface is reachable (isolated)")
@@ -277,6 +296,15 @@ def _network(settings: Settings) -> Iterator[Finding]:
         problem + " (the daemon itself never connects; isolation makes sure nothing can)",
         ISOLATION_HINT,
     )
+
+
+def _servers_only(settings: Settings) -> Iterator[Finding]:
+    problem = servers_only_problem()
+    if problem is None:
+        yield Finding("network", "ok", "only the engine servers are reachable (others blocked)")
+        return
+    level: Level = "fail" if settings.require_offline else "warn"
+    yield Finding("network", level, problem, SERVERS_ONLY_HINT)
 
 
 def _disposal(settings: Settings) -> Iterator[Finding]:

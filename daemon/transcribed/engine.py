@@ -16,7 +16,7 @@ from transcribed import faults
 from transcribed.errors import ModelError, ShutdownRequested, TransientError
 from transcribed.logs import get_logger
 from transcribed.model_files import checked_folder, first_line, load_processor
-from transcribed.repetition import collapse_repetitions, remove_context_echo
+from transcribed.raw_answer import MARKER, LanguageNames, parse_answer
 from transcribed.scoring import LANGUAGE_STEPS, language_confidence
 from transcribed.transcript import ChunkText, ModelInfo
 
@@ -149,13 +149,8 @@ class Engine:
         # are padded to a few sizes (`batch_shapes`) so the compiled steps are reused.
         self._static_cache = static_cache
         self._eos_ids = _eos_ids(model)
-        from transformers.models.qwen3_asr.processing_qwen3_asr import LANGUAGE_CODE_TO_NAME
-
-        self._name_to_code: dict[str, str] = {
-            name.lower(): code for code, name in LANGUAGE_CODE_TO_NAME.items()
-        }
-        self._code_to_name: dict[str, str] = dict(LANGUAGE_CODE_TO_NAME)
-        self._marker_id = int(processor.tokenizer.convert_tokens_to_ids("<asr_text>"))
+        self._names = LanguageNames()
+        self._marker_id = int(processor.tokenizer.convert_tokens_to_ids(MARKER))
         # Benchmarks with random weights: write exactly this many tokens per audio second
         # (a random model would stop at a random point) instead of up to the budget.
         self.fixed_tokens_per_second: float | None = None
@@ -367,39 +362,24 @@ class Engine:
         self, row: torch.Tensor, scores: list[float], forced: str | None, context: str | None = None
     ) -> ChunkText:
         ids = row.tolist()
-        ended = any(token in self._eos_ids for token in ids)
-        # Decoded once: the language comes from the processor's own parser, the text from the
-        # raw output (the parser quietly collapses loops, and we want to know and say so).
-        raw = self._processor.tokenizer.decode(row, skip_special_tokens=True)
-        parsed = self._processor.parse_output(raw)
-        if not forced and raw.strip().lower().startswith("language none"):
-            # The model's own "no speech" answer: whatever text follows is invented.
-            return ChunkText("", None, truncated=False, no_speech=True)
-        name = forced or parsed["language"]
-        confidence = None if forced else language_confidence(ids, scores, self._marker_id)
-        _prefix, marker, body = raw.partition("<asr_text>")
-        text, repeated = collapse_repetitions((body if marker else raw).strip())
-        text, _echoed = remove_context_echo(text, context)
-        return ChunkText(
-            text,
-            self.language_code(name),
-            truncated=not ended,
-            language_name=self.language_name(name),
-            language_confidence=confidence if name else None,
-            repetition_fixed=repeated,
+        # Decoded once, special tokens skipped (`<asr_text>` is an ordinary token and stays);
+        # the same parser reads a vLLM server's answer.
+        return parse_answer(
+            self._processor.tokenizer.decode(row, skip_special_tokens=True),
+            ended=any(token in self._eos_ids for token in ids),
+            confidence=None if forced else language_confidence(ids, scores, self._marker_id),
+            forced=forced,
+            context=context,
+            names=self._names,
         )
 
     def language_name(self, language: str | None) -> str | None:
         """English name for a language code or name the model knows; unknown ones pass through."""
-        if not language:
-            return None
-        return self._code_to_name.get(self.language_code(language) or "", language)
+        return self._names.name(language)
 
     def language_code(self, language: str | None) -> str | None:
         """ISO code for a language name or code the model knows; unknown names pass through."""
-        if not language:
-            return None
-        return self._name_to_code.get(language.lower(), language)
+        return self._names.code(language)
 
 
 class _ChosenTokenScores(LogitsProcessor):  # type: ignore[misc]  # transformers is untyped here

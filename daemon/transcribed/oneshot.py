@@ -3,8 +3,10 @@
 Same decoder child, model and outbox writers as the daemon; no queue, no disposal.
 """
 
+import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -24,6 +26,10 @@ from transcribed.service import (
 )
 from transcribed.settings import ModelSettings
 from transcribed.transcript import SourceInfo
+from transcribed.vllm_engine import RemoteEngine
+
+if TYPE_CHECKING:
+    from transcribed.engine import Engine
 
 log = get_logger(__name__)
 
@@ -32,7 +38,7 @@ def transcribe_files(files: list[Path], settings: ModelSettings, outbox_dir: Pat
     """Transcribe each file; return how many failed. Outputs go beside each file by default."""
     pin_mmap_threshold()
     diarizer = load_diarizer(settings)
-    engine = load_engine(settings)
+    engine = _recognizer(settings)
     aligner = load_aligner(settings)
     decoder = make_decoder(settings)
     console = Console(stderr=True)
@@ -71,7 +77,16 @@ def transcribe_files(files: list[Path], settings: ModelSettings, outbox_dir: Pat
                 progress.advance(task)
     finally:
         decoder.close()
+        if isinstance(engine, RemoteEngine):
+            engine.pool.close()
     return failures
+
+
+def _recognizer(settings: ModelSettings) -> "Engine | RemoteEngine":
+    """The resident model, or with engine = "vllm" the configured servers."""
+    if settings.engine == "vllm":
+        return RemoteEngine.connect(settings, settings.batch_size, threading.Event())
+    return load_engine(settings)
 
 
 def _source(path: Path) -> SourceInfo:

@@ -3,6 +3,7 @@
 import dataclasses
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -67,10 +68,11 @@ def transcribe_stream(
     """A complete transcript of audio arriving as 16 kHz mono float32 blocks.
 
     Chunks go to the model a batch at a time while decoding continues, so memory holds one
-    batch of chunks, not the recording: a 12-hour file needs no more than a 1-minute one.
-    With `speakers` (a diarizer stream) the audio reaches the chunker once the diarizer has
-    judged it, chunks end at changes of speaker, and segments are labelled.
-    `on_progress` hears the seconds of audio transcribed after each batch.
+    batch of chunks (two with an engine of many servers), not the recording: a 12-hour file
+    needs no more than a 1-minute one. With `speakers` (a diarizer stream) the audio reaches
+    the chunker once the diarizer has judged it, chunks end at changes of speaker, and
+    segments are labelled. `on_progress` hears the seconds of audio transcribed after each
+    batch.
     """
     started = time.monotonic() if started is None else started
     chunker = StreamChunker(SAMPLE_RATE, chunk_seconds)
@@ -78,21 +80,24 @@ def transcribe_stream(
     pending: list[tuple[int, np.ndarray]] = []
     segments: list[Segment] = []
     pauses = PauseTracker()
-
-    def run_batch(batch: list[tuple[int, np.ndarray]]) -> None:
-        found = _recognize(batch, recognizer, language, context, should_stop)
-        segments.extend(_finish(found, batch, aligner, pauses, track))
-
-    for block in blocks:
-        pending += chunker.feed(*track.feed(block)) if track is not None else chunker.feed(block)
-        while len(pending) >= recognizer.batch_size:
-            run_batch(pending[: recognizer.batch_size])
-            del pending[: recognizer.batch_size]
-            on_progress(segments[-1].end)
-    if track is not None:
-        pending += chunker.feed(*track.finish())
-    pending += chunker.finish()
-    run_batch(pending)
+    flight = _Flight(recognizer, language, context, should_stop)
+    try:
+        for block in blocks:
+            pending += (
+                chunker.feed(*track.feed(block)) if track is not None else chunker.feed(block)
+            )
+            while len(pending) >= recognizer.batch_size:
+                for found, batch in flight.send(pending[: recognizer.batch_size]):
+                    segments += _finish(found, batch, aligner, pauses, track)
+                    on_progress(segments[-1].end)
+                del pending[: recognizer.batch_size]
+        if track is not None:
+            pending += chunker.feed(*track.finish())
+        pending += chunker.finish()
+        for found, batch in [*flight.send(pending), *flight.drain()]:
+            segments += _finish(found, batch, aligner, pauses, track)
+    finally:
+        flight.close()
     duration = segments[-1].end if segments else 0.0
     spoken = any(segment.text for segment in segments)
     language = main_language(tuple(segments))
@@ -111,6 +116,54 @@ def transcribe_stream(
         extra={"language_forced": language is not None},
         speakers=track.summary() if track is not None else {},
     )
+
+
+Recognized = tuple[list[Segment], list[tuple[int, np.ndarray]]]
+
+
+class _Flight:
+    """Hands batches to the recognizer. With one that takes calls from many threads at once
+    (`concurrent`: the vLLM servers), a batch is transcribed on a helper thread while the
+    next is decoded, so the job's decoder is not idle while the servers work; else each
+    batch is transcribed where it is sent. Results come back in order."""
+
+    def __init__(
+        self,
+        recognizer: Recognizer,
+        language: str | None,
+        context: str | None,
+        should_stop: Callable[[], bool],
+    ) -> None:
+        self._recognizer, self._language, self._context = recognizer, language, context
+        self._should_stop = should_stop
+        self._helper = (
+            ThreadPoolExecutor(1, "transcribe")
+            if getattr(recognizer, "concurrent", False)
+            else None
+        )
+        self._in_flight: tuple[Future[list[Segment]], list[tuple[int, np.ndarray]]] | None = None
+
+    def send(self, batch: list[tuple[int, np.ndarray]]) -> list[Recognized]:
+        """Batches done by now, oldest first (this one too when there is no helper)."""
+        if self._helper is None:
+            return [(self._recognize(batch), batch)]
+        done = self.drain()
+        self._in_flight = (self._helper.submit(self._recognize, list(batch)), list(batch))
+        return done
+
+    def drain(self) -> list[Recognized]:
+        if self._in_flight is None:
+            return []
+        future, batch = self._in_flight
+        self._in_flight = None
+        return [(future.result(), batch)]
+
+    def _recognize(self, batch: list[tuple[int, np.ndarray]]) -> list[Segment]:
+        return _recognize(batch, self._recognizer, self._language, self._context, self._should_stop)
+
+    def close(self) -> None:
+        if self._helper is not None:  # after an error: a batch still out is left to end
+            self._helper.shutdown(wait=False, cancel_futures=True)
 
 
 def _finish(

@@ -19,9 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from transcribed import engine_status
 from transcribed.admin import STALLED_SECONDS, service_status
 from transcribed.aligner import Aligner
-from transcribed.batching import SerializedAligner, SharedRecognizer
+from transcribed.batching import SerializedAligner, SharedModel, SharedRecognizer
 from transcribed.decoder import ChildDecoder
 from transcribed.destinations import Destinations
 from transcribed.diarizer import Diarizer
@@ -32,7 +33,12 @@ from transcribed.errors import ConfigError
 from transcribed.hooks import HookCall, Hooks
 from transcribed.instance import InstanceLock
 from transcribed.intake import Intake, LargeFileHasher, recover_claims
-from transcribed.isolation import ISOLATION_HINT, isolation_problem
+from transcribed.isolation import (
+    ISOLATION_HINT,
+    SERVERS_ONLY_HINT,
+    isolation_problem,
+    servers_only_problem,
+)
 from transcribed.logs import get_logger
 from transcribed.memory import pin_mmap_threshold
 from transcribed.metrics import write_metrics
@@ -110,7 +116,7 @@ def make_worker(
     settings: Settings,
     work: WorkFolder,
     jobs: JobQueue,
-    model: SharedRecognizer,
+    model: SharedModel,
     stop: threading.Event,
     wake_disposals: threading.Event,
     *,
@@ -246,6 +252,22 @@ def load_engine(settings: ModelSettings, model: str | None = None) -> Engine:
     return engine
 
 
+def load_shared_model(settings: Settings, stop: threading.Event) -> SharedModel:
+    """What the workers share: the resident model behind one model thread, or the pool of
+    vLLM servers (whose state the status file in state_dir tells `transcribed status`)."""
+    if settings.engine == "local":
+        engine_status.clear(settings.state_dir)
+        return SharedRecognizer(load_engine(settings), stop)
+    from transcribed.vllm_engine import RemoteEngine, recording_batch
+
+    return RemoteEngine.connect(
+        settings,
+        recording_batch(settings, settings.jobs_at_once),
+        stop,
+        on_change=lambda servers: engine_status.write(settings.state_dir, servers),
+    )
+
+
 class Daemon:
     """Runs until SIGTERM/SIGINT; then stops intake, lets the current job finish or requeue."""
 
@@ -255,7 +277,7 @@ class Daemon:
         self._lock.acquire()  # before anything is recovered, requeued or cleaned
         self._work = WorkFolder(settings.inbox)
         self._work.open()
-        check_isolation(settings.require_offline)
+        check_isolation(settings.require_offline, servers_only=settings.engine == "vllm")
         pin_mmap_threshold()
         self._config_path = config_path
         self._reload = threading.Event()
@@ -274,10 +296,9 @@ class Daemon:
         # The diarizer first: a missing one is found before the long model load, and the
         # model's batches are sized from the GPU memory left beside it.
         self._diarizer = load_diarizer(settings)
-        engine = load_engine(settings)
         # One model thread; each worker transcribes one recording with its own decoder
-        # process, and their chunks share model batches.
-        self._model = SharedRecognizer(engine, self.stop)
+        # process, and their chunks share model batches (or go to the engine servers).
+        self._model = load_shared_model(settings, self.stop)
         aligner = load_aligner(settings)
         shared_aligner = SerializedAligner(aligner) if aligner is not None else None
         self._wake_disposals = threading.Event()
@@ -410,7 +431,8 @@ class Daemon:
         """Tell systemd how things stand; ping its watchdog only when every part is healthy."""
         try:
             if time.monotonic() >= self._status_due:
-                self.notifier.status(service_status(health))
+                servers = getattr(self._model, "summary", None)  # the vLLM engine's
+                self.notifier.status(service_status(health) + (f"; {servers()}" if servers else ""))
                 self._status_due = time.monotonic() + STATUS_SECONDS
                 self._write_metrics(health)
             health.ping()
@@ -525,15 +547,17 @@ class Daemon:
         signal.signal(signal.SIGHUP, reload)
 
 
-def check_isolation(required: bool) -> None:
-    """Say whether the network is reachable from here; refuse to run if it must not be."""
-    problem = isolation_problem()
+def check_isolation(required: bool, servers_only: bool = False) -> None:
+    """Say whether the network is reachable from here (with the vLLM engine: anything but
+    the engine servers); refuse to run if it must not be."""
+    problem = servers_only_problem() if servers_only else isolation_problem()
+    hint = SERVERS_ONLY_HINT if servers_only else ISOLATION_HINT
     if problem is None:
-        log.info("network.isolated")
+        log.info("network.only_engine_servers" if servers_only else "network.isolated")
         return
     if required:
-        raise ConfigError(f"require_offline = true, but {problem}; {ISOLATION_HINT}")
-    log.warning("network.not_isolated", problem=problem, hint=ISOLATION_HINT)
+        raise ConfigError(f"require_offline = true, but {problem}; {hint}")
+    log.warning("network.not_isolated", problem=problem, hint=hint)
 
 
 def hook_environment(job: Job) -> dict[str, str]:

@@ -10,6 +10,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -196,6 +197,50 @@ class ModelSettings(_Base):
         default=False,
         description="Put the language code in subtitle names: meeting.zh.srt, meeting.zh.vtt.",
     )
+    engine: Literal["local", "vllm"] = Field(
+        default="local",
+        description="local: the model runs in the daemon | vllm: chunks go to vllm_servers, "
+        "which serve `model`.",
+    )
+    vllm_servers: list[str] = Field(
+        default=[],
+        description='vLLM servers sharing the work (engine = "vllm"), e.g. '
+        '["https://gpu1:8000", "https://gpu2:8000"].',
+    )
+    vllm_api_key_file: Path | None = Field(
+        default=None,
+        description="File holding the servers' API key (their --api-key); never logged.",
+    )
+    vllm_ca_file: Path | None = Field(
+        default=None,
+        description="PEM file of the CA the servers' certificates must chain to (pins it); "
+        "default: the system's trusted CAs.",
+    )
+    vllm_max_in_flight: int = Field(
+        default=64, ge=1, le=1024, description="Requests in flight to each server at most."
+    )
+    vllm_timeout_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="A request with no answer this long is given up and sent to another server.",
+    )
+    vllm_connect_seconds: float = Field(
+        default=5.0, gt=0, description="A server not accepting a connection this fast is down."
+    )
+
+    @field_validator("vllm_servers")
+    @classmethod
+    def _server_urls(cls, value: list[str]) -> list[str]:
+        urls = [_server_url(entry) for entry in value]
+        if len(urls) != len(set(urls)):
+            raise ValueError("a server is listed twice")
+        return urls
+
+    @model_validator(mode="after")
+    def _servers_needed_for_vllm(self) -> "ModelSettings":
+        if self.engine == "vllm" and not self.vllm_servers:
+            raise ValueError('engine = "vllm" needs vllm_servers, e.g. ["https://gpu1:8000"]')
+        return self
 
     @field_validator("output_mode", mode="before")
     @classmethod
@@ -209,6 +254,23 @@ class ModelSettings(_Base):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError("must be auto, cpu, cuda or cuda:N (for example cuda:0)")
+
+
+def _server_url(entry: str) -> str:
+    """`scheme://host:port` of a vLLM server, or ValueError saying what is wrong with it."""
+    try:
+        parts = urlsplit(entry.strip())
+        port = parts.port
+    except ValueError as error:
+        raise ValueError(f"{entry!r} is not a URL: {error}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{entry!r} must look like https://gpu1:8000")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ValueError(f"{entry!r}: no user, query or fragment (the key goes in a file)")
+    if parts.path.strip("/"):
+        raise ValueError(f"{entry!r}: give the server's address only, without a path like /v1")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}:{port or (443 if parts.scheme == 'https' else 80)}"
 
 
 class Settings(StateSettings, ModelSettings):
@@ -316,7 +378,6 @@ class Settings(StateSettings, ModelSettings):
                 "(set diarizer, e.g. nvidia/Nemotron-3-Diarization)"
             )
         return self
-
 
     @property
     def search_database(self) -> Path:

@@ -52,14 +52,16 @@ _ALIGNER_TEMPLATE = (
 _TIME_BINS = 5000  # the real aligner's classes: 5000 bins of 80 ms
 
 
-def build_tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
-    """Write a tiny random Qwen3-ASR model, tokenizer and processor to `folder`."""
+def build_tiny_checkpoint(folder: Path, seed: int = 0, for_vllm: bool = False) -> Path:
+    """Write a tiny random Qwen3-ASR model, tokenizer and processor to `folder`. `for_vllm`:
+    the variant vLLM's CPU build can serve (attention heads of 32, the audio encoder's
+    output as wide as the text model)."""
     import torch
     from transformers import Qwen3ASRForConditionalGeneration
 
     tokenizer = _tokenizer()
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in _SPECIAL_TOKENS}
-    config = _config(tokenizer)
+    config = _config(tokenizer, *(_VLLM_SIZES if for_vllm else ()))
     torch.manual_seed(seed)
     model = Qwen3ASRForConditionalGeneration(config)
     with torch.no_grad():
@@ -145,6 +147,12 @@ _TINY_TEXT = {
     "num_key_value_heads": 1,
     "head_dim": 16,
 }
+# vLLM's CPU attention has no kernel for heads of 16, and it feeds the audio encoder's output
+# straight into the text model: heads of 32, and output_dim equal to hidden_size.
+_VLLM_SIZES: tuple[dict[str, int], dict[str, int]] = (
+    _TINY_AUDIO | {"d_model": 64, "encoder_ffn_dim": 64, "output_dim": 64},
+    _TINY_TEXT | {"hidden_size": 64, "intermediate_size": 128, "head_dim": 32},
+)
 # The published architectures: the audio encoder (AuT) and the Qwen3 text model of each size.
 # 1.7B matches transformers' Qwen3ASRConfig defaults (its output_dim set to the text width);
 # 0.6B is the Qwen3-0.6B text model with the smaller encoder of Qwen/Qwen3-ASR-0.6B-hf.
@@ -294,6 +302,9 @@ def main(argv: list[str] | None = None) -> None:
     kind.add_argument("--aligner", action="store_true", help="a tiny random forced aligner")
     kind.add_argument("--diarizer", action="store_true", help="a tiny random speaker diarizer")
     kind.add_argument(
+        "--vllm", action="store_true", help="a tiny checkpoint vLLM's CPU build can serve"
+    )
+    kind.add_argument(
         "--full",
         choices=sorted(FULL_SIZES),
         metavar="SIZE",
@@ -305,6 +316,8 @@ def main(argv: list[str] | None = None) -> None:
         print(build_tiny_aligner(args.folder))
     elif args.diarizer:
         print(build_tiny_diarizer(args.folder))
+    elif args.vllm:
+        print(build_tiny_checkpoint(args.folder, for_vllm=True))
     elif args.full:
         print(build_full_size_checkpoint(args.folder, args.full))
     else:

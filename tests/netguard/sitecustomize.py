@@ -1,12 +1,20 @@
 """Loaded by every Python process the tests start (via PYTHONPATH): any attempt to connect
-beyond this machine is written to stderr as a JSON line and refused, so the test sees it."""
+beyond this machine is written to stderr as a JSON line and refused, so the test sees it.
+TRANSCRIBED_TEST_ALLOWED_ADDRESSES (comma-separated) names the test's own hosts, in network
+namespaces the test made."""
 
 import json
+import os
 import socket
 import sys
 
 _real_connect = socket.socket.connect
-_LOCAL = ("127.0.0.1", "::1", "localhost")
+_LOCAL = (
+    "127.0.0.1",
+    "::1",
+    "localhost",
+    *filter(None, os.environ.get("TRANSCRIBED_TEST_ALLOWED_ADDRESSES", "").split(",")),
+)
 
 
 def _guarded(self: socket.socket, address: object) -> object:
