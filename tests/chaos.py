@@ -339,7 +339,14 @@ class Campaign:
         placed = Counter(digest(p) for p in _files(folders.archive))
         failed = [p for p in _files(folders.failed) if not p.name.endswith(REASON_SUFFIX)]
         placed.update(digest(p) for p in failed)
-        assert placed == Counter(d.sha256 for d in self.dropped), "a recording lost or doubled"
+        expected = Counter(d.sha256 for d in self.dropped)
+        (self.scratch / "dropped.json").write_text(
+            json.dumps([vars(d) for d in self.dropped], indent=1)
+        )
+        names = {d.sha256: d.name for d in self.dropped}
+        lost = {names[sha]: n for sha, n in (expected - placed).items()}
+        doubled = {names.get(sha, sha): n for sha, n in (placed - expected).items()}
+        assert not lost and not doubled, f"lost {lost}, doubled {doubled}"
         for path in failed:
             assert path.with_name(path.name + REASON_SUFFIX).is_file(), f"{path}: no reason"
         for dropped in self.dropped:
