@@ -415,7 +415,7 @@ def _transcribe_backlog(
     """Drop the backlog into the inbox and run the daemon's parts, wired as the daemon
     wires them, until every transcript is published and every original archived; wall
     seconds. `on_drained` is called once, when the last recording has been started."""
-    from transcribed.service import make_intake, make_worker
+    from transcribed.service import make_intake, make_worker, worker_decoders
 
     stop = threading.Event()
     shared = _shared(model, stop, batches_itself)
@@ -423,8 +423,17 @@ def _transcribe_backlog(
     work = WorkFolder(rig.inbox)
     work.open()
     workers = [
-        make_worker(rig, work, JobQueue(rig.database), shared, stop, wake, diarizer=diarizer)
-        for _ in range(jobs_at_once)
+        make_worker(
+            rig,
+            work,
+            JobQueue(rig.database),
+            shared,
+            stop,
+            wake,
+            decoder=decoder,
+            diarizer=diarizer,
+        )
+        for decoder in worker_decoders(rig, jobs_at_once)
     ]
     disposals = make_worker(rig, work, JobQueue(rig.database), shared, stop, wake)
     intake = make_intake(rig, work, queue.SimpleQueue())

@@ -6,7 +6,9 @@ kills a disposable child, never the daemon; the parent restarts it for the next 
 
 import multiprocessing
 import os
+import queue
 import resource
+import threading
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -46,6 +48,13 @@ class ChildDecoder:
     def start(self) -> None:
         """Start the child now rather than at the first file (it takes a moment to import)."""
         self._ensure_child()
+
+    def reserve(self, timeout: float) -> bool:
+        """This decoder is its worker's alone: always free."""
+        return True
+
+    def release(self) -> None:
+        """Nothing to give back (see `PooledDecoder`)."""
 
     def decode(self, path: Path, label: str = "") -> np.ndarray:
         """The whole recording in memory: for short files and tests; the worker streams."""
@@ -123,6 +132,93 @@ class ChildDecoder:
             child.close()
             self._conn = parent
         return self._conn
+
+
+class DecoderPool:
+    """Decoder processes shared by more worker threads than there are processes.
+
+    With a pool of servers as the engine, a recording's last batch is a server round trip
+    during which its worker has nothing left to decode. Its decoder process goes back to the
+    pool as soon as the recording is decoded, and another worker decodes the next recording
+    with it: the servers get requests from more recordings at once, without more processes
+    (each costs memory and a core while it decodes).
+    """
+
+    def __init__(self, children: list[ChildDecoder]) -> None:
+        self._children = children
+        self._free: queue.Queue[ChildDecoder] = queue.Queue()
+        for child in children:
+            self._free.put(child)
+        self._started = self._closed = False
+        self._lock = threading.Lock()
+
+    def lease(self) -> "PooledDecoder":
+        return PooledDecoder(self)
+
+    def start(self) -> None:
+        with self._lock:
+            if not self._started:
+                self._started = True
+                for child in self._children:
+                    child.start()
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                for child in self._children:
+                    child.close()
+
+    def take(self, timeout: float | None) -> ChildDecoder | None:
+        try:
+            return self._free.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def give_back(self, child: ChildDecoder) -> None:
+        self._free.put(child)
+
+
+class PooledDecoder:
+    """A worker's handle on a `DecoderPool`: a process is reserved before a job is taken (a
+    job never waits for one) and given back once its recording is decoded."""
+
+    def __init__(self, pool: DecoderPool) -> None:
+        self._pool = pool
+        self._child: ChildDecoder | None = None
+        self.expected_seconds: float | None = None
+        self.repaired_samples = 0
+
+    def reserve(self, timeout: float | None) -> bool:
+        """Wait up to `timeout` seconds (None: as long as it takes) for a free process."""
+        if self._child is None:
+            self._child = self._pool.take(timeout)
+        return self._child is not None
+
+    def release(self) -> None:
+        child, self._child = self._child, None
+        if child is not None:
+            self._pool.give_back(child)
+
+    def stream(self, path: Path, label: str = "") -> Iterator[np.ndarray]:
+        if not self.reserve(timeout=None):
+            raise AssertionError("unreachable: an unbounded wait for a decoder ended")
+        child = self._child
+        assert child is not None
+        self.expected_seconds, self.repaired_samples = None, 0
+        try:
+            for block in child.stream(path, label):
+                self.expected_seconds = child.expected_seconds
+                yield block
+            self.repaired_samples = child.repaired_samples
+        finally:
+            self.release()  # decoded (or given up): the next recording may use it
+
+    def start(self) -> None:
+        self._pool.start()
+
+    def close(self) -> None:
+        self._pool.close()
 
 
 def _serve(conn: Connection, memory_bytes: int) -> None:

@@ -23,7 +23,7 @@ from transcribed import engine_status
 from transcribed.admin import STALLED_SECONDS, service_status
 from transcribed.aligner import Aligner
 from transcribed.batching import SerializedAligner, SharedModel, SharedRecognizer
-from transcribed.decoder import ChildDecoder
+from transcribed.decoder import ChildDecoder, DecoderPool
 from transcribed.destinations import Destinations
 from transcribed.diarizer import Diarizer
 from transcribed.disposal import Disposer
@@ -52,7 +52,7 @@ from transcribed.rules import Rules
 from transcribed.search_index import SearchIndex, published_job_ids
 from transcribed.settings import ModelSettings, Settings, check_folders, load_settings
 from transcribed.watcher import ObserverSupervisor
-from transcribed.worker import Worker
+from transcribed.worker import Decoder, Worker
 from transcribed.workfolder import WorkFolder
 
 log = get_logger(__name__)
@@ -112,6 +112,23 @@ def make_outbox(
     )
 
 
+# With a pool of servers as the engine, this many worker threads share each decoder process:
+# a recording waiting for its last answers needs no decoder, and the servers want requests
+# from more recordings at once than there are cores to decode them. Each recording still
+# sends batches sized for `jobs_at_once` recordings, so host memory for requests is at most
+# this many times what it would be without the sharing.
+REMOTE_WORKERS_PER_DECODER = 2
+
+
+def worker_decoders(settings: ModelSettings, jobs_at_once: int) -> list[Decoder]:
+    """One decoder each for the transcription workers: its own process per worker with the
+    local engine; with the vLLM engine, more workers sharing `jobs_at_once` processes."""
+    if settings.engine != "vllm":
+        return [make_decoder(settings) for _ in range(jobs_at_once)]
+    pool = DecoderPool([make_decoder(settings) for _ in range(jobs_at_once)])
+    return [pool.lease() for _ in range(jobs_at_once * REMOTE_WORKERS_PER_DECODER)]
+
+
 def make_worker(
     settings: Settings,
     work: WorkFolder,
@@ -120,16 +137,18 @@ def make_worker(
     stop: threading.Event,
     wake_disposals: threading.Event,
     *,
+    decoder: Decoder | None = None,
     aligner: SerializedAligner | None = None,
     diarizer: Diarizer | None = None,
     on_finished: Callable[[Job, str], None] = lambda job, outcome: None,
 ) -> Worker:
-    """A worker with its own database connection (one per thread) and decoder process,
-    wired as the daemon runs it (`bench` too): the disposal thread alone disposes."""
+    """A worker with its own database connection (one per thread) and a decoder (its own
+    process unless given one: `worker_decoders`), wired as the daemon runs it (`bench` too):
+    the disposal thread alone disposes."""
     return Worker(
         jobs=jobs,
         work=work,
-        decoder=make_decoder(settings),
+        decoder=decoder or make_decoder(settings),
         recognizer=model,
         rules=make_rules(settings),
         destinations=make_destinations(settings, work, jobs),
@@ -303,8 +322,10 @@ class Daemon:
         shared_aligner = SerializedAligner(aligner) if aligner is not None else None
         self._wake_disposals = threading.Event()
         self._workers = [
-            self._make_worker(settings, JobQueue(settings.database), shared_aligner, self._diarizer)
-            for _ in range(settings.jobs_at_once)
+            self._make_worker(
+                settings, JobQueue(settings.database), shared_aligner, self._diarizer, decoder
+            )
+            for decoder in worker_decoders(settings, settings.jobs_at_once)
         ]
         self._hasher = LargeFileHasher(settings.database, self._work, self.stop)
         for worker in self._workers:
@@ -349,6 +370,7 @@ class Daemon:
         jobs: JobQueue,
         aligner: SerializedAligner | None,
         diarizer: Diarizer | None,
+        decoder: Decoder | None = None,
     ) -> Worker:
         return make_worker(
             settings,
@@ -357,6 +379,7 @@ class Daemon:
             self._model,
             self.stop,
             self._wake_disposals,
+            decoder=decoder,
             aligner=aligner,
             diarizer=diarizer,
             on_finished=self._job_finished,

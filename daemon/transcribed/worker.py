@@ -66,6 +66,14 @@ class Decoder(Protocol):
 
     def stream(self, path: Path, label: str = "") -> Iterator[np.ndarray]: ...
 
+    def reserve(self, timeout: float) -> bool:
+        """Wait up to `timeout` for a decoder process to be this worker's; False if none."""
+        ...
+
+    def release(self) -> None:
+        """Give a reserved process back unused (idempotent; `stream` gives it back itself)."""
+        ...
+
     def start(self) -> None: ...
 
     def close(self) -> None: ...
@@ -127,12 +135,17 @@ class Worker:
             return False
         if self.disposes:
             self.sweep_disposals()
-        job = self.jobs.next_job()
-        if job is None:
+        if not self.decoder.reserve(timeout=0.5):  # shared processes all busy: no job yet
             return False
-        self._last_job = job.id
-        self._process(job)
-        return True
+        try:
+            job = self.jobs.next_job()
+            if job is None:
+                return False
+            self._last_job = job.id
+            self._process(job)
+            return True
+        finally:
+            self.decoder.release()
 
     def sweep_disposals(self) -> bool:
         """Dispose of every original whose transcript is durable; True when any was."""
