@@ -125,3 +125,37 @@ def test_an_archive_swapped_for_a_link_into_the_inbox_is_refused(tmp_path: Path)
         Disposer(jobs, work, "move", archive, tmp_path).dispose(job)
     assert list((work.inbox / "sub").iterdir()) == []
     assert work.file(job.work_name).read_bytes() == b"recording"
+
+
+def test_the_same_recording_dropped_twice_is_archived_twice_even_with_the_archive_away(
+    tmp_path: Path,
+) -> None:
+    """Found by the chaos campaign: with the archive briefly gone, the second drop's move
+    chose the name the first one held, and on its return took that file for its own: one
+    archived copy for two drops."""
+    jobs, first, work = _job(tmp_path, b"a.wav", b"recording")
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    disposer = Disposer(jobs, work, "move", archive, tmp_path)
+    assert disposer.dispose(first) == "moved"
+    second_id = jobs.begin_claim(b"a.wav", "again.wav")
+    work.file("again.wav").write_bytes(b"recording")
+    second = jobs.finish_claim(second_id, first.sha256 or "", len(b"recording"))
+    archive.rename(tmp_path / "aside")
+    with pytest.raises(OSError, match="missing"):
+        disposer.dispose(second)
+    (tmp_path / "aside").rename(archive)
+    assert disposer.dispose(jobs.get(second.id)) == "moved"
+    assert sorted(p.name for p in archive.iterdir()) == ["a-2.wav", "a.wav"]
+
+
+def test_a_recorded_target_holding_another_drops_bytes_is_not_taken_for_ours(
+    tmp_path: Path,
+) -> None:
+    jobs, job, work = _job(tmp_path, b"a.wav", b"recording")
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "a.wav").write_bytes(b"recording")  # the same bytes, another drop's file
+    jobs.record_disposal_target(job.id, str(archive / "a.wav"))
+    assert Disposer(jobs, work, "move", archive, tmp_path).dispose(jobs.get(job.id)) == "moved"
+    assert sorted(p.name for p in archive.iterdir()) == ["a-2.wav", "a.wav"]

@@ -138,6 +138,8 @@ class Disposer:
         the reason file's name must be free too (a vanished recording left one alone)."""
         relpath = PurePosixPath(os.fsdecode(job.relpath))
         companion = REASON_SUFFIX if root == self._failed else ""
+        if not root.is_dir():  # away for now: a name chosen there now would not be free later
+            raise FolderUnusable(errno.ENOENT, f"{root} is missing (removed or unmounted?)")
         check_outside(root, self._work.inbox)
         try:
             folder = make_folders(root, Path(relpath.parent))
@@ -169,11 +171,18 @@ def _is_copy_of(target: Path, job: Job) -> bool:
 
 
 def _holds(target: Path, source: Path) -> bool:
-    """True when an earlier, interrupted move already put `source`'s content at `target`."""
+    """True when an earlier, interrupted move already put `source` at `target`: the same
+    file (a hard link), or, across filesystems, a copy with the same bytes. On one
+    filesystem the same bytes are not enough: that is another recording's file (the same
+    recording dropped twice) and taking it for ours would leave one copy for two drops."""
     try:
-        return os.path.samefile(target, source) or _same_bytes(target, source)
+        found = os.stat(target, follow_symlinks=False)
+        ours = os.stat(source, follow_symlinks=False)
     except OSError:
         return False
+    if os.path.samestat(found, ours):
+        return True
+    return found.st_dev != ours.st_dev and _same_bytes(target, source)
 
 
 def _same_bytes(first: Path, second: Path) -> bool:
