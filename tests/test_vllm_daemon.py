@@ -183,14 +183,16 @@ def test_two_servers_one_killed_then_none_then_one_back(
     assert not [words for words in spoken if len(words) > 12 and words in text]
 
     # The same JSON, key for key, as the resident model writes (the one-shot command, which
-    # disposes of nothing, has no "disposal").
+    # disposes of nothing and takes no request from a folder rule, has no "disposal" and no
+    # "request").
     sample = tmp_path / "local" / "sample.wav"
     sample.parent.mkdir()
     write_soundfile(sample, 8, 16000, "PCM_16")
     transcribe_once(sample, tiny_model, chunk_seconds="5")
     local = json.loads(sample.with_suffix(".json").read_text())
     remote = json.loads((folders.outbox / "pcm16 mono 16k.json").read_text())
-    assert _keys(remote) == _keys(local) | {"disposal": _keys(remote["disposal"])}
+    daemon_only = {key: _keys(remote[key]) for key in ("disposal", "request")}
+    assert _keys(remote) == _keys(local) | daemon_only
     assert remote["model"] == {"id": SERVED, "device": "vllm", "dtype": "auto"}
     silent = json.loads((folders.outbox / "silence.json").read_text())
     assert silent["status"] == "no_speech" and all(s["no_speech"] for s in silent["segments"])

@@ -27,7 +27,8 @@ def check_before_loading(settings: ModelSettings) -> None:
     """The model's and the aligner's files, checked before anything imports torch."""
     if settings.allow_download:
         return  # what is missing may yet be fetched: the loader checks after fetching
-    checked_folder(settings.model, allow_download=False)
+    if settings.engine == "local":  # under vLLM, `model` names what the servers serve
+        checked_folder(settings.model, allow_download=False)
     if settings.aligner is not None:
         checked_folder(settings.aligner, allow_download=False, recognizer=False, setting="aligner")
     if settings.diarizer is not None:
