@@ -53,7 +53,8 @@ def test_a_long_jobs_progress_moves_every_few_seconds(folders, tiny_model, tmp_p
     assert len(seen) >= 6, "the job ran long enough to be watched"
     # Between any two looks (a few seconds apart) progress moved on, and an ETA was shown,
     # though the model confirms progress only when a batch of 30 s of audio is done.
-    stood = [(a, b) for a, b in itertools.pairwise(seen) if b[1] <= a[1]]
+    # (Except at 99 % (89.1 s), where the estimate waits for the model to confirm the end.)
+    stood = [(a, b) for a, b in itertools.pairwise(seen) if b[1] <= a[1] and a[1] < 89]
     assert not stood, f"progress stood still between looks: {stood} in {seen}"
     assert all(eta is not None for _at, _done, eta in seen), f"no ETA: {seen}"
     assert seen[-1][1] <= 90

@@ -133,16 +133,20 @@ def _job_speed(jobs: JobQueue, now: float) -> float | None:
     return audio / busy if busy > 0 and audio > 0 else None
 
 
+_CAUTION = 0.8  # of a job's pace, for the progress shown between its confirmed batches
+
+
 def _running(job: Job, now: float, speed: float | None = None) -> dict[str, Any]:
     """Progress is confirmed after each model batch (minutes of audio apart); in between it
-    moves on at the job's own pace (before its first batch: the last hour's), never past the
-    length the header claims."""
+    moves on at a little under the job's own pace (before its first batch: the last hour's),
+    never past the length the header claims. A little under, so that a batch confirmed later
+    than its pace predicted moves the figure forward, never back."""
     confirmed, expected = job.progress_seconds or 0.0, job.expected_seconds
     if confirmed and job.started and job.progress_at and job.progress_at - job.started >= 1:
         speed = confirmed / (job.progress_at - job.started)  # this job's own pace so far
     done = confirmed
     if speed and expected and job.progress_at is not None:
-        estimate = confirmed + max(0.0, now - job.progress_at) * speed
+        estimate = confirmed + max(0.0, now - job.progress_at) * speed * _CAUTION
         done = max(confirmed, min(estimate, expected * 0.99))
     fraction = min(1.0, done / expected) if expected else None
     elapsed = now - job.started if job.started else None
