@@ -79,6 +79,9 @@ def rig(tmp_path_factory, tiny_model, request) -> Iterator[Rig]:
         TRANSCRIBED_CHUNK_SECONDS="5",
         TRANSCRIBED_FORMATS='["txt", "json", "srt", "vtt"]',
         TRANSCRIBED_FOLDERS='[{"path": "team"}]',
+        # The tiny model is far faster than a real one: 2 s more per 5 s of audio keeps the
+        # meeting running while the first tests watch it and queue behind it.
+        TRANSCRIBED_TEST_FAULTS="model.batch=sleep2",
     )
     shots = screenshot_folder(root / "screenshots")
     daemon = Daemon(env, root / "daemon.log")

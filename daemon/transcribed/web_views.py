@@ -337,9 +337,24 @@ class Views:
         except (NotAvailable, sqlite3.Error):  # no database yet, or a damaged one
             job = None
         if job is not None:
-            return card | {"job": job, "final": job.state in _FINAL, "percent": _percent(job)}
+            return card | {
+                "job": job,
+                "final": job.state in _FINAL,
+                "percent": _percent(job),
+                "reused_from": self._reused_from(job),
+            }
         card["in_inbox"] = self._still_in_inbox(relpath)
         return card
+
+    def _reused_from(self, job: Job) -> str | None:
+        """The recording whose transcript this one's copies: the same audio, dropped before."""
+        if job.state not in (JobState.PUBLISHED, JobState.DONE):
+            return None
+        try:
+            reused = self.catalog.transcript(job).get("reused_from")
+        except (NotAvailable, OSError):
+            return None
+        return reused if isinstance(reused, str) else None
 
     def _still_in_inbox(self, relpath: str) -> bool:
         """Only for a name an upload could have made (a configured folder and a plain name):
