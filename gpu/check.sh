@@ -69,7 +69,7 @@ bench() {  # bench NAME [ARGS...]: one bench run, its JSON as $out/NAME.json
 }
 if ((dry)); then
     model=$(mktemp -d)
-    "$python" -m transcribed.synthetic "$model" >/dev/null
+    "$python" -m transcribed.model.synthetic "$model" >/dev/null
     limit=120
     TRANSCRIBED_MODEL=$model bench bench-tiny-cpu --device cpu --hours 0.005 --jobs-at-once 2
     for size in 1.7b 0.6b; do

@@ -31,8 +31,8 @@ from conftest import Folders
 from invariants import digest, visible_transcripts
 from recordings import write_soundfile
 from running import CLI, Daemon, cli
-from transcribed.disposal import REASON_SUFFIX
-from transcribed.workfolder import WORK_FOLDER_NAME, relpath_of
+from transcribed.files.names import REASON_SUFFIX
+from transcribed.state.workfolder import WORK_FOLDER_NAME, relpath_of
 
 FAULTS = (
     "kill",

@@ -9,8 +9,12 @@ from typing import Any
 
 import pytest
 
-from transcribed.synthetic import build_tiny_aligner, build_tiny_checkpoint, build_tiny_diarizer
-from transcribed.workfolder import WorkFolder
+from transcribed.model.synthetic import (
+    build_tiny_aligner,
+    build_tiny_checkpoint,
+    build_tiny_diarizer,
+)
+from transcribed.state.workfolder import WorkFolder
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach for the network
 

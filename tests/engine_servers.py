@@ -6,8 +6,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from transcribed.servers.vllm_engine import RemoteEngine
 from transcribed.settings import ModelSettings
-from transcribed.vllm_engine import RemoteEngine
 
 
 def make_certificates(folder: Path, addresses: tuple[str, ...] = ("127.0.0.1",)) -> Path:

@@ -10,9 +10,9 @@ import srt
 
 from recordings import write_soundfile
 from running import transcribe_once
-from transcribed.aligner import Aligner, monotonic_words
-from transcribed.subtitles import cues
-from transcribed.transcript import Segment, Word
+from transcribed.model.aligner import Aligner, monotonic_words
+from transcribed.output.subtitles import cues
+from transcribed.output.transcript import Segment, Word
 
 
 @pytest.fixture(scope="module")

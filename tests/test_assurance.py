@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from transcribed.assurance import assess, classify, filesystem_type, is_rotational
+from transcribed.disposal.assurance import assess, classify, filesystem_type, is_rotational
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,8 @@ from recordings import (
     write_pyav,
     write_soundfile,
 )
-from transcribed.audio import SAMPLE_RATE, decode
-from transcribed.decoder import ChildDecoder
+from transcribed.audio.decoder import ChildDecoder
+from transcribed.audio.formats import SAMPLE_RATE, decode
 from transcribed.errors import DecoderCrashed, PermanentError
 
 

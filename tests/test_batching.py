@@ -9,9 +9,9 @@ import pytest
 
 from recordings import write_soundfile
 from running import Daemon, events
-from transcribed.batching import SharedRecognizer
 from transcribed.errors import ShutdownRequested
-from transcribed.transcript import ChunkText, ModelInfo
+from transcribed.model.batching import SharedRecognizer
+from transcribed.output.transcript import ChunkText, ModelInfo
 
 RATE = 16000
 

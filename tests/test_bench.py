@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from running import cli
-from transcribed.bench import BenchReport, ffmpeg_program_seconds, render
-from transcribed.synthetic import FULL_SIZES, _config, _tokenizer
+from transcribed.commands.bench import BenchReport, ffmpeg_program_seconds, render
+from transcribed.model.synthetic import FULL_SIZES, _config, _tokenizer
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ import itertools
 
 import numpy as np
 
-from transcribed.chunking import StreamChunker, plan_chunks
+from transcribed.audio.chunking import StreamChunker, plan_chunks
 
 
 def test_short_audio_is_one_chunk_and_empty_audio_none() -> None:

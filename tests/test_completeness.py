@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from recordings import write_pyav, write_soundfile
-from transcribed.completeness import incomplete_reason
+from transcribed.intake.completeness import incomplete_reason
 
 
 def _reason(path: Path) -> str | None:

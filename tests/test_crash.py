@@ -14,7 +14,7 @@ import pytest
 from invariants import check_final, check_i1_i2, digest, visible_transcripts
 from recordings import make_unreadable, write_soundfile
 from running import Daemon, events
-from transcribed.assurance import assess
+from transcribed.disposal.assurance import assess
 from transcribed.faults import CRASH_EXIT_CODE
 
 pytestmark = pytest.mark.slow

@@ -23,8 +23,8 @@ import webvtt
 
 from recordings import write_soundfile
 from running import cli, transcribe_once
-from transcribed.diarizer import Diarizer
 from transcribed.errors import ConfigError, ModelError
+from transcribed.model.diarizer import Diarizer
 from transcribed.service import load_diarizer
 from transcribed.settings import Settings, load_settings
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from transcribed.disposal import Disposer, shred
+from transcribed.disposal.disposer import Disposer, shred
 from transcribed.errors import RecordingVanished
-from transcribed.queue import Job, JobQueue
-from transcribed.workfolder import WorkFolder
+from transcribed.state.queue import Job, JobQueue
+from transcribed.state.workfolder import WorkFolder
 
 
 def _job(tmp_path: Path, relpath: bytes, content: bytes) -> tuple[JobQueue, Job, WorkFolder]:

@@ -2,7 +2,7 @@
 
 import os
 
-from transcribed.durable import NAME_MAX, fit_name
+from transcribed.files.durable import NAME_MAX, fit_name
 
 
 def test_a_long_name_is_cut_on_a_character_boundary_to_leave_room() -> None:

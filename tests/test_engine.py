@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from transcribed.engine import (
+from transcribed.errors import ModelError
+from transcribed.model.engine import (
     Engine,
     batch_ceiling,
     batch_shapes,
     resolve_device,
     token_budget,
 )
-from transcribed.errors import ModelError
-from transcribed.model_files import check_layout, resolve_model_folder
+from transcribed.model.model_files import check_layout, resolve_model_folder
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from recordings import write_soundfile
-from transcribed.queue import JobQueue
+from transcribed.state.queue import JobQueue
 
 CLI = (sys.executable, "-m", "transcribed")
 DOCTOR_FAILED = 1  # documented: doctor prints its findings and exits 1 when one fails
@@ -240,7 +240,7 @@ def test_options_go_before_or_after_the_command_and_config_alone_shows_it(tmp_pa
     shown = _run(["--config", str(config), "config"], env)
     assert shown.returncode == 0 and "state_dir" in shown.stdout and str(config) in shown.stdout
     helped = subprocess.run(
-        [sys.executable, "-m", "transcribed.synthetic", "--help"],
+        [sys.executable, "-m", "transcribed.model.synthetic", "--help"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

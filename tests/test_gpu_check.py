@@ -7,7 +7,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from transcribed.bench import BenchReport
+from transcribed.commands.bench import BenchReport
 
 SCRIPT = Path(__file__).parent.parent / "gpu" / "check.sh"
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from recordings import write_soundfile
-from transcribed import intake as intake_module
-from transcribed.intake import Intake, recover_claims
-from transcribed.queue import JobQueue, JobState
-from transcribed.watcher import start_observer
-from transcribed.workfolder import WorkFolder
+from transcribed.intake import claim as intake_module
+from transcribed.intake.claim import Intake, recover_claims
+from transcribed.intake.watcher import start_observer
+from transcribed.state.queue import JobQueue, JobState
+from transcribed.state.workfolder import WorkFolder
 
 
 class Clock:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from transcribed import watcher
-from transcribed.intake import Intake
-from transcribed.queue import JobQueue, JobState
-from transcribed.watcher import ObserverSupervisor, start_observer
-from transcribed.workfolder import WorkFolder
+from transcribed.intake import watcher
+from transcribed.intake.claim import Intake
+from transcribed.intake.watcher import ObserverSupervisor, start_observer
+from transcribed.state.queue import JobQueue, JobState
+from transcribed.state.workfolder import WorkFolder
 
 
 def _intake(folders, arrivals: "queue.SimpleQueue[str]", rescan_seconds: float) -> Intake:

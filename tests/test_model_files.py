@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from transcribed import doctor
-from transcribed.engine import Engine
+from transcribed.commands import doctor
 from transcribed.errors import ModelError
-from transcribed.model_files import checked_folder
+from transcribed.model.engine import Engine
+from transcribed.model.model_files import checked_folder
 from transcribed.settings import Settings
 
 

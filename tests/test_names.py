@@ -2,7 +2,7 @@
 
 import pytest
 
-from transcribed.names import display_name, is_candidate
+from transcribed.files.names import display_name, is_candidate
 
 
 @pytest.mark.parametrize(

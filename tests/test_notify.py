@@ -11,8 +11,8 @@ import pytest
 
 from recordings import write_soundfile
 from running import Daemon, events
-from transcribed.admin import status_line
-from transcribed.notify import Notifier, _watchdog_seconds
+from transcribed.host.notify import Notifier, _watchdog_seconds
+from transcribed.state.overview import status_line
 
 pytestmark = pytest.mark.slow
 

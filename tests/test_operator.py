@@ -12,8 +12,8 @@ import torch
 
 from recordings import write_soundfile
 from running import CLI, Daemon, cli, events
-from transcribed.admin import render_status, service_status, status_report
-from transcribed.queue import JobQueue
+from transcribed.state.overview import render_status, service_status, status_report
+from transcribed.state.queue import JobQueue
 
 
 def status(env: dict[str, str]) -> dict:

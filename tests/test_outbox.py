@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from transcribed.outbox import Outbox
-from transcribed.transcript import ModelInfo, Segment, SourceInfo, Transcript
+from transcribed.output.outbox import Outbox
+from transcribed.output.transcript import ModelInfo, Segment, SourceInfo, Transcript
 
 
 def _transcript(sha: str, text: str = "hello world", name: str = "a.wav") -> Transcript:

@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from transcribed.outbox import render_txt
-from transcribed.pauses import quiet_edges
-from transcribed.pipeline import transcribe_stream
-from transcribed.transcript import ChunkText, ModelInfo, SourceInfo
+from transcribed.audio.pauses import quiet_edges
+from transcribed.model.pipeline import transcribe_stream
+from transcribed.output.outbox import render_txt
+from transcribed.output.transcript import ChunkText, ModelInfo, SourceInfo
 
 RATE = 16000
 

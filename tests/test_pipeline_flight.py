@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from transcribed.pipeline import transcribe_stream
-from transcribed.transcript import ChunkText, ModelInfo, SourceInfo
+from transcribed.model.pipeline import transcribe_stream
+from transcribed.output.transcript import ChunkText, ModelInfo, SourceInfo
 
 RATE = 16000
 

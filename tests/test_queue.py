@@ -4,7 +4,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from transcribed.queue import FailureKind, JobQueue, JobState
+from transcribed.state.queue import FailureKind, JobQueue, JobState
 
 
 def _queued(jobs: JobQueue, name: bytes, sha: str) -> int:

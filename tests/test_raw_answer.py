@@ -3,7 +3,7 @@
 import pytest
 from transformers.models.qwen3_asr.processing_qwen3_asr import Qwen3ASRProcessor
 
-from transcribed.raw_answer import LanguageNames, detected_language, parse_answer
+from transcribed.model.raw_answer import LanguageNames, detected_language, parse_answer
 
 NAMES = LanguageNames()
 

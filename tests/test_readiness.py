@@ -1,6 +1,6 @@
 """The settle window: a file is released only after staying unchanged for settle_seconds."""
 
-from transcribed.readiness import Identity, SettleTracker
+from transcribed.intake.readiness import Identity, SettleTracker
 
 
 class Clock:

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from transcribed import doctor
-from transcribed.queue import JobQueue, JobState
-from transcribed.reconcile import Reconciler
+from transcribed.commands import doctor
+from transcribed.intake.reconcile import Reconciler
 from transcribed.settings import Settings
-from transcribed.workfolder import WorkFolder, relpath_of, work_name
+from transcribed.state.queue import JobQueue, JobState
+from transcribed.state.workfolder import WorkFolder, relpath_of, work_name
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """Repetition loops are collapsed; ordinary repetition in speech is left alone."""
 
-from transcribed.repetition import collapse_repetitions, remove_context_echo
+from transcribed.model.repetition import collapse_repetitions, remove_context_echo
 
 
 def test_a_short_unit_repeated_many_times_is_collapsed() -> None:

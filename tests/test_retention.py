@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from running import cli
-from transcribed.queue import FailureKind, JobQueue, JobState
-from transcribed.retention import parse_age, prune
+from transcribed.jobs.retention import parse_age, prune
+from transcribed.state.queue import FailureKind, JobQueue, JobState
 
 DAY = 86400.0
 

@@ -10,8 +10,9 @@ from pydantic import ValidationError
 from recordings import write_soundfile
 from running import Daemon
 from transcribed.errors import ConfigError
-from transcribed.rules import FolderRule, Rules, read_context
+from transcribed.jobs.rules import Rules, read_context
 from transcribed.settings import Settings, load_settings
+from transcribed.settings.folders import FolderRule
 
 
 def _rules(inbox: Path, *rules: FolderRule) -> Rules:

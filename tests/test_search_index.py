@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from running import cli
-from transcribed.queue import JobQueue
-from transcribed.search_index import SearchIndex, published_job_ids, render_hit
+from transcribed.output.search_index import SearchIndex, published_job_ids, render_hit
+from transcribed.state.queue import JobQueue
 
 
 def write_transcript(path: Path, *texts: str, language: str | None = "en", name: str = "") -> Path:

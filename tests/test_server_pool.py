@@ -17,8 +17,8 @@ import pytest
 
 from engine_servers import make_certificates, remote_engine
 from transcribed.errors import TransientError
-from transcribed.pool_sim import ApiServer, timed_answer
-from transcribed.server_pool import DOWN_AFTER
+from transcribed.servers.pool_sim import ApiServer, timed_answer
+from transcribed.servers.server_pool import DOWN_AFTER
 from vllm_server import FakeVllm, TinyModel
 
 HERE = Path(__file__).parent

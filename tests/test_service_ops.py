@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from recordings import write_soundfile
 from running import CLI, Daemon, events
-from transcribed.isolation import isolation_problem, reachable_interfaces
+from transcribed.host.isolation import isolation_problem, reachable_interfaces
 
 pytestmark = pytest.mark.slow
 

@@ -210,9 +210,9 @@ def test_a_state_folder_that_cannot_be_made_is_one_line(folders, tmp_path) -> No
 
 
 def test_every_variable_a_hook_receives_is_known_not_to_be_a_setting() -> None:
-    from transcribed.queue import Job, JobState
     from transcribed.service import hook_environment
     from transcribed.settings import _NOT_SETTINGS
+    from transcribed.state.queue import Job, JobState
 
     job = Job(
         id=1,

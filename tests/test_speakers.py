@@ -15,10 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from transcribed.memory import pin_mmap_threshold
-from transcribed.pipeline import transcribe_stream
-from transcribed.speakers import FRAME_SAMPLES, SpeakerStream, SpeakerTrack
-from transcribed.transcript import ChunkText, ModelInfo, Segment, SourceInfo, Transcript, Word
+from transcribed.audio.memory import pin_mmap_threshold
+from transcribed.model.pipeline import transcribe_stream
+from transcribed.model.speakers import FRAME_SAMPLES, SpeakerStream, SpeakerTrack
+from transcribed.output.transcript import (
+    ChunkText,
+    ModelInfo,
+    Segment,
+    SourceInfo,
+    Transcript,
+    Word,
+)
 
 RATE = 16000
 
@@ -287,8 +294,8 @@ def test_memory_stays_flat_through_a_three_hour_recording() -> None:
 
 
 def _real_diarizer() -> SpeakerStream:
-    from transcribed.diarizer import Diarizer
-    from transcribed.synthetic import build_tiny_diarizer
+    from transcribed.model.diarizer import Diarizer
+    from transcribed.model.synthetic import build_tiny_diarizer
 
     folder = build_tiny_diarizer(Path(tempfile.mkdtemp(prefix="tiny-diarizer-")))
     return Diarizer.load(str(folder), "cpu", allow_download=False).open()

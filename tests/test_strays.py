@@ -6,11 +6,11 @@ from pathlib import Path
 
 import structlog
 
-from transcribed.intake import Intake
-from transcribed.queue import JobQueue
-from transcribed.strays import Strays
-from transcribed.watcher import walk_files
-from transcribed.workfolder import WorkFolder
+from transcribed.intake.claim import Intake
+from transcribed.intake.strays import Strays
+from transcribed.intake.watcher import walk_files
+from transcribed.state.queue import JobQueue
+from transcribed.state.workfolder import WorkFolder
 
 
 def _intake(folders) -> Intake:

@@ -9,9 +9,9 @@ import webvtt
 
 from recordings import write_soundfile
 from running import transcribe_once
-from transcribed.outbox import Outbox
-from transcribed.subtitles import cues, render_srt, render_tsv, render_vtt
-from transcribed.transcript import ModelInfo, Segment, SourceInfo, Transcript
+from transcribed.output.outbox import Outbox
+from transcribed.output.subtitles import cues, render_srt, render_tsv, render_vtt
+from transcribed.output.transcript import ModelInfo, Segment, SourceInfo, Transcript
 
 SEGMENTS = (
     Segment(0.0, 28.4, " ".join(["word"] * 60) + " a --> b & <c>", "en"),

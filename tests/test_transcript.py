@@ -2,8 +2,8 @@
 
 import math
 
-from transcribed import scoring
-from transcribed.transcript import (
+from transcribed.model import scoring
+from transcribed.output.transcript import (
     Segment,
     join_texts,
     language_shares,

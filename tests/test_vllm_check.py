@@ -9,8 +9,8 @@ import pytest
 
 from conftest import Folders
 from engine_servers import make_certificates
-from transcribed import isolation
-from transcribed.doctor import Finding, diagnose
+from transcribed.commands.doctor import Finding, diagnose
+from transcribed.host import isolation
 from transcribed.settings import Settings
 from vllm_server import FakeVllm, TinyModel
 

@@ -29,9 +29,9 @@ from invariants import check_final, check_i1_i2, digest
 from netns import TestHosts, netns_unavailable
 from recordings import make_mixed_recordings, write_soundfile
 from running import Daemon, cli, events
-from transcribed.engine import Engine
-from transcribed.synthetic import build_tiny_checkpoint
-from transcribed.vllm_engine import RemoteEngine
+from transcribed.model.engine import Engine
+from transcribed.model.synthetic import build_tiny_checkpoint
+from transcribed.servers.vllm_engine import RemoteEngine
 
 VENV = os.environ.get("TRANSCRIBED_VLLM_VENV")
 pytestmark = [

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from engine_servers import remote_engine
-from transcribed.engine import Engine
-from transcribed.vllm_engine import RemoteEngine
+from transcribed.model.engine import Engine
+from transcribed.servers.vllm_engine import RemoteEngine
 from vllm_server import FakeVllm, TinyModel
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from transcribed.errors import ConfigError
+from transcribed.servers.vllm_engine import pool_settings, recording_batch
 from transcribed.settings import ModelSettings, load_settings
-from transcribed.vllm_engine import pool_settings, recording_batch
 
 
 @pytest.mark.parametrize(

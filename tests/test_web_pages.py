@@ -8,9 +8,9 @@ import re
 import pytest
 
 from test_web_security import LOCAL, client_for, publish
-from transcribed.queue import JobQueue
-from transcribed.search_index import SearchIndex
+from transcribed.output.search_index import SearchIndex
 from transcribed.settings import Settings
+from transcribed.state.queue import JobQueue
 
 MIXED = {
     "text": "我们讨论预算。 The budget is late.",

@@ -21,12 +21,12 @@ from structlog.testing import capture_logs
 
 from recordings import write_soundfile
 from running import CLI
-from transcribed.queue import FailureKind, JobQueue
-from transcribed.search_index import SearchIndex
+from transcribed.output.search_index import SearchIndex
 from transcribed.settings import Settings
-from transcribed.web_app import CONTENT_SECURITY_POLICY, build_app
-from transcribed.web_auth import Credentials, hash_password
-from transcribed.web_settings import WebSettings
+from transcribed.settings.web import WebSettings
+from transcribed.state.queue import FailureKind, JobQueue
+from transcribed.web.app import CONTENT_SECURITY_POLICY, build_app
+from transcribed.web.auth import Credentials, hash_password
 from webpage import WebPage
 
 LOCAL = "http://127.0.0.1:8750"
@@ -145,9 +145,9 @@ def test_status_shows_waiting_files_and_the_daemon_when_the_report_has_them(
 ):
     """The daemon's report may carry a `waiting` list and a `daemon` field; both are shown
     (escaped) when present, and their absence is fine (the other tests)."""
-    from transcribed import admin
+    from transcribed.state import overview
 
-    plain = admin.status_report
+    plain = overview.status_report
 
     def fuller(jobs, now=None):
         return plain(jobs, now) | {
@@ -155,7 +155,7 @@ def test_status_shows_waiting_files_and_the_daemon_when_the_report_has_them(
             "daemon": {"running": False, "pid": None, "since": None},
         }
 
-    monkeypatch.setattr(admin, "status_report", fuller)
+    monkeypatch.setattr(overview, "status_report", fuller)
     page = client.get("/").text
     assert "&lt;u&gt;half.wav&lt;/u&gt;" in page and "still being written" in page
     assert "The daemon is not running" in page

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from test_units import ANALYZE, UNITS, analyze, directives, installed_copy, needs_systemd
-from transcribed.web_settings import WebSettings
+from transcribed.settings.web import WebSettings
 
 WEB_UNIT = UNITS / "transcribed-web.service"
 EXPOSURE_LIMIT = 1.5

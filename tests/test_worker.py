@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from recordings import write_soundfile
-from transcribed.decoder import ChildDecoder
-from transcribed.destinations import Destinations
-from transcribed.disposal import Disposer
-from transcribed.engine import Engine
-from transcribed.outbox import Outbox
-from transcribed.queue import JobQueue, JobState
-from transcribed.rules import Rules
-from transcribed.worker import Worker
+from transcribed.audio.decoder import ChildDecoder
+from transcribed.disposal.disposer import Disposer
+from transcribed.jobs.destinations import Destinations
+from transcribed.jobs.rules import Rules
+from transcribed.jobs.worker import Worker
+from transcribed.model.engine import Engine
+from transcribed.output.outbox import Outbox
+from transcribed.state.queue import JobQueue, JobState
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transcribed.pool_sim import ApiHandler, ApiServer, chat_answer
+from transcribed.servers.pool_sim import ApiHandler, ApiServer, chat_answer
 
 
 @dataclass

@@ -18,10 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from transcribed import __version__
-from transcribed.admin import OperatorError
 from transcribed.errors import ConfigError, ModelError
 from transcribed.logs import configure_logging
-from transcribed.queue import JobState
 from transcribed.settings import (
     DEFAULT_CONFIG_PATH,
     ModelSettings,
@@ -32,10 +30,12 @@ from transcribed.settings import (
     load_settings,
     setting_sources,
 )
+from transcribed.state.overview import OperatorError
+from transcribed.state.queue import JobState
 
 if TYPE_CHECKING:
-    from transcribed.engine import Engine
-    from transcribed.vllm_engine import RemoteEngine
+    from transcribed.model.engine import Engine
+    from transcribed.servers.vllm_engine import RemoteEngine
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2  # usage and configuration errors, like argparse's own
@@ -350,7 +350,7 @@ def _state_dir_option(command: argparse.ArgumentParser) -> None:
 
 
 def _age(text: str) -> float:
-    from transcribed.retention import parse_age
+    from transcribed.jobs.retention import parse_age
 
     try:
         return parse_age(text)
@@ -395,7 +395,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check_model_files(settings: ModelSettings) -> None:
-    from transcribed.model_files import check_before_loading
+    from transcribed.model.model_files import check_before_loading
 
     check_before_loading(settings)
 
@@ -403,7 +403,7 @@ def _check_model_files(settings: ModelSettings) -> None:
 def _check_device(device: str) -> None:
     """A GPU asked for but not usable is refused before anything starts (and logs)."""
     if device.startswith("cuda"):
-        from transcribed.engine import resolve_device
+        from transcribed.model.engine import resolve_device
 
         resolve_device(device)
 
@@ -419,7 +419,7 @@ def _transcribe(args: argparse.Namespace) -> int:
     _check_model_files(settings)
     _check_device(settings.device)
     _offline_unless(settings.allow_download)
-    from transcribed.oneshot import transcribe_files
+    from transcribed.commands.transcribe import transcribe_files
 
     failures = transcribe_files(args.files, settings, args.outbox)
     return EXIT_FAILED if failures else 0
@@ -436,29 +436,32 @@ def _state(args: argparse.Namespace, kind: type[StateT]) -> StateT:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from transcribed import admin, engine_status
-    from transcribed.instance import holder
+    from transcribed.servers import engine_status
+    from transcribed.state import overview
+    from transcribed.state.instance import holder
 
     settings = _state(args, StateSettings)
-    report = admin.status_report(admin.open_queue(settings), daemon=holder(settings.state_dir))
+    report = overview.status_report(
+        overview.open_queue(settings), daemon=holder(settings.state_dir)
+    )
     if (servers := engine_status.read(settings.state_dir)) is not None:  # the vLLM engine's
         report["engine_servers"] = servers
         report["summary"] += f"; {engine_status.summary(servers)}"
-    _print(report, args.json, admin.render_status(report))
+    _print(report, args.json, overview.render_status(report))
     return 0
 
 
 def _jobs_list(args: argparse.Namespace) -> int:
-    from transcribed import admin
+    from transcribed.state import overview
 
-    jobs = admin.open_queue(_state(args, StateSettings))
-    rows = admin.job_rows(jobs, JobState(args.state) if args.state else None, args.limit)
-    _print(rows, args.json, admin.render_jobs(rows))
+    jobs = overview.open_queue(_state(args, StateSettings))
+    rows = overview.job_rows(jobs, JobState(args.state) if args.state else None, args.limit)
+    _print(rows, args.json, overview.render_jobs(rows))
     return 0
 
 
 def _jobs_retry(args: argparse.Namespace) -> int:
-    from transcribed import admin
+    from transcribed.state import overview
 
     settings = _state(args, RetrySettings)
     if not settings.inbox.is_dir():
@@ -466,25 +469,25 @@ def _jobs_retry(args: argparse.Namespace) -> int:
             f"inbox {settings.inbox} does not exist or is not a folder: the recording goes back "
             "there (check inbox in --config or TRANSCRIBED_INBOX)"
         )
-    target = admin.retry(admin.open_queue(settings), settings.inbox, args.job)
+    target = overview.retry(overview.open_queue(settings), settings.inbox, args.job)
     print(f"job {args.job}: the recording is back in the inbox as {target}")
     return 0
 
 
 def _jobs_forget(args: argparse.Namespace) -> int:
-    from transcribed import admin
+    from transcribed.state import overview
 
-    job = admin.forget(admin.open_queue(_state(args, StateSettings)), args.job)
+    job = overview.forget(overview.open_queue(_state(args, StateSettings)), args.job)
     print(f"job {args.job} ({job.state}) forgotten; its files were not touched")
     return 0
 
 
 def _jobs_prune(args: argparse.Namespace) -> int:
-    from transcribed import admin
-    from transcribed.retention import prune
+    from transcribed.jobs.retention import prune
+    from transcribed.state import overview
 
     settings = _state(args, StateSettings)
-    admin.open_queue(settings).close()  # the same refusals as every jobs command
+    overview.open_queue(settings).close()  # the same refusals as every jobs command
     try:
         pruned = prune(settings.database, time.time() - args.older_than, dry_run=args.dry_run)
     except sqlite3.Error as error:
@@ -495,7 +498,7 @@ def _jobs_prune(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from transcribed import search_index
+    from transcribed.output import search_index
 
     settings = load_settings(args.config, Settings)
     index = search_index.SearchIndex(settings.search_database)
@@ -523,20 +526,20 @@ def _web(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, Settings)
     overrides = {k: v for k in ("host", "port") if (v := getattr(args, k)) is not None}
     web = settings.web.model_copy(update=overrides)
-    from transcribed.web_app import serve
+    from transcribed.web.app import serve
 
     return serve(settings.model_copy(update={"web": web}))
 
 
 def _web_password(args: argparse.Namespace) -> int:
-    from transcribed.web_auth import hash_password, read_new_password
+    from transcribed.web.auth import hash_password, read_new_password
 
     print(f'password_hash = "{hash_password(read_new_password())}"')
     return 0
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from transcribed import doctor
+    from transcribed.commands import doctor
 
     try:
         settings = load_settings(args.config, Settings)
@@ -552,10 +555,10 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _recover(args: argparse.Namespace) -> int:
-    from transcribed.instance import InstanceLock
-    from transcribed.queue import JobQueue
-    from transcribed.rebuild import index_disk, set_aside
-    from transcribed.workfolder import WorkFolder
+    from transcribed.state.instance import InstanceLock
+    from transcribed.state.queue import JobQueue
+    from transcribed.state.rebuild import index_disk, set_aside
+    from transcribed.state.workfolder import WorkFolder
 
     settings = load_settings(args.config, Settings)
     lock = InstanceLock(settings.state_dir)
@@ -602,7 +605,7 @@ def _bench(args: argparse.Namespace) -> int:
     _offline_unless(settings.allow_download)
     if settings.engine == "vllm" and args.synthetic_weights:
         raise ConfigError("--synthetic-weights is for the local engine: the servers hold theirs")
-    from transcribed import bench
+    from transcribed.commands import bench
 
     per_second = args.tokens_per_second or (4.0 if args.synthetic_weights else None)
     report = bench.run_bench(
@@ -624,15 +627,15 @@ def _bench_engine(
     if settings.engine == "vllm":
         import threading
 
-        from transcribed.vllm_engine import RemoteEngine, recording_batch
+        from transcribed.servers.vllm_engine import RemoteEngine, recording_batch
 
         remote = RemoteEngine.connect(
             settings, recording_batch(settings, args.jobs_at_once), threading.Event()
         )
         remote.fixed_tokens_per_second = args.tokens_per_second
         return remote
-    from transcribed.engine import Engine
-    from transcribed.synthetic import build_full_size_checkpoint
+    from transcribed.model.engine import Engine
+    from transcribed.model.synthetic import build_full_size_checkpoint
 
     model = settings.model
     if args.synthetic_weights:
@@ -652,7 +655,7 @@ def _bench_engine(
 
 
 def _bench_pool(args: argparse.Namespace, settings: ModelSettings) -> int:
-    from transcribed import pool_bench
+    from transcribed.commands import pool_bench
 
     try:
         counts = [int(part) for part in args.simulate_servers.split(",")]

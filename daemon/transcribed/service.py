@@ -19,41 +19,41 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from transcribed import engine_status
-from transcribed.admin import STALLED_SECONDS, service_status
-from transcribed.aligner import Aligner
-from transcribed.batching import SerializedAligner, SharedModel, SharedRecognizer
-from transcribed.decoder import ChildDecoder, DecoderPool
-from transcribed.destinations import Destinations
-from transcribed.diarizer import Diarizer
-from transcribed.disposal import Disposer
-from transcribed.durable import remove_stale_temps
-from transcribed.engine import Engine
+from transcribed.audio.decoder import ChildDecoder, DecoderPool
+from transcribed.audio.memory import pin_mmap_threshold
+from transcribed.disposal.disposer import Disposer
 from transcribed.errors import ConfigError
-from transcribed.hooks import HookCall, Hooks
-from transcribed.instance import InstanceLock
-from transcribed.intake import Intake, LargeFileHasher, recover_claims
-from transcribed.isolation import (
+from transcribed.files.durable import remove_stale_temps
+from transcribed.files.names import display_name
+from transcribed.host.hooks import HookCall, Hooks
+from transcribed.host.isolation import (
     ISOLATION_HINT,
     SERVERS_ONLY_HINT,
     isolation_problem,
     servers_only_problem,
 )
+from transcribed.host.metrics import write_metrics
+from transcribed.host.notify import Notifier
+from transcribed.intake.claim import Intake, LargeFileHasher, recover_claims
+from transcribed.intake.reconcile import Reconciler
+from transcribed.intake.watcher import ObserverSupervisor
+from transcribed.jobs.destinations import Destinations
+from transcribed.jobs.rules import Rules
+from transcribed.jobs.worker import Decoder, Worker
 from transcribed.logs import get_logger
-from transcribed.memory import pin_mmap_threshold
-from transcribed.metrics import write_metrics
-from transcribed.names import display_name
-from transcribed.notify import Notifier
-from transcribed.outbox import Outbox
-from transcribed.queue import Job, JobQueue, is_damaged
-from transcribed.rebuild import index_disk
-from transcribed.reconcile import Reconciler
-from transcribed.rules import Rules
-from transcribed.search_index import SearchIndex, published_job_ids
+from transcribed.model.aligner import Aligner
+from transcribed.model.batching import SerializedAligner, SharedModel, SharedRecognizer
+from transcribed.model.diarizer import Diarizer
+from transcribed.model.engine import Engine
+from transcribed.output.outbox import Outbox
+from transcribed.output.search_index import SearchIndex, published_job_ids
+from transcribed.servers import engine_status
 from transcribed.settings import ModelSettings, Settings, check_folders, load_settings
-from transcribed.watcher import ObserverSupervisor
-from transcribed.worker import Decoder, Worker
-from transcribed.workfolder import WorkFolder
+from transcribed.state.instance import InstanceLock
+from transcribed.state.overview import STALLED_SECONDS, service_status
+from transcribed.state.queue import Job, JobQueue, is_damaged
+from transcribed.state.rebuild import index_disk
+from transcribed.state.workfolder import WorkFolder
 
 log = get_logger(__name__)
 
@@ -277,7 +277,7 @@ def load_shared_model(settings: Settings, stop: threading.Event) -> SharedModel:
     if settings.engine == "local":
         engine_status.clear(settings.state_dir)
         return SharedRecognizer(load_engine(settings), stop)
-    from transcribed.vllm_engine import RemoteEngine, recording_batch
+    from transcribed.servers.vllm_engine import RemoteEngine, recording_batch
 
     return RemoteEngine.connect(
         settings,

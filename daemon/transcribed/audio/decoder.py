@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from transcribed import faults
+from transcribed.audio.memory import pin_mmap_threshold
 from transcribed.errors import DecoderCrashed, PermanentError, TransientError
-from transcribed.memory import pin_mmap_threshold
 
 # Messages from the child are raw bytes behind a 4-byte tag (4 keeps the samples aligned for
 # numpy): samples go through the pipe without pickling, which costs as much as the transfer.
@@ -233,7 +233,7 @@ def _serve(conn: Connection, memory_bytes: int) -> None:
     # Import the decoding libraries now, while the child waits for its first file, not during it.
     import av  # noqa: F401
 
-    import transcribed.audio  # noqa: F401
+    import transcribed.audio.formats  # noqa: F401
 
     while True:
         try:
@@ -247,7 +247,7 @@ def _serve(conn: Connection, memory_bytes: int) -> None:
 
 def _stream_one(conn: Connection, path: Path, max_seconds: float) -> tuple[bytes, str]:
     """Send the blocks of one file; return the closing message's tag and reason."""
-    from transcribed.audio import Repairs, open_source, to_16k_mono  # libraries: child only
+    from transcribed.audio.formats import Repairs, open_source, to_16k_mono  # libraries: child only
 
     repairs = Repairs()
     try:

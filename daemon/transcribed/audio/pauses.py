@@ -10,8 +10,8 @@ import dataclasses
 
 import numpy as np
 
-from transcribed.chunking import frame_rms, quiet_threshold
-from transcribed.transcript import Segment
+from transcribed.audio.chunking import frame_rms, quiet_threshold
+from transcribed.output.transcript import Segment
 
 _FRAME = 800  # 50 ms at 16 kHz
 _RATE = 16_000

@@ -36,18 +36,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import soundfile
 
-from transcribed.batching import SharedModel, SharedRecognizer
-from transcribed.pipeline import Recognizer
-from transcribed.queue import JobQueue
+from transcribed.jobs.worker import Decoder
+from transcribed.model.batching import SharedModel, SharedRecognizer
+from transcribed.model.pipeline import Recognizer
+from transcribed.output.transcript import ChunkText, ModelInfo
 from transcribed.settings import ModelSettings, Settings
-from transcribed.transcript import ChunkText, ModelInfo
-from transcribed.worker import Decoder
-from transcribed.workfolder import WorkFolder
+from transcribed.state.queue import JobQueue
+from transcribed.state.workfolder import WorkFolder
 
 if TYPE_CHECKING:
-    from transcribed.diarizer import Diarizer
-    from transcribed.engine import Engine
-    from transcribed.vllm_engine import RemoteEngine
+    from transcribed.model.diarizer import Diarizer
+    from transcribed.model.engine import Engine
+    from transcribed.servers.vllm_engine import RemoteEngine
 
 _SOURCE_RATE = 48_000
 # Lengths cycled through to fill the backlog: meetings, voice notes, calls, lectures.

@@ -13,18 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from transcribed.assurance import NETWORK, assess, filesystem_type
+from transcribed.disposal.assurance import NETWORK, assess, filesystem_type
 from transcribed.errors import ModelError
-from transcribed.instance import holder
-from transcribed.isolation import (
+from transcribed.host.isolation import (
     ISOLATION_HINT,
     SERVERS_ONLY_HINT,
     isolation_problem,
     servers_only_problem,
 )
-from transcribed.queue import IN_WORK_FOLDER, JobState
 from transcribed.settings import Settings, check_folders
-from transcribed.workfolder import WORK_FOLDER_NAME
+from transcribed.state.instance import holder
+from transcribed.state.queue import IN_WORK_FOLDER, JobState
+from transcribed.state.workfolder import WORK_FOLDER_NAME
 
 Level = Literal["ok", "warn", "fail"]
 _LIVE_STATES = tuple(str(state) for state in (JobState.CLAIMING, *IN_WORK_FOLDER))
@@ -217,7 +217,7 @@ def _inotify(settings: Settings) -> Iterator[Finding]:
 
 def _model(settings: Settings) -> Iterator[Finding]:
     """The same checks `run` makes before it loads the weights."""
-    from transcribed.model_files import checked_folder, load_processor
+    from transcribed.model.model_files import checked_folder, load_processor
 
     models = (("model", settings.model), ("aligner", settings.aligner))
     for name, model in (*models, ("diarizer", settings.diarizer)):
@@ -225,7 +225,7 @@ def _model(settings: Settings) -> Iterator[Finding]:
             continue  # the vLLM servers hold the model
         try:
             if name == "diarizer":
-                from transcribed.diarizer import diarizer_folder
+                from transcribed.model.diarizer import diarizer_folder
 
                 folder = diarizer_folder(model, allow_download=False)
             else:
@@ -242,7 +242,7 @@ def _model(settings: Settings) -> Iterator[Finding]:
 def _gpu(settings: Settings) -> Iterator[Finding]:
     import torch
 
-    from transcribed.engine import why_no_cuda
+    from transcribed.model.engine import why_no_cuda
 
     if settings.device == "cpu":
         yield Finding("gpu", "ok", "device = cpu: the GPU is not used (slow for real models)")
@@ -276,7 +276,7 @@ def _gpu(settings: Settings) -> Iterator[Finding]:
 
 def _engine(settings: Settings) -> Iterator[Finding]:
     if settings.engine == "vllm":
-        from transcribed.vllm_check import check_engine
+        from transcribed.commands.vllm_check import check_engine
 
         yield from check_engine(settings)
 

@@ -26,8 +26,14 @@ from typing import Any
 
 import soundfile
 
-from transcribed.bench import NoModel, _copy_backlog, _rig, _transcribe_backlog, write_backlog
-from transcribed.pool_sim import fetch_stats
+from transcribed.commands.bench import (
+    NoModel,
+    _copy_backlog,
+    _rig,
+    _transcribe_backlog,
+    write_backlog,
+)
+from transcribed.servers.pool_sim import fetch_stats
 from transcribed.settings import ModelSettings
 
 BUSY_TARGET = 0.90
@@ -106,7 +112,7 @@ def _run(
     audio: float,
     scratch: Path,
 ) -> PoolRun:
-    from transcribed.vllm_engine import RemoteEngine, recording_batch
+    from transcribed.servers.vllm_engine import RemoteEngine, recording_batch
 
     with simulated_servers(count, speed) as urls:
         pooled = settings.model_copy(
@@ -154,7 +160,7 @@ def _busy(at: list[dict[str, Any]], final: list[dict[str, Any]], cap: int, until
 def simulated_servers(count: int, speed: float) -> Iterator[list[str]]:
     """`count` simulated servers in a process of their own (not competing for this one's
     interpreter lock); their URLs."""
-    command = [sys.executable, "-m", "transcribed.pool_sim", "--servers", str(count)]
+    command = [sys.executable, "-m", "transcribed.servers.pool_sim", "--servers", str(count)]
     command += ["--speed", str(speed), "--model", _MODEL]
     with subprocess.Popen(
         command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True

@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from transcribed.audio.memory import pin_mmap_threshold
 from transcribed.errors import TranscribedError
-from transcribed.intake import hash_descriptor
+from transcribed.files.names import display_name
+from transcribed.intake.claim import hash_descriptor
 from transcribed.logs import get_logger
-from transcribed.memory import pin_mmap_threshold
-from transcribed.names import display_name
-from transcribed.pipeline import transcribe_stream
+from transcribed.model.pipeline import transcribe_stream
+from transcribed.output.transcript import SourceInfo
+from transcribed.servers.vllm_engine import RemoteEngine
 from transcribed.service import (
     load_aligner,
     load_diarizer,
@@ -25,11 +27,9 @@ from transcribed.service import (
     make_outbox,
 )
 from transcribed.settings import ModelSettings
-from transcribed.transcript import SourceInfo
-from transcribed.vllm_engine import RemoteEngine
 
 if TYPE_CHECKING:
-    from transcribed.engine import Engine
+    from transcribed.model.engine import Engine
 
 log = get_logger(__name__)
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 
-from transcribed.doctor import Finding, Level
-from transcribed.server_pool import MODELS_PATH, read_api_key, served_models, tls_context
+from transcribed.commands.doctor import Finding, Level
+from transcribed.servers.server_pool import MODELS_PATH, read_api_key, served_models, tls_context
 from transcribed.settings import ModelSettings
 
 # vLLM loads the -hf checkpoints from 0.26 on (DESIGN §9).

@@ -16,8 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from transcribed import faults
-from transcribed.assurance import Assurance, assess
-from transcribed.durable import (
+from transcribed.disposal.assurance import Assurance, assess
+from transcribed.errors import FolderUnusable, RecordingVanished
+from transcribed.files.durable import (
     check_outside,
     fsync_dir,
     link_or_copy_no_overwrite,
@@ -25,12 +26,11 @@ from transcribed.durable import (
     publish_bytes,
     unique_name,
 )
-from transcribed.errors import FolderUnusable, RecordingVanished
-from transcribed.queue import Job, JobQueue
-from transcribed.workfolder import WorkFolder
+from transcribed.files.names import REASON_SUFFIX
+from transcribed.state.queue import Job, JobQueue
+from transcribed.state.workfolder import WorkFolder
 
 _BLOCK = 1 << 20
-REASON_SUFFIX = ".error.json"  # the reason file beside a quarantined original
 
 
 class Disposer:

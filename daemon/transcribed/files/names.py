@@ -38,6 +38,8 @@ _TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".crdownload", ".downloa
 _TEMP_PREFIXES = ("~", ".", "#")
 _TEMP_INFIXES = (".syncthing.", ".goutputstream-")
 
+REASON_SUFFIX = ".error.json"  # the reason file beside a quarantined original
+
 
 def is_temporary_name(name: str) -> bool:
     """Dotfiles (rsync's `.name.XXXXXX`, our own work folder) and known temp-name patterns."""

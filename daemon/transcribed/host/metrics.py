@@ -4,8 +4,8 @@ PrivateNetwork=yes and opens nothing to the network."""
 
 from pathlib import Path
 
-from transcribed.durable import publish_bytes
-from transcribed.queue import JobQueue, JobState
+from transcribed.files.durable import publish_bytes
+from transcribed.state.queue import JobQueue, JobState
 
 _WAITING = (JobState.CLAIMING, JobState.QUEUED, JobState.DUPLICATE)
 

@@ -25,19 +25,19 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from transcribed import faults
-from transcribed.completeness import incomplete_reason
-from transcribed.durable import fsync_dir
 from transcribed.errors import advice
+from transcribed.files.durable import fsync_dir
+from transcribed.files.names import display_name
+from transcribed.intake.completeness import incomplete_reason
+from transcribed.intake.readiness import Identity, SettleTracker
+from transcribed.intake.strays import Strays
+from transcribed.intake.watcher import walk_files
 from transcribed.logs import get_logger
-from transcribed.names import display_name
-from transcribed.queue import JobQueue, JobState
-from transcribed.readiness import Identity, SettleTracker
-from transcribed.strays import Strays
-from transcribed.watcher import walk_files
-from transcribed.workfolder import WorkFolder, work_name
+from transcribed.state.queue import JobQueue, JobState
+from transcribed.state.workfolder import WorkFolder, work_name
 
 if TYPE_CHECKING:
-    from transcribed.reconcile import Reconciler
+    from transcribed.intake.reconcile import Reconciler
 
 log = get_logger(__name__)
 

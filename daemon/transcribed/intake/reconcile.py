@@ -15,12 +15,12 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from transcribed.intake import LARGE_FILE_BYTES, LargeFileHasher, finish_claim_logged
-from transcribed.intake import hash_descriptor as _hash
+from transcribed.files.names import display_name
+from transcribed.intake.claim import LARGE_FILE_BYTES, LargeFileHasher, finish_claim_logged
+from transcribed.intake.claim import hash_descriptor as _hash
 from transcribed.logs import get_logger
-from transcribed.names import display_name
-from transcribed.queue import Job, JobQueue, JobState
-from transcribed.workfolder import WorkFolder, relpath_of
+from transcribed.state.queue import Job, JobQueue, JobState
+from transcribed.state.workfolder import WorkFolder, relpath_of
 
 log = get_logger(__name__)
 

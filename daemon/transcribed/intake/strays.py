@@ -11,8 +11,8 @@ import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from transcribed.files.names import AUDIO_EXTENSIONS, display_name, not_a_recording
 from transcribed.logs import get_logger
-from transcribed.names import AUDIO_EXTENSIONS, display_name, not_a_recording
 
 log = get_logger(__name__)
 

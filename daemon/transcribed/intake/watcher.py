@@ -22,8 +22,8 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from transcribed import faults
+from transcribed.files.names import display_name, is_candidate, is_temporary_name
 from transcribed.logs import get_logger
-from transcribed.names import display_name, is_candidate, is_temporary_name
 
 log = get_logger(__name__)
 

@@ -3,8 +3,8 @@ once each, so per-folder rules cost nothing per job."""
 
 from collections.abc import Callable
 
-from transcribed.disposal import Disposer
-from transcribed.outbox import Outbox
+from transcribed.disposal.disposer import Disposer
+from transcribed.output.outbox import Outbox
 
 
 class Destinations:

@@ -29,7 +29,6 @@ from typing import Protocol
 import numpy as np
 
 from transcribed import faults
-from transcribed.destinations import Destinations
 from transcribed.errors import (
     DecoderCrashed,
     PermanentError,
@@ -38,15 +37,16 @@ from transcribed.errors import (
     TransientError,
     advice,
 )
+from transcribed.files.names import display_name
+from transcribed.jobs.destinations import Destinations
+from transcribed.jobs.rules import Plan, Rules
 from transcribed.logs import get_logger
-from transcribed.names import display_name
-from transcribed.pipeline import Recognizer, WordAligner, transcribe_stream
-from transcribed.queue import FailureKind, Job, JobQueue, JobState
-from transcribed.rules import Plan, Rules
-from transcribed.search_index import SearchIndex
-from transcribed.speakers import SpeakerSource
-from transcribed.transcript import Request, SourceInfo, Transcript
-from transcribed.workfolder import WorkFolder
+from transcribed.model.pipeline import Recognizer, WordAligner, transcribe_stream
+from transcribed.model.speakers import SpeakerSource
+from transcribed.output.search_index import SearchIndex
+from transcribed.output.transcript import Request, SourceInfo, Transcript
+from transcribed.state.queue import FailureKind, Job, JobQueue, JobState
+from transcribed.state.workfolder import WorkFolder
 
 log = get_logger(__name__)
 

@@ -13,7 +13,7 @@ import torch
 
 from transcribed.errors import ModelError
 from transcribed.logs import get_logger
-from transcribed.transcript import Word
+from transcribed.output.transcript import Word
 
 log = get_logger(__name__)
 
@@ -40,8 +40,8 @@ class Aligner:
     def load(cls, model: str, device: str, *, allow_download: bool) -> "Aligner":
         from transformers import Qwen3ASRForTokenClassification
 
-        from transcribed.engine import resolve_device
-        from transcribed.model_files import checked_folder, first_line, load_processor
+        from transcribed.model.engine import resolve_device
+        from transcribed.model.model_files import checked_folder, first_line, load_processor
 
         torch_device = resolve_device(device)
         folder = checked_folder(model, allow_download, recognizer=False, setting="aligner")

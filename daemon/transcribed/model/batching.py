@@ -22,8 +22,8 @@ import numpy as np
 
 from transcribed.errors import ShutdownRequested, TransientError
 from transcribed.logs import get_logger
-from transcribed.pipeline import Recognizer, WordAligner
-from transcribed.transcript import ChunkText, ModelInfo, Word
+from transcribed.model.pipeline import Recognizer, WordAligner
+from transcribed.output.transcript import ChunkText, ModelInfo, Word
 
 log = get_logger(__name__)
 

@@ -25,7 +25,7 @@ import torch
 
 from transcribed.errors import ModelError, TransientError
 from transcribed.logs import get_logger
-from transcribed.speakers import FRAME_SAMPLES
+from transcribed.model.speakers import FRAME_SAMPLES
 
 log = get_logger(__name__)
 
@@ -85,7 +85,7 @@ class Diarizer:
     def load(cls, model: str, device: str, *, allow_download: bool) -> "Diarizer":
         from transformers import AutoModelForAudioFrameClassification, AutoProcessor
 
-        from transcribed.engine import resolve_device
+        from transcribed.model.engine import resolve_device
 
         _check_transformers()
         torch_device = resolve_device(device)
@@ -324,7 +324,7 @@ def _check_transformers() -> None:
 def diarizer_folder(model: str, allow_download: bool) -> Path:
     """The diarizer's local folder, its weights complete and its config a diarizer's: what
     `run` checks before loading, and `doctor` too."""
-    from transcribed.model_files import checked_folder
+    from transcribed.model.model_files import checked_folder
 
     folder = checked_folder(
         model, allow_download, recognizer=False, tokenizer=False, setting="diarizer"

@@ -15,10 +15,10 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from transcribed import faults
 from transcribed.errors import ModelError, ShutdownRequested, TransientError
 from transcribed.logs import get_logger
-from transcribed.model_files import checked_folder, first_line, load_processor
-from transcribed.raw_answer import MARKER, LanguageNames, parse_answer
-from transcribed.scoring import LANGUAGE_STEPS, language_confidence
-from transcribed.transcript import ChunkText, ModelInfo
+from transcribed.model.model_files import checked_folder, first_line, load_processor
+from transcribed.model.raw_answer import MARKER, LanguageNames, parse_answer
+from transcribed.model.scoring import LANGUAGE_STEPS, language_confidence
+from transcribed.output.transcript import ChunkText, ModelInfo
 
 log = get_logger(__name__)
 

@@ -32,7 +32,7 @@ def check_before_loading(settings: ModelSettings) -> None:
     if settings.aligner is not None:
         checked_folder(settings.aligner, allow_download=False, recognizer=False, setting="aligner")
     if settings.diarizer is not None:
-        from transcribed.diarizer import diarizer_folder
+        from transcribed.model.diarizer import diarizer_folder
 
         diarizer_folder(settings.diarizer, allow_download=False)
 

@@ -9,11 +9,11 @@ from typing import Protocol
 
 import numpy as np
 
-from transcribed.audio import SAMPLE_RATE
-from transcribed.chunking import SILENCE_RMS, StreamChunker, plan_chunks
-from transcribed.pauses import PauseTracker
-from transcribed.speakers import SpeakerStream, SpeakerTrack
-from transcribed.transcript import (
+from transcribed.audio.chunking import SILENCE_RMS, StreamChunker, plan_chunks
+from transcribed.audio.formats import SAMPLE_RATE
+from transcribed.audio.pauses import PauseTracker
+from transcribed.model.speakers import SpeakerStream, SpeakerTrack
+from transcribed.output.transcript import (
     ChunkText,
     ModelInfo,
     Segment,

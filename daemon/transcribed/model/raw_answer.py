@@ -7,8 +7,8 @@ tokens skipped; `<asr_text>` is an ordinary token and stays), whether generation
 own, and the language confidence they computed from their own scores.
 """
 
-from transcribed.repetition import collapse_repetitions, remove_context_echo
-from transcribed.transcript import ChunkText
+from transcribed.model.repetition import collapse_repetitions, remove_context_echo
+from transcribed.output.transcript import ChunkText
 
 MARKER = "<asr_text>"
 

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from transcribed.transcript import Segment, Word, word_ends
+from transcribed.output.transcript import Segment, Word, word_ends
 
 FRAME_SAMPLES = 160  # the diarizer's output frame: 10 ms at 16 kHz
 FRAMES_PER_SECOND = 100

@@ -4,7 +4,7 @@ Weights cannot be downloaded on build machines, so tests (and anyone trying the 
 the real model) use this: it loads through exactly the same code path as Qwen/Qwen3-ASR-*-hf.
 Its text is random; it proves structure, never words.
 
-    python -m transcribed.synthetic /tmp/tiny-qwen3-asr
+    python -m transcribed.model.synthetic /tmp/tiny-qwen3-asr
 """
 
 import argparse
@@ -294,7 +294,7 @@ def _build_diarizer(folder: Path, seed: int, audio: dict[str, int], head: dict[s
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m transcribed.synthetic",
+        prog="python -m transcribed.model.synthetic",
         description="Write a tiny random Qwen3-ASR checkpoint to FOLDER, to try the daemon or "
         "run the tests without downloading a model. Its transcripts are random text.",
     )

@@ -17,9 +17,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from transcribed import faults
-from transcribed.durable import check_outside, fit_name, fsync_dir, make_folders, write_temp
-from transcribed.subtitles import render_srt, render_tsv, render_vtt
-from transcribed.transcript import Transcript, join_texts
+from transcribed.files.durable import check_outside, fit_name, fsync_dir, make_folders, write_temp
+from transcribed.output.subtitles import render_srt, render_tsv, render_vtt
+from transcribed.output.transcript import Transcript, join_texts
 
 
 def render_json(transcript: Transcript) -> bytes:

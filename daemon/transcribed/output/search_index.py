@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from transcribed.files.names import display_name
 from transcribed.logs import get_logger
-from transcribed.names import display_name
 
 log = get_logger(__name__)
 

@@ -12,7 +12,7 @@ span (`<v S1>…`), and the TSV gains `speaker` and `overlap` columns.
 import re
 from dataclasses import dataclass
 
-from transcribed.transcript import Segment, Transcript, word_ends
+from transcribed.output.transcript import Segment, Transcript, word_ends
 
 MAX_CUE_CHARS = 84  # two lines of 42: the usual broadcast limit
 _LINE_CHARS = 42

@@ -8,7 +8,7 @@ server's capacity in seconds of audio per second, and busy / (max_in_flight * wa
 much of it the daemon used. The tests' fake vLLM server builds on the same HTTP plumbing
 (`ApiServer`) with the tiny real model behind it.
 
-    python -m transcribed.pool_sim --servers 4 --speed 5   # prints one JSON line of URLs
+    python -m transcribed.servers.pool_sim --servers 4 --speed 5   # prints one JSON line of URLs
 """
 
 import argparse

@@ -27,14 +27,14 @@ from typing import Any
 import numpy as np
 import soundfile
 
-from transcribed.audio import SAMPLE_RATE
-from transcribed.engine import token_budget
+from transcribed.audio.formats import SAMPLE_RATE
 from transcribed.errors import ConfigError, ShutdownRequested
-from transcribed.raw_answer import MARKER, LanguageNames, parse_answer
-from transcribed.scoring import LANGUAGE_STEPS, language_confidence
-from transcribed.server_pool import PoolSettings, ServerPool, read_api_key, tls_context
+from transcribed.model.engine import token_budget
+from transcribed.model.raw_answer import MARKER, LanguageNames, parse_answer
+from transcribed.model.scoring import LANGUAGE_STEPS, language_confidence
+from transcribed.output.transcript import ChunkText, ModelInfo
+from transcribed.servers.server_pool import PoolSettings, ServerPool, read_api_key, tls_context
 from transcribed.settings import ModelSettings
-from transcribed.transcript import ChunkText, ModelInfo
 
 CHAT_PATH = "/v1/chat/completions"
 _SILENCE = np.zeros(SAMPLE_RATE // 2, np.float32)  # what a down server is asked to transcribe

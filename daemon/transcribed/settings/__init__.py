@@ -23,8 +23,8 @@ from pydantic_settings import (
 
 from transcribed.errors import ConfigError
 from transcribed.logs import get_logger
-from transcribed.rules import Disposal, FolderRule, Format
-from transcribed.web_settings import WebSettings
+from transcribed.settings.folders import Disposal, FolderRule, Format
+from transcribed.settings.web import WebSettings
 
 log = get_logger(__name__)
 

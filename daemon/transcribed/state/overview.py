@@ -11,13 +11,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from transcribed.disposal import REASON_SUFFIX
-from transcribed.durable import fsync_dir, link_or_copy_no_overwrite, make_folders, unique_name
 from transcribed.errors import ConfigError
-from transcribed.instance import Holder
-from transcribed.names import display_name
-from transcribed.queue import Job, JobQueue, JobState, is_damaged
+from transcribed.files.durable import (
+    fsync_dir,
+    link_or_copy_no_overwrite,
+    make_folders,
+    unique_name,
+)
+from transcribed.files.names import REASON_SUFFIX, display_name
 from transcribed.settings import StateSettings
+from transcribed.state.instance import Holder
+from transcribed.state.queue import Job, JobQueue, JobState, is_damaged
 
 _HOUR = 3600.0
 _FAILED_SHOWN = 10

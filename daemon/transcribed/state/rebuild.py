@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transcribed.disposal import REASON_SUFFIX
-from transcribed.outbox import WRITERS, read_json_object
-from transcribed.queue import INDEXED_PREFIX, Job, JobQueue, JobState
-from transcribed.transcript import request_key
+from transcribed.files.names import REASON_SUFFIX
+from transcribed.output.outbox import WRITERS, read_json_object
+from transcribed.output.transcript import request_key
+from transcribed.state.queue import INDEXED_PREFIX, Job, JobQueue, JobState
 
 _KNOWN_EXTENSIONS = tuple(f".{extension}" for extension in WRITERS)
 

@@ -19,10 +19,10 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from transcribed.durable import NAME_MAX
 from transcribed.errors import ConfigError
+from transcribed.files.durable import NAME_MAX
+from transcribed.files.names import display_name
 from transcribed.logs import get_logger
-from transcribed.names import display_name
 
 log = get_logger(__name__)
 

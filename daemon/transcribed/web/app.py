@@ -26,9 +26,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from transcribed.errors import ConfigError
 from transcribed.logs import get_logger
-from transcribed.search_index import clock
+from transcribed.output.search_index import clock
 from transcribed.settings import Settings
-from transcribed.web_auth import (
+from transcribed.web.auth import (
     SESSION_USER,
     Credentials,
     Verdict,
@@ -36,8 +36,8 @@ from transcribed.web_auth import (
     session_secret,
     verdict,
 )
-from transcribed.web_upload import remove_stale_uploads
-from transcribed.web_views import Views, when
+from transcribed.web.upload import remove_stale_uploads
+from transcribed.web.views import Views, when
 
 log = get_logger(__name__)
 
@@ -140,7 +140,7 @@ def _own_origin(scope: Scope, headers: Headers) -> str:
 def templates() -> jinja2.Environment:
     """Autoescaping on for every template; an undefined name is an error, not blank output."""
     environment = jinja2.Environment(
-        loader=jinja2.PackageLoader("transcribed", "web_templates"),
+        loader=jinja2.PackageLoader("transcribed.web", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -153,7 +153,7 @@ def templates() -> jinja2.Environment:
 
 def build_app(settings: Settings, credentials: Credentials) -> Starlette:
     views = Views(settings, credentials, templates())
-    static = resources.files("transcribed") / "web_static"
+    static = resources.files("transcribed.web") / "static"
     routes = [
         Route("/", views.status),
         Route("/transcripts", views.transcripts),

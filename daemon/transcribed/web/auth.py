@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from transcribed.errors import ConfigError
-from transcribed.web_settings import PASSWORD_SCHEME, WebSettings, is_loopback
+from transcribed.settings.web import PASSWORD_SCHEME, WebSettings, is_loopback
 
 # scrypt at N=2^15, r=8, p=1: 32 MiB and about 0.1 s per guess on a desktop CPU.
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 1 << 15, 8, 1

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from transcribed import admin
-from transcribed.names import display_name
-from transcribed.outbox import PARAGRAPH_PAUSE_SECONDS
-from transcribed.queue import Job, JobQueue, JobState
-from transcribed.search_index import SearchIndex
+from transcribed.files.names import display_name
+from transcribed.output.outbox import PARAGRAPH_PAUSE_SECONDS
+from transcribed.output.search_index import SearchIndex
+from transcribed.output.transcript import join_texts
 from transcribed.settings import Settings
-from transcribed.transcript import join_texts
+from transcribed.state import overview
+from transcribed.state.queue import Job, JobQueue, JobState
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -89,7 +89,7 @@ class Catalog:
     def status(self) -> dict[str, Any]:
         """`transcribed status --json`'s report (the same function), plus the last day."""
         with self.jobs() as jobs:
-            report = admin.status_report(jobs)
+            report = overview.status_report(jobs)
             recordings, audio, busy = jobs.finished_since(time.time() - _DAY)
         report["last_day"] = {
             "recordings": recordings,

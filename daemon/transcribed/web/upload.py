@@ -19,9 +19,9 @@ from pathlib import Path, PurePosixPath
 
 import anyio
 
-from transcribed.durable import fit_name
+from transcribed.files.durable import fit_name
+from transcribed.files.names import display_name, is_candidate
 from transcribed.logs import get_logger
-from transcribed.names import display_name, is_candidate
 
 log = get_logger(__name__)
 

@@ -1,5 +1,5 @@
 """The page's views: one method per page or action. Reading goes through `web_catalog`
-(read-only); the only writes are uploads (`web_upload`) and retries (`admin.retry`, the path
+(read-only); the only writes are uploads (`web_upload`) and retries (`overview.retry`, the path
 `transcribed jobs retry` takes).
 
 Every POST checks the session's CSRF token first. Templates escape everything they are given:
@@ -24,14 +24,14 @@ from starlette.responses import (
     Response,
 )
 
-from transcribed import admin
 from transcribed.errors import ConfigError
+from transcribed.files.names import display_name
 from transcribed.logs import get_logger
-from transcribed.names import display_name
-from transcribed.queue import Job, JobState
-from transcribed.search_index import Hit, clock, highlight, query_terms
+from transcribed.output.search_index import Hit, clock, highlight, query_terms
 from transcribed.settings import Settings
-from transcribed.web_auth import (
+from transcribed.state import overview
+from transcribed.state.queue import Job, JobState
+from transcribed.web.auth import (
     SESSION_USER,
     Credentials,
     LoginGuard,
@@ -40,15 +40,15 @@ from transcribed.web_auth import (
     csrf_token,
     start_session,
 )
-from transcribed.web_catalog import (
+from transcribed.web.catalog import (
     Catalog,
     NotAvailable,
     language_card,
     paragraphs,
     segments,
 )
-from transcribed.web_files import TEXT_TYPES, attachment, playable
-from transcribed.web_upload import (
+from transcribed.web.files import TEXT_TYPES, attachment, playable
+from transcribed.web.upload import (
     Folder,
     TooLarge,
     UploadRefused,
@@ -194,8 +194,8 @@ class Views:
         job_id = int(request.path_params["job"])
         since = time.time()
         try:
-            target = admin.retry(admin.open_queue(self.settings), self.settings.inbox, job_id)
-        except (admin.OperatorError, ConfigError, OSError, sqlite3.Error) as error:
+            target = overview.retry(overview.open_queue(self.settings), self.settings.inbox, job_id)
+        except (overview.OperatorError, ConfigError, OSError, sqlite3.Error) as error:
             self.flash(request, f"Could not retry: {error}", "error")
             return RedirectResponse(f"/jobs/{job_id}", status_code=303)
         relpath = os.path.relpath(target, self.settings.inbox)
