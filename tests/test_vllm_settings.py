@@ -1,12 +1,15 @@
 """The vLLM engine's settings: validated at load with one clear line each; the key file read
 without ever showing the key."""
 
+import contextlib
+import threading
 from pathlib import Path
 
 import pytest
 
 from transcribed.errors import ConfigError
-from transcribed.servers.vllm_engine import pool_settings, recording_batch
+from transcribed.servers.server_pool import ServerPool
+from transcribed.servers.vllm_engine import RemoteEngine, pool_settings, recording_batch
 from transcribed.settings import ModelSettings, load_settings
 
 
@@ -64,6 +67,24 @@ def test_each_recording_sends_enough_to_keep_every_server_full() -> None:
     assert recording_batch(two.model_copy(update={"batch_size": 100}), 4) == 100
     eight = two.model_copy(update={"vllm_servers": [f"https://s{n}:1" for n in range(8)]})
     assert recording_batch(eight, jobs_at_once=1) == 256  # at most
+
+
+def test_the_last_recordings_of_a_backlog_take_the_whole_share() -> None:
+    """Fewer recordings running: each sends more at once, so the servers stay full to the end."""
+    two = ModelSettings(engine="vllm", vllm_servers=["https://a:1", "https://b:1"])
+    pool = ServerPool(pool_settings(two))  # not started: no server is asked anything
+    engine = RemoteEngine(pool, recording_batch(two, 4), threading.Event())
+    with contextlib.ExitStack() as running:
+        for _ in range(4):
+            running.enter_context(engine.job())
+        assert engine.batch_size == 64  # 256 in flight wanted, 4 recordings
+        running.enter_context(engine.job())
+        assert engine.batch_size == 64  # never below the share of a full house
+    with engine.job(), engine.job():
+        assert engine.batch_size == 128
+    with engine.job():
+        assert engine.batch_size == 256
+    pool.close()
 
 
 def test_servers_in_the_environment_may_be_a_plain_comma_list(

@@ -414,7 +414,8 @@ def _transcribe_backlog(
 ) -> float:
     """Drop the backlog into the inbox and run the daemon's parts, wired as the daemon
     wires them, until every transcript is published and every original archived; wall
-    seconds. `on_drained` is called once, when the last recording has been started."""
+    seconds. `on_drained` is called once, when fewer recordings than `jobs_at_once` are left
+    unfinished (from then on the backlog can no longer fill what the daemon takes at once)."""
     from transcribed.service import make_intake, make_worker, worker_decoders
 
     stop = threading.Event()
@@ -454,7 +455,7 @@ def _transcribe_backlog(
         archive = rig.archive_dir
         assert archive is not None  # _rig sets it: the backlog is moved there
         with contextlib.closing(JobQueue(rig.database)) as jobs:
-            _wait_until(lambda: _drained(jobs, len(paths)), stop)
+            _wait_until(lambda: _drained(jobs, len(paths), jobs_at_once), stop)
         on_drained()
         _wait_until(lambda: _archived(archive) == len(paths), stop)
     finally:
@@ -479,10 +480,12 @@ def _warm_up_decoders(decoders: list[Decoder], scratch: Path) -> None:
     sample.unlink()
 
 
-def _drained(jobs: JobQueue, recordings: int) -> bool:
-    """Every recording claimed, and none waiting for a worker."""
+def _drained(jobs: JobQueue, recordings: int, jobs_at_once: int) -> bool:
+    """Every recording claimed, and fewer than `jobs_at_once` of them not yet transcribed."""
     counts = jobs.counts()
-    return sum(counts.values()) >= recordings and not counts.get("queued", 0)
+    waiting = ("claiming", "queued", "running", "duplicate")
+    unfinished = sum(counts.get(state, 0) for state in waiting)
+    return sum(counts.values()) >= recordings and unfinished < jobs_at_once
 
 
 def _archived(folder: Path) -> int:

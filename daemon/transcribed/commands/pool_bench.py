@@ -7,8 +7,8 @@ seconds of audio per second. The daemon's own pipeline (intake, decoder processe
 the vLLM engine and its pool) transcribes the same backlog against K = 1, 2, 4, 8 of them,
 and the servers report how busy they were: the time-integral of requests in flight over
 `max_in_flight` times the time. "While the backlog lasted" runs from the first request to the
-moment the last recording was started (after it, too few recordings are left to fill the
-servers, whatever the dispatcher does); "whole run" to the last answer. The pipeline with no
+moment fewer than `jobs_at_once` recordings were left unfinished (after it, the last few
+recordings' chunks are all there is to send); "whole run" to the last answer. The pipeline with no
 model at all gives this machine's ceiling: past it, more servers cannot help.
 """
 

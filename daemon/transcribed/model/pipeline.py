@@ -39,7 +39,11 @@ class Recognizer(Protocol):
     """What the pipeline needs of the model: `engine.Engine` in production."""
 
     info: ModelInfo
-    batch_size: int  # chunks per model call: how many the pipeline gathers before calling
+
+    @property
+    def batch_size(self) -> int:
+        """Chunks per model call: how many the pipeline gathers before calling (asked again
+        before each call: the vLLM engine's grows as fewer recordings share its servers)."""
 
     def transcribe(
         self,

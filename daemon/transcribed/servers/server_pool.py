@@ -143,7 +143,9 @@ class ServerPool:
             checked.result()
 
     def close(self) -> None:
-        if not self._thread.is_alive():
+        if not self._thread.is_alive():  # never started (or already closed)
+            if not self._loop.is_running():
+                self._loop.close()
             return
         self._call(self._stop()).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)

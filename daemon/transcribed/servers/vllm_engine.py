@@ -81,8 +81,11 @@ def recording_batch(settings: ModelSettings, jobs_at_once: int) -> int:
     """Chunks each recording sends at once: enough for the recordings at once to keep every
     server at its cap (`IN_FLIGHT_RESERVE`), at least `batch_size`."""
     wanted = IN_FLIGHT_RESERVE * len(settings.vllm_servers) * settings.vllm_max_in_flight
-    share = math.ceil(wanted / max(jobs_at_once, 1))
-    return max(settings.batch_size, min(share, _MOST_PER_RECORDING))
+    return _share(wanted, jobs_at_once, settings.batch_size)
+
+
+def _share(wanted: int, recordings: int, least: int) -> int:
+    return max(least, min(math.ceil(wanted / max(recordings, 1)), _MOST_PER_RECORDING))
 
 
 def wav_base64(chunk: np.ndarray) -> str:
@@ -99,7 +102,10 @@ class RemoteEngine:
 
     def __init__(self, pool: ServerPool, batch_size: int, stop: threading.Event) -> None:
         self.pool = pool
-        self.batch_size = batch_size  # chunks a recording sends at once
+        self._least_batch = batch_size  # chunks a recording sends at once, all jobs running
+        self._wanted_in_flight = IN_FLIGHT_RESERVE * len(pool.servers) * pool.settings.max_in_flight
+        self._active_jobs = 0
+        self._jobs_changed = threading.Lock()
         # Calls from many threads at once are welcome: a recording's next batch is decoded
         # while its last is with the servers (pipeline._Flight).
         self.concurrent = True
@@ -124,6 +130,13 @@ class RemoteEngine:
         pool = ServerPool(pool_settings(settings), on_change=on_change)
         pool.start()
         return cls(pool, batch_size, stop)
+
+    @property
+    def batch_size(self) -> int:
+        """Chunks a recording sends at once: its share of what keeps every server full, among
+        the recordings running now. At the end of a backlog the last few recordings take the
+        whole share, instead of leaving the servers idle while they finish."""
+        return _share(self._wanted_in_flight, self._active_jobs, self._least_batch)
 
     # --- Recognizer -----------------------------------------------------------------------
 
@@ -204,7 +217,15 @@ class RemoteEngine:
 
     @contextlib.contextmanager
     def job(self) -> Iterator[None]:
-        yield  # nothing to gather: each job's requests go out at once
+        """Brackets one job (its requests go out at once; there is nothing to gather), so
+        that `batch_size` knows how many recordings share the servers."""
+        with self._jobs_changed:
+            self._active_jobs += 1
+        try:
+            yield
+        finally:
+            with self._jobs_changed:
+                self._active_jobs -= 1
 
     def serve(self) -> None:
         """The daemon's model thread: the pool runs on its own; close it when stopping."""
