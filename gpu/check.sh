@@ -59,7 +59,7 @@ export PYTHONPATH="$PWD/daemon${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF
 
 # The CUDA tests (on the CPU they skip, saying so).
 step cuda-tests 150 "$python" -m pytest -q -p no:cacheprovider -rs -k gpu \
-    tests/test_engine.py
+    tests/model/test_engine.py
 
 bench() {  # bench NAME [ARGS...]: one bench run, its JSON as $out/NAME.json
     local name=$1

@@ -3,8 +3,11 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -95,3 +98,35 @@ def events(log_path: Path) -> list[dict[str, object]]:
     parsed = [json.loads(line) for line in lines if line.startswith("{")]
     assert len(parsed) == len(lines), "every log line is a JSON event"
     return parsed
+
+
+class Listener(threading.Thread):
+    """Collects (time, message) from a bound AF_UNIX datagram socket."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        # Socket paths are limited to 108 bytes: pytest's tmp_path can be longer.
+        self.folder = Path(tempfile.mkdtemp(prefix="notify-", dir="/tmp"))
+        self.path = self.folder / "sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                self.messages.append((time.monotonic(), self.sock.recv(4096).decode()))
+            except TimeoutError:
+                continue
+
+    def lines(self) -> list[str]:
+        return [line for _, message in self.messages for line in message.splitlines()]
+
+    def close(self) -> None:
+        self.done.set()
+        self.join(5)
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+        self.folder.rmdir()

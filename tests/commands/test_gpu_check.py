@@ -9,7 +9,7 @@ from pathlib import Path
 
 from transcribed.commands.bench import BenchReport
 
-SCRIPT = Path(__file__).parent.parent / "gpu" / "check.sh"
+SCRIPT = Path(__file__).parents[2] / "gpu" / "check.sh"
 
 
 def test_the_gpu_check_runs_dry_on_the_cpu_and_saves_its_json(tmp_path: Path) -> None:

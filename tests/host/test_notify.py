@@ -1,52 +1,16 @@
 """systemd's notify protocol, heard on a real datagram socket given to the real daemon."""
 
 import itertools
-import socket
-import tempfile
-import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from recordings import write_soundfile
-from running import Daemon, events
+from running import Daemon, Listener, events
 from transcribed.host.notify import Notifier, _watchdog_seconds
 from transcribed.state.overview import status_line
 
 pytestmark = pytest.mark.slow
-
-
-class Listener(threading.Thread):
-    """Collects (time, message) from a bound AF_UNIX datagram socket."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        # Socket paths are limited to 108 bytes: pytest's tmp_path can be longer.
-        self.folder = Path(tempfile.mkdtemp(prefix="notify-", dir="/tmp"))
-        self.path = self.folder / "sock"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(self.path))
-        self.sock.settimeout(0.2)
-        self.messages: list[tuple[float, str]] = []
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.is_set():
-            try:
-                self.messages.append((time.monotonic(), self.sock.recv(4096).decode()))
-            except TimeoutError:
-                continue
-
-    def lines(self) -> list[str]:
-        return [line for _, message in self.messages for line in message.splitlines()]
-
-    def close(self) -> None:
-        self.done.set()
-        self.join(5)
-        self.sock.close()
-        self.path.unlink(missing_ok=True)
-        self.folder.rmdir()
 
 
 def test_ready_status_watchdog_and_stopping_in_order(folders, tiny_model, tmp_path) -> None:

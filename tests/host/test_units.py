@@ -1,45 +1,22 @@
 """The systemd units: `systemd-analyze verify` is clean and the system unit's exposure score is
 at most 1.5, checked with systemd's own tools (installed by .ci/run)."""
 
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-UNITS = Path(__file__).parent.parent / "systemd"
-SYSTEM_UNIT = UNITS / "transcribed.service"
-USER_UNIT = UNITS / "transcribed-user.service"
-VLLM_DROP_IN = UNITS / "transcribed.service.d" / "vllm.conf"
-ANALYZE = shutil.which("systemd-analyze")
-EXPOSURE_LIMIT = 1.5
-
-needs_systemd = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
-
-
-def installed_copy(unit: Path, folder: Path) -> Path:
-    """The unit as installed, with ExecStart pointing at this environment's real `transcribed`
-    (verify checks that the program exists)."""
-    program = Path(sys.executable).parent / "transcribed"
-    assert program.is_file(), "pip install -e . puts the transcribed script beside python"
-    text = re.sub(r"^ExecStart=\S+", f"ExecStart={program}", unit.read_text(), flags=re.M)
-    copy = folder / unit.name
-    copy.write_text(text)
-    return copy
-
-
-def analyze(*args: str, user: bool = False, folder: Path) -> subprocess.CompletedProcess[str]:
-    assert ANALYZE is not None
-    env = dict(os.environ)
-    if user:  # the user manager wants a runtime folder, which a CI shell may lack
-        runtime = folder / "runtime"
-        runtime.mkdir(mode=0o700, exist_ok=True)
-        env["XDG_RUNTIME_DIR"] = str(runtime)
-    command = [ANALYZE, *(["--user"] if user else []), *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+from systemd_units import (
+    EXPOSURE_LIMIT,
+    SYSTEM_UNIT,
+    USER_UNIT,
+    VLLM_DROP_IN,
+    analyze,
+    directives,
+    installed_copy,
+    needs_systemd,
+    unexplained_settings,
+)
 
 
 @needs_systemd
@@ -59,15 +36,6 @@ def test_system_unit_exposure_is_at_most_1_5(tmp_path: Path) -> None:
     # systemd's own pass/fail on the same limit (the threshold is in tenths).
     strict = analyze("security", "--offline=yes", "--threshold=15", str(copy), folder=tmp_path)
     assert strict.returncode == 0, strict.stdout
-
-
-def directives(unit: Path) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    for line in unit.read_text().splitlines():
-        if "=" in line and not line.startswith(("#", "[")):
-            key, _, value = line.partition("=")
-            found.setdefault(key, []).append(value)
-    return found
 
 
 def test_system_unit_keeps_the_gpu_and_cuts_the_network() -> None:
@@ -92,12 +60,7 @@ def test_system_unit_keeps_the_gpu_and_cuts_the_network() -> None:
 @pytest.mark.parametrize("unit", [SYSTEM_UNIT, USER_UNIT, VLLM_DROP_IN])
 def test_every_service_line_is_explained_by_a_comment(unit: Path) -> None:
     """Each directive in [Service] has a comment in the block of lines it belongs to."""
-    service = unit.read_text().split("[Service]")[1].split("[Install]")[0]
-    for block in service.split("\n\n"):
-        lines = [line for line in block.splitlines() if line.strip()]
-        settings = [line for line in lines if not line.startswith("#")]
-        if settings:
-            assert any(line.startswith("#") for line in lines), f"uncommented: {settings}"
+    assert unexplained_settings(unit) == []
 
 
 def installed_with_drop_in(folder: Path) -> Path:

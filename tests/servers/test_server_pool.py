@@ -21,7 +21,7 @@ from transcribed.servers.pool_sim import ApiServer, timed_answer
 from transcribed.servers.server_pool import DOWN_AFTER
 from vllm_server import FakeVllm, TinyModel
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1]  # tests/, where the helpers are
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ variant it can run, over TLS with an API key. Opt-in, since a server takes a min
 to start and its venv 3.7 GB: set TRANSCRIBED_VLLM_VENV to a venv made by
 shared/vllm-cpu/setup.sh.
 
-    TRANSCRIBED_VLLM_VENV=/work/vllm-venv python -m pytest tests/test_vllm_contract.py -s
+    TRANSCRIBED_VLLM_VENV=/work/vllm-venv python -m pytest tests/servers/test_vllm_contract.py -s
 
 It checks that vLLM builds, from the engine's requests, exactly the prompt transformers builds
 for the resident model (`/tokenize` shows it); that its answers parse; and that the real

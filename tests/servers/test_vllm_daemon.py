@@ -21,12 +21,11 @@ from engine_servers import make_certificates
 from invariants import check_final, check_i1_i2, digest
 from netns import TestHosts, netns_unavailable
 from recordings import make_mixed_recordings, write_soundfile
-from running import Daemon, cli, events, transcribe_once
-from test_notify import Listener
+from running import Daemon, Listener, cli, events, transcribe_once
 
 pytestmark = pytest.mark.slow
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1]  # tests/, where the helpers are
 KEY = "test-api-key-4d9b"
 SERVED = "Qwen3-ASR-tiny"
 

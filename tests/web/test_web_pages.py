@@ -6,8 +6,8 @@ import json
 import re
 
 import pytest
-
 from test_web_security import LOCAL, client_for, publish
+
 from transcribed.output.search_index import SearchIndex
 from transcribed.settings import Settings
 from transcribed.state.queue import JobQueue

@@ -6,7 +6,15 @@ import re
 
 import pytest
 
-from test_units import ANALYZE, UNITS, analyze, directives, installed_copy, needs_systemd
+from systemd_units import (
+    ANALYZE,
+    UNITS,
+    analyze,
+    directives,
+    installed_copy,
+    needs_systemd,
+    unexplained_settings,
+)
 from transcribed.settings.web import WebSettings
 
 WEB_UNIT = UNITS / "transcribed-web.service"
@@ -48,6 +56,4 @@ def test_web_unit_listens_only_on_its_port_and_writes_only_inbox_and_failed():
 
 @pytest.mark.parametrize("unit", [WEB_UNIT])
 def test_every_line_of_the_web_unit_is_explained(unit):
-    from test_units import test_every_service_line_is_explained_by_a_comment as explained
-
-    explained(unit)
+    assert unexplained_settings(unit) == []
