@@ -205,6 +205,35 @@ def test_a_lost_or_damaged_database_strands_nothing_and_transcribes_nothing_twic
     assert len(list(folders.outbox.glob("*.json"))) == 5
 
 
+def test_a_database_deleted_under_the_running_daemon_is_said_and_mended_by_a_restart(
+    folders, tiny_model, tmp_path
+) -> None:
+    """Found in review: the state folder emptied while the daemon ran. It went on writing to
+    a database nobody could see (`status`: "no job database") and said it was healthy."""
+    env = _env(folders, tiny_model)
+    log = tmp_path / "daemon.log"
+    daemon = Daemon(env, log)
+    try:
+        daemon.wait_ready()
+        write_soundfile(folders.inbox / ".a.wav", 2, 16000, "PCM_16").rename(
+            folders.inbox / "a.wav"
+        )
+        daemon.wait_for(lambda: (folders.archive / "a.wav").exists(), 60)
+        for part in folders.state.glob("jobs.sqlite3*"):
+            part.unlink()
+        daemon.wait_for(lambda: "health.unhealthy" in _event_names(log), 30)
+    finally:
+        assert daemon.stop() == 0
+    problem = next(e["problem"] for e in events(log) if e["event"] == "health.unhealthy")
+    assert "job database" in problem and "restart" in problem
+    daemon = Daemon(env, log)
+    try:
+        daemon.wait_ready()
+        assert _status(env)["counts"] == {"done": 1}  # indexed again from the disk
+    finally:
+        assert daemon.stop() == 0
+
+
 def test_a_second_daemon_on_the_same_state_folder_refuses_to_start(
     folders, tiny_model, tmp_path
 ) -> None:

@@ -462,7 +462,7 @@ class Daemon:
         except sqlite3.Error as error:
             log.warning("health.database", error=str(error))
             return
-        problem = self._health_problem(watch, threads)
+        problem = self._health_problem(health, watch, threads)
         if problem != self._problem:  # said once when it starts and once when it ends
             if problem:
                 log.error("health.unhealthy", problem=problem, watchdog_pings="stopped")
@@ -520,9 +520,14 @@ class Daemon:
         )
 
     def _health_problem(
-        self, watch: ObserverSupervisor, threads: list[threading.Thread]
+        self, health: JobQueue, watch: ObserverSupervisor, threads: list[threading.Thread]
     ) -> str | None:
         now = time.monotonic()
+        if health.replaced():  # restarting indexes the disk anew (systemd does, on the watchdog)
+            return (
+                f"the job database {self.settings.database} was deleted or replaced while the "
+                "daemon ran: restart it, and it indexes the recordings on disk again"
+            )
         if (problem := self._work.problem()) and not self._reopen_inbox():
             return problem
         if not watch.observer.is_alive():

@@ -156,6 +156,14 @@ class Job:
     not_before: float = 0.0
 
 
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
 class JobQueue:
     """One connection. Use each JobQueue from one thread at a time (it may be created in another
     and handed over); every method commits before it returns."""
@@ -171,6 +179,8 @@ class JobQueue:
         )
         self._db.row_factory = sqlite3.Row
         self._now = clock
+        self._path = database
+        self._identity = _file_identity(database)
         if read_only:
             return
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -179,6 +189,11 @@ class JobQueue:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
         self._migrate()
+
+    def replaced(self) -> bool:
+        """The file at the database's path is no longer the one opened here (deleted, or
+        another put in its place): what is written from now on is lost at the next start."""
+        return _file_identity(self._path) != self._identity
 
     def _migrate(self) -> None:
         """Bring a database written by an older version up to this schema."""
