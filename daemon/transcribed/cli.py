@@ -436,17 +436,10 @@ def _state(args: argparse.Namespace, kind: type[StateT]) -> StateT:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from transcribed.servers import engine_status
     from transcribed.state import overview
-    from transcribed.state.instance import holder
 
     settings = _state(args, StateSettings)
-    report = overview.status_report(
-        overview.open_queue(settings), daemon=holder(settings.state_dir)
-    )
-    if (servers := engine_status.read(settings.state_dir)) is not None:  # the vLLM engine's
-        report["engine_servers"] = servers
-        report["summary"] += f"; {engine_status.summary(servers)}"
+    report = overview.daemon_status(settings, overview.open_queue(settings))
     _print(report, args.json, overview.render_status(report))
     return 0
 

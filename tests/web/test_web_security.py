@@ -140,25 +140,30 @@ def test_a_search_hit_links_only_to_the_job_that_published_it(client, site):
     assert f'href="/jobs/{site.done}' in client.get("/search", params={"q": "alert"}).text
 
 
-def test_status_shows_waiting_files_and_the_daemon_when_the_report_has_them(
-    client, site, monkeypatch
-):
-    """The daemon's report may carry a `waiting` list and a `daemon` field; both are shown
-    (escaped) when present, and their absence is fine (the other tests)."""
+def test_status_shows_waiting_files_and_whether_the_daemon_runs(client, site, monkeypatch):
+    """Waiting files are shown escaped; whether the daemon runs is read from its lock, as
+    `transcribed status` reads it (the page once always said "not running")."""
     from transcribed.state import overview
+    from transcribed.state.instance import InstanceLock
 
     plain = overview.status_report
 
-    def fuller(jobs, now=None):
-        return plain(jobs, now) | {
-            "waiting": [{"file": "<u>half.wav</u>", "reason": "still being written"}],
-            "daemon": {"running": False, "pid": None, "since": None},
+    def with_waiting(jobs, now=None, daemon=None):
+        return plain(jobs, now, daemon) | {
+            "waiting": [{"file": "<u>half.wav</u>", "reason": "still being written"}]
         }
 
-    monkeypatch.setattr(overview, "status_report", fuller)
+    monkeypatch.setattr(overview, "status_report", with_waiting)
     page = client.get("/").text
     assert "&lt;u&gt;half.wav&lt;/u&gt;" in page and "still being written" in page
     assert "The daemon is not running" in page
+    lock = InstanceLock(site.settings.state_dir)
+    lock.acquire()  # as the running daemon holds it
+    try:
+        assert "The daemon is running" in client.get("/").text
+    finally:
+        lock.release()
+    assert "The daemon is not running" in client.get("/").text
 
 
 def test_every_response_carries_a_strict_content_security_policy(client, site):

@@ -19,8 +19,9 @@ from transcribed.files.durable import (
     unique_name,
 )
 from transcribed.files.names import REASON_SUFFIX, display_name
+from transcribed.servers import engine_status
 from transcribed.settings import StateSettings
-from transcribed.state.instance import Holder
+from transcribed.state.instance import Holder, holder
 from transcribed.state.queue import Job, JobQueue, JobState, is_damaged
 
 _HOUR = 3600.0
@@ -81,6 +82,16 @@ def service_status(jobs: JobQueue) -> str:
         when = time.strftime("%H:%M", time.localtime(last.finished))
         parts.append(f"last {display_name(last.relpath)} {last.state} {when}")
     return "; ".join(parts)
+
+
+def daemon_status(settings: StateSettings, jobs: JobQueue) -> dict[str, Any]:
+    """`status_report` for the daemon of `settings`: whether it runs (its lock), and with
+    the vLLM engine how many of its servers are up. What `status` and the page both show."""
+    report = status_report(jobs, daemon=holder(settings.state_dir))
+    if (servers := engine_status.read(settings.state_dir)) is not None:
+        report["engine_servers"] = servers
+        report["summary"] += f"; {engine_status.summary(servers)}"
+    return report
 
 
 def status_report(

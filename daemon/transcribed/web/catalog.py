@@ -89,7 +89,7 @@ class Catalog:
     def status(self) -> dict[str, Any]:
         """`transcribed status --json`'s report (the same function), plus the last day."""
         with self.jobs() as jobs:
-            report = overview.status_report(jobs)
+            report = overview.daemon_status(self.settings, jobs)
             recordings, audio, busy = jobs.finished_since(time.time() - _DAY)
         report["last_day"] = {
             "recordings": recordings,
