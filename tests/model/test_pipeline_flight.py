@@ -57,3 +57,35 @@ def test_decoding_goes_on_while_a_batch_is_with_the_servers() -> None:
     first_answer = overlapped.log.index("answered")
     assert overlapped.log.index("decoded 3") < first_answer  # the next batch, meanwhile
     assert serial.log.index("decoded 3") > serial.log.index("answered")
+
+
+class ChangingShare(SlowServers):
+    """The vLLM engine's batch size changes as other recordings start and end: here, on
+    every read."""
+
+    def __init__(self) -> None:
+        super().__init__(concurrent=True)
+        self._sizes = iter([3, 1, 4, 2, 5, 1, 3] * 10)
+
+    @property  # type: ignore[override]
+    def batch_size(self) -> int:
+        return next(self._sizes)
+
+
+def test_a_batch_size_that_changes_mid_batch_sends_every_chunk_once() -> None:
+    """Chunks arriving several at a time (the diarizer's steps do): none lost, none twice."""
+
+    def run(model: SlowServers) -> list[tuple[float, float, str]]:
+        blocks = []
+        for index in range(4):
+            block = np.full(15 * RATE, 0.05 + index / 1000, np.float32)
+            block[::7] *= -1  # not silent
+            blocks.append(block)
+        transcript = transcribe_stream(
+            iter(blocks), SourceInfo("a.wav", "0" * 64, 1), model, chunk_seconds=5, language=None
+        )
+        return [(s.start, s.end, s.text) for s in transcript.segments]
+
+    steady = run(SlowServers(concurrent=False))
+    assert len(steady) >= 12  # 60 s in chunks of at most 5 s
+    assert run(ChangingShare()) == steady

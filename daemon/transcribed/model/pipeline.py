@@ -90,11 +90,13 @@ def transcribe_stream(
             pending += (
                 chunker.feed(*track.feed(block)) if track is not None else chunker.feed(block)
             )
-            while len(pending) >= recognizer.batch_size:
-                for found, batch in flight.send(pending[: recognizer.batch_size]):
-                    segments += _finish(found, batch, aligner, pauses, track)
+            # The size is read once per batch: the vLLM engine's changes while other
+            # recordings start and end, and `send` may wait for the last batch meanwhile.
+            while len(pending) >= (size := recognizer.batch_size):
+                batch, pending = pending[:size], pending[size:]
+                for found, sent in flight.send(batch):
+                    segments += _finish(found, sent, aligner, pauses, track)
                     on_progress(segments[-1].end)
-                del pending[: recognizer.batch_size]
         if track is not None:
             pending += chunker.feed(*track.finish())
         pending += chunker.finish()
