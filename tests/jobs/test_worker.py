@@ -3,6 +3,7 @@
 import hashlib
 import itertools
 import json
+import shutil
 import sqlite3
 import threading
 import time
@@ -269,3 +270,41 @@ def _raises(error: Exception):
         raise error
 
     return fail
+
+
+def test_a_duplicate_whose_recording_vanished_leaves_the_originals_transcript(
+    setup, folders
+) -> None:
+    """Found in review: the same name and content dropped twice share one transcript; the
+    second copy vanishing from the work folder took that transcript back with it."""
+    worker, jobs, work = setup
+    first = write_soundfile(folders.state / "talk.flac", 1, 16000, "PCM_16", "FLAC")
+    original = _claim(jobs, work, "talk.flac", lambda path: shutil.copyfile(first, path))
+    again = _claim(jobs, work, "talk.flac", lambda path: shutil.copyfile(first, path))
+    assert jobs.get(again).state == JobState.DUPLICATE
+    (work / jobs.get(again).work_name).unlink()
+    worker.step()
+    worker.sweep_disposals()
+    assert jobs.get(original).state == JobState.DONE
+    assert (jobs.get(again).state, jobs.get(again).failure_kind) == (JobState.FAILED, "vanished")
+    assert (folders.outbox / "talk.json").is_file() and (folders.outbox / "talk.txt").is_file()
+
+
+def test_a_published_job_that_cannot_be_quarantined_waits_and_is_never_run_again(
+    setup, folders
+) -> None:
+    """Found in review: its recording vanished and failed_dir was unusable; the fallback put
+    the published job back in the queue, where it ran again and took its transcript back."""
+    worker, jobs, work = setup
+    job_id = _claim(jobs, work, "a.flac", lambda p: write_soundfile(p, 1, 16000, "PCM_16", "FLAC"))
+    folders.archive.rmdir()
+    folders.archive.write_text("not a folder")  # the disposal waits: the job stays published
+    assert worker.step() and jobs.get(job_id).state == JobState.PUBLISHED
+    (work / jobs.get(job_id).work_name).unlink()
+    folders.failed.rmdir()
+    folders.failed.write_text("not a folder")
+    jobs._db.execute("UPDATE jobs SET not_before = 0 WHERE id = ?", (job_id,))
+    worker.sweep_disposals()
+    assert jobs.get(job_id).state == JobState.PUBLISHED  # waiting, not queued
+    assert worker.step() is False  # nothing to run
+    assert (folders.outbox / "a.json").is_file()

@@ -433,22 +433,29 @@ class Worker:
             )
 
     def _fail_or_wait(self, job: Job, error: str, kind: FailureKind) -> None:
-        """`_fail`, or, when even that fails (failed_dir unwritable), wait and try again."""
+        """`_fail`, or, when even that fails (failed_dir unwritable), wait and try again:
+        in the queue, or, for a job past its transcript, as a disposal that waits."""
         try:
             self._fail(job, error, kind)
         except sqlite3.Error:
             raise
         except Exception as secondary:
             log.error("job.cannot_quarantine", job=job.id, error=str(secondary))
-            delay = _backoff(self.retry_seconds, job.attempts)
-            self.jobs.requeue(job.id, delay, error, refund=False)
+            if job.state in (JobState.RUNNING, JobState.QUEUED):
+                delay = _backoff(self.retry_seconds, job.attempts)
+                self.jobs.requeue(job.id, delay, error, refund=False)
+            else:  # published, or a duplicate: never back to the queue to be run again
+                delay = _backoff(self.retry_seconds, job.disposal_failures + 1)
+                self.jobs.defer_disposal(job.id, delay, error)
 
     def _fail(self, job: Job, error: str, kind: FailureKind) -> None:
         """Failed for good: the original (or, when it vanished, a reason file alone) goes to
         failed_dir. A transcript published before a crash is taken back, so the name ends
-        with its reason only; not one published for a recording that then vanished."""
+        with its reason only; not one published for a recording that then vanished, nor one
+        that another job of the same name and content published."""
         plan = self.rules.plan(os.fsdecode(job.relpath))
-        if job.sha256 is not None and job.state != JobState.PUBLISHED:
+        ours_alone = job.state != JobState.PUBLISHED and not self.jobs.shares_transcript(job)
+        if job.sha256 is not None and ours_alone:
             name = display_name(os.path.basename(job.relpath))
             self.destinations.outbox(plan.formats).retract(plan.output_relpath, job.sha256, name)
         target = self.destinations.disposer(plan.disposal).quarantine(job, error)

@@ -461,6 +461,15 @@ class JobQueue:
         faults.point("db.failed")
         return cursor.rowcount == 1
 
+    def shares_transcript(self, job: Job) -> bool:
+        """Another job of the same name and content is published or done: the transcript
+        under that name is its too (the outbox gives one name and content one transcript)."""
+        row = self._db.execute(
+            "SELECT 1 FROM jobs WHERE id != ? AND relpath = ? AND sha256 = ? AND state IN (?, ?)",
+            (job.id, job.relpath, job.sha256, JobState.PUBLISHED, JobState.DONE),
+        ).fetchone()
+        return row is not None
+
     def defer_disposal(self, job_id: int, delay: float, error: str) -> None:
         """Disposal failed (archive full, unwritable…): try again after `delay` seconds."""
         self._db.execute(
