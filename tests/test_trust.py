@@ -331,3 +331,31 @@ def test_damaged_samples_and_recordings_that_never_finish_are_transcribed_or_fai
     reason = json.loads((folders.failed / "zero frames.wav.error.json").read_text())
     assert "no audio samples" in reason["error"]
     events(log)  # every line of the log is a JSON event: no raw warning
+
+
+def test_jobs_pruned_to_the_last_one_stay_forgotten_at_the_next_start(
+    folders, tiny_model, tmp_path
+) -> None:
+    """Found in review: the start took a database with no rows for a lost one and indexed
+    the whole outbox and failed folder again, bringing every pruned job back."""
+    env = _env(folders, tiny_model)
+    log = tmp_path / "daemon.log"
+    daemon = Daemon(env, log)
+    try:
+        daemon.wait_ready()
+        write_soundfile(folders.inbox / ".a.wav", 2, 16000, "PCM_16").rename(
+            folders.inbox / "a.wav"
+        )
+        daemon.wait_for(lambda: (folders.archive / "a.wav").exists(), 60)
+    finally:
+        assert daemon.stop() == 0
+    pruned = cli("jobs", "prune", "--older-than", "0m", env=env)
+    assert pruned.returncode == 0, pruned.stderr
+    daemon = Daemon(env, log)
+    try:
+        daemon.wait_ready()
+        assert _status(env)["counts"] == {}
+    finally:
+        assert daemon.stop() == 0
+    assert "recover.database_rebuilt" not in _event_names(log)
+    assert (folders.outbox / "a.json").is_file()  # the transcript stays; only the row went

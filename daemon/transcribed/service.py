@@ -200,6 +200,15 @@ def make_intake(
     )
 
 
+def _no_database(path: Path) -> bool:
+    """No job database, or one truncated to nothing: the disk is not indexed. (A database
+    with no rows left, after `jobs prune`, is not lost: its jobs were forgotten on purpose.)"""
+    try:
+        return os.stat(path).st_size == 0
+    except FileNotFoundError:
+        return True
+
+
 def open_job_database(settings: Settings) -> JobQueue:
     """The job database, checked; ConfigError with the way out when it is damaged."""
     try:
@@ -309,9 +318,10 @@ class Daemon:
         self.stop = threading.Event()
         # Before the long model load: a SIGTERM or SIGHUP then is handled, not fatal.
         self._install_signal_handlers()
+        lost = _no_database(settings.database)  # before opening it makes one
         self._jobs = open_job_database(settings)
         self._arrivals: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._recover_disk(settings)
+        self._recover_disk(settings, lost)
         # The diarizer first: a missing one is found before the long model load, and the
         # model's batches are sized from the GPU memory left beside it.
         self._diarizer = load_diarizer(settings)
@@ -338,14 +348,14 @@ class Daemon:
         self._hooks = Hooks(settings.on_done, settings.on_failed, settings.hook_timeout_seconds)
         self._intake = make_intake(settings, self._work, self._arrivals, self._hasher)
 
-    def _recover_disk(self, settings: Settings) -> None:
+    def _recover_disk(self, settings: Settings, lost: bool) -> None:
         """Before anything runs: finish claims a crash cut short, index the disk when the
-        database is new (lost or deleted: the work folder is then claimed again by the first
-        rescan), forget the last run's waiting files, rebuild a missing search index, remove
-        stale temp files."""
+        database was `lost` (the work folder is then claimed again by the first rescan),
+        forget the last run's waiting files, rebuild a missing search index, remove stale
+        temp files."""
         if recovered := recover_claims(self._jobs, self._work):
             log.info("recover.claims_finished", jobs=recovered)
-        if self._jobs.is_empty():
+        if lost:
             indexed = index_disk(self._jobs, settings.outbox, settings.failed_dir)
             if indexed.transcripts or indexed.failed:
                 log.warning(

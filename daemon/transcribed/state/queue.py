@@ -226,10 +226,6 @@ class JobQueue:
         """SQLite's quick integrity check: "ok", or what is wrong."""
         return str(self._db.execute("PRAGMA quick_check").fetchone()[0])
 
-    def is_empty(self) -> bool:
-        """True for a database that has never held a job (new, or lost and recreated)."""
-        return self._db.execute("SELECT 1 FROM jobs LIMIT 1").fetchone() is None
-
     # --- claims ---------------------------------------------------------------------------
 
     def begin_claim(self, relpath: bytes, work_name: str) -> int:
