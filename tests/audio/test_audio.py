@@ -116,6 +116,9 @@ def test_nan_and_infinite_samples_are_repaired_and_counted(tmp_path, decoder) ->
     audio = decoder.decode(_float_wav_with(tmp_path / "damaged.wav", damage))
     assert np.isfinite(audio).all() and float(np.abs(audio).max()) < 2
     assert decoder.repaired_samples == 4
+    # Absurd alone, though its square still fits a float (a check for overflow missed it).
+    loud = decoder.decode(_float_wav_with(tmp_path / "loud.wav", {240_000: 1e15}))
+    assert float(np.abs(loud).max()) < 2 and decoder.repaired_samples == 1
     second = audio[SAMPLE_RATE : 2 * SAMPLE_RATE]  # speech around the damage is still there
     assert float(np.sqrt(np.mean(second**2))) > 0.05
 
