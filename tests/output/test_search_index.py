@@ -144,3 +144,12 @@ def test_the_search_command_rebuilds_finds_and_says_when_nothing_matches(folders
     assert [(hit["start"], hit["segment"]) for hit in as_json] == [(10.0, 1)]
     nothing = cli("search", "zebra", env=env)
     assert nothing.returncode == 1 and "no transcript holds that" in nothing.stdout
+
+
+def test_a_common_word_beside_a_rare_one_still_finds_the_newest_transcript(index, tmp_path):
+    """Found in review: each word's matches were capped oldest first, so a word in every
+    older transcript crowded the newest out of `the budget`."""
+    for n in range(6):
+        index.add(write_transcript(tmp_path / f"old{n}.json", *["the plan"] * 1000), job_id=n)
+    index.add(write_transcript(tmp_path / "new.json", "the budget"), job_id=99)
+    assert [hit.job_id for hit in index.search("the budget")] == [99]

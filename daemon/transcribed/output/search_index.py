@@ -194,15 +194,18 @@ def query_terms(query: str) -> list[str]:
 
 
 def _segments_with(db: sqlite3.Connection, term: str) -> set[int]:
+    """The newest `_ROWS_PER_TERM` segments holding `term` (hits are shown newest first, so
+    a common word's cap drops the oldest)."""
     if len(term) >= TRIGRAM:
         phrase = '"' + term.replace('"', '""') + '"'  # a literal substring, not FTS syntax
         rows = db.execute(
-            "SELECT rowid FROM segments WHERE segments MATCH ? LIMIT ?", (phrase, _ROWS_PER_TERM)
+            "SELECT rowid FROM segments WHERE segments MATCH ? ORDER BY rowid DESC LIMIT ?",
+            (phrase, _ROWS_PER_TERM),
         )
     else:
         pattern = "%" + re.sub(r"([%_\\])", r"\\\1", term) + "%"
         rows = db.execute(
-            "SELECT rowid FROM segments WHERE text LIKE ? ESCAPE '\\' LIMIT ?",
+            "SELECT rowid FROM segments WHERE text LIKE ? ESCAPE '\\' ORDER BY rowid DESC LIMIT ?",
             (pattern, _ROWS_PER_TERM),
         )
     return {rowid for (rowid,) in rows}
