@@ -332,7 +332,7 @@ class ServerPool:
             if server.up or self.settings.probe is None:
                 return None
             path, body = self.settings.probe
-            response = await self._client.post(server.url + path, json=body)
+            response = await self._client.post(server.url + path, json=body, timeout=timeout)
         except httpx.TransportError as error:
             return f"cannot reach it ({type(error).__name__}: {error})"
         return None if response.status_code == 200 else _describe(response)
