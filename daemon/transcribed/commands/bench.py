@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -93,7 +93,6 @@ class TimedRecognizer:
     def __init__(self, model: Recognizer) -> None:
         self._model = model
         self.info: ModelInfo = model.info
-        self.batch_size = model.batch_size
         self.concurrent = getattr(model, "concurrent", False)
         self.seconds = 0.0
         self._lock = threading.Lock()
@@ -113,6 +112,13 @@ class TimedRecognizer:
         finally:
             self._count(-1)
 
+    @property
+    def batch_size(self) -> int:
+        return self._model.batch_size  # asked anew: the vLLM engine's follows its jobs
+
+    def job(self) -> contextlib.AbstractContextManager[None]:
+        return _job_of(self._model)
+
     def _count(self, change: int) -> None:
         with self._lock:
             now = time.perf_counter()
@@ -130,8 +136,11 @@ class PassThrough:
         self._model = model
         self._stop = stop
         self.info = model.info
-        self.batch_size = model.batch_size
         self.concurrent = True
+
+    @property
+    def batch_size(self) -> int:
+        return self._model.batch_size
 
     def transcribe(
         self,
@@ -142,15 +151,21 @@ class PassThrough:
     ) -> list[ChunkText]:
         return self._model.transcribe(chunks, language, context, should_stop)
 
-    @contextlib.contextmanager
-    def job(self) -> Iterator[None]:
-        yield
+    def job(self) -> contextlib.AbstractContextManager[None]:
+        return _job_of(self._model)
 
     def serve(self) -> None:
         self._stop.wait()
 
     def busy_for(self) -> float:
         return 0.0
+
+
+def _job_of(model: Recognizer) -> contextlib.AbstractContextManager[None]:
+    """The engine's own bracket around a job (the vLLM engine counts the jobs sharing its
+    servers), or none."""
+    job = getattr(model, "job", None)
+    return job() if job is not None else contextlib.nullcontext()
 
 
 def _shared(model: Recognizer, stop: threading.Event, batches_itself: bool) -> SharedModel:
