@@ -72,25 +72,26 @@ def checked_name(raw: str) -> str:
 
 async def receive(
     body: AsyncIterator[bytes], inbox: Path, folder: Folder, name: str, limit: int
-) -> str:
+) -> tuple[str, int]:
     """Write `body` into `inbox/folder` as `name` (or a free variant); return the inbox-relative
-    path it got. Raises TooLarge past `limit` bytes; leaves nothing behind on any failure."""
+    path it got, and its size (the daemon may take the file the moment it is there). Raises
+    TooLarge past `limit` bytes; leaves nothing behind on any failure."""
     folder_fd = await anyio.to_thread.run_sync(_open_folder, inbox, folder.path)
     temp = f".{fit_name(name, f'.{secrets.token_hex(4)}{UPLOAD_SUFFIX}', reserve=1)}"
     try:
         fd = os.open(temp, _NEW_FILE, 0o640, dir_fd=folder_fd)
         try:
-            await _copy(body, fd, limit)
+            size = await _copy(body, fd, limit)
             final = await anyio.to_thread.run_sync(_link_free_name, folder_fd, temp, name)
         finally:
             os.close(fd)
             _remove(temp, folder_fd)
     finally:
         os.close(folder_fd)
-    return str(PurePosixPath(folder.path) / final) if folder.path else final
+    return (str(PurePosixPath(folder.path) / final) if folder.path else final), size
 
 
-async def _copy(body: AsyncIterator[bytes], fd: int, limit: int) -> None:
+async def _copy(body: AsyncIterator[bytes], fd: int, limit: int) -> int:
     """All of `body` into `fd`, fsynced; TooLarge as soon as it passes `limit` bytes."""
     size = 0
     async for block in body:
@@ -99,6 +100,7 @@ async def _copy(body: AsyncIterator[bytes], fd: int, limit: int) -> None:
             raise TooLarge(f"the file is larger than the {limit // (1024 * 1024)} MiB allowed")
         await anyio.to_thread.run_sync(_write_all, fd, block)
     await anyio.to_thread.run_sync(os.fsync, fd)
+    return size
 
 
 def _open_folder(inbox: Path, relative: str) -> int:

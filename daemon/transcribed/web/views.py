@@ -267,7 +267,7 @@ class Views:
             folder, name = self._upload_target(request)
             self._admit_upload(request, client)
             since = time.time()
-            relpath = await receive(
+            relpath, size = await receive(
                 request.stream(),
                 self.settings.inbox,
                 folder,
@@ -286,7 +286,6 @@ class Views:
             log.error("web.upload_failed", error=str(error), client=client)
             message = f"cannot write into that inbox folder: {error.strerror or error}"
             return JSONResponse({"error": message}, status_code=500)
-        size = os.lstat(self.settings.inbox / relpath).st_size
         log.info("web.upload", file=display_name(relpath), bytes=size, client=client)
         return JSONResponse(
             {"file": relpath, "since": since, "follow": self._follow_url([relpath], since)}
