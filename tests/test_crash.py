@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from invariants import check_final, check_i1_i2, digest, visible_transcripts
+from invariants import (
+    check_final,
+    check_i1_i2,
+    digest,
+    transcripts_by_name,
+    visible_transcripts,
+)
 from recordings import make_unreadable, write_soundfile
 from running import Daemon, events
 from transcribed.disposal.assurance import assess
@@ -119,9 +125,10 @@ def _check_shredded(folders, dropped: dict[str, str], unreadable: set[str]) -> N
     """Each readable recording has one transcript and is gone; junk is failed, never shredded."""
     check_i1_i2(folders, dropped)
     transcripts = visible_transcripts(folders.outbox)
+    by_name = transcripts_by_name(folders.outbox)
     failed = {digest(p) for p in folders.failed.iterdir() if not p.name.endswith(".json")}
-    for name, sha in dropped.items():
-        assert (sha in failed) if name in unreadable else (sha in transcripts), name
+    for name, sha in dropped.items():  # each dropped name its own transcript (I2)
+        assert (sha in failed) if name in unreadable else len(by_name[name, sha]) == 1, name
     expected = assess("shred", folders.inbox)
     for paths in transcripts.values():  # the JSON says what shredding achieved here
         for path in paths:
