@@ -45,12 +45,12 @@ from transcribed.model.pipeline import Recognizer, WordAligner, transcribe_strea
 from transcribed.model.speakers import SpeakerSource
 from transcribed.output.search_index import SearchIndex
 from transcribed.output.transcript import Request, SourceInfo, Transcript
-from transcribed.state.queue import FailureKind, Job, JobQueue, JobState
+from transcribed.state.queue import LONGEST_WAIT_SECONDS, FailureKind, Job, JobQueue, JobState
 from transcribed.state.workfolder import WorkFolder
 
 log = get_logger(__name__)
 
-BACKOFF_MAX_SECONDS = 600.0
+BACKOFF_MAX_SECONDS = LONGEST_WAIT_SECONDS  # a longer one would be taken for a wrong clock
 PROGRESS_SECONDS = 2.0  # how often a running job's progress is written for `status`
 # Errors no retry can cure: a path that cannot exist (too long, invalid), a folder in the way.
 PERMANENT_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EINVAL, errno.ENOTDIR, errno.EISDIR})

@@ -19,7 +19,6 @@ import contextlib
 import io
 import math
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from typing import Any
@@ -240,11 +239,3 @@ class RemoteEngine:
 
     def summary(self) -> str:
         return self.pool.summary()
-
-    def wait_until_up(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(server.up for server in self.pool.servers):
-                return True
-            time.sleep(0.1)
-        return False

@@ -60,10 +60,6 @@ class WebSettings(BaseModel):
         return self
 
     @property
-    def login_configured(self) -> bool:
-        return self.password_hash is not None or self.token_file is not None
-
-    @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
 

@@ -121,7 +121,8 @@ _LIVE = (JobState.QUEUED, JobState.RUNNING, JobState.PUBLISHED, JobState.DONE)
 IN_WORK_FOLDER = (JobState.QUEUED, JobState.RUNNING, JobState.PUBLISHED, JobState.DUPLICATE)
 # Work names of jobs indexed from the disk (a rebuilt database) that hold no original.
 INDEXED_PREFIX = "indexed-"
-# A stored wait further away than this is a clock that was wrong when it was stored.
+# The longest wait the worker stores (its backoff's cap): a stored wait further away than
+# this is a clock that was wrong when it was stored.
 LONGEST_WAIT_SECONDS = 600.0
 
 
@@ -438,24 +439,14 @@ class JobQueue:
         """The original has been disposed of (verified); nothing is left to do for this file."""
         self._set(job_id, JobState.DONE)
 
-    def mark_failed(
-        self,
-        job_id: int,
-        error: str,
-        kind: FailureKind,
-        only_from: tuple[JobState, ...] | None = None,
-    ) -> bool:
-        """Permanently failed; the original has been moved to failed_dir (or vanished). With
-        `only_from`, only a job still in one of those states (another thread may have taken
-        it meanwhile); True when the job is now failed by this call."""
-        states = only_from or tuple(JobState)
-        cursor = self._db.execute(
-            "UPDATE jobs SET state = ?, updated = ?, error = ?, failure_kind = ?, finished = ?"  # noqa: S608
-            f" WHERE id = ? AND state IN ({_marks(states)})",
-            (JobState.FAILED, self._now(), error, kind, self._now(), job_id, *states),
+    def mark_failed(self, job_id: int, error: str, kind: FailureKind) -> None:
+        """Permanently failed; the original has been moved to failed_dir (or vanished)."""
+        self._db.execute(
+            "UPDATE jobs SET state = ?, updated = ?, error = ?, failure_kind = ?, finished = ?"
+            " WHERE id = ?",
+            (JobState.FAILED, self._now(), error, kind, self._now(), job_id),
         )
         faults.point("db.failed")
-        return cursor.rowcount == 1
 
     def shares_transcript(self, job: Job) -> bool:
         """Another job of the same name and content is published or done: the transcript
