@@ -271,3 +271,50 @@ def test_hashing_a_huge_file_does_not_hold_up_the_others(folders, monkeypatch) -
         stop.set()
         for thread in threads:
             thread.join(10)
+
+
+def test_a_large_file_whose_hash_fails_once_is_hashed_again(folders, monkeypatch) -> None:
+    """Found in review: one I/O error while hashing left the claim `claiming` until the
+    next start, the recording untranscribed while the daemon looked healthy."""
+    monkeypatch.setattr(intake_module, "LARGE_FILE_BYTES", 100)
+    (folders.inbox / "big.wav").write_bytes(b"RIFF" + os.urandom(4096))
+    real_hash = intake_module.hash_descriptor
+    failures = iter([OSError(5, "Input/output error")])
+
+    def fails_once(fd: int, *args: object) -> tuple[str, int]:
+        if (error := next(failures, None)) is not None:
+            raise error
+        return real_hash(fd, *args)
+
+    monkeypatch.setattr(intake_module, "hash_descriptor", fails_once)
+    stop = threading.Event()
+    work = WorkFolder(folders.inbox)
+    work.open()
+    hasher = intake_module.LargeFileHasher(folders.state / "q.db", work, stop)
+    jobs = JobQueue(folders.state / "q.db")
+    intake = Intake(
+        inbox=folders.inbox,
+        work=work,
+        jobs=jobs,
+        arrivals=queue.SimpleQueue(),
+        settle_seconds=0.1,
+        rescan_seconds=300,
+        hasher=hasher,
+    )
+    threads = [
+        threading.Thread(target=hasher.run),
+        threading.Thread(target=intake.run, args=(stop, 0.05)),
+    ]
+    intake.rescan()
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not jobs.in_state(JobState.QUEUED) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [job.relpath for job in jobs.in_state(JobState.QUEUED)] == [b"big.wav"]
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        work.close()

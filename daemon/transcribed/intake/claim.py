@@ -33,7 +33,7 @@ from transcribed.intake.readiness import Identity, SettleTracker
 from transcribed.intake.strays import Strays
 from transcribed.intake.watcher import walk_files
 from transcribed.logs import get_logger
-from transcribed.state.queue import JobQueue, JobState
+from transcribed.state.queue import LONGEST_WAIT_SECONDS, JobQueue, JobState
 from transcribed.state.workfolder import WorkFolder, work_name
 
 if TYPE_CHECKING:
@@ -297,8 +297,10 @@ def finish_claim_logged(jobs: JobQueue, job_id: int, relpath: str, digest: str, 
 
 class LargeFileHasher:
     """Hashes large claimed files on its own thread (with its own database connection), so
-    one 20 GB recording does not hold up every file dropped after it. A claim it has not
-    finished when the daemon stops stays `claiming`; the next start finishes it."""
+    one 20 GB recording does not hold up every file dropped after it. A hash that fails (an
+    I/O error, a busy database) is tried again later, the wait doubling up to 10 minutes. A
+    claim it has not finished when the daemon stops stays `claiming`; the next start
+    finishes it."""
 
     def __init__(self, database: Path, work: WorkFolder, stop: threading.Event) -> None:
         self._database = database
@@ -307,6 +309,8 @@ class LargeFileHasher:
         self._pending: queue.SimpleQueue[tuple[int, str]] = queue.SimpleQueue()
         self._in_flight: set[int] = set()
         self._lock = threading.Lock()
+        self._retries: list[tuple[float, int, str]] = []  # (when, job, relpath)
+        self._waits: dict[int, float] = {}  # job -> its last wait before a retry
 
     @property
     def in_flight(self) -> frozenset[int]:
@@ -322,19 +326,35 @@ class LargeFileHasher:
         jobs = JobQueue(self._database)
         try:
             while not self._stop.is_set():
+                self._retry_due()
                 try:
                     job_id, relpath = self._pending.get(timeout=0.5)
                 except queue.Empty:
                     continue
                 try:
                     self._hash(jobs, job_id, relpath)
-                except (OSError, sqlite3.Error) as error:  # finished at the next start
-                    log.error("intake.hash_failed", error=str(error), hint=advice(error))
-                finally:
-                    with self._lock:
-                        self._in_flight.discard(job_id)
+                except FileNotFoundError as error:  # gone from the work folder: the start's
+                    log.error("intake.hash_failed", error=str(error))  # recovery looks again
+                except (OSError, sqlite3.Error) as error:
+                    wait = min(LONGEST_WAIT_SECONDS, 2 * self._waits.get(job_id, 2.5))
+                    self._waits[job_id] = wait
+                    self._retries.append((time.monotonic() + wait, job_id, relpath))
+                    log.error(
+                        "intake.hash_failed", error=str(error), hint=advice(error), retry_in=wait
+                    )
+                    continue  # still in flight: the reconciler must not take it meanwhile
+                self._waits.pop(job_id, None)
+                with self._lock:
+                    self._in_flight.discard(job_id)
         finally:
             jobs.close()
+
+    def _retry_due(self) -> None:
+        now = time.monotonic()
+        due = [retry for retry in self._retries if retry[0] <= now]
+        for retry in due:
+            self._retries.remove(retry)
+            self._pending.put(retry[1:])
 
     def _hash(self, jobs: JobQueue, job_id: int, relpath: str) -> None:
         job = jobs.get(job_id)
