@@ -34,4 +34,3 @@ def test_a_random_schedule_of_faults_loses_nothing_and_doubles_nothing(
     # CI installs what every fault needs (libfaketime, root for tmpfs): none may go missing.
     if os.environ.get("CI"):
         assert not tally.skipped, f"faults skipped in CI: {dict(tally.skipped)}"
-
