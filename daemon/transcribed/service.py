@@ -23,6 +23,7 @@ from transcribed.audio.decoder import ChildDecoder, DecoderPool
 from transcribed.audio.memory import pin_mmap_threshold
 from transcribed.disposal.disposer import Disposer
 from transcribed.errors import ConfigError
+from transcribed.files.content import ignore_lease_breaks
 from transcribed.files.durable import remove_stale_temps
 from transcribed.files.names import display_name
 from transcribed.host.hooks import HookCall, Hooks
@@ -155,6 +156,7 @@ def make_worker(
         chunk_seconds=settings.chunk_seconds,
         max_attempts=settings.max_attempts,
         retry_seconds=settings.retry_seconds,
+        settle_seconds=settings.settle_seconds,
         aligner=aligner,
         diarizer=diarizer,
         stop=stop,
@@ -195,6 +197,7 @@ def make_intake(
         settle_seconds=settings.settle_seconds,
         rescan_seconds=settings.rescan_seconds,
         stalled_seconds=settings.stalled_seconds,
+        settle_seconds_unseen=settings.settle_seconds_unseen,
         hasher=hasher,
         reconciler=Reconciler(jobs, work, hasher),
     )
@@ -318,6 +321,7 @@ class Daemon:
         self.stop = threading.Event()
         # Before the long model load: a SIGTERM or SIGHUP then is handled, not fatal.
         self._install_signal_handlers()
+        ignore_lease_breaks()  # before the intake probes a file for writers (files.content)
         lost = _no_database(settings.database)  # before opening it makes one
         self._jobs = open_job_database(settings)
         self._arrivals: queue.SimpleQueue[str] = queue.SimpleQueue()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import hashed
 from transcribed.disposal.disposer import Disposer, shred
 from transcribed.errors import RecordingVanished
 from transcribed.state.queue import Job, JobQueue
@@ -20,7 +21,7 @@ def _job(tmp_path: Path, relpath: bytes, content: bytes) -> tuple[JobQueue, Job,
     jobs = JobQueue(tmp_path / "q.db")
     job_id = jobs.begin_claim(relpath, f"{relpath.hex()}.wav")
     (work.path / f"{relpath.hex()}.wav").write_bytes(content)
-    jobs.finish_claim(job_id, hashlib.sha256(content).hexdigest(), len(content))
+    jobs.finish_claim(job_id, hashed(hashlib.sha256(content).hexdigest(), len(content)))
     return jobs, jobs.get(job_id), work
 
 
@@ -140,7 +141,7 @@ def test_the_same_recording_dropped_twice_is_archived_twice_even_with_the_archiv
     assert disposer.dispose(first) == "moved"
     second_id = jobs.begin_claim(b"a.wav", "again.wav")
     work.file("again.wav").write_bytes(b"recording")
-    second = jobs.finish_claim(second_id, first.sha256 or "", len(b"recording"))
+    second = jobs.finish_claim(second_id, hashed(first.sha256 or "", len(b"recording")))
     archive.rename(tmp_path / "aside")
     with pytest.raises(OSError, match="missing"):
         disposer.dispose(second)

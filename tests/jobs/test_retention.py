@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import hashed
 from running import cli
 from transcribed.jobs.retention import parse_age, prune
 from transcribed.state.queue import FailureKind, JobQueue, JobState
@@ -18,7 +19,7 @@ DAY = 86400.0
 
 def _job(jobs: JobQueue, name: str, sha: str, work: str | None = None) -> int:
     job_id = jobs.begin_claim(name.encode(), work or f"{name}.work")
-    jobs.finish_claim(job_id, sha, 10)
+    jobs.finish_claim(job_id, hashed(sha, 10))
     return job_id
 
 

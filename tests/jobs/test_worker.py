@@ -1,6 +1,5 @@
 """The worker driven step by step with real parts: queue, child decoder, tiny model, outbox."""
 
-import hashlib
 import itertools
 import json
 import shutil
@@ -14,6 +13,7 @@ import pytest
 from recordings import write_soundfile
 from transcribed.audio.decoder import ChildDecoder
 from transcribed.disposal.disposer import Disposer
+from transcribed.files.content import hash_file
 from transcribed.jobs.destinations import Destinations
 from transcribed.jobs.rules import Rules
 from transcribed.jobs.worker import Worker
@@ -55,7 +55,7 @@ def _claim(jobs: JobQueue, work: Path, relpath: str, make) -> int:
     name = f"{len(list(work.iterdir()))}.flac"
     job_id = jobs.begin_claim(relpath.encode(), name)
     path = make(work / name)
-    jobs.finish_claim(job_id, hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size)
+    jobs.finish_claim(job_id, hash_file(path))
     return job_id
 
 

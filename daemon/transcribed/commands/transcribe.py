@@ -13,8 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from transcribed.audio.memory import pin_mmap_threshold
 from transcribed.errors import TranscribedError
+from transcribed.files.content import hash_file
 from transcribed.files.names import display_name
-from transcribed.intake.claim import hash_descriptor
 from transcribed.logs import get_logger
 from transcribed.model.pipeline import transcribe_stream
 from transcribed.output.transcript import SourceInfo
@@ -90,6 +90,5 @@ def _recognizer(settings: ModelSettings) -> "Engine | RemoteEngine":
 
 
 def _source(path: Path) -> SourceInfo:
-    with path.open("rb") as handle:
-        digest, size = hash_descriptor(handle.fileno())
-    return SourceInfo(name=display_name(path.name), sha256=digest, size=size)
+    content = hash_file(path)
+    return SourceInfo(name=display_name(path.name), sha256=content.sha256, size=content.size)

@@ -292,6 +292,13 @@ class Settings(StateSettings, ModelSettings):
     settle_seconds: float = Field(
         default=3.0, gt=0, description="A file must stay unchanged this long before it is taken."
     )
+    settle_seconds_unseen: float = Field(
+        default=60.0,
+        gt=0,
+        description="A file whose writers this machine cannot see (a network mount written "
+        "from elsewhere, or another user's file without CAP_LEASE) must stay unchanged this "
+        "long: NFS clients cache file attributes up to 60 s.",
+    )
     rescan_seconds: float = Field(
         default=120.0, gt=0, description="Full rescan of the inbox every this many seconds."
     )
