@@ -4,20 +4,18 @@ Every change goes through one SQLite transaction (the daemon's own locking appli
 retry never moves a file out of the failed folder before its copy is back in the inbox.
 """
 
+import contextlib
+import errno
 import os
 import sqlite3
 import time
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from transcribed.errors import ConfigError
-from transcribed.files.durable import (
-    fsync_dir,
-    link_or_copy_no_overwrite,
-    make_folders,
-    unique_name,
-)
+from transcribed.files.durable import fsync_dir, temp_name
+from transcribed.files.folders import link_free_name, open_below
 from transcribed.files.names import REASON_SUFFIX, display_name
 from transcribed.servers import engine_status
 from transcribed.settings import StateSettings
@@ -299,31 +297,115 @@ def render_jobs(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# A retry that has held its job this long was cut short (a crash): another may take over.
+RETRY_TAKEOVER_SECONDS = 600.0
+
+
 def retry(jobs: JobQueue, inbox: Path, job_id: int) -> Path:
-    """Put a failed job's original back into the inbox (under its old name) and forget the
-    failure; the daemon picks it up as a new arrival. Returns where the file now is."""
-    job = _get(jobs, job_id)
+    """Put a failed job's original back into the inbox (under its old name, or a free variant)
+    and forget the failure; the daemon picks it up as a new arrival. Returns where the file now
+    is. The job is claimed in the database first, so two retries never both put it back; the
+    copy enters the inbox through folder descriptors that never follow a symlink (anyone who
+    can write to the share could plant one); nothing is forgotten or removed before the copy
+    is durable in the inbox."""
+    job = _get_failed(jobs, job_id)
+    if jobs.begin_retry(job_id, RETRY_TAKEOVER_SECONDS) is None:
+        raise OperatorError(
+            f"job {job_id} is being put back into the inbox by another retry right now; "
+            "see `transcribed jobs list` in a moment"
+        )
+    try:
+        placed = _copy_back(job, inbox)
+    except BaseException:
+        jobs.abandon_retry(job_id)
+        raise
+    jobs.finish_retry(job_id, os.fsencode(placed))
+    _remove_failed_copy(Path(job.disposed_to or ""))
+    return inbox / placed
+
+
+def _get_failed(jobs: JobQueue, job_id: int) -> Job:
+    try:
+        job = jobs.get(job_id)
+    except KeyError:
+        raise OperatorError(_not_found(jobs, job_id)) from None
     if job.state != JobState.FAILED:
-        raise OperatorError(f"job {job_id} is {job.state}; only failed jobs can be retried")
-    quarantined = Path(job.disposed_to) if job.disposed_to else None
-    if quarantined is None or not os.path.isfile(quarantined):
+        raise OperatorError(f"job {job_id} is {job.state}: only failed jobs can be retried")
+    if not job.disposed_to or not os.path.isfile(job.disposed_to):
         raise OperatorError(
             f"the failed file of job {job_id} is no longer at "
             f"{display_name(job.disposed_to or '?')}; copy the recording into the inbox "
             f"yourself, then `transcribed jobs forget {job_id}`"
         )
-    relpath = Path(os.fsdecode(job.relpath))
-    folder = make_folders(inbox, relpath.parent)
-    target = unique_name(folder, relpath.name)
-    # The copy in the inbox is durable before anything is removed: at any crash point the
-    # recording exists at least once.
-    link_or_copy_no_overwrite(quarantined, target)
-    fsync_dir(folder)
-    jobs.forget(job_id)
-    quarantined.unlink()
+    return job
+
+
+def _not_found(jobs: JobQueue, job_id: int) -> str:
+    """No such job: say where a job that was retried went."""
+    went = jobs.retried_as(job_id)
+    if went is None:
+        return f"no job {job_id} (see `transcribed jobs list`)"
+    relpath, later = went
+    name = display_name(relpath)
+    if later is None:
+        return f"job {job_id} was put back into the inbox as {name}; it has not been taken yet"
+    return (
+        f"job {job_id} was put back into the inbox as {name}: it is job {later.id} now "
+        f"({later.state})"
+    )
+
+
+def _copy_back(job: Job, inbox: Path) -> str:
+    """A durable copy of the failed original in its inbox folder; its inbox-relative path."""
+    relpath = PurePosixPath(os.fsdecode(job.relpath))
+    try:
+        folder_fd = open_below(inbox, relpath.parent, create=True)
+    except OSError as error:
+        raise OperatorError(_unsafe_folder(job.id, relpath.parent, error)) from None
+    try:
+        temp = temp_name(relpath.name)
+        try:
+            _copy_into(Path(job.disposed_to or ""), folder_fd, temp)
+            placed = link_free_name(folder_fd, temp, relpath.name)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp, dir_fd=folder_fd)
+    finally:
+        os.close(folder_fd)
+    return str(relpath.parent / placed) if relpath.parent.parts else placed
+
+
+def _unsafe_folder(job_id: int, folder: PurePosixPath, error: OSError) -> str:
+    if error.errno in (errno.ELOOP, errno.ENOTDIR):
+        return (
+            f"cannot put job {job_id} back: {display_name(str(folder))} in the inbox is a "
+            "symbolic link or not a folder, and is never followed; move it away and retry"
+        )
+    return f"cannot put job {job_id} back into {display_name(str(folder))}: {error.strerror}"
+
+
+def _copy_into(source: Path, folder_fd: int, name: str) -> None:
+    """Copy `source` (never through a symlink) to a new file `name` in `folder_fd`, fsynced."""
+    src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        dst = os.open(name, flags, 0o640, dir_fd=folder_fd)
+        try:
+            while block := os.read(src, 1 << 20):
+                view = memoryview(block)
+                while view:
+                    view = view[os.write(dst, view) :]
+            os.fsync(dst)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
+
+def _remove_failed_copy(quarantined: Path) -> None:
+    quarantined.unlink(missing_ok=True)
     quarantined.with_name(quarantined.name + REASON_SUFFIX).unlink(missing_ok=True)
     fsync_dir(quarantined.parent)
-    return target
 
 
 def forget(jobs: JobQueue, job_id: int) -> Job:

@@ -269,10 +269,14 @@ class JobQueue:
     # --- claims ---------------------------------------------------------------------------
 
     def begin_claim(self, relpath: bytes, work_name: str) -> int:
-        """Record the intent to move `relpath` to `work_name` before the rename happens."""
+        """Record the intent to move `relpath` to `work_name` before the rename happens. Its
+        number is new: never one a retried job had (`jobs retry 33` twice must not find
+        another recording under 33)."""
         now = self._now()
         cursor = self._db.execute(
-            "INSERT INTO jobs (state, relpath, work_name, created, updated) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO jobs (id, state, relpath, work_name, created, updated) VALUES ("
+            " 1 + MAX(COALESCE((SELECT MAX(id) FROM jobs), 0),"
+            "         COALESCE((SELECT MAX(job) FROM retried), 0)), ?, ?, ?, ?, ?)",
             (JobState.CLAIMING, relpath, work_name, now, now),
         )
         assert cursor.lastrowid is not None
