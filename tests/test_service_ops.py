@@ -141,3 +141,48 @@ def test_interfaces_other_than_loopback_count_as_reachable(tmp_path) -> None:
     assert reachable_interfaces(connected) == ["eth0"]
     assert "eth0" in (isolation_problem(connected) or "")
     assert reachable_interfaces(tmp_path / "missing") is None
+
+
+SLOW_HOOK = textwrap.dedent(
+    """
+    import os, sys, time
+    time.sleep(3)
+    with open(os.path.join(sys.argv[1], os.environ["TRANSCRIBED_JOB"]), "a") as out:
+        out.write("ran\\n")
+    """
+)
+
+
+def test_hooks_waiting_at_a_stop_run_after_the_restart(folders, tiny_model, tmp_path) -> None:
+    """Trust 2, finding 10: with a hook that takes 3 s, SIGTERM 12 s after 10 drops: 10 jobs
+    done, 5 hooks ran, no log line about the other 5, and they never ran after the restart."""
+    script, calls = tmp_path / "hook.py", tmp_path / "calls"
+    script.write_text(SLOW_HOOK)
+    calls.mkdir()
+    env = folders.env(
+        tiny_model,
+        TRANSCRIBED_SETTLE_SECONDS="0.3",
+        TRANSCRIBED_ON_DONE=json.dumps([sys.executable, str(script), str(calls)]),
+        TRANSCRIBED_HOOK_TIMEOUT_SECONDS="30",
+    )
+    log = tmp_path / "daemon.log"
+    daemon = Daemon(env, log)
+    try:
+        daemon.wait_ready()
+        for number in range(10):
+            drop(folders.inbox, f"talk{number}.wav", seed=number, seconds=1)
+        daemon.wait_for(lambda: len(list(folders.archive.iterdir())) == 10, 120)
+        daemon.wait_for(lambda: len(list(calls.iterdir())) >= 1, 30)
+    finally:
+        assert daemon.stop() == 0
+    ran_before = len(list(calls.iterdir()))
+    assert ran_before < 10, "the hooks were meant to be cut short by the stop"
+    [waiting] = [e for e in events(log) if e["event"] == "hooks.waiting_at_stop"]
+    assert waiting["calls"] + ran_before == 10
+    daemon = Daemon(env, log)
+    try:
+        daemon.wait_ready()
+        daemon.wait_for(lambda: len(list(calls.iterdir())) == 10, 90)
+    finally:
+        assert daemon.stop() == 0
+    assert all(path.read_text() == "ran\n" for path in calls.iterdir()), "each ran once"

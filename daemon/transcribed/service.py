@@ -349,7 +349,9 @@ class Daemon:
             worker.decoder.start()
         # The disposal thread: the only one that disposes, so two never race on one original.
         self._disposals = self._make_worker(settings, self._jobs, None, None)
-        self._hooks = Hooks(settings.on_done, settings.on_failed, settings.hook_timeout_seconds)
+        self._hooks = Hooks(
+            settings.database, settings.on_done, settings.on_failed, settings.hook_timeout_seconds
+        )
         self._intake = make_intake(settings, self._work, self._arrivals, self._hasher)
 
     def _recover_disk(self, settings: Settings, lost: bool) -> None:
@@ -437,6 +439,7 @@ class Daemon:
         ]
         for thread in threads:
             thread.start()
+        self._hooks.start()
         tick = min(1.0, watchdog / 2) if watchdog else 1.0
         while not self.stop.wait(tick):
             if self._reload.is_set():
