@@ -3,6 +3,7 @@ isolation at start, and the loud CPU fallback. Real daemon, real config file, re
 
 import json
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -13,7 +14,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from recordings import write_soundfile
-from running import CLI, Daemon, events
+from running import CLI, Daemon, cli, events
 from transcribed.host.isolation import isolation_problem, reachable_interfaces
 
 pytestmark = pytest.mark.slow
@@ -186,3 +187,41 @@ def test_hooks_waiting_at_a_stop_run_after_the_restart(folders, tiny_model, tmp_
     finally:
         assert daemon.stop() == 0
     assert all(path.read_text() == "ran\n" for path in calls.iterdir()), "each ran once"
+
+
+def test_originals_waiting_for_disposal_are_shown_and_kept_by_their_own_policy(
+    folders, tiny_model, tmp_path
+) -> None:
+    """Trust 2, findings 8 and 9: with the archive immutable, `status` counted the originals
+    waiting in the work folder as done; then `disposal = "shred"` and SIGHUP shredded all
+    three, each JSON still saying `"method": "move", "assurance": "kept"`."""
+    config = tmp_path / "config.toml"
+    config.write_text('disposal = "move"\n')
+    env = folders.env(tiny_model, TRANSCRIBED_SETTLE_SECONDS="0.3", TRANSCRIBED_RETRY_SECONDS="1")
+    del env["TRANSCRIBED_DISPOSAL"]
+    daemon = Daemon(env, tmp_path / "daemon.log", args=("--config", str(config)))
+    try:
+        daemon.wait_ready()
+        if subprocess.run(["chattr", "+i", str(folders.archive)], capture_output=True).returncode:
+            pytest.skip("chattr +i is not supported here (needed to deny root the archive)")
+        for number in range(3):
+            drop(folders.inbox, f"talk{number}.wav", seed=number)
+        daemon.wait_for(lambda: len(logged(daemon, "job.disposal_failed")) >= 3, 60)
+        report = json.loads(cli("status", "--json", env=env).stdout)
+        assert report["counts"] == {"published": 3}
+        assert report["summary"] == "0 queued, 0 running, 0 done, 0 failed, 3 waiting for disposal"
+        assert report["disposal"]["waiting"] == 3 and report["disposal"]["last_error"]
+        assert "3 waiting to be archived (last error:" in cli("status", env=env).stdout
+        config.write_text('disposal = "shred"\n')
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_for(lambda: bool(logged(daemon, "config.reloaded")), 30)
+        subprocess.run(["chattr", "-i", str(folders.archive)], check=True)
+        daemon.wait_for(lambda: len(list(folders.archive.iterdir())) == 3, 60)
+    finally:
+        subprocess.run(["chattr", "-i", str(folders.archive)], check=False)
+        assert daemon.stop() == 0
+    assert not logged(daemon, "job.disposed") or all(
+        e["disposal"] == "moved" for e in logged(daemon, "job.disposed")
+    )
+    for transcript in folders.outbox.glob("*.json"):
+        assert json.loads(transcript.read_text())["disposal"]["method"] == "move"

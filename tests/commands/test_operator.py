@@ -105,6 +105,10 @@ def test_status_shows_progress_and_an_eta(tmp_path: Path) -> None:
     assert "talk.wav: 25% (0:30 of 2:00 audio), about 0:30 left" in render_status(report)
     assert service_status(queue) == "0 queued, 1 running, 0 done, 0 failed; now talk.wav 25%"
     queue.mark_published(job_id, ["/out/talk.json"], 120.0, 30.0)
+    assert service_status(queue).startswith(
+        "0 queued, 0 running, 0 done, 0 failed, 1 waiting for disposal; last talk.wav"
+    )
+    queue.mark_done(job_id)
     assert service_status(queue).startswith("0 queued, 0 running, 1 done, 0 failed; last talk.wav")
 
 

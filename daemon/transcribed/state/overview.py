@@ -62,11 +62,13 @@ def open_queue(settings: StateSettings) -> JobQueue:
 def status_line(counts: dict[str, int]) -> str:
     """One line for `systemctl status`: what is waiting, running, finished and failed."""
     waiting = counts.get("queued", 0) + counts.get("claiming", 0) + counts.get("duplicate", 0)
-    finished = counts.get("done", 0) + counts.get("published", 0)
-    return (
-        f"{waiting} queued, {counts.get('running', 0)} running, {finished} done,"
+    line = (
+        f"{waiting} queued, {counts.get('running', 0)} running, {counts.get('done', 0)} done,"
         f" {counts.get('failed', 0)} failed"
     )
+    if published := counts.get("published", 0):  # transcribed; the original not yet disposed of
+        line += f", {published} waiting for disposal"
+    return line
 
 
 def service_status(jobs: JobQueue) -> str:
@@ -113,6 +115,7 @@ def status_report(
             for relpath, reason, since in jobs.waiting()
         ],
         "backlog": _backlog(jobs, now),
+        "disposal": _disposal(jobs.in_state(JobState.PUBLISHED)),
         "failed": [_failed(job) for job in jobs.listing(JobState.FAILED, _FAILED_SHOWN)],
         "last_hour": {
             "recordings": recordings,
@@ -190,6 +193,25 @@ def _backlog(jobs: JobQueue, now: float) -> dict[str, Any]:
     }
 
 
+_DISPOSED = {"move": "archived", "delete": "deleted", "shred": "shredded"}
+
+
+def _disposal(published: list[Job]) -> dict[str, Any]:
+    """Originals whose transcript is published and which wait to be disposed of: how many, by
+    the policy each transcript records, and the last error when a disposal failed."""
+    by_policy: dict[str, int] = {}
+    for job in published:
+        policy = job.disposal or "move"
+        by_policy[policy] = by_policy.get(policy, 0) + 1
+    failing = [job for job in published if job.disposal_failures and job.error]
+    last = max(failing, key=lambda job: job.updated, default=None)
+    return {
+        "waiting": len(published),
+        "by_policy": by_policy,
+        "last_error": last.error if last is not None else None,
+    }
+
+
 def _failed(job: Job) -> dict[str, Any]:
     return _brief(job) | {
         "reason": job.error,
@@ -209,6 +231,7 @@ def render_status(report: dict[str, Any]) -> str:
         retrying = sum(job["waiting_for_retry"] for job in queued)
         note = f" ({retrying} waiting to retry after an error)" if retrying else ""
         lines.append(f"  queued   {len(queued)}: {names}{note}")
+    lines += _render_disposal(report["disposal"])
     if (eta := report["backlog"]["eta_seconds"]) is not None:
         lines.append(f"  backlog  about {_clock(eta)} to clear at the last hour's pace")
     for waiting in report["waiting"]:
@@ -231,6 +254,15 @@ def render_status(report: dict[str, Any]) -> str:
     else:
         lines.append("  last hour: nothing finished")
     return "\n".join(lines)
+
+
+def _render_disposal(disposal: dict[str, Any]) -> list[str]:
+    """ "3 waiting to be archived (last error: …)": transcribed, the original still here."""
+    if not disposal["waiting"]:
+        return []
+    kinds = "/".join(_DISPOSED.get(policy, policy) for policy in sorted(disposal["by_policy"]))
+    error = f" (last error: {disposal['last_error']})" if disposal["last_error"] else ""
+    return [f"  disposal {disposal['waiting']} waiting to be {kinds}{error}"]
 
 
 def _render_daemon(daemon: dict[str, Any]) -> str:
