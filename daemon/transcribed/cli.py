@@ -13,7 +13,7 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -35,6 +35,7 @@ from transcribed.state.queue import JobState
 
 if TYPE_CHECKING:
     from transcribed.model.engine import Engine
+    from transcribed.output.search_index import SearchIndex
     from transcribed.servers.vllm_engine import RemoteEngine
 
 EXIT_FAILED = 1
@@ -42,6 +43,7 @@ EXIT_CONFIG = 2  # usage and configuration errors, like argparse's own
 EXIT_BROKEN_PIPE = 128 + 13  # as a program killed by SIGPIPE: what shells expect of `… | head`
 
 StateT = TypeVar("StateT", bound=StateSettings)
+ResultT = TypeVar("ResultT")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -497,7 +499,7 @@ def _search(args: argparse.Namespace) -> int:
     index = search_index.SearchIndex(settings.search_database)
     if args.rebuild:
         ids = search_index.published_job_ids(settings.database)
-        count = index.rebuild(settings.outbox, ids)
+        count = _index_write(index, lambda: index.rebuild(settings.outbox, ids))
         print(f"indexed {count} transcripts from {settings.outbox}", file=sys.stderr)
         if not args.query:
             return 0
@@ -508,11 +510,42 @@ def _search(args: argparse.Namespace) -> int:
             f"no search index at {settings.search_database}: run `transcribed search "
             "--rebuild` as the service's user (pass the daemon's config with --config)"
         )
-    hits = index.search(args.query, args.limit)
+    try:
+        hits = index.search(args.query, args.limit)
+    except search_index.IndexDamaged:
+        _repair_index(index, settings)
+        hits = index.search(args.query, args.limit)
     rows = [dataclasses.asdict(hit) for hit in hits]
     text = "\n".join(search_index.render_hit(hit) for hit in hits) or "no transcript holds that"
     _print(rows, args.json, text)
     return 0 if hits else EXIT_FAILED
+
+
+def _repair_index(index: "SearchIndex", settings: Settings) -> None:
+    """A damaged index met by a search: set aside and rebuilt from the outbox, then searched."""
+    print(
+        f"the search index {index.path} is damaged: setting it aside and rebuilding it from "
+        f"{settings.outbox}…",
+        file=sys.stderr,
+    )
+    count = _index_write(index, lambda: index.repair(settings.outbox, settings.database))
+    if count is None:
+        raise OperatorError(
+            "the search index is being rebuilt by another process (the daemon or the page); "
+            "try again in a minute"
+        )
+    print(f"indexed {count} transcripts", file=sys.stderr)
+
+
+def _index_write(index: "SearchIndex", write: Callable[[], ResultT]) -> ResultT:
+    """`write` changes the index: one clear line when this user may not."""
+    try:
+        return write()
+    except (OSError, sqlite3.Error) as error:
+        raise OperatorError(
+            f"cannot write the search index {index.path}: {error}; run this as the service's "
+            "user (sudo -u transcribed …, with the daemon's --config)"
+        ) from None
 
 
 def _web(args: argparse.Namespace) -> int:

@@ -47,7 +47,7 @@ from transcribed.model.batching import SerializedAligner, SharedModel, SharedRec
 from transcribed.model.diarizer import Diarizer
 from transcribed.model.engine import Engine
 from transcribed.output.outbox import Outbox
-from transcribed.output.search_index import SearchIndex, published_job_ids
+from transcribed.output.search_index import SearchIndex
 from transcribed.servers import engine_status
 from transcribed.settings import ModelSettings, Settings, check_folders, load_settings
 from transcribed.state.instance import InstanceLock
@@ -357,8 +357,8 @@ class Daemon:
     def _recover_disk(self, settings: Settings, lost: bool) -> None:
         """Before anything runs: finish claims a crash cut short, index the disk when the
         database was `lost` (the work folder is then claimed again by the first rescan),
-        forget the last run's waiting files, rebuild a missing search index, remove stale
-        temp files."""
+        forget the last run's waiting files, rebuild a missing or damaged search index,
+        remove stale temp files."""
         if recovered := recover_claims(self._jobs, self._work):
             log.info("recover.claims_finished", jobs=recovered)
         if lost:
@@ -372,13 +372,23 @@ class Daemon:
                     "failed folder",
                 )
         self._jobs.clear_waiting()
-        if not settings.search_database.exists():  # lost, or never built: the outbox has it all
-            index = SearchIndex(settings.search_database)
-            if found := index.rebuild(settings.outbox, published_job_ids(settings.database)):
-                log.info("recover.search_index_rebuilt", transcripts=found)
+        self._repair_search_index(settings)
         for folder in (settings.outbox, settings.archive_dir, settings.failed_dir):
             if folder is not None and (removed := remove_stale_temps(folder)):
                 log.info("recover.temp_files_removed", folder=str(folder), files=removed)
+
+    @staticmethod
+    def _repair_search_index(settings: Settings) -> None:
+        """Lost, damaged, never built or a rebuild cut short: the outbox has it all. Only a
+        cache: a failure is a warning, never a reason not to start."""
+        try:
+            SearchIndex(settings.search_database).repair(settings.outbox, settings.database)
+        except (OSError, sqlite3.Error) as error:
+            log.warning(
+                "search.repair_failed",
+                error=f"{type(error).__name__}: {error}",
+                hint="`transcribed search --rebuild` makes the index anew",
+            )
 
     def _make_worker(
         self,

@@ -12,7 +12,7 @@ import itertools
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -20,7 +20,7 @@ from typing import Any
 from transcribed import faults
 from transcribed.files.durable import check_outside, fit_name, fsync_dir, make_folders, write_temp
 from transcribed.output.subtitles import render_srt, render_tsv, render_vtt
-from transcribed.output.transcript import Transcript, join_texts
+from transcribed.output.transcript import Segment, Transcript, join_texts
 
 
 def render_json(transcript: Transcript) -> bytes:
@@ -34,21 +34,33 @@ def render_txt(transcript: Transcript) -> bytes:
     """The text, with a new paragraph wherever the speaker paused for 2 s or more, or another
     speaker takes over; with speaker labels, a paragraph starts with its speaker ("S2: …")
     when the speaker changes."""
+    shown = [
+        f"{label}: {text}" if label is not None else text
+        for label, text in txt_paragraphs(transcript.segments)
+    ]
+    text = "\n\n".join(shown)
+    return (text + "\n").encode() if text else b""
+
+
+def txt_paragraphs(segments: Iterable[Segment]) -> list[tuple[str | None, str]]:
+    """The .txt's paragraphs: (the speaker label it starts with, or None; its text). The
+    page shows a transcript by this same rule."""
     paragraphs: list[tuple[str | None, list[str]]] = []
-    for segment in transcript.segments:
+    for segment in segments:
         if not segment.text:
             continue
         paused = segment.pause_before >= PARAGRAPH_PAUSE_SECONDS
         if not paragraphs or paused or segment.speaker != paragraphs[-1][0]:
             paragraphs.append((segment.speaker, []))
         paragraphs[-1][1].append(segment.text)
-    shown, previous = [], None
+    shown: list[tuple[str | None, str]] = []
+    previous = None
     for speaker, texts in paragraphs:
-        label = f"{speaker}: " if speaker is not None and speaker != previous else ""
-        shown.append(label + join_texts(texts))
+        shown.append(
+            (speaker if speaker is not None and speaker != previous else None, join_texts(texts))
+        )
         previous = speaker
-    text = "\n\n".join(shown)
-    return (text + "\n").encode() if text else b""
+    return shown
 
 
 WRITERS: dict[str, Callable[[Transcript], bytes]] = {

@@ -43,6 +43,17 @@ class WebSettings(BaseModel):
         default=None, description="Serve HTTPS with this certificate (PEM); with tls_keyfile."
     )
     tls_keyfile: Path | None = Field(default=None, description="The certificate's private key.")
+    trusted_proxies: tuple[str, ...] = Field(
+        default=(),
+        description="Reverse proxies (addresses or networks, e.g. 127.0.0.1) whose "
+        "X-Forwarded-For and X-Forwarded-Proto headers name the real client; none by default.",
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="A request's whole header (and a form's body) must arrive within this.",
+    )
 
     @field_validator("password_hash")
     @classmethod
@@ -51,6 +62,18 @@ class WebSettings(BaseModel):
             not value.startswith(f"{PASSWORD_SCHEME}$") or value.count("$") != 5
         ):
             raise ValueError("is not a hash made by `transcribed web-password`")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (e.g. 127.0.0.1, 10.0.0.0/8)"
+                ) from None
         return value
 
     @model_validator(mode="after")
