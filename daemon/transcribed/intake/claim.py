@@ -113,7 +113,7 @@ class Intake:
     # An unfinished file unchanged this long is taken anyway (a recorder that crashed).
     stalled_seconds: float = 3600.0
     # Unchanged this long, when the kernel cannot say whether a writer still has it open.
-    settle_seconds_unseen: float = 60.0
+    settle_seconds_unseen: float = 120.0
     hasher: "LargeFileHasher | None" = None
     reconciler: "Reconciler | None" = None
 

@@ -293,11 +293,12 @@ class Settings(StateSettings, ModelSettings):
         default=3.0, gt=0, description="A file must stay unchanged this long before it is taken."
     )
     settle_seconds_unseen: float = Field(
-        default=60.0,
+        default=120.0,
         gt=0,
         description="A file whose writers this machine cannot see (a network mount written "
         "from elsewhere, or another user's file without CAP_LEASE) must stay unchanged this "
-        "long: NFS clients cache file attributes up to 60 s.",
+        "long: recorders pause up to a minute between writes (ffmpeg's Opus at 24 kb/s: 53 "
+        "s) and NFS clients cache file attributes for up to 60 s.",
     )
     rescan_seconds: float = Field(
         default=120.0, gt=0, description="Full rescan of the inbox every this many seconds."
