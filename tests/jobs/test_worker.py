@@ -308,3 +308,35 @@ def test_a_published_job_that_cannot_be_quarantined_waits_and_is_never_run_again
     assert jobs.get(job_id).state == JobState.PUBLISHED  # waiting, not queued
     assert worker.step() is False  # nothing to run
     assert (folders.outbox / "a.json").is_file()
+
+
+def test_an_outbox_that_is_away_delays_disposal_and_transcribes_nothing_again(
+    setup, folders, monkeypatch
+) -> None:
+    """The disk decides (Trust 2), but an outbox that is missing as a whole (unmounted) is away,
+    not emptied: the original waits; only a transcript removed from a present outbox makes
+    its recording transcribed again."""
+    worker, jobs, work = setup
+    job_id = _claim(jobs, work, "a.flac", lambda p: write_soundfile(p, 2, 16000, "PCM_16", "FLAC"))
+    real_dispose = Disposer.dispose
+    monkeypatch.setattr(
+        Disposer, "dispose", lambda self, job: (_ for _ in ()).throw(OSError(5, "EIO"))
+    )
+    worker.step()  # published; the disposal failed and waits
+    assert jobs.get(job_id).state == JobState.PUBLISHED
+    monkeypatch.setattr(Disposer, "dispose", real_dispose)
+    folders.outbox.rename(folders.outbox.with_name("outbox.away"))
+    jobs.defer_disposal(job_id, -1, "due now")
+    worker.sweep_disposals()
+    job = jobs.get(job_id)
+    assert job.state == JobState.PUBLISHED and "outbox" in (job.error or "")
+    assert (work / job.work_name).is_file()
+    folders.outbox.with_name("outbox.away").rename(folders.outbox)
+    for transcript in folders.outbox.glob("a.*"):  # removed by hand from the outbox that is there
+        transcript.unlink()
+    jobs.defer_disposal(job_id, -1, "due now")
+    worker.sweep_disposals()
+    assert jobs.get(job_id).state == JobState.QUEUED
+    assert worker.step() is True  # transcribed again, then disposed of
+    assert jobs.get(job_id).state == JobState.DONE
+    assert json.loads((folders.outbox / "a.json").read_text())["source"]["name"] == "a.flac"

@@ -297,9 +297,10 @@ class Worker:
                 hint="its writer was not done when it was taken: transcribed again, and its "
                 "transcript replaced",
             )
-        else:
-            self.jobs.requeue(job.id, self.settle_seconds, str(error), refund=True)
-            log.info("job.still_being_written", job=job.id, retry_in=self.settle_seconds)
+        else:  # each time it is still open, the wait doubles (up to the longest backoff)
+            delay = _backoff(self.settle_seconds, job.transient_failures + 1)
+            self.jobs.requeue(job.id, delay, str(error), refund=True, transient=True)
+            log.info("job.still_being_written", job=job.id, retry_in=delay)
 
     def _recheck(self, job: Job) -> None:
         """The work file still holds what was hashed (DESIGN I6), or the job cannot go on."""
@@ -528,8 +529,9 @@ class Worker:
             self._not_final_yet(job, changed)
             return
         except StillBeingWritten as busy:
-            self.jobs.defer_disposal(job.id, self.settle_seconds, str(busy))
-            log.info("job.still_being_written", job=job.id, retry_in=self.settle_seconds)
+            delay = _backoff(self.settle_seconds, job.disposal_failures + 1)
+            self.jobs.defer_disposal(job.id, delay, str(busy))
+            log.info("job.still_being_written", job=job.id, retry_in=delay)
             return
         except OSError as error:  # the transcript is safe; the original waits in the work folder
             delay = _backoff(self.retry_seconds, job.disposal_failures + 1)
@@ -559,6 +561,11 @@ class Worker:
         name = display_name(os.path.basename(job.relpath))
         if published_source(owner.outputs) == (job.sha256, name):
             return True
+        outbox = self.destinations.outbox(self.rules.plan(os.fsdecode(job.relpath)).formats).root
+        if not outbox.is_dir():  # away (unmounted?), not emptied: wait for it, transcribe nothing
+            delay = _backoff(self.retry_seconds, job.disposal_failures + 1)
+            self.jobs.defer_disposal(job.id, delay, f"the outbox {outbox} is missing")
+            return False
         self.jobs.transcribe_again(job.id, "its transcript is no longer in the outbox")
         log.warning(
             "job.transcript_missing",

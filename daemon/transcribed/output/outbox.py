@@ -92,6 +92,10 @@ class Outbox:
         self._language_in_names = language_in_names
         self._inbox = inbox  # never publish into it (a swapped symlink would loop forever)
 
+    @property
+    def root(self) -> Path:
+        return self._root
+
     def publish(
         self, transcript: Transcript, relpath: str, replaces: Sequence[str] = ()
     ) -> list[Path]:
