@@ -6,7 +6,9 @@ the page loads its own style sheet and script and nothing else, from nowhere els
 """
 
 import logging
+import os
 import socket
+import sqlite3
 from importlib import resources
 from typing import Any
 from urllib.parse import urlencode
@@ -28,6 +30,7 @@ from transcribed.errors import ConfigError
 from transcribed.logs import get_logger
 from transcribed.output.search_index import clock
 from transcribed.settings import Settings
+from transcribed.settings.access import state_access_problem, user_name
 from transcribed.web.auth import (
     SESSION_USER,
     Credentials,
@@ -194,8 +197,36 @@ def build_app(settings: Settings, credentials: Credentials) -> Starlette:
             detail=error.detail,
         )
 
+    async def cannot_read(request: Request, error: Exception) -> Response:
+        """Files this process may not read (the page started as the wrong user, or the
+        state folder's permissions changed under it): say so, instead of a bare 500."""
+        log.error("web.cannot_read", error=str(error))
+        return views.render(
+            request,
+            "error.html",
+            status_code=503,
+            here="",
+            status=503,
+            detail=_unreadable(settings, error),
+        )
+
+    handlers = {HTTPException: error_page, PermissionError: cannot_read}
     return Starlette(
-        routes=routes, middleware=middleware, exception_handlers={HTTPException: error_page}
+        routes=routes,
+        middleware=middleware,
+        exception_handlers=handlers | {sqlite3.OperationalError: cannot_read},
+    )
+
+
+def _unreadable(settings: Settings, error: Exception) -> str:
+    if (denied := state_access_problem(settings.state_dir)) is not None:
+        return denied.with_command(["web"])
+    if isinstance(error, sqlite3.OperationalError):
+        return f"the job database cannot be read ({error}); see the page's log"
+    me = user_name(os.geteuid())
+    return (
+        f"the page (running as user {me}) may not read what it needs: {error}; start it "
+        "as the daemon's user"
     )
 
 
