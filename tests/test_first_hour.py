@@ -286,9 +286,11 @@ def _without_torch(tmp_path: Path) -> dict[str, str]:
 def _run(
     argv: Sequence[str], env: dict[str, str], prefix: Sequence[str] = ()
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*prefix, *CLI, *argv], env=env, capture_output=True, text=True, timeout=120
-    )
+    command = [*prefix, *CLI, *argv]
+    try:
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:  # e.g. a daemon or page that started: one problem more
+        return subprocess.CompletedProcess(command, -9, "", "still running after 60 s\n")
 
 
 def test_every_command_answers_every_first_hour_mistake_in_one_line(
