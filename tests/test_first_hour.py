@@ -288,9 +288,9 @@ def _run(
 ) -> subprocess.CompletedProcess[str]:
     command = [*prefix, *CLI, *argv]
     try:
-        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:  # e.g. a daemon or page that started: one problem more
-        return subprocess.CompletedProcess(command, -9, "", "still running after 60 s\n")
+        return subprocess.CompletedProcess(command, -9, "", "still running after 120 s\n")
 
 
 def test_every_command_answers_every_first_hour_mistake_in_one_line(
