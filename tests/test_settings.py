@@ -344,6 +344,7 @@ def test_relative_paths_in_the_file_are_read_against_its_folder(
     config.write_text(
         'inbox = "../inbox"\noutbox = "../outbox"\nfailed_dir = "../failed"\n'
         'state_dir = "state"\ndisposal = "delete"\nmodel = "./models"\n'
+        'on_done = ["bin/notify", "--quiet"]\non_failed = ["logger", "failed"]\n'
         '[web]\ntoken_file = "token"\n'
     )
     for here in (tmp_path, Path("/")):
@@ -353,6 +354,8 @@ def test_relative_paths_in_the_file_are_read_against_its_folder(
         assert settings.state_dir == home / "state"
         assert settings.model == str(home / "models")
         assert settings.web.token_file == home / "token"
+        assert settings.on_done == [str(home / "bin" / "notify"), "--quiet"]
+        assert settings.on_failed == ["logger", "failed"]  # a bare name: looked up in PATH
 
 
 def test_a_tilde_is_expanded_everywhere(folders, tmp_path, monkeypatch) -> None:
