@@ -60,6 +60,34 @@ def test_sighup_applies_a_new_config_and_rejects_an_invalid_one(folders, tiny_mo
         assert daemon.stop() == 0
 
 
+def test_sighup_rejects_a_language_or_a_hook_the_daemon_could_not_use(
+    folders, tiny_model, tmp_path
+):
+    """What `run` refuses at start is refused at reload too, before a recording is touched:
+    an unknown language (top level or in a rule) and a hook program that does not exist."""
+    config = tmp_path / "config.toml"
+    config.write_text('formats = ["txt", "json"]\n')
+    env = folders.env(tiny_model)
+    daemon = Daemon(env, tmp_path / "daemon.log", args=("--config", str(config)))
+    try:
+        daemon.wait_ready()
+        for lines, words in (
+            ('language = "jp"\n', "did you mean ja (Japanese)?"),
+            ('[[folders]]\npath = "team"\nlanguage = "cn"\n', "did you mean zh (Chinese)?"),
+            ('on_done = ["/nonexistent/notify"]\n', "/nonexistent/notify does not exist"),
+        ):
+            rejected = len(logged(daemon, "config.reload_rejected"))
+            config.write_text(lines)
+            daemon.process.send_signal(signal.SIGHUP)
+            daemon.wait_for(lambda: len(logged(daemon, "config.reload_rejected")) > rejected, 30)  # noqa: B023
+            assert words in logged(daemon, "config.reload_rejected")[-1]["error"]
+        drop(folders.inbox, "kept.wav", seed=4)
+        daemon.wait_for(lambda: (folders.outbox / "kept.json").exists(), 60)
+        assert json.loads((folders.outbox / "kept.json").read_text())["language_forced"] is False
+    finally:
+        assert daemon.stop() == 0
+
+
 HOOK = textwrap.dedent(
     """
     import json, os, sys, time

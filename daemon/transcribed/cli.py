@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from transcribed import __version__
 from transcribed.errors import ConfigError, ModelError
+from transcribed.files.content import ignore_lease_breaks
 from transcribed.logs import configure_logging
 from transcribed.settings import (
     DEFAULT_CONFIG_PATH,
@@ -26,10 +27,13 @@ from transcribed.settings import (
     RetrySettings,
     Settings,
     StateSettings,
+    StatusSettings,
     check_folders,
+    check_programs,
     load_settings,
     setting_sources,
 )
+from transcribed.settings.access import StateAccessDenied, check_state_access
 from transcribed.state.overview import OperatorError
 from transcribed.state.queue import JobState
 
@@ -47,6 +51,8 @@ ResultT = TypeVar("ResultT")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ignore_lease_breaks()  # any command may ask whether a writer still holds a recording
     try:
         args = _build_parser().parse_args(argv)  # --help prints, too
         configure_logging(args.log_level or args.quiet_log_level)
@@ -56,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Python would complain again when it flushes stdout at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+    except StateAccessDenied as denied:  # the one mistake whose fix is this very command
+        print(f"transcribed: {denied.with_command(argv)}", file=sys.stderr)
+        return EXIT_CONFIG
     except (ConfigError, ModelError) as error:
         print(f"transcribed: {error}", file=sys.stderr)
         return EXIT_CONFIG
@@ -96,11 +105,21 @@ def _build_parser() -> argparse.ArgumentParser:
         commands,
         "transcribe",
         help="transcribe files once, without the daemon",
-        description="Transcribe FILEs now and write <stem>.txt and <stem>.json next to each "
-        "file (or into --outbox). The files themselves are not moved or changed.",
+        description="Transcribe FILEs now and write <stem>.txt and <stem>.json (and the other "
+        "formats configured) next to each file, or into --outbox. The files themselves are "
+        "not moved or changed. A file whose transcript is already there is skipped unless "
+        "--overwrite; another file's transcript of the same name is never replaced (a "
+        "suffixed name is used).",
     )
     once.add_argument("files", nargs="+", type=Path, metavar="FILE", help="recordings")
-    once.add_argument("--outbox", type=Path, help="write transcripts here instead")
+    once.add_argument(
+        "--outbox", type=Path, help="write transcripts into this folder (made when missing)"
+    )
+    once.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="transcribe again files whose transcript is already there, replacing it",
+    )
     once.add_argument("--model", help="hub id or local folder (default: from config)")
     once.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: from config)")
     once.add_argument("--language", help="force a language, e.g. en or zh (default: detect)")
@@ -166,7 +185,8 @@ def _build_parser() -> argparse.ArgumentParser:
         required=True,
         type=_age,
         metavar="AGE",
-        help="e.g. 90d, 12h, 30m or 2w: finished at least this long ago",
+        help="finished at least this long ago: a number and a unit, min, h, d, w or mo "
+        "(30 days), e.g. 90d, 12h, 30min, 6mo",
     )
     prune.add_argument("--dry-run", action="store_true", help="only count what would go")
     prune.set_defaults(handler=_jobs_prune)
@@ -387,7 +407,9 @@ def _offline_unless(allowed: bool) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, Settings)
+    check_state_access(settings.state_dir)
     check_folders(settings)
+    check_programs(settings)
     _check_model_files(settings)
     _check_device(settings.device)
     _offline_unless(settings.allow_download)
@@ -413,18 +435,31 @@ def _check_device(device: str) -> None:
 def _transcribe(args: argparse.Namespace) -> int:
     overrides = {k: v for k in ("model", "device", "language") if (v := getattr(args, k))}
     settings = load_settings(args.config, ModelSettings, **overrides)
-    if args.outbox is not None and not args.outbox.is_dir():
-        raise ConfigError(f"--outbox {args.outbox} is not an existing folder")
     missing = [str(path) for path in args.files if not path.is_file()]
     if missing:
         raise ConfigError("not a file: " + ", ".join(missing))
     _check_model_files(settings)
     _check_device(settings.device)
+    if args.outbox is not None:
+        _make_outbox(args.outbox)
     _offline_unless(settings.allow_download)
     from transcribed.commands.transcribe import transcribe_files
 
-    failures = transcribe_files(args.files, settings, args.outbox)
+    failures = transcribe_files(args.files, settings, args.outbox, overwrite=args.overwrite)
     return EXIT_FAILED if failures else 0
+
+
+def _make_outbox(folder: Path) -> None:
+    """--outbox names where the transcripts go: made when it does not exist yet."""
+    if folder.is_dir():
+        return
+    try:
+        folder.mkdir(parents=True)
+    except FileExistsError:
+        raise ConfigError(f"--outbox {folder} exists and is not a folder") from None
+    except OSError as error:
+        raise ConfigError(f"--outbox {folder}: cannot make the folder: {error.strerror}") from None
+    print(f"transcribed: made the folder {folder} for the transcripts", file=sys.stderr)
 
 
 def _print(data: object, as_json: bool, text: str) -> None:
@@ -434,16 +469,30 @@ def _print(data: object, as_json: bool, text: str) -> None:
 def _state(args: argparse.Namespace, kind: type[StateT]) -> StateT:
     """The settings naming the state folder: --state-dir, else the config and environment."""
     overrides = {"state_dir": args.state_dir} if args.state_dir else {}
-    return load_settings(args.config, kind, **overrides)
+    settings = load_settings(args.config, kind, **overrides)
+    check_state_access(settings.state_dir)
+    return settings
 
 
 def _status(args: argparse.Namespace) -> int:
     from transcribed.state import overview
 
-    settings = _state(args, StateSettings)
-    report = overview.daemon_status(settings, overview.open_queue(settings))
+    settings = _state(args, StatusSettings)
+    inbox = settings.inbox
+    look = (lambda: _look_into(inbox)) if inbox is not None and inbox.is_dir() else None
+    report = overview.daemon_status(settings, overview.open_queue(settings), look)
     _print(report, args.json, overview.render_status(report))
     return 0
+
+
+def _look_into(inbox: Path) -> list[dict[str, object]]:
+    """What waits in the inbox, seen read-only with the intake's own checks."""
+    from transcribed.intake.survey import survey
+
+    return [
+        {"file": found.file, "reason": found.reason, "since": round(found.changed)}
+        for found in survey(inbox)
+    ]
 
 
 def _jobs_list(args: argparse.Namespace) -> int:
@@ -496,6 +545,7 @@ def _search(args: argparse.Namespace) -> int:
     from transcribed.output import search_index
 
     settings = load_settings(args.config, Settings)
+    check_state_access(settings.state_dir)
     index = search_index.SearchIndex(settings.search_database)
     if args.rebuild:
         ids = search_index.published_job_ids(settings.database)
@@ -550,6 +600,7 @@ def _index_write(index: "SearchIndex", write: Callable[[], ResultT]) -> ResultT:
 
 def _web(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, Settings)
+    check_state_access(settings.state_dir)
     overrides = {k: v for k in ("host", "port") if (v := getattr(args, k)) is not None}
     web = settings.web.model_copy(update=overrides)
     from transcribed.web.app import serve
@@ -572,6 +623,8 @@ def _doctor(args: argparse.Namespace) -> int:
     except ConfigError as error:
         findings = [doctor.Finding("config", "fail", str(error), "fix the setting named above")]
     else:
+        # Every later check would answer for the wrong user: only the right one helps.
+        check_state_access(settings.state_dir)
         _offline_unless(False)  # doctor only looks: never fetch anything
         findings = [doctor.Finding("config", "ok", "the configuration is valid")]
         findings += doctor.diagnose(settings)
@@ -587,6 +640,7 @@ def _recover(args: argparse.Namespace) -> int:
     from transcribed.state.workfolder import WorkFolder
 
     settings = load_settings(args.config, Settings)
+    check_state_access(settings.state_dir)
     lock = InstanceLock(settings.state_dir)
     lock.acquire()  # the daemon must not run meanwhile
     aside = set_aside(settings.database)

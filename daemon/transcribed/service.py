@@ -49,7 +49,13 @@ from transcribed.model.engine import Engine
 from transcribed.output.outbox import Outbox
 from transcribed.output.search_index import SearchIndex
 from transcribed.servers import engine_status
-from transcribed.settings import ModelSettings, Settings, check_folders, load_settings
+from transcribed.settings import (
+    ModelSettings,
+    Settings,
+    check_folders,
+    check_programs,
+    load_settings,
+)
 from transcribed.state.instance import InstanceLock
 from transcribed.state.overview import STALLED_SECONDS, service_status
 from transcribed.state.queue import Job, JobQueue, is_damaged
@@ -515,6 +521,7 @@ class Daemon:
         try:
             new = load_settings(self._config_path, Settings)
             check_folders(new)
+            check_programs(new)
         except ConfigError as error:
             log.error("config.reload_rejected", error=str(error), kept="the running config")
             self.notifier.ready(f"config reload rejected: {str(error).splitlines()[0]}")

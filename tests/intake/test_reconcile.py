@@ -85,7 +85,7 @@ def test_doctor_says_when_the_disk_and_the_database_disagree(folders, work) -> N
     work.file(work_name("stray.wav")).write_bytes(b"x")
     [finding] = doctor._work_folder(settings)
     assert finding.level == "fail"
-    assert "1 recording(s)" in finding.message and "1 job(s)" in finding.message
+    assert "1 recording in" in finding.message and "1 job whose" in finding.message
 
 
 def test_a_second_daemon_on_the_same_inbox_is_refused(folders, work) -> None:

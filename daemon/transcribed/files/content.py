@@ -99,5 +99,6 @@ def open_for_writing(fd: int) -> bool | None:
 def ignore_lease_breaks() -> None:
     """A writer opening the file in the instant we hold a lease makes the kernel send us SIGIO,
     whose default action ends the process: the daemon ignores it (its lease is let go at once
-    anyway). Call from the main thread at start."""
-    signal.signal(signal.SIGIO, signal.SIG_IGN)
+    anyway). Only the main thread may set it: call it there at start."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGIO, signal.SIG_IGN)

@@ -166,6 +166,19 @@ class Outbox:
             return candidate
         raise AssertionError("unreachable: the candidates never end")
 
+    def published(self, relpath: str, sha256: str, name: str) -> Path | None:
+        """The JSON of this recording's transcript (the same content, dropped under the same
+        name) already below the root, or None: a one-shot run does not redo it silently."""
+        folder = self._root / PurePosixPath(relpath).parent
+        owner = _Owner(sha256, name)
+        for candidate in self._candidates(PurePosixPath(relpath).stem):
+            standing = self._standing(folder, candidate, owner, None)
+            if standing == "ours":
+                return folder / f"{candidate}.json"
+            if standing == "free":
+                return None
+        raise AssertionError("unreachable: the candidates never end")
+
     def retract(self, relpath: str, sha256: str, name: str) -> list[Path]:
         """Remove the transcript files a failed job may have published before a crash (I2:
         its name gets a failure reason instead). Returns what was removed."""

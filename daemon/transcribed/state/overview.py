@@ -9,7 +9,7 @@ import errno
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -19,6 +19,7 @@ from transcribed.files.folders import link_free_name, open_below
 from transcribed.files.names import REASON_SUFFIX, display_name
 from transcribed.servers import engine_status
 from transcribed.settings import StateSettings
+from transcribed.state.backlog import SIZE_SAMPLE, backlog
 from transcribed.state.instance import Holder, holder
 from transcribed.state.queue import Job, JobQueue, JobState, is_damaged
 
@@ -84,10 +85,20 @@ def service_status(jobs: JobQueue) -> str:
     return "; ".join(parts)
 
 
-def daemon_status(settings: StateSettings, jobs: JobQueue) -> dict[str, Any]:
+def daemon_status(
+    settings: StateSettings,
+    jobs: JobQueue,
+    look_into_inbox: Callable[[], list[dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
     """`status_report` for the daemon of `settings`: whether it runs (its lock), and with
-    the vLLM engine how many of its servers are up. What `status` and the page both show."""
-    report = status_report(jobs, daemon=holder(settings.state_dir))
+    the vLLM engine how many of its servers are up. What `status` and the page both show.
+    While no daemon runs, what waits in the inbox is what `look_into_inbox` finds there
+    (the daemon's own record of it may be stale), when it is given."""
+    running = holder(settings.state_dir)
+    report = status_report(jobs, daemon=running)
+    if running is None and look_into_inbox is not None:
+        report["waiting"] = look_into_inbox()
+        report["waiting_seen_in"] = "inbox"
     if (servers := engine_status.read(settings.state_dir)) is not None:
         report["engine_servers"] = servers
         report["summary"] += f"; {engine_status.summary(servers)}"
@@ -104,17 +115,19 @@ def status_report(
     recordings, audio, busy = jobs.finished_since(now - _HOUR)
     queued = jobs.in_state(JobState.QUEUED)
     speed = _job_speed(jobs, now)
+    running = [_running(job, now, speed) for job in jobs.in_state(JobState.RUNNING)]
     return {
         "summary": status_line(counts),
         "daemon": _daemon(daemon, now),
         "counts": counts,
-        "running": [_running(job, now, speed) for job in jobs.in_state(JobState.RUNNING)],
+        "running": running,
         "queued": [_brief(job) | {"waiting_for_retry": bool(job.error)} for job in queued],
         "waiting": [
             {"file": display_name(relpath), "reason": reason, "since": round(since)}
             for relpath, reason, since in jobs.waiting()
         ],
-        "backlog": _backlog(jobs, now),
+        "waiting_seen_in": "daemon",
+        "backlog": _backlog(jobs, now, queued, running),
         "disposal": _disposal(jobs.in_state(JobState.PUBLISHED)),
         "failed": [_failed(job) for job in jobs.listing(JobState.FAILED, _FAILED_SHOWN)],
         "last_hour": {
@@ -181,16 +194,13 @@ def _running(job: Job, now: float, speed: float | None = None) -> dict[str, Any]
     }
 
 
-def _backlog(jobs: JobQueue, now: float) -> dict[str, Any]:
-    """How much is waiting, and when it should be done at the pace of the last hour."""
-    waiting_bytes, count = jobs.backlog_bytes()
-    finished_bytes, first_started = jobs.throughput_since(now - _HOUR)
-    pace = finished_bytes / (now - first_started) if first_started and now > first_started else 0
-    return {
-        "recordings": count,
-        "bytes": waiting_bytes,
-        "eta_seconds": round(waiting_bytes / pace) if pace > 0 and count else None,
-    }
+def _backlog(
+    jobs: JobQueue, now: float, queued: list[Job], running: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """How much audio is waiting, and when it should be done at the last hour's pace."""
+    finished = jobs.finished_jobs(now - _HOUR)
+    known = {job.id: job for job in (*finished, *jobs.listing(JobState.DONE, SIZE_SAMPLE))}
+    return backlog(queued, running, finished, known.values())
 
 
 _DISPOSED = {"move": "archived", "delete": "deleted", "shred": "shredded"}
@@ -232,11 +242,8 @@ def render_status(report: dict[str, Any]) -> str:
         note = f" ({retrying} waiting to retry after an error)" if retrying else ""
         lines.append(f"  queued   {len(queued)}: {names}{note}")
     lines += _render_disposal(report["disposal"])
-    if (eta := report["backlog"]["eta_seconds"]) is not None:
-        lines.append(f"  backlog  about {_clock(eta)} to clear at the last hour's pace")
-    for waiting in report["waiting"]:
-        since = time.strftime("%Y-%m-%d %H:%M", time.localtime(waiting["since"]))
-        lines.append(f"  waiting  {waiting['file']}: {waiting['reason']} (not taken since {since})")
+    lines += _render_backlog(report["backlog"])
+    lines += _render_waiting(report["waiting"], report.get("waiting_seen_in") == "inbox")
     for job in report["failed"]:
         lines.append(f"  failed   #{job['id']} {job['file']}: {job['reason']}")
         if job["moved_to"]:
@@ -263,6 +270,30 @@ def _render_disposal(disposal: dict[str, Any]) -> list[str]:
     kinds = "/".join(_DISPOSED.get(policy, policy) for policy in sorted(disposal["by_policy"]))
     error = f" (last error: {disposal['last_error']})" if disposal["last_error"] else ""
     return [f"  disposal {disposal['waiting']} waiting to be {kinds}{error}"]
+
+
+def _render_backlog(backlog: dict[str, Any]) -> list[str]:
+    if (eta := backlog["eta_seconds"]) is None:
+        return []
+    audio = backlog["audio_seconds"]
+    of = f" ({_clock(audio)} of audio)" if audio else ""
+    return [f"  backlog  about {_clock(eta)} to clear{of}"]
+
+
+_WAITING_SHOWN = 20
+
+
+def _render_waiting(waiting: list[dict[str, Any]], seen_in_inbox: bool) -> list[str]:
+    """Each file with its reason; looked at in the inbox itself (no daemon runs), the time
+    is when the file last changed, else since when the daemon has not taken it."""
+    lines = []
+    for item in waiting[:_WAITING_SHOWN]:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(item["since"]))
+        note = f"changed {when}" if seen_in_inbox else f"not taken since {when}"
+        lines.append(f"  waiting  {item['file']}: {item['reason']} ({note})")
+    if len(waiting) > _WAITING_SHOWN:
+        lines.append(f"           … and {len(waiting) - _WAITING_SHOWN} more (--json lists all)")
+    return lines
 
 
 def _render_daemon(daemon: dict[str, Any]) -> str:
@@ -442,7 +473,12 @@ def _remove_failed_copy(quarantined: Path) -> None:
 
 def forget(jobs: JobQueue, job_id: int) -> Job:
     """Drop a done or failed job's row; its files stay where they are."""
-    _get(jobs, job_id)
+    job = _get(jobs, job_id)
+    if job.state not in (JobState.DONE, JobState.FAILED):
+        raise OperatorError(
+            f"job {job_id} is {job.state}; only done or failed jobs can be forgotten "
+            "(see `transcribed status` for when it finishes)"
+        )
     try:
         return jobs.forget(job_id)
     except ValueError as error:

@@ -794,6 +794,13 @@ class JobQueue:
         ).fetchone()
         return int(row["n"]), float(row["audio"]), float(row["busy"])
 
+    def finished_jobs(self, since: float) -> list[Job]:
+        """The jobs whose transcript was published since `since` (for the backlog's pace)."""
+        rows = self._db.execute(
+            "SELECT * FROM jobs WHERE finished >= ? AND audio_seconds IS NOT NULL", (since,)
+        )
+        return [_job(row) for row in rows]
+
     def backlog_bytes(self) -> tuple[int, int]:
         """(bytes, recordings) of the jobs waiting to be transcribed or running."""
         row = self._db.execute(
@@ -801,15 +808,6 @@ class JobQueue:
             (JobState.QUEUED, JobState.RUNNING, JobState.CLAIMING),
         ).fetchone()
         return int(row["bytes"]), int(row["n"])
-
-    def throughput_since(self, since: float) -> tuple[int, float | None]:
-        """(bytes published since `since`, when the earliest of those jobs started)."""
-        row = self._db.execute(
-            "SELECT TOTAL(size) AS bytes, MIN(started) AS first FROM jobs"
-            " WHERE finished >= ? AND audio_seconds IS NOT NULL",
-            (since,),
-        ).fetchone()
-        return int(row["bytes"]), row["first"]
 
     def last_finished(self) -> Job | None:
         """The job whose transcript was published, or which failed, most recently."""

@@ -7,7 +7,9 @@ answers (404, 429, a 500 from a bug) carry it too.
 """
 
 import logging
+import os
 import socket
+import sqlite3
 from importlib import resources
 from typing import Any
 from urllib.parse import urlencode
@@ -30,6 +32,7 @@ from transcribed.errors import ConfigError
 from transcribed.logs import get_logger
 from transcribed.output.search_index import clock
 from transcribed.settings import Settings
+from transcribed.settings.access import state_access_problem, user_name
 from transcribed.settings.web import WebSettings, is_loopback
 from transcribed.web.addresses import WILDCARDS, page_urls
 from transcribed.web.auth import (
@@ -217,10 +220,37 @@ def build_app(settings: Settings, credentials: Credentials) -> Starlette:
             "Something went wrong on the page's side; its log says what.", status_code=500
         )
 
-    return Page(
-        routes=routes,
-        middleware=middleware,
-        exception_handlers={HTTPException: error_page, Exception: failure_page},
+    async def cannot_read(request: Request, error: Exception) -> Response:
+        """Files this process may not read (the page started as the wrong user, or the
+        state folder's permissions changed under it): say so, instead of a bare 500."""
+        log.error("web.cannot_read", error=str(error))
+        return views.render(
+            request,
+            "error.html",
+            status_code=503,
+            here="",
+            status=503,
+            detail=_unreadable(settings, error),
+        )
+
+    handlers: dict[Any, Any] = {
+        HTTPException: error_page,
+        PermissionError: cannot_read,
+        sqlite3.OperationalError: cannot_read,
+        Exception: failure_page,
+    }
+    return Page(routes=routes, middleware=middleware, exception_handlers=handlers)
+
+
+def _unreadable(settings: Settings, error: Exception) -> str:
+    if (denied := state_access_problem(settings.state_dir)) is not None:
+        return denied.with_command(["web"])
+    if isinstance(error, sqlite3.OperationalError):
+        return f"the job database cannot be read ({error}); see the page's log"
+    me = user_name(os.geteuid())
+    return (
+        f"the page (running as user {me}) may not read what it needs: {error}; start it "
+        "as the daemon's user"
     )
 
 
