@@ -8,6 +8,7 @@ import subprocess
 import pytest
 import torch
 
+from conftest import hashed
 from running import CLI, cli
 from transcribed.commands.doctor import Finding, render
 from transcribed.state.overview import OperatorError, forget
@@ -70,7 +71,7 @@ def test_forgetting_a_running_job_says_a_whole_sentence(tmp_path) -> None:
     """ "job 1 is running; only done or failed jobs" stopped mid-sentence."""
     jobs = JobQueue(tmp_path / "jobs.sqlite3")
     job = jobs.begin_claim(b"talk.wav", "w1")
-    jobs.finish_claim(job, "ab" * 32, 10)
+    jobs.finish_claim(job, hashed("ab" * 32, 10))
     jobs.next_job()
     with pytest.raises(OperatorError) as refused:
         forget(jobs, job)

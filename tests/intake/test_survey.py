@@ -38,8 +38,8 @@ def _inbox(inbox: Path) -> dict[str, str]:
         "recording.wav": "looks unfinished: WAV header not finalized yet",
         "notes.txt": "left alone: not a recording: .txt is not an audio extension",
         "sub/deep.flac": TAKEN_AT_START,
-        "two names.wav": "left alone: has 2 hard links",
-        "sub/other name.wav": "left alone: has 2 hard links",
+        "two names.wav": "waits: has 2 hard links",
+        "sub/other name.wav": "waits: has 2 hard links",
         "link.wav": "left alone: symbolic link",
         "pipe.wav": "left alone: not a regular file",
     }

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import hashed
 from transcribed.state.overview import render_status, status_report
 from transcribed.state.queue import JobQueue
 
@@ -32,7 +33,7 @@ def jobs(tmp_path: Path, clock: Clock) -> JobQueue:
 
 def _queued(jobs: JobQueue, name: str, size: int) -> int:
     job = jobs.begin_claim(name.encode(), f"{name}.work")
-    jobs.finish_claim(job, name.encode().hex().ljust(64, "0")[:64], size)
+    jobs.finish_claim(job, hashed(name.encode().hex().ljust(64, "0")[:64], size))
     return job
 
 
