@@ -1,0 +1,72 @@
+"""Power cuts, not only kill -9 (kill -9 keeps the page cache; a power cut does not): the
+real daemon with every folder on a disk that loses what was not fsynced (support/powerfs.py).
+"""
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Folders
+from invariants import digest
+from recordings import write_soundfile
+from running import Daemon
+from support.powerfs import PowerFS, require_powerfs
+from transcribed.files.durable import fsync_dir
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(6 * 3600)]  # the long form takes hours
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[PowerFS]:
+    require_powerfs()
+    with PowerFS(tmp_path / "disk") as mounted:
+        yield mounted
+
+
+def _careful_copy(source: Path, target: Path) -> None:
+    """As a sync tool copies: a hidden temp, fsynced, renamed, its folder fsynced."""
+    temp = target.with_name(f".{target.name}.copying")
+    temp.write_bytes(source.read_bytes())
+    fd = os.open(temp, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    temp.rename(target)
+    fsync_dir(target.parent)
+
+
+def _folders_on(disk: PowerFS, *subfolders: str) -> Folders:
+    folders = Folders(*(disk.root / n for n in ("inbox", "outbox", "archive", "failed", "state")))
+    for folder in vars(folders).values():
+        folder.mkdir()
+    for subfolder in subfolders:
+        (folders.inbox / subfolder).mkdir()
+    disk.sync()  # the folders were there long before the daemon
+    return folders
+
+
+def test_a_recording_claimed_from_a_subfolder_survives_a_cut_on_the_first_day(
+    disk: PowerFS, tiny_model: Path, tmp_path: Path
+) -> None:
+    """The work folder made at the first start is durable before anything is claimed into
+    it: a cut right after a claim from inbox/team/ (both folders fsynced) loses nothing."""
+    folders = _folders_on(disk, "team")
+    env = folders.env(tiny_model, TRANSCRIBED_SETTLE_SECONDS="0.3")
+    daemon = Daemon(env, tmp_path / "daemon.log")
+    try:
+        daemon.wait_ready(120)
+        recording = write_soundfile(tmp_path / "a.wav", 1.0, 16000, "PCM_16")
+        disk.arm("fsyncdir", r"^inbox/team$", 2)  # the copier's fsync, then the claim's
+        _careful_copy(recording, folders.inbox / "team" / "a.wav")
+        assert disk.wait_fired(30), daemon.tail()
+        disk.reboot()
+        daemon.process.wait(10)
+        copies = [p for p in folders.inbox.rglob("*") if p.is_file()]
+        assert digest(recording) in map(digest, copies), "the claimed recording is gone"
+        daemon = Daemon(env, tmp_path / "daemon.log")
+        daemon.wait_ready(120)
+        daemon.wait_for(lambda: (folders.archive / "team" / "a.wav").exists(), 120)
+        assert (folders.outbox / "team" / "a.json").exists()
+    finally:
+        daemon.stop()
