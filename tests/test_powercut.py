@@ -70,3 +70,27 @@ def test_a_recording_claimed_from_a_subfolder_survives_a_cut_on_the_first_day(
         assert (folders.outbox / "team" / "a.json").exists()
     finally:
         daemon.stop()
+
+
+def test_a_state_folder_the_daemon_made_survives_a_cut(
+    disk: PowerFS, tiny_model: Path, tmp_path: Path
+) -> None:
+    """The state folder made at the first start (with its job database) is durable: after a
+    cut right after a claim, the job is still in the database, not rebuilt from the disk."""
+    folders = _folders_on(disk)
+    folders.state.rmdir()
+    disk.sync()
+    folders.state = disk.root / "var" / "transcribed"  # made by the daemon, parents too
+    env = folders.env(tiny_model, TRANSCRIBED_SETTLE_SECONDS="0.3")
+    daemon = Daemon(env, tmp_path / "daemon.log")
+    try:
+        daemon.wait_ready(120)
+        recording = write_soundfile(tmp_path / "a.wav", 1.0, 16000, "PCM_16")
+        disk.arm("fsync", r"^var/transcribed/jobs\.sqlite3-wal$", 3)  # the claim's commits
+        _careful_copy(recording, folders.inbox / "a.wav")
+        assert disk.wait_fired(30), daemon.tail()
+        disk.reboot()
+        daemon.process.wait(10)
+        assert (folders.state / "jobs.sqlite3").exists(), "the job database vanished"
+    finally:
+        daemon.stop()
