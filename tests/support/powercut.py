@@ -134,9 +134,11 @@ class Copier:
             (self.durable if verb == "durable" else self.started).append(relpath)
 
     def send(self, source: Path, relpath: str) -> None:
+        """Hand one copy over; a copier that died with the power never begins it."""
         assert self._process is not None and self._process.stdin is not None
-        self._process.stdin.write(f"{source}\t{relpath}\n")
-        self._process.stdin.flush()
+        with contextlib.suppress(BrokenPipeError):
+            self._process.stdin.write(f"{source}\t{relpath}\n")
+            self._process.stdin.flush()
 
     def wait_durable(self, count: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
