@@ -26,8 +26,8 @@ from transcribed.files.durable import fsync_dir
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(6 * 3600)]  # the long form takes hours
 
 SEEDS = [int(seed) for seed in os.environ.get("TRANSCRIBED_POWERCUT_SEEDS", "20261206").split(",")]
-RECORDINGS = int(os.environ.get("TRANSCRIBED_POWERCUT_RECORDINGS", "12"))
-CUTS = int(os.environ.get("TRANSCRIBED_POWERCUT_CUTS", "8"))
+RECORDINGS = int(os.environ.get("TRANSCRIBED_POWERCUT_RECORDINGS", "10"))
+CUTS = int(os.environ.get("TRANSCRIBED_POWERCUT_CUTS", "6"))
 
 
 @pytest.fixture
