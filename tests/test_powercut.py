@@ -6,9 +6,11 @@ one is:
     TRANSCRIBED_POWERCUT_SEEDS=11,22,33 TRANSCRIBED_POWERCUT_RECORDINGS=100 \\
         TRANSCRIBED_POWERCUT_CUTS=70 python -m pytest tests/test_powercut.py -s -k campaign
 
-(each seed a campaign of its own; the figures print at the end of each).
+(each seed a campaign of its own; the figures print at the end of each), and with the
+archive on a disk of its own, TRANSCRIBED_POWERCUT_LAYOUTS=archive-apart.
 """
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +30,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(6 * 3600)]  # the long form 
 SEEDS = [int(seed) for seed in os.environ.get("TRANSCRIBED_POWERCUT_SEEDS", "20261206").split(",")]
 RECORDINGS = int(os.environ.get("TRANSCRIBED_POWERCUT_RECORDINGS", "10"))
 CUTS = int(os.environ.get("TRANSCRIBED_POWERCUT_CUTS", "6"))
+# one-disk: every folder on one disk; archive-apart: the archive on a second one.
+LAYOUTS = os.environ.get("TRANSCRIBED_POWERCUT_LAYOUTS", "one-disk").split(",")
 
 
 @pytest.fixture
@@ -37,16 +41,22 @@ def disk(tmp_path: Path) -> Iterator[PowerFS]:
         yield mounted
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_a_campaign_of_power_cuts_loses_nothing_and_doubles_nothing(
-    seed: int, disk: PowerFS, tiny_model: Path, tmp_path: Path
+    seed: int, layout: str, disk: PowerFS, tiny_model: Path, tmp_path: Path
 ) -> None:
     """Drops and power cuts aimed at claims, publishes, disposals, commits and copies: after
-    every cut and at the end nothing lost, doubled or stranded, `status` true to the disk."""
-    campaign = Campaign(disk, tiny_model, tmp_path / "campaign", seed)
-    tally = campaign.run(RECORDINGS, CUTS)
-    campaign.check_final()
-    print(f"power-cut seed {seed}: {tally.line()}")
+    every cut and at the end nothing lost, doubled or stranded, `status` true to the disk.
+    `archive-apart`: the archive on a second disk, so originals are copied, not linked."""
+    with contextlib.ExitStack() as stack:
+        archive_disk = None
+        if layout == "archive-apart":
+            archive_disk = stack.enter_context(PowerFS(tmp_path / "archive disk"))
+        campaign = Campaign(disk, tiny_model, tmp_path / "campaign", seed, archive_disk)
+        tally = campaign.run(RECORDINGS, CUTS)
+        campaign.check_final()
+    print(f"power-cut seed {seed}, {layout}: {tally.line()}")
 
 
 def _careful_copy(source: Path, target: Path) -> None:

@@ -72,6 +72,9 @@ MOMENTS: dict[str, tuple[str, str, int]] = {
     "drop.renamed": ("rename", r"\.copying->", 1),
     "random": ("", "", 0),
 }
+# With the archive on a disk of its own, originals are copied there (a hidden temp, fsynced,
+# linked to its name), not linked.
+COPY_MOMENTS = {"disposal.copied": ("write", r"^archive/(.*/)?\.[^/]*\.tmp$", 3)}
 TEAMS = 3  # subfolders of the inbox
 AIM_SECONDS = 8.0  # an aimed cut that has not happened by then falls at once ("unaimed")
 
@@ -162,8 +165,19 @@ class Copier:
 
 
 class Campaign:
-    def __init__(self, disk: PowerFS, model: Path, scratch: Path, seed: int) -> None:
+    """`archive_disk`: the archive on a second disk (the power goes on both at once)."""
+
+    def __init__(
+        self,
+        disk: PowerFS,
+        model: Path,
+        scratch: Path,
+        seed: int,
+        archive_disk: PowerFS | None = None,
+    ) -> None:
         self.disk = disk
+        self.disks = [disk] if archive_disk is None else [disk, archive_disk]
+        self.moments = MOMENTS if archive_disk is None else MOMENTS | COPY_MOMENTS
         self.rng = random.Random(seed)
         self.scratch = scratch
         self.staging = scratch / "staging"
@@ -172,11 +186,13 @@ class Campaign:
         self.folders = Folders(
             *(disk.root / name for name in ("inbox", "outbox", "archive", "failed", "state"))
         )
+        self.folders.archive = self.disks[-1].root / "archive"
         for folder in vars(self.folders).values():
             folder.mkdir()
         for team in range(TEAMS):  # a share's folders, there before the daemon's first start
             (self.folders.inbox / f"team {team}").mkdir()
-        disk.sync()  # the folders were there long before
+        for each in self.disks:
+            each.sync()  # the folders were there long before
         self.env = self.folders.env(
             model,
             TRANSCRIBED_SETTLE_SECONDS="0.3",
@@ -228,20 +244,21 @@ class Campaign:
                 daemon.kill()
 
     def _cut_once(self, drops: int) -> None:
-        moment = self.rng.choice(list(MOMENTS))
-        operation, pattern, most = MOMENTS[moment]
+        moment = self.rng.choice(list(self.moments))
+        operation, pattern, most = self.moments[moment]
+        aimed = self.disks[-1] if pattern.startswith("^archive") else self.disk
         if moment != "random":
-            self.disk.arm(operation, pattern, self.rng.randint(1, most))
+            aimed.arm(operation, pattern, self.rng.randint(1, most))
         self._send(drops)
         if moment == "random":
             time.sleep(self.rng.uniform(0.0, 3.0))
-            self.disk.ask("cut")
-        elif not self._moment_came():
+        elif not self._moment_came(aimed):
             self.tally.unaimed += 1
-            self.disk.ask("cut")
-        self.disk.disarm()
+        for each in self.disks:  # the power goes everywhere (if not gone already)
+            each.ask("cut")
+            each.disarm()
         self.tally.cuts[moment] += 1
-        self.tally.killed += self.disk.reboot()
+        self.tally.killed += sum(each.reboot() for each in self.disks)
         assert self.daemon is not None
         self.daemon.process.wait(10)  # killed by the cut
         self.copier.stop()
@@ -249,13 +266,13 @@ class Campaign:
         self.check()
         self._start()
 
-    def _moment_came(self) -> bool:
+    def _moment_came(self, aimed: PowerFS) -> bool:
         """Wait for the aimed cut; halfway, drop one more (most moments need a recording in
         flight)."""
-        if self.disk.wait_fired(AIM_SECONDS / 2):
+        if aimed.wait_fired(AIM_SECONDS / 2):
             return True
         self._send(1)
-        return self.disk.wait_fired(AIM_SECONDS / 2)
+        return aimed.wait_fired(AIM_SECONDS / 2)
 
     # --- drops --------------------------------------------------------------------------
 
@@ -326,15 +343,22 @@ class Campaign:
 
     def check(self) -> None:
         """The disk as a machine finds it after the cut, the daemon down."""
+        jobs = JobQueue(self.folders.state / "jobs.sqlite3")
+        try:
+            rows, counts = jobs.listing(limit=1 << 30), jobs.counts()
+        finally:
+            jobs.close()
         originals = self._originals()
         expected = Counter(d.sha256 for d in self.dropped)
         found = Counter({sha: len(files) for sha, files in originals.items()})
+        work = self.folders.inbox / WORK_FOLDER_NAME
+        found.subtract(job.sha256 for job in rows if _copied_not_yet_removed(job, work))
         names = {d.sha256: d.relpath for d in self.dropped}
         lost = {names[sha]: n for sha, n in (expected - found).items()}
         doubled = {names.get(sha, sha): n for sha, n in (found - expected).items()}
         assert not lost and not doubled, f"lost {lost}, duplicated {doubled}"
         self._check_transcripts(originals)
-        self._check_database()
+        self._check_database(rows, counts)
 
     def _check_transcripts(self, originals: dict[str, set[tuple[int, int]]]) -> None:
         transcripts = visible_transcripts(self.folders.outbox)  # none partial
@@ -350,14 +374,9 @@ class Campaign:
         assert archived <= set(transcripts), "I1: an original archived without its transcript"
         assert set(transcripts) <= set(originals), "a transcript of content that is nowhere"
 
-    def _check_database(self) -> None:
-        """`status` is true to the disk: the database, read as the daemon reads it."""
-        jobs = JobQueue(self.folders.state / "jobs.sqlite3")
-        try:
-            rows = jobs.listing(limit=1 << 30)
-            counts = jobs.counts()
-        finally:
-            jobs.close()
+    def _check_database(self, rows: list[Job], counts: dict[str, int]) -> None:
+        """`status` is true to the disk: the database (read as the daemon reads it) agrees
+        with the folders, and `status` with the database."""
         work = self.folders.inbox / WORK_FOLDER_NAME
         present = set(os.listdir(work)) if work.exists() else set()
         owned = {j.work_name for j in rows if j.state in (JobState.CLAIMING, *IN_WORK_FOLDER)}
@@ -430,6 +449,15 @@ def _agrees(job: Job, work: Path, folders: Folders) -> bool:
         return published and (here or moving)
     assert job.state == JobState.DONE
     return published and not here and _holds(moved_to, job)
+
+
+def _copied_not_yet_removed(job: Job, work: Path) -> bool:
+    """A move to another disk cut between the copy and the removal: two files, one drop."""
+    original = work / job.work_name
+    if job.disposal_started is None or not job.disposed_to or not original.exists():
+        return False
+    copy = Path(job.disposed_to)
+    return not os.path.samefile(original, copy) if _holds(copy, job) else False
 
 
 def _holds(path: Path | None, job: Job) -> bool:

@@ -18,6 +18,7 @@ survives).
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -82,7 +83,9 @@ class PowerFS:
         deadline = time.monotonic() + 30
         while not (_mounted(self.root) and self._control.exists()):
             if self._server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"powerfs did not mount: {self.log.read_text()[-2000:]}")
+                told = self.log.read_text()[-2000:]
+                self.close()
+                raise RuntimeError(f"powerfs did not mount: {told}")
             time.sleep(0.05)
         self._connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._connection.connect(str(self._control))
@@ -150,8 +153,11 @@ class PowerFS:
         if self._server is None:
             return
         kill_users(self.root, spare={os.getpid(), self._server.pid})
-        with contextlib.suppress(OSError, RuntimeError):
-            self.ask("quit")
+        if self._connection is not None:
+            with contextlib.suppress(OSError, RuntimeError):
+                self.ask("quit")
+        else:  # it never mounted
+            self._server.kill()
         try:
             self._server.wait(15)
         except subprocess.TimeoutExpired:
@@ -169,7 +175,12 @@ def _mounted(root: Path) -> bool:
     """Whether something is mounted at `root` (also when its server died: then os.stat
     would fail, and os.path.ismount say no)."""
     with open("/proc/self/mountinfo") as mounts:
-        return any(line.split()[4] == str(root) for line in mounts)
+        return any(_unescape(line.split()[4]) == str(root) for line in mounts)
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes a space as \\040 (and a tab, a newline, a backslash likewise)."""
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
 
 
 # --- the processes a power cut kills ----------------------------------------------------------

@@ -335,7 +335,8 @@ class Server:
         volume = self.volume
         verb = words[0]
         if verb == "cut":
-            volume.cut()
+            if not volume.dead:  # an armed cut may have come first
+                volume.cut()
         elif verb == "arm":
             operation, nth, pattern = words[1], int(words[2]), words[3]
             volume.trigger = Trigger(operation, re.compile(pattern), nth)

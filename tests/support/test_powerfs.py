@@ -290,3 +290,11 @@ def test_an_armed_cut_happens_right_after_the_named_operation(disk: PowerFS) -> 
     disk.reboot()
     assert sorted(os.listdir(disk.root / "inbox")) == ["a.wav", "b.wav"]
     assert os.listdir(disk.root / "work") == []
+
+
+def test_a_disk_mounts_where_the_path_has_a_space(tmp_path: Path) -> None:
+    require_powerfs()
+    with PowerFS(tmp_path / "archive disk") as spaced:
+        durable_file(spaced, "a.wav", b"audio")
+        spaced.cut()
+        assert (spaced.root / "a.wav").read_bytes() == b"audio"
