@@ -305,7 +305,7 @@ class Campaign:
 
     def _settle_sent(self) -> None:
         """After a cut or a wait: drops reported durable count; the one being copied when
-        the power went counts if the disk kept it (by its content's files: nothing under
+        the power went counts if the disk kept it (by its content's copies: nothing under
         `move` removes one); the others never began."""
         for relpath in self.copier.durable:
             self.dropped.append(self.sent.pop(relpath))
@@ -316,8 +316,7 @@ class Campaign:
         for relpath in begun:
             drop = self.sent.pop(relpath)
             expected = sum(d.sha256 == drop.sha256 for d in self.dropped)
-            found = len(self._originals().get(drop.sha256, set()))
-            if found > expected:
+            if self._copies(self._originals(), self._jobs()[0])[drop.sha256] > expected:
                 self.dropped.append(drop)
                 self.tally.recordings += 1
                 self.tally.survived += 1
@@ -341,18 +340,28 @@ class Campaign:
                 found.setdefault(_digest(path), set()).add((info.st_dev, info.st_ino))
         return found
 
-    def check(self) -> None:
-        """The disk as a machine finds it after the cut, the daemon down."""
+    def _jobs(self) -> tuple[list[Job], dict[str, int]]:
+        """Every job and the count per state, read as the daemon reads them."""
         jobs = JobQueue(self.folders.state / "jobs.sqlite3")
         try:
-            rows, counts = jobs.listing(limit=1 << 30), jobs.counts()
+            return jobs.listing(limit=1 << 30), jobs.counts()
         finally:
             jobs.close()
-        originals = self._originals()
-        expected = Counter(d.sha256 for d in self.dropped)
+
+    def _copies(self, originals: dict[str, set[tuple[int, int]]], rows: list[Job]) -> Counter[str]:
+        """sha256 -> how many drops its files stand for: one each, less a move to another
+        disk that the cut left half done (copied there, not yet removed here)."""
         found = Counter({sha: len(files) for sha, files in originals.items()})
         work = self.folders.inbox / WORK_FOLDER_NAME
         found.subtract(job.sha256 for job in rows if _copied_not_yet_removed(job, work))
+        return found
+
+    def check(self) -> None:
+        """The disk as a machine finds it after the cut, the daemon down."""
+        rows, counts = self._jobs()
+        originals = self._originals()
+        expected = Counter(d.sha256 for d in self.dropped)
+        found = self._copies(originals, rows)
         names = {d.sha256: d.relpath for d in self.dropped}
         lost = {names[sha]: n for sha, n in (expected - found).items()}
         doubled = {names.get(sha, sha): n for sha, n in (found - expected).items()}
