@@ -497,6 +497,10 @@ class Worker:
         failed_dir. A transcript published before a crash is taken back, so the name ends
         with its reason only; not one published for a recording that then vanished, nor one
         that another job of the same name and content published."""
+        if kind == FailureKind.VANISHED and (earlier := _quarantine_cut_short(job)):
+            error, kind = earlier
+        else:
+            self.jobs.record_failing(job.id, error, kind)
         plan = self.rules.plan(os.fsdecode(job.relpath))
         ours_alone = job.state != JobState.PUBLISHED and not self.jobs.shares_transcript(job)
         name = display_name(os.path.basename(job.relpath))
@@ -588,6 +592,17 @@ class Worker:
         transcript promises it was kept."""
         recorded = self._transcript_owner(job).disposal
         return recorded or self.rules.plan(os.fsdecode(job.relpath)).disposal
+
+
+def _quarantine_cut_short(job: Job) -> tuple[str, FailureKind] | None:
+    """When the original is gone from the work folder because a quarantine that a crash cut
+    short had already moved it to the failed folder (its reason was recorded first): that
+    reason, not "vanished"."""
+    if job.failure_reason is None or job.failure_kind is None or job.disposed_to is None:
+        return None
+    if not os.path.lexists(job.disposed_to):
+        return None
+    return job.failure_reason, FailureKind(job.failure_kind)
 
 
 def _published_sha256(outputs: tuple[str, ...]) -> str | None:

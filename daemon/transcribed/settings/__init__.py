@@ -617,13 +617,27 @@ def _state_dir_problem(state_dir: Path) -> str | None:
         return f"state_dir: {denied}"
     if not state_dir.exists():
         try:
-            state_dir.mkdir(parents=True, mode=0o750)
+            _make_durable(state_dir)
         except OSError as error:
             return (
                 f"state_dir: cannot create {state_dir}: {error.strerror}; create it or "
                 "point state_dir elsewhere"
             )
     return _folder_problem("state_dir", state_dir)
+
+
+def _make_durable(folder: Path) -> None:
+    """`mkdir -p`, each new folder fsynced into its parent: a power cut must not take the
+    job database away with a folder whose name never reached the disk."""
+    for path in reversed([folder, *folder.parents]):
+        if path.exists():
+            continue
+        path.mkdir(mode=0o750 if path == folder else 0o777)
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _folder_problem(name: str, folder: Path) -> str | None:

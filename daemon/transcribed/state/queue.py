@@ -121,6 +121,9 @@ _ADDED_COLUMNS = {
     "disposal": "TEXT",
     # `jobs retry` has begun putting this failed job back (a second retry waits for it).
     "retry_started": "REAL",
+    # Why the job is being failed, recorded before its original is moved to the failed folder:
+    # a crash between the move and `mark_failed` must not turn it into "vanished".
+    "failure_reason": "TEXT",
 }
 
 
@@ -187,6 +190,7 @@ class Job:
     versions: int = 0
     disposal: str | None = None
     retry_started: float | None = None
+    failure_reason: str | None = None
 
     @property
     def fingerprint(self) -> Fingerprint | None:
@@ -535,6 +539,13 @@ class JobQueue:
     def mark_done(self, job_id: int) -> None:
         """The original has been disposed of (verified); nothing is left to do for this file."""
         self._set(job_id, JobState.DONE)
+
+    def record_failing(self, job_id: int, error: str, kind: FailureKind) -> None:
+        """The job is about to fail for good with `error`: said before its original moves."""
+        self._db.execute(
+            "UPDATE jobs SET failure_reason = ?, failure_kind = ? WHERE id = ?",
+            (error, kind, job_id),
+        )
 
     def mark_failed(self, job_id: int, error: str, kind: FailureKind) -> None:
         """Permanently failed; the original has been moved to failed_dir (or vanished)."""
