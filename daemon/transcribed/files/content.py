@@ -1,4 +1,4 @@
-"""What a recording's bytes are, and whether anyone may still be adding to them (DESIGN I6).
+"""What a recording's bytes are, and whether anyone may still be adding to them (docs/design.md I6).
 
 A claimed recording is hashed once; before its transcript is published and before it is
 disposed of, the file is compared with what was hashed. A writer that paused longer than the

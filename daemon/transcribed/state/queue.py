@@ -16,7 +16,7 @@ States and what each guarantees:
   failed    -> permanently failed; the original is in failed_dir with a reason file (or, when
                it vanished from the work folder, the reason file alone says so).
 
-The disk is the truth and this database its index (DESIGN I5): `reconcile` compares the two.
+The disk is the truth and this database its index (docs/design.md I5): `reconcile` compares the two.
 Waits are wall-clock times in the database, so a clock that was far ahead and is corrected
 would hold jobs for as long: a wait further away than the longest backoff counts as due.
 """

@@ -1,4 +1,4 @@
-"""Rebuilding the job database from the disk, which is the truth (DESIGN I5).
+"""Rebuilding the job database from the disk, which is the truth (docs/design.md I5).
 
 Published transcripts name their source's content (the JSON's `source.sha256`) and what the
 model was asked (`request`), and failed recordings lie in failed_dir beside their reason

@@ -1,4 +1,4 @@
-"""Is the claimed recording still what was hashed? (DESIGN I6)
+"""Is the claimed recording still what was hashed? (docs/design.md I6)
 
 A settle window ends a wait, not a writer: one that paused longer (a stalled share copy, a
 recorder flushing in bursts) goes on writing into the file after it was claimed into the work

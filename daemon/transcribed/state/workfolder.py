@@ -2,7 +2,7 @@
 
 Claimed recordings are renamed into `<inbox>/.transcribed-work/` (same filesystem: atomic).
 A work file's name carries the recording's inbox path (`<token>.<escaped path>`), so the disk
-alone says what each file is, even when the job database is lost (DESIGN I5).
+alone says what each file is, even when the job database is lost (docs/design.md I5).
 
 The inbox can be renamed, removed, replaced or remounted under a running daemon. Then the
 paths we use point elsewhere, or nowhere: nothing is claimed, transcribed or disposed of until
