@@ -1,4 +1,5 @@
-"""The disk is the truth, the database its index (docs/design.md I5): compare them, and mend the index.
+"""The disk is the truth, the database its index (docs/design.md I5): compare the two, and
+mend the index.
 
 Run at start and on every rescan. A file in the work folder that no live job owns (the
 database was lost, or restored from an older copy) is claimed again where it lies: its name

@@ -285,8 +285,9 @@ class Worker:
             self._retry_or_quarantine(job, f"{type(error).__name__}: {error}")
 
     def _not_final_yet(self, job: Job, error: RecordingChanged | StillBeingWritten) -> None:
-        """Its writer was not done (docs/design.md I6): the job waits a settle window, and becomes the
-        new content when the bytes changed. Never the file's fault: no attempt counts."""
+        """Its writer was not done (docs/design.md I6): the job waits a settle window, and
+        becomes the new content when the bytes changed. Never the file's fault: no attempt
+        counts."""
         if isinstance(error, RecordingChanged):
             self.jobs.new_version(job.id, error.content, self.settle_seconds)
             log.warning(
@@ -303,7 +304,8 @@ class Worker:
             log.info("job.still_being_written", job=job.id, retry_in=delay)
 
     def _recheck(self, job: Job) -> None:
-        """The work file still holds what was hashed (docs/design.md I6), or the job cannot go on."""
+        """The work file still holds what was hashed (docs/design.md I6), or the job cannot
+        go on."""
         try:
             check_unchanged(self.work.file(job.work_name), job, self.jobs)
         except FileNotFoundError:
@@ -558,9 +560,9 @@ class Worker:
         self.on_finished(job, outcome)
 
     def _transcript_on_disk(self, job: Job) -> bool:
-        """The disk decides (docs/design.md I6): an original goes only while the transcript it counts
-        on (its own, or for the same recording dropped again the first drop's) is on disk and
-        names its content. Otherwise it is transcribed again, and False."""
+        """The disk decides (docs/design.md I6): an original goes only while the transcript it
+        counts on (its own, or for the same recording dropped again the first drop's) is on
+        disk and names its content. Otherwise it is transcribed again, and False."""
         owner = self._transcript_owner(job)
         name = display_name(os.path.basename(job.relpath))
         if published_source(owner.outputs) == (job.sha256, name):

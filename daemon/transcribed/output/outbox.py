@@ -280,8 +280,8 @@ def _earlier_json(replaces: Sequence[str], name: str) -> Path | None:
 
 def published_source(outputs: Sequence[str]) -> tuple[str, str] | None:
     """(sha256, name) of the recording the JSON among `outputs` describes, read from the disk
-    now; None when it is gone or unreadable (docs/design.md I6: what was published once may have been
-    removed or replaced since)."""
+    now; None when it is gone or unreadable (docs/design.md I6: what was published once may
+    have been removed or replaced since)."""
     found = next((path for path in outputs if path.endswith(".json")), None)
     marker = read_json_object(Path(found)) if found is not None else None
     owner = _owner_of(marker) if marker is not None else None
