@@ -157,3 +157,19 @@ def test_on_a_gpu_the_ceiling_is_measured_and_graphs_decode_as_eager_steps_do(
     assert steps.graphs, "capturing failed on this GPU (see decode.graphs_off)"
     steps.graphs = False
     assert [r.text for r in gpu.transcribe(chunks)] == graphed
+
+
+def test_a_context_too_long_for_the_cache_is_refused_clearly(
+    engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The cache holds a full chunk's prompt, 128 tokens of context and its budget: a
+    longer context first shortens the budget (with a warning), then is refused by name."""
+    chunk = _noise(1, 0)
+    room = engine.cache_length - engine._processor.apply_transcription_request(
+        audio=[chunk]
+    )["input_ids"].shape[1]
+    per_word = len(engine._processor.tokenizer.encode("fox " * 100)) / 100
+    [squeezed] = engine.transcribe([chunk], context="fox " * int((room - 8) / per_word))
+    assert squeezed.truncated and "decode.prompt_too_long" in capsys.readouterr().out
+    with pytest.raises(ModelError, match="shorten the folder's context"):
+        engine.transcribe([chunk], context="word " * 2000)

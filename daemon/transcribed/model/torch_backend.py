@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from transcribed import faults
+from transcribed.errors import ModelError
 from transcribed.model.decode_step import EagerSteps, KvSlots, StepGraphs, TextParts, decode_step
 from transcribed.model.decoding import First, Row
 from transcribed.model.encoder import AudioEncoder
@@ -93,6 +94,12 @@ class TorchBackend:
     def _keep(self, out: Any, slots: Sequence[int], lengths: torch.Tensor, padded: int) -> None:
         """Each row's K and V into its slot, from place 0, the left padding left out (its
         entries go to the last place, which a row only reads after writing it)."""
+        longest = int(lengths.max())
+        if longest > self.length - 2:
+            raise ModelError(
+                f"a prompt of {longest} tokens leaves no room in the model's cache of "
+                f"{self.length}: shorten the folder's context"
+            )
         layers = _layers(getattr(out, "cache", None) or out.past_key_values)
         places = torch.arange(padded, device=lengths.device)[None, :] - (padded - lengths)[:, None]
         places = torch.where(places >= 0, places, self.length - 1)
