@@ -33,6 +33,7 @@ their capacity the daemon's own pipeline keeps busy for K = 1, 2, 4, 8.
 """
 
 import contextlib
+import dataclasses
 import queue
 import resource
 import shutil
@@ -96,10 +97,13 @@ class BenchReport:
     batch_ceiling: int
     chunks: int  # cut by the pipeline (counted by the run with no model)
     model_rows: int  # given to the model, retried halves of truncated chunks included
-    # Until fewer recordings than jobs_at_once were left (a long backlog's steady state):
     model_busy_share: float  # of the wall time, the model (a stand-in: its GPU) was busy
     steps_at_ceiling_share: float | None  # decoding steps with every slot of the ceiling in use
     rows_per_step: float | None  # live rows per decoding step, on average
+    # The same from the first step at the ceiling to the last (no start, no end):
+    steady_seconds: float | None
+    steady_busy_share: float | None
+    steady_steps_at_ceiling_share: float | None
     stand_in_scale: float | None = None  # the stand-in's clock slowed this many times
     stand_in_times_real_time: float | None = None  # the modelled GPU alone, always fed
     diarizer: str | None = None
@@ -357,10 +361,13 @@ class _Measured:
     wall: float
     model_seconds: float
     rows: int
+    gpu_peak_mib: float | None
     busy_share: float
     steps_at_ceiling: float | None
     rows_per_step: float | None
-    gpu_peak_mib: float | None
+    steady_seconds: float | None
+    steady_busy_share: float | None
+    steady_steps_at_ceiling: float | None
 
 
 def run_bench(
@@ -420,6 +427,9 @@ def run_bench(
         model_busy_share=measured.busy_share,
         steps_at_ceiling_share=measured.steps_at_ceiling,
         rows_per_step=measured.rows_per_step,
+        steady_seconds=measured.steady_seconds,
+        steady_busy_share=measured.steady_busy_share,
+        steady_steps_at_ceiling_share=measured.steady_steps_at_ceiling,
         **_baseline_figures(baselines),
         **_stand_in_figures(engine, audio),
         **_diarizer_figures(diarizer, diarizer_load, audio),
@@ -481,16 +491,7 @@ def _model_run(
     if loop is not None:
         loop.counters = LoopCounters()  # the warm-up's steps are not the backlog's
     clock = timed(engine)
-    started: list[tuple[float, float]] = []
-    at_drained: list[tuple[float, float]] = []
-
-    def begun() -> None:
-        started.append((time.perf_counter(), _busy_seconds(engine, clock)))
-
-    def drained() -> None:
-        since, busy = started[0]
-        at_drained.append((time.perf_counter() - since, _busy_seconds(engine, clock) - busy))
-
+    samples = _Samples(engine, clock)
     wall = _transcribe_backlog(
         _rig(settings, scratch / "model"),
         _copy_backlog(paths, scratch / "backlog-model"),  # the backlog stays for a rerun
@@ -498,25 +499,81 @@ def _model_run(
         jobs_at_once,
         diarizer,
         batches_itself=settings.engine == "vllm",
-        on_started=begun,
-        on_drained=drained,
+        on_started=samples.start,
     )
+    samples.stop()
     if settings.engine == "vllm":
         engine.pool.close()  # type: ignore[union-attr]  # the RemoteEngine's
-    # A backlog no longer than the jobs is never full: then the whole run is the window.
-    full = at_drained and len(paths) > jobs_at_once
-    window, busy = at_drained[0] if full else (wall, _busy_seconds(engine, clock) - started[0][1])
-    counters = getattr(loop, "counters", None)
-    steps = counters.steps if counters is not None and counters.steps else None
     return _Measured(
         wall=wall,
         model_seconds=clock.seconds,
         rows=clock.rows,
-        busy_share=round(min(1.0, busy / max(window, 1e-9)), 3),
-        steps_at_ceiling=round(counters.full_steps / steps, 3) if counters and steps else None,
-        rows_per_step=round(counters.live_steps / steps, 1) if counters and steps else None,
         gpu_peak_mib=round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
+        **samples.figures(),
     )
+
+
+class _Samples:
+    """How busy the model was and how its decoding steps went, sampled every 50 ms while
+    the backlog runs: over the whole run, and over its steady part (from the first step at
+    the ceiling to the last), which leaves out the start, while the recordings decode their
+    first chunks, and the end, while the last ones finish."""
+
+    def __init__(self, engine: "AnyEngine", clock: TimedRecognizer) -> None:
+        self._engine, self._clock = engine, clock
+        self._taken: list[tuple[float, float, Any]] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def start(self) -> None:
+        self._take()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(5)
+        self._take()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.05):
+            self._take()
+
+    def _take(self) -> None:
+        counters = getattr(getattr(self._engine, "loop", None), "counters", None)
+        copy = dataclasses.replace(counters) if counters is not None else None
+        self._taken.append((time.perf_counter(), _busy_seconds(self._engine, self._clock), copy))
+
+    def figures(self) -> dict[str, Any]:
+        whole = _between(self._taken[0], self._taken[-1])
+        full = [sample for sample in self._taken if sample[2] and sample[2].full_steps]
+        steady = {}
+        if len(full) > 1:
+            last = max(full, key=lambda sample: (sample[2].full_steps, -sample[0]))
+            first = self._taken[self._taken.index(full[0]) - 1]
+            steady = _between(first, last)
+        return {
+            "busy_share": whole["busy"],
+            "steps_at_ceiling": whole["at_ceiling"],
+            "rows_per_step": whole["rows"],
+            "steady_seconds": steady.get("seconds"),
+            "steady_busy_share": steady.get("busy"),
+            "steady_steps_at_ceiling": steady.get("at_ceiling"),
+        }
+
+
+def _between(first: tuple[float, float, Any], last: tuple[float, float, Any]) -> dict[str, Any]:
+    (begun, busy_before, before), (ended, busy_after, after) = first, last
+    seconds = max(ended - begun, 1e-9)
+    figures: dict[str, Any] = {
+        "seconds": round(seconds, 2),
+        "busy": round(min(1.0, (busy_after - busy_before) / seconds), 3),
+    }
+    steps = after.steps - before.steps if after is not None and before is not None else 0
+    figures["at_ceiling"] = (
+        round((after.full_steps - before.full_steps) / steps, 3) if steps else None
+    )
+    figures["rows"] = round((after.live_steps - before.live_steps) / steps, 1) if steps else None
+    return figures
 
 
 def _busy_seconds(engine: "AnyEngine", clock: TimedRecognizer) -> float:
@@ -683,7 +740,7 @@ def render(report: BenchReport) -> str:
         ("jobs at once", f"{report.jobs_at_once}"),
         ("batch", f"{report.batch_size} per recording, {report.batch_ceiling} per model call"),
         ("chunks", f"{report.chunks:,} cut, {report.model_rows:,} rows to the model"),
-        ("model busy", f"{report.model_busy_share:.1%} of the time (until the backlog ran low)"),
+        ("model busy", f"{report.model_busy_share:.1%} of the time"),
     ]
     if report.steps_at_ceiling_share is not None:
         rows.append(
@@ -691,6 +748,14 @@ def render(report: BenchReport) -> str:
                 "decoding steps",
                 f"{report.steps_at_ceiling_share:.1%} at the ceiling, "
                 f"{report.rows_per_step:,.1f} rows each on average",
+            )
+        )
+    if report.steady_seconds is not None:
+        rows.append(
+            (
+                "steady part",
+                f"{report.steady_seconds:,.1f} s: model busy {report.steady_busy_share:.1%}, "
+                f"{report.steady_steps_at_ceiling_share:.1%} of steps at the ceiling",
             )
         )
     if report.stand_in_times_real_time is not None:
