@@ -65,7 +65,8 @@ else
         echo "no wheels in .whl/: run gpu/wheels.sh here and carry .whl" | tee -a "$log"
         exit 1
     fi
-    # CPU here: installing the 20 wheels (55 MB) into a folder takes 9 s; ~8 s there.
+    # CPU here: installing the 20 wheels (55 MB, 185 MB unpacked) into a folder: 3.3 s.
+    # There: ~5 s.
     step wheels 20 "$python" -m pip install -q --no-index --no-deps --no-compile \
         --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site
@@ -74,17 +75,22 @@ fi
 export PYTHONPATH="$PWD/daemon${PYTHONPATH:+:$PYTHONPATH}"
 
 # The CUDA tests: graphed steps against eager ones, the ceiling measured (skipped on a CPU).
-# CPU here: 25 s (imports and the tiny model); there ~15 s.
+# CPU here: 4 s with the CUDA test skipped; there, with it (tiny model, a few graph
+# captures) ~15 s.
 step cuda-tests 35 "$python" -m pytest -q -p no:cacheprovider -rs -k gpu \
     tests/model/test_engine.py
 
 # Per size: weights built once (drawn on the GPU, saved, renamed when complete), loaded
 # through the daemon's loader, then batches of 16, 64, 128 and 256 30-s chunks timed.
-# 1.7b: CPU here, drawing and saving the weights takes ~95 s (the drawing ~70 s of it); there
-# the GPU draws them in a second and saving 4 GB takes ~6 s. Imports ~8 s, loading ~5 s, the
-# four batches ~12 s by the stand-in's cost model (twice each: the first captures). ~35 s.
-# 0.6b: half of that, and the out-of-memory demo after its sweep (64 rows at most 8 at a
-# time, ~5 s). ~25 s.
+# CPU here (2 cores, load ~11): building the weights took 77 s for 1.7b and 36 s for 0.6b,
+# nearly all of it drawing 2.0 and 0.8 billion random numbers, which the GPU does in about a
+# second; what is left there is writing 3.8 and 1.5 GB (~5 and ~2 s). Importing torch and
+# the engine: 6 s. Loading 1.7b: 46 s here (bf16 to fp32 on 2 cores); there bf16 stays, read
+# at disk speed: ~5 s. The batches, by the stand-in's cost model for an H100, each run twice
+# (the first captures its step shapes: ~0.2 s each): 16 rows 0.3 s, 64 0.6 s, 128 1.0 s,
+# 256 1.9 s: ~10 s. The dry run of this step (tiny model, 30 s chunks on the CPU): 65 s.
+# Estimate there: 1.7b ~30 s; 0.6b ~20 s plus the out-of-memory demo after its sweep (64
+# rows that fit 8 at a time: ~5 s).
 budgets=(75 60)
 for index in "${!sizes[@]}"; do
     size=${sizes[$index]}
@@ -95,9 +101,10 @@ for index in "${!sizes[@]}"; do
         "${extra[@]}"
 done
 
-# bench end to end: a 2-hour backlog (16 Ogg files, written once, one process per core:
-# CPU here 1 h took 86 s on 2 busy cores, there the longest file, 25 min, ~15 s), the
-# baselines (~10 s), the model loaded and warmed (~15 s), the run (~3 s at 2,000x). ~45 s.
+# bench end to end, with the defaults: a 2-hour backlog (16 Ogg files, written once, one
+# process per core: CPU here 1 h took 86 s on 2 busy cores; there the longest file, 25 min,
+# ~15 s on one core), the baselines (~10 s), the model loaded and warmed (~10 s), the run
+# (~5 s: 2 h at ~2,000x, decoders starting). Estimate there ~45 s; the dry run here: 19 s.
 bench_size=${sizes[0]}
 step bench 80 bash -c '"$0" -m transcribed bench --synthetic-weights "$1" --device "$2" \
     --hours "$3" --json --scratch "$4" --log-level WARNING >"$5"' \
