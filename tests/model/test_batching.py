@@ -222,3 +222,30 @@ def test_the_resident_engine_decodes_every_jobs_rows_together(tiny_model) -> Non
         assert {r.language for r in results[number]} == {languages[number]} - {None} or (
             languages[number] is None
         )
+
+
+def test_a_long_streamed_call_that_progresses_is_not_taken_for_a_hung_one() -> None:
+    """A decode loop fed for as long as chunks keep coming is one model call: the health
+    check's `busy_for` counts from its last answer, not from its start."""
+    model = Streaming()
+    shared, stop, thread = serving(model)
+    seen: list[float] = []
+    jobs = {job: [[job * 100 + i] for i in range(12)] for job in (1, 2)}
+    watching = threading.Event()
+
+    def watch() -> None:
+        while not watching.wait(0.02):
+            seen.append(shared.busy_for())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    started = time.monotonic()
+    try:
+        run_jobs(shared, jobs)
+    finally:
+        watching.set()
+        watcher.join(5)
+        stop.set()
+        thread.join(5)
+    assert len(model.loops) < 6 and time.monotonic() - started > 0.5  # long calls
+    assert max(seen) < 0.3, max(seen)

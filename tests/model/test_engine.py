@@ -165,9 +165,10 @@ def test_a_context_too_long_for_the_cache_is_refused_clearly(
     """The cache holds a full chunk's prompt, 128 tokens of context and its budget: a
     longer context first shortens the budget (with a warning), then is refused by name."""
     chunk = _noise(1, 0)
-    room = engine.cache_length - engine._processor.apply_transcription_request(
-        audio=[chunk]
-    )["input_ids"].shape[1]
+    room = (
+        engine.cache_length
+        - engine._processor.apply_transcription_request(audio=[chunk])["input_ids"].shape[1]
+    )
     per_word = len(engine._processor.tokenizer.encode("fox " * 100)) / 100
     [squeezed] = engine.transcribe([chunk], context="fox " * int((room - 8) / per_word))
     assert squeezed.truncated and "decode.prompt_too_long" in capsys.readouterr().out

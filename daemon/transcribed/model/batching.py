@@ -150,9 +150,15 @@ class SharedRecognizer:
             self._pending.clear()
 
     def busy_for(self) -> float:
-        """Seconds the current model call has run (0 when idle): a hung GPU call shows here."""
+        """Seconds the current model call has gone without progress (0 when idle): a hung
+        GPU call shows here. A decode loop fed for an hour is one call; each row it takes
+        or answers counts as progress."""
         busy = self._busy_since
         return 0.0 if busy is None else time.monotonic() - busy
+
+    def progressed(self) -> None:
+        if self._busy_since is not None:
+            self._busy_since = time.monotonic()
 
     def _gather(self) -> list[_Request]:
         """The requests for the next call: every waiting one up to the ceiling's worth of
@@ -276,9 +282,12 @@ class _Feed:
                 self._requests.append(request)
                 self._rows += request.rows()
         taken, self._rows = self._rows[:count], self._rows[count:]
+        if taken:
+            self._shared.progressed()
         return taken
 
     def done(self, row: Row, text: ChunkText) -> None:
+        self._shared.progressed()
         request, index = _origin(row)
         if request.done.is_set():
             return  # failed already: its other rows' answers are not wanted

@@ -309,8 +309,11 @@ class Engine:
         return int(torch.cuda.max_memory_allocated(device) - before)
 
     def warm_up(self) -> None:
-        """Run two full-length chunks through the model before the first recording: the
-        first step shapes are captured and the kernels loaded now."""
+        """On a GPU, run two full-length chunks through the model before the first
+        recording: the first step shapes are captured and the kernels loaded now. On a CPU
+        there is nothing to capture, and the model is slow: nothing."""
+        if not self.info.device.startswith("cuda"):
+            return
         chunk = np.zeros(self._samples(), np.float32)
         chunk[::97] = 0.05  # not silence: the model is asked
         self._run_fixed([chunk] * min(2, self.ceiling), tokens=4)
