@@ -174,3 +174,19 @@ def test_a_context_too_long_for_the_cache_is_refused_clearly(
     assert squeezed.truncated and "decode.prompt_too_long" in capsys.readouterr().out
     with pytest.raises(ModelError, match="shorten the folder's context"):
         engine.transcribe([chunk], context="word " * 2000)
+
+
+def test_the_rows_that_fit_leave_a_prefill_group_its_share() -> None:
+    """Ceilings for 1.7B (a slot ~100 MiB, a prefill row ~70 MiB, 1.2 GiB fixed) on an
+    80 GB, a 24 GB and an 8 GB card: the large one caps at 256 rows with groups of 64, the
+    small ones keep a third for prefills rather than a ceiling of one."""
+    from transcribed.model.engine import rows_that_fit
+
+    gib, mib = 1 << 30, 1 << 20
+    base, row, slot = int(1.2 * gib), 70 * mib, 100 * mib
+    assert rows_that_fit(74 * gib, base, row, slot) == (256, 64)
+    ceiling, group = rows_that_fit(19 * gib, base, row, slot)
+    assert 90 <= ceiling <= 120 and group == 64
+    ceiling, group = rows_that_fit(3 * gib, base, row, slot)
+    assert 5 <= ceiling <= 15 and 3 <= group <= ceiling
+    assert rows_that_fit(1 * gib, base, row, slot) == (1, 1)  # nothing fits: one at a time

@@ -52,6 +52,8 @@ MAX_GPU_BATCH = 256
 # Rows prefilled in one call at most on a GPU: enough to share the call's fixed cost, few
 # enough that its activations (~80 MB a 30 s row for 1.7B) stay small next to the cache.
 GPU_PREFILL_ROWS = 64
+# A step's logits per row: bf16 out of the head, fp32 for the log-probabilities, a temporary.
+_LOGIT_BYTES = 10
 # Prompt tokens allowed beyond the template and the audio: a context (hotwords) this long
 # still leaves a chunk its whole token budget.
 CONTEXT_ROOM = 128
@@ -77,6 +79,16 @@ def gpu_defaults(ceiling: int) -> tuple[int, int]:
     modelled GPU 97% busy, 16 x 32 rows fewer per step (README, Performance)."""
     jobs = math.ceil(3 * ceiling / GPU_BATCH_SIZE)
     return GPU_BATCH_SIZE, max(4, min(32, jobs))
+
+
+def rows_that_fit(free: int, base: int, per_prefill_row: int, per_slot: int) -> tuple[int, int]:
+    """(rows decoded at once, rows prefilled at once) for `free` bytes: a prefill group
+    takes at most a third of what is usable (at most `GPU_PREFILL_ROWS` rows), and the KV
+    slots the rest."""
+    usable = free * _MEMORY_HEADROOM - base
+    group = max(1, min(GPU_PREFILL_ROWS, int(usable / 3 // max(per_prefill_row, 1))))
+    ceiling = batch_ceiling(free, base + group * per_prefill_row, per_slot)
+    return ceiling, min(group, ceiling)
 
 
 def why_no_cuda() -> tuple[str, str] | None:
@@ -250,32 +262,28 @@ class Engine:
         return -(-needed // LENGTH_STEP) * LENGTH_STEP
 
     def fit_to_gpu_memory(self) -> None:
-        """Set the ceiling from the GPU memory free now. Two probe prefills (one and two
-        full-length chunks) give a prefill's fixed cost and each row's; each row's KV slot
-        is counted by arithmetic; then the cache is made for the ceiling."""
-        self.loop = self._make_loop(2, prefill_rows=2)
-        probed = self._probe()
+        """Set the ceiling from the GPU memory free now. Probe prefills of 8 and 16
+        full-length chunks give a prefill's fixed cost (the convolutions' slice among it,
+        which stops growing past ~4 chunks) and each row's; each row's KV slot and its
+        share of a step's logits are counted by arithmetic; then the cache is made for
+        the ceiling. A GPU that cannot prefill 16 chunks is probed with 1 and 2."""
+        probed = self._probe((8, 16)) or self._probe((1, 2))
         self.loop = self._make_loop(1, prefill_rows=1)  # the probe's cache let go
         if probed is None:
             self.ceiling = 1
-            self.loop = self._make_loop(1, prefill_rows=1)
             log.warning("model.batch_ceiling", ceiling=1, reason="out of memory while probing")
             return
-        one, two = probed
-        per_row = max(two - one, 1)
+        base, per_row = probed
         slot = self._parts.kv_bytes_per_token(self._model.dtype) * self.cache_length
+        slot += _LOGIT_BYTES * int(self._model.config.get_text_config().vocab_size)
         free, _total = torch.cuda.mem_get_info(self._model.device)
-        prefill_rows = GPU_PREFILL_ROWS
-        for _ in range(2):  # a GPU that holds fewer rows than a prefill group: smaller groups
-            fixed = max(one - per_row, 0) + prefill_rows * per_row
-            self.ceiling = batch_ceiling(free, fixed, slot)
-            prefill_rows = min(prefill_rows, self.ceiling)
+        self.ceiling, prefill_rows = rows_that_fit(free, base, per_row, slot)
         self.loop = self._make_loop(self.ceiling, prefill_rows)
         self.memory = {
             "free_mib": free >> 20,
             "per_chunk_mib": round(slot / 2**20, 1),
             "prefill_mib_per_chunk": round(per_row / 2**20, 1),
-            "prefill_fixed_mib": round(max(one - per_row, 0) / 2**20, 1),
+            "prefill_fixed_mib": round(base / 2**20, 1),
         }
         log.info(
             "model.batch_ceiling",
@@ -286,17 +294,22 @@ class Engine:
             **self.memory,
         )
 
-    def _probe(self) -> tuple[int, int] | None:
-        """Peak memory of one and of two full-length chunks; None when even that fails."""
+    def _probe(self, sizes: tuple[int, int]) -> tuple[int, int] | None:
+        """(fixed bytes, bytes per row) of a prefill, from the peaks of two probes; None
+        when they do not fit."""
+        few, many = sizes
+        self.loop = self._make_loop(many, prefill_rows=many)
         chunk = (0.05 * np.random.default_rng(0).standard_normal(self._samples())).astype(
             np.float32
         )
         try:
-            peaks = self._probe_peak([chunk]), self._probe_peak([chunk] * 2)
+            low, high = self._probe_peak([chunk] * few), self._probe_peak([chunk] * many)
         except TransientError:  # the loop's own recovery gave up: out of memory for one row
             return None
-        # Two rows that ran out of memory were decoded one at a time: no second figure.
-        return None if self.loop.counters.out_of_memory else peaks
+        if self.loop.counters.out_of_memory:  # rows were decoded fewer at a time than asked
+            return None
+        per_row = max((high - low) // (many - few), 1)
+        return max(low - few * per_row, 0), per_row
 
     def _probe_peak(self, audio: list[np.ndarray]) -> int:
         device = self._model.device
