@@ -5,6 +5,10 @@
 #   gpu/check.sh         on the GPU machine: carry .whl (gpu/wheels.sh fetches it here)
 #   gpu/check.sh --dry   here, on the CPU: the same steps and code, the tiny model (CI runs it)
 #
+# With the device tool: gpu/wheels.sh here, then one run with command `gpu/check.sh`,
+# carry [".whl"], timeout_s 330; the three files come back from $OUT. A second run on the same
+# warm machine reuses the weights and the backlog ($CHECK_WORK, /tmp/transcribed-check).
+#
 # It installs what the image lacks from .whl/ (transformers >= 5.25 and the daemon's own
 # needs, for Python 3.12), then, each step under its own time limit (the budget beside it),
 # builds random full-size weights once (drawn on the GPU, written to a temporary folder
