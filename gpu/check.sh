@@ -69,7 +69,7 @@ else
         echo "no wheels in .whl/: run gpu/wheels.sh here and carry .whl" | tee -a "$log"
         exit 1
     fi
-    # CPU here: installing the 20 wheels (55 MB, 185 MB unpacked) into a folder: 3.3 s.
+    # CPU here: installing the 22 wheels (56 MiB, ~190 MB unpacked) into a folder: 3-5 s.
     # There: ~5 s.
     step wheels 20 "$python" -m pip install -q --no-index --no-deps --no-compile \
         --no-cache-dir --upgrade --target /tmp/site .whl/*.whl

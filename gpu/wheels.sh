@@ -2,7 +2,7 @@
 # Fetch the wheels gpu/check.sh installs on the GPU machine (Python 3.12, x86-64, no
 # internet there) into .whl/ (git-ignored; carried to the machine with the run's `carry`),
 # and check that they fit what a run carries (64 MiB with the working tree).
-# Usage: gpu/wheels.sh        (needs PyPI; about 55 MB)
+# Usage: gpu/wheels.sh        (needs PyPI; about 56 MiB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -rf .whl

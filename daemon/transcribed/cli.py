@@ -13,7 +13,7 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -620,12 +620,11 @@ def _bench(args: argparse.Namespace) -> int:
     from transcribed.commands import bench
 
     per_second = args.tokens_per_second or (4.0 if args.synthetic_weights else None)
-    engine = _LoadOnce(lambda: _bench_engine(settings, args, per_second))
     report = bench.run_bench(
         settings,
         args.hours,
-        _jobs_at_once(args, settings, engine),
-        engine.get,
+        lambda engine: _jobs_at_once(args, settings, engine),
+        lambda: _bench_engine(settings, args, per_second),
         synthetic=bool(args.synthetic_weights),
         progress=lambda line: print(line, file=sys.stderr),
         scratch=args.scratch,
@@ -667,30 +666,14 @@ def _bench_stand_in(args: argparse.Namespace, settings: ModelSettings) -> int:
     return 0
 
 
-class _LoadOnce:
-    """The engine, loaded when first asked for (the jobs at once follow from its ceiling,
-    and the bench loads it after its baselines)."""
+def _jobs_at_once(args: argparse.Namespace, settings: ModelSettings, engine: object) -> int:
+    """--jobs-at-once, else 4; with the local engine on a GPU, what its ceiling asks for,
+    and the batch size too unless configured."""
+    from transcribed.model.engine import Engine
 
-    def __init__(self, load: Callable[[], "Engine | RemoteEngine"]) -> None:
-        self._load = load
-        self._engine: Engine | RemoteEngine | None = None
-
-    def get(self) -> "Engine | RemoteEngine":
-        if self._engine is None:
-            self._engine = self._load()
-        return self._engine
-
-
-def _jobs_at_once(args: argparse.Namespace, settings: ModelSettings, engine: _LoadOnce) -> int:
-    """--jobs-at-once, else 4; on a GPU, what its ceiling asks for (the engine is then
-    loaded first), and the batch size too unless configured."""
-    from transcribed.model.engine import Engine, resolve_device
-
-    if settings.engine != "local" or resolve_device(settings.device).type != "cuda":
+    if not isinstance(engine, Engine) or not engine.info.device.startswith("cuda"):
         return int(args.jobs_at_once or DEFAULT_BENCH_JOBS)
-    loaded = engine.get()
-    assert isinstance(loaded, Engine)  # the local engine, on a GPU
-    loaded.batch_size, jobs = _gpu_sizes(args, settings, loaded.ceiling)
+    engine.batch_size, jobs = _gpu_sizes(args, settings, engine.ceiling)
     return jobs
 
 

@@ -373,12 +373,14 @@ class _Measured:
 def run_bench(
     settings: ModelSettings,
     hours: float,
-    jobs_at_once: int,
+    jobs_at_once: int | Callable[["AnyEngine"], int],
     load: Callable[[], "AnyEngine"],
     synthetic: bool,
     progress: Callable[[str], None] = lambda line: None,
     scratch: Path | None = None,
 ) -> BenchReport:
+    """`jobs_at_once` may depend on the loaded engine (on a GPU, on its ceiling): the model
+    is then loaded before the baselines run, with the same number of jobs."""
     from transcribed.service import load_diarizer
 
     owned = scratch is None
@@ -386,7 +388,6 @@ def run_bench(
     try:
         progress(f"writing a backlog of {hours:g} h of Ogg Vorbis recordings in {scratch}")
         paths = write_backlog(scratch / "backlog", hours)
-        baselines = _baselines(settings, paths, scratch, jobs_at_once, progress)
         started = time.perf_counter()
         diarizer = load_diarizer(settings)  # first, as the daemon loads it
         diarizer_load = time.perf_counter() - started
@@ -397,6 +398,9 @@ def run_bench(
         started = time.perf_counter()
         engine.warm_up()
         warmup_seconds = time.perf_counter() - started
+        if not isinstance(jobs_at_once, int):
+            jobs_at_once = jobs_at_once(engine)
+        baselines = _baselines(settings, paths, scratch, jobs_at_once, progress)
         progress(f"transcribing {len(paths)} recordings ({baselines.audio_seconds / 3600:.2f} h)")
         measured = _model_run(settings, scratch, paths, engine, jobs_at_once, diarizer)
     finally:
