@@ -206,6 +206,20 @@ class StepGraphs:
                 return
         graph.replay()
 
+    @property
+    def shapes(self) -> list[tuple[int, int]]:
+        return sorted(self._graphs)
+
+    def prepare(self, shapes: list[tuple[int, int]]) -> None:
+        """Capture these shapes now (at start) rather than at their first step. With no
+        row live the warm-up steps only write into free slots. The graphs share one memory
+        pool: each only reads what it wrote in the same replay, and steps never overlap."""
+        for rows, length in shapes:
+            if not self.graphs:
+                return
+            if (rows, length) not in self._graphs:
+                self._capture(rows, length)
+
     def _capture(self, rows: int, length: int) -> torch.cuda.CUDAGraph | None:
         """Warm the step up on a side stream, then capture it. The warm-up writes the same
         K and V the real step will, and the inputs it advances are put back."""

@@ -17,13 +17,15 @@ import torch
 
 from transcribed.errors import ModelError, TransientError
 from transcribed.logs import get_logger
-from transcribed.model.decode_step import KvSlots, TextParts
+from transcribed.model.decode_step import KvSlots, StepGraphs, TextParts
 from transcribed.model.decoding import (
     LENGTH_STEP,
     Answer,
     DecodeLoop,
     LoopCounters,
     Row,
+    bucket_ladder,
+    length_ladder,
     token_budget,
 )
 from transcribed.model.encoder import AudioEncoder, choose_attention
@@ -327,6 +329,20 @@ class Engine:
         there is nothing to capture, and the model is slow: nothing."""
         if not self.info.device.startswith("cuda"):
             return
+        started = time.monotonic()
+        backend = self.loop._backend
+        steps = getattr(backend, "steps", None)
+        if isinstance(steps, StepGraphs):
+            lengths = length_ladder(self.cache_length)
+            steps.prepare(
+                [(rows, length) for rows in bucket_ladder(self.ceiling) for length in lengths]
+            )
+            log.info(
+                "decode.graphs_captured",
+                shapes=len(steps.shapes),
+                seconds=round(time.monotonic() - started, 1),
+                graphs=steps.graphs,
+            )
         chunk = np.zeros(self._samples(), np.float32)
         chunk[::97] = 0.05  # not silence: the model is asked
         self._run_fixed([chunk] * min(2, self.ceiling), tokens=4)
