@@ -107,8 +107,9 @@ done
 
 # bench end to end, with the defaults: a 2-hour backlog (16 Ogg files, written once, one
 # process per core: CPU here 1 h took 86 s on 2 busy cores; there the longest file, 25 min,
-# ~15 s on one core), the baselines (~10 s), the model loaded and warmed (~10 s), the run
-# (~5 s: 2 h at ~2,000x, decoders starting). Estimate there ~45 s; the dry run here: 19 s.
+# ~15 s on one core), the model loaded and warmed (~15 s: load, probes, ~170 step shapes
+# captured at ~40 ms each), the baselines (~10 s), the run (~5 s: 2 h at ~2,000x, decoders
+# starting). Estimate there ~50 s; the dry run here: 19 to 27 s.
 bench_size=${sizes[0]}
 step bench 80 bash -c '"$0" -m transcribed bench --synthetic-weights "$1" --device "$2" \
     --hours "$3" --json --scratch "$4" --log-level WARNING >"$5"' \
