@@ -14,6 +14,7 @@ UNITS = Path(__file__).parents[1] / "systemd"
 SYSTEM_UNIT = UNITS / "transcribed.service"
 USER_UNIT = UNITS / "transcribed-user.service"
 VLLM_DROP_IN = UNITS / "transcribed.service.d" / "vllm.conf"
+LOCAL_VLLM_DROP_IN = UNITS / "transcribed.service.d" / "vllm-local.conf"
 ANALYZE = shutil.which("systemd-analyze")
 # systemd-analyze's exposure score for our units: 1.5 before CAP_LEASE, which adds 0.1 (the
 # daemon asks the kernel whether a writer still holds another user's recording open).

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from transcribed.servers.vllm_engine import RemoteEngine
 
 EXIT_FAILED = 1
+DEFAULT_BENCH_JOBS = 4  # recordings at once in `bench` without a GPU, as jobs_at_once's default
 EXIT_CONFIG = 2  # usage and configuration errors, like argparse's own
 EXIT_BROKEN_PIPE = 128 + 13  # as a program killed by SIGPIPE: what shells expect of `… | head`
 
@@ -241,13 +242,28 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Write a backlog of compressed recordings to a scratch folder and time "
         "the daemon's own pipeline from files on disk to published transcripts. Model load "
         "and warm-up are reported apart. --synthetic-weights measures the full-size model "
-        "with random weights (no download); its transcripts are meaningless.",
+        "with random weights (no download); its transcripts are meaningless. --stand-in "
+        "drives the pipeline with a model that costs what a GPU would and computes nothing.",
     )
     bench.add_argument("--hours", type=float, default=0.5, help="audio in the backlog (0.5)")
     bench.add_argument(
         "--synthetic-weights",
-        choices=["1.7b", "0.6b"],
-        help="random weights of this size instead of the configured model",
+        choices=["tiny", "1.7b", "0.6b"],
+        help="random weights of this size instead of the configured model (tiny: the tests' "
+        "model, for a dry run); built once under $XDG_CACHE_HOME/transcribed",
+    )
+    bench.add_argument(
+        "--stand-in",
+        metavar="GPU-SIZE",
+        help="no model: a stand-in that costs what this GPU would for this size (h100-1.7b, "
+        "h100-0.6b, h200-1.7b, h200-0.6b) and computes nothing",
+    )
+    bench.add_argument(
+        "--stand-in-scale",
+        type=float,
+        default=1.0,
+        help="slow the stand-in's GPU this many times: as if this machine's CPU were that much "
+        "faster (1)",
     )
     bench.add_argument(
         "--tokens-per-second",
@@ -255,15 +271,16 @@ def _build_parser() -> argparse.ArgumentParser:
         help="tokens written per audio second (default 4 with --synthetic-weights; "
         "otherwise the model decides)",
     )
-    bench.add_argument("--jobs-at-once", type=int, default=4, help="recordings at once (4)")
     bench.add_argument(
-        "--batch-size", type=int, help="chunks each recording gathers per call (from config)"
+        "--jobs-at-once",
+        type=int,
+        help="recordings at once (default: from config; on a GPU, from its batch ceiling)",
     )
     bench.add_argument(
-        "--compile",
-        action="store_true",
-        default=None,
-        help="static KV cache and compiled decoding (CUDA; compiling counts as warm-up)",
+        "--batch-size",
+        type=int,
+        help="chunks each recording gathers per call (default: from config; on a GPU, from "
+        "its batch ceiling)",
     )
     bench.add_argument("--model", help="hub id or local folder (default: from config)")
     bench.add_argument(
@@ -674,11 +691,13 @@ def _config_show(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    keys = ("model", "device", "batch_size", "compile", "diarizer", "engine")
+    keys = ("model", "device", "batch_size", "diarizer", "engine")
     overrides = {k: v for k in keys if (v := getattr(args, k))}
-    if args.simulate_servers:
-        return _bench_pool(args, load_settings(args.config, ModelSettings, **overrides))
     settings = load_settings(args.config, ModelSettings, **overrides)
+    if args.simulate_servers:
+        return _bench_pool(args, settings)
+    if args.stand_in:
+        return _bench_stand_in(args, settings)
     if not args.synthetic_weights:
         _check_model_files(settings)
     _check_device(settings.device)
@@ -691,7 +710,7 @@ def _bench(args: argparse.Namespace) -> int:
     report = bench.run_bench(
         settings,
         args.hours,
-        args.jobs_at_once,
+        lambda engine: _jobs_at_once(args, settings, engine),
         lambda: _bench_engine(settings, args, per_second),
         synthetic=bool(args.synthetic_weights),
         progress=lambda line: print(line, file=sys.stderr),
@@ -699,6 +718,63 @@ def _bench(args: argparse.Namespace) -> int:
     )
     _print(dataclasses.asdict(report), args.json, bench.render(report))
     return 0
+
+
+def _bench_stand_in(args: argparse.Namespace, settings: ModelSettings) -> int:
+    from transcribed.commands import bench
+    from transcribed.model.stand_in import GPUS, StandInEngine
+    from transcribed.model.synthetic import FULL_SIZES
+
+    gpu, _, size = args.stand_in.partition("-")
+    if gpu not in GPUS or size not in FULL_SIZES or args.stand_in_scale <= 0:
+        raise ConfigError(
+            f"--stand-in takes GPU-SIZE with GPU one of {', '.join(GPUS)} and SIZE one of "
+            f"{', '.join(FULL_SIZES)} (e.g. h100-1.7b), and --stand-in-scale > 0"
+        )
+    stand_in = StandInEngine(
+        gpu,
+        size,
+        settings.batch_size,
+        chunk_seconds=settings.chunk_seconds,
+        scale=args.stand_in_scale,
+        tokens_per_second=args.tokens_per_second or 4.0,
+    )
+    stand_in.batch_size = _gpu_sizes(args, settings, stand_in.ceiling)[0]
+    report = bench.run_bench(
+        settings,
+        args.hours,
+        _gpu_sizes(args, settings, stand_in.ceiling)[1],
+        lambda: stand_in,
+        synthetic=True,
+        progress=lambda line: print(line, file=sys.stderr),
+        scratch=args.scratch,
+    )
+    _print(dataclasses.asdict(report), args.json, bench.render(report))
+    return 0
+
+
+def _jobs_at_once(args: argparse.Namespace, settings: ModelSettings, engine: object) -> int:
+    """--jobs-at-once, else 4; with the local engine on a GPU, what its ceiling asks for,
+    and the batch size too unless configured."""
+    from transcribed.model.engine import Engine
+
+    if not isinstance(engine, Engine) or not engine.info.device.startswith("cuda"):
+        return int(args.jobs_at_once or DEFAULT_BENCH_JOBS)
+    engine.batch_size, jobs = _gpu_sizes(args, settings, engine.ceiling)
+    return jobs
+
+
+def _gpu_sizes(args: argparse.Namespace, settings: ModelSettings, ceiling: int) -> tuple[int, int]:
+    """(batch_size, jobs_at_once): given or configured ones kept, the rest from the GPU's
+    ceiling (`engine.gpu_defaults`)."""
+    from transcribed.model.engine import gpu_defaults
+
+    batch, jobs = gpu_defaults(ceiling)
+    if args.batch_size or "batch_size" in settings.model_fields_set:
+        batch = settings.batch_size
+    if args.jobs_at_once:
+        jobs = int(args.jobs_at_once)
+    return batch, jobs
 
 
 def _bench_engine(
@@ -710,25 +786,26 @@ def _bench_engine(
         from transcribed.servers.vllm_engine import RemoteEngine, recording_batch
 
         remote = RemoteEngine.connect(
-            settings, recording_batch(settings, args.jobs_at_once), threading.Event()
+            settings,
+            recording_batch(settings, args.jobs_at_once or DEFAULT_BENCH_JOBS),
+            threading.Event(),
         )
         remote.fixed_tokens_per_second = args.tokens_per_second
         return remote
     from transcribed.model.engine import Engine
-    from transcribed.model.synthetic import build_full_size_checkpoint
+    from transcribed.model.synthetic import build_synthetic, synthetic_folder
 
     model = settings.model
     if args.synthetic_weights:
-        folder = Path.home() / ".cache" / "transcribed" / f"synthetic-{args.synthetic_weights}"
-        print(f"building random {args.synthetic_weights} weights in {folder}", file=sys.stderr)
-        model = str(build_full_size_checkpoint(folder, args.synthetic_weights))
+        folder = synthetic_folder(args.synthetic_weights)
+        print(f"random {args.synthetic_weights} weights in {folder}", file=sys.stderr)
+        model = str(build_synthetic(folder, args.synthetic_weights))
     engine = Engine.load(
         model,
         settings.device,
         allow_download=False,
         batch_size=settings.batch_size,
         chunk_seconds=settings.chunk_seconds,
-        compile_decoder=settings.compile,
     )
     engine.fixed_tokens_per_second = per_second
     return engine
@@ -747,7 +824,7 @@ def _bench_pool(args: argparse.Namespace, settings: ModelSettings) -> int:
         settings,
         counts,
         args.hours,
-        args.jobs_at_once,
+        args.jobs_at_once or DEFAULT_BENCH_JOBS,
         args.server_speed,
         progress=lambda line: print(line, file=sys.stderr),
         scratch=args.scratch,

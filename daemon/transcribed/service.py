@@ -45,7 +45,7 @@ from transcribed.logs import get_logger
 from transcribed.model.aligner import Aligner
 from transcribed.model.batching import SerializedAligner, SharedModel, SharedRecognizer
 from transcribed.model.diarizer import Diarizer
-from transcribed.model.engine import Engine
+from transcribed.model.engine import Engine, gpu_defaults
 from transcribed.output.outbox import Outbox
 from transcribed.output.search_index import SearchIndex
 from transcribed.servers import engine_status
@@ -275,18 +275,33 @@ def load_aligner(settings: ModelSettings) -> Aligner | None:
 
 
 def load_engine(settings: ModelSettings, model: str | None = None) -> Engine:
-    """The model `settings` ask for (or `model` instead), warmed up when compiled."""
+    """The model `settings` ask for (or `model` instead), warmed up."""
     engine = Engine.load(
         model or settings.model,
         settings.device,
         allow_download=settings.allow_download,
         batch_size=settings.batch_size,
         chunk_seconds=settings.chunk_seconds,
-        compile_decoder=settings.compile,
     )
-    if settings.compile:
-        engine.warm_up()
+    engine.warm_up()
     return engine
+
+
+def fit_to_ceiling(settings: Settings, model: SharedModel) -> Settings:
+    """On a GPU, `batch_size` and `jobs_at_once` left unset follow from the batch ceiling
+    measured at load (`engine.gpu_defaults`): enough recordings at once to keep it full."""
+    ceiling = getattr(model, "ceiling", None)
+    if settings.engine != "local" or ceiling is None or not model.info.device.startswith("cuda"):
+        return settings
+    batch, jobs = gpu_defaults(int(ceiling))
+    chosen = {"batch_size": batch, "jobs_at_once": jobs}
+    update = {key: value for key, value in chosen.items() if key not in settings.model_fields_set}
+    if "batch_size" in update:
+        model.batch_size = batch  # type: ignore[misc]  # SharedRecognizer's is settable
+    log.info(
+        "model.sized", ceiling=ceiling, **{key: update.get(key, "configured") for key in chosen}
+    )
+    return settings.model_copy(update=update)
 
 
 def load_shared_model(settings: Settings, stop: threading.Event) -> SharedModel:
@@ -338,6 +353,7 @@ class Daemon:
         # One model thread; each worker transcribes one recording with its own decoder
         # process, and their chunks share model batches (or go to the engine servers).
         self._model = load_shared_model(settings, self.stop)
+        settings = self.settings = fit_to_ceiling(settings, self._model)
         aligner = load_aligner(settings)
         shared_aligner = SerializedAligner(aligner) if aligner is not None else None
         self._wake_disposals = threading.Event()

@@ -184,13 +184,14 @@ class ModelSettings(_Base):
         default=8,
         ge=1,
         le=256,
-        description="Chunks each recording gathers per model call. On a GPU, calls merged "
-        "across recordings grow up to what free GPU memory holds.",
+        description="Chunks each recording hands the model at once; the model decodes the "
+        "chunks of every recording together, up to what free GPU memory holds. On a GPU, "
+        "unset: 32.",
     )
     compile: bool = Field(
         default=False,
-        description="Static KV cache and a compiled decoding step (CUDA only): faster once "
-        "warm; every batch shape is compiled at start, which takes minutes.",
+        description="No longer used (kept so older configs load): on a GPU every decoding "
+        "step is captured as a CUDA graph anyway.",
     )
     decode_timeout_seconds: float = Field(
         default=600.0,
@@ -353,7 +354,8 @@ class Settings(StateSettings, ModelSettings):
         ge=1,
         le=32,
         description="Recordings transcribed at once: each has its own decoder process, and "
-        "their chunks share model batches.",
+        "the model decodes their chunks together. On a GPU, unset: enough to fill its batch "
+        "ceiling three times over (24 at 256).",
     )
     max_attempts: int = Field(
         default=3, ge=1, description="Tries before a recording is quarantined in failed_dir."
