@@ -35,7 +35,8 @@ from transcribed.host.isolation import (
 )
 from transcribed.host.metrics import write_metrics
 from transcribed.host.notify import Notifier
-from transcribed.intake.claim import Intake, LargeFileHasher, recover_claims
+from transcribed.intake.claim import Intake, recover_claims
+from transcribed.intake.hashing import LargeFileHasher
 from transcribed.intake.reconcile import Reconciler
 from transcribed.intake.watcher import ObserverSupervisor
 from transcribed.jobs.destinations import Destinations

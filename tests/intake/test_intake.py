@@ -14,6 +14,7 @@ import structlog.testing
 
 from recordings import write_soundfile
 from transcribed.intake import claim as intake_module
+from transcribed.intake import hashing
 from transcribed.intake.claim import Intake, recover_claims
 from transcribed.intake.watcher import start_observer
 from transcribed.state.queue import JobQueue, JobState
@@ -228,18 +229,18 @@ def test_hashing_a_huge_file_does_not_hold_up_the_others(folders, monkeypatch) -
         handle.truncate(intake_module.LARGE_FILE_BYTES + 1)  # sparse: quick to make
     (folders.inbox / "small.wav").write_bytes(b"RIFF small")
     release = threading.Event()
-    real_hash = intake_module.hash_descriptor
+    real_hash = hashing.hash_descriptor
 
     def held_for_big_files(fd: int, *args: object) -> tuple[str, int]:
         if os.fstat(fd).st_size > intake_module.LARGE_FILE_BYTES:
             release.wait(30)
         return real_hash(fd, *args)
 
-    monkeypatch.setattr(intake_module, "hash_descriptor", held_for_big_files)
+    monkeypatch.setattr(hashing, "hash_descriptor", held_for_big_files)
     stop = threading.Event()
     work = WorkFolder(folders.inbox)
     work.open()
-    hasher = intake_module.LargeFileHasher(folders.state / "q.db", work, stop)
+    hasher = hashing.LargeFileHasher(folders.state / "q.db", work, stop)
     intake = Intake(
         inbox=folders.inbox,
         work=work,
@@ -279,7 +280,7 @@ def test_a_large_file_whose_hash_fails_once_is_hashed_again(folders, monkeypatch
     next start, the recording untranscribed while the daemon looked healthy."""
     monkeypatch.setattr(intake_module, "LARGE_FILE_BYTES", 100)
     (folders.inbox / "big.wav").write_bytes(b"RIFF" + os.urandom(4096))
-    real_hash = intake_module.hash_descriptor
+    real_hash = hashing.hash_descriptor
     failures = iter([OSError(5, "Input/output error")])
 
     def fails_once(fd: int, *args: object) -> tuple[str, int]:
@@ -287,11 +288,11 @@ def test_a_large_file_whose_hash_fails_once_is_hashed_again(folders, monkeypatch
             raise error
         return real_hash(fd, *args)
 
-    monkeypatch.setattr(intake_module, "hash_descriptor", fails_once)
+    monkeypatch.setattr(hashing, "hash_descriptor", fails_once)
     stop = threading.Event()
     work = WorkFolder(folders.inbox)
     work.open()
-    hasher = intake_module.LargeFileHasher(folders.state / "q.db", work, stop)
+    hasher = hashing.LargeFileHasher(folders.state / "q.db", work, stop)
     jobs = JobQueue(folders.state / "q.db")
     intake = Intake(
         inbox=folders.inbox,

@@ -25,32 +25,27 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
 
 from transcribed import faults
 from transcribed.errors import advice
-from transcribed.files.content import Content, hash_descriptor, open_for_writing
+from transcribed.files.content import hash_descriptor, open_for_writing
 from transcribed.files.durable import fsync_dir
 from transcribed.files.folders import open_below, stat_below
 from transcribed.files.names import display_name
 from transcribed.intake.completeness import incomplete_reason
+from transcribed.intake.hashing import LARGE_FILE_BYTES, LargeFileHasher, finish_claim_logged
 from transcribed.intake.readiness import Identity, SettleTracker
+from transcribed.intake.reconcile import Reconciler
 from transcribed.intake.strays import Strays
 from transcribed.intake.watcher import walk_files
 from transcribed.logs import get_logger
-from transcribed.state.queue import LONGEST_WAIT_SECONDS, JobQueue, JobState
+from transcribed.state.queue import JobQueue, JobState
 from transcribed.state.workfolder import WorkFolder, work_name
-
-if TYPE_CHECKING:
-    from transcribed.intake.reconcile import Reconciler
 
 log = get_logger(__name__)
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
-# Files at least this big are hashed on their own thread: hashing 20 GB takes a minute, and
-# the files dropped after it must not wait that long.
-LARGE_FILE_BYTES = 256 << 20
 
 
 class Refused(Exception):
@@ -114,8 +109,8 @@ class Intake:
     stalled_seconds: float = 3600.0
     # Unchanged this long, when the kernel cannot say whether a writer still has it open.
     settle_seconds_unseen: float = 120.0
-    hasher: "LargeFileHasher | None" = None
-    reconciler: "Reconciler | None" = None
+    hasher: LargeFileHasher | None = None
+    reconciler: Reconciler | None = None
 
     def __post_init__(self) -> None:
         self._tracker = SettleTracker(self.settle_seconds, self._look, self.clock)
@@ -371,90 +366,6 @@ class Intake:
             return True
         finally:
             os.close(work_fd)
-
-
-def finish_claim_logged(jobs: JobQueue, job_id: int, relpath: str, content: Content) -> None:
-    faults.point("claim.hashed", os.path.basename(relpath))
-    job = jobs.finish_claim(job_id, content)
-    log.info(
-        "intake.claimed",
-        job=job.id,
-        file=display_name(relpath),
-        bytes=content.size,
-        duplicate_of=job.duplicate_of if job.state == JobState.DUPLICATE else None,
-    )
-
-
-class LargeFileHasher:
-    """Hashes large claimed files on its own thread (with its own database connection), so
-    one 20 GB recording does not hold up every file dropped after it. A hash that fails (an
-    I/O error, a busy database) is tried again later, the wait doubling up to 10 minutes. A
-    claim it has not finished when the daemon stops stays `claiming`; the next start
-    finishes it."""
-
-    def __init__(self, database: Path, work: WorkFolder, stop: threading.Event) -> None:
-        self._database = database
-        self._work = work
-        self._stop = stop
-        self._pending: queue.SimpleQueue[tuple[int, str]] = queue.SimpleQueue()
-        self._in_flight: set[int] = set()
-        self._lock = threading.Lock()
-        self._retries: list[tuple[float, int, str]] = []  # (when, job, relpath)
-        self._waits: dict[int, float] = {}  # job -> its last wait before a retry
-
-    @property
-    def in_flight(self) -> frozenset[int]:
-        with self._lock:
-            return frozenset(self._in_flight)
-
-    def submit(self, job_id: int, relpath: str) -> None:
-        with self._lock:
-            self._in_flight.add(job_id)
-        self._pending.put((job_id, relpath))
-
-    def run(self) -> None:
-        jobs = JobQueue(self._database)
-        try:
-            while not self._stop.is_set():
-                self._retry_due()
-                try:
-                    job_id, relpath = self._pending.get(timeout=0.5)
-                except queue.Empty:
-                    continue
-                try:
-                    self._hash(jobs, job_id, relpath)
-                except FileNotFoundError as error:  # gone from the work folder: the start's
-                    log.error("intake.hash_failed", error=str(error))  # recovery looks again
-                except (OSError, sqlite3.Error) as error:
-                    wait = min(LONGEST_WAIT_SECONDS, 2 * self._waits.get(job_id, 2.5))
-                    self._waits[job_id] = wait
-                    self._retries.append((time.monotonic() + wait, job_id, relpath))
-                    log.error(
-                        "intake.hash_failed", error=str(error), hint=advice(error), retry_in=wait
-                    )
-                    continue  # still in flight: the reconciler must not take it meanwhile
-                self._waits.pop(job_id, None)
-                with self._lock:
-                    self._in_flight.discard(job_id)
-        finally:
-            jobs.close()
-
-    def _retry_due(self) -> None:
-        now = time.monotonic()
-        due = [retry for retry in self._retries if retry[0] <= now]
-        for retry in due:
-            self._retries.remove(retry)
-            self._pending.put(retry[1:])
-
-    def _hash(self, jobs: JobQueue, job_id: int, relpath: str) -> None:
-        job = jobs.get(job_id)
-        fd = os.open(self._work.file(job.work_name), _OPEN_FLAGS)
-        try:
-            content = hash_descriptor(fd, self._stop)
-        finally:
-            os.close(fd)
-        if not self._stop.is_set():
-            finish_claim_logged(jobs, job_id, relpath, content)
 
 
 def open_folder_below(root: Path, parts: tuple[str, ...]) -> int:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from transcribed.files.content import hash_descriptor
 from transcribed.files.names import display_name
-from transcribed.intake.claim import LARGE_FILE_BYTES, LargeFileHasher, finish_claim_logged
+from transcribed.intake.hashing import LARGE_FILE_BYTES, LargeFileHasher, finish_claim_logged
 from transcribed.logs import get_logger
 from transcribed.state.queue import Job, JobQueue, JobState
 from transcribed.state.workfolder import WorkFolder, relpath_of
