@@ -15,7 +15,7 @@ PACKAGE = Path(transcribed.__file__).parent
 
 # Lowest first. Rooms on one line share a rank and never import each other.
 LAYERS: list[set[str]] = [
-    {"__init__", "errors", "logs", "faults"},
+    {"__init__", "errors", "logs", "faults", "backoff"},
     {"settings"},
     {"files"},
     {"output"},
@@ -34,7 +34,16 @@ LAYERS: list[set[str]] = [
     {"__main__"},
 ]
 RANK = {room: rank for rank, rooms in enumerate(LAYERS) for room in rooms}
-TOP_LEVEL_MODULES = {"__init__", "__main__", "cli", "service", "errors", "logs", "faults"}
+TOP_LEVEL_MODULES = {
+    "__init__",
+    "__main__",
+    "cli",
+    "service",
+    "errors",
+    "logs",
+    "faults",
+    "backoff",
+}
 
 
 def room_of(module: str) -> str:

@@ -225,6 +225,24 @@ def test_consecutive_transient_failures_double_the_wait(setup, folders, monkeypa
     assert jobs.get(job_id).attempts == 0  # not the file's fault
 
 
+def test_weeks_of_transient_failures_in_a_row_still_wait_the_longest_wait(
+    setup, folders, monkeypatch
+) -> None:
+    """Issue 22: the wait doubled without end; past 1024 failures in a row (a disk full for a
+    week) it overflowed a float, and each failure then counted as an attempt: a good
+    recording would be quarantined once the disk came back."""
+    worker, jobs, work = setup
+    job_id = _claim(jobs, work, "a.flac", lambda p: write_soundfile(p, 1, 16000, "PCM_16", "FLAC"))
+    monkeypatch.setattr(
+        worker.destinations.outbox(("json", "txt")), "publish", _raises(OSError(28, "full"))
+    )
+    jobs._db.execute("UPDATE jobs SET transient_failures = 5000 WHERE id = ?", (job_id,))
+    assert worker.step()
+    job = jobs.get(job_id)
+    assert (job.state, job.attempts) == (JobState.QUEUED, 0)
+    assert round(job.not_before - time.time()) == 600
+
+
 def test_a_path_that_cannot_exist_fails_for_good_instead_of_retrying_forever(
     setup, folders, monkeypatch
 ) -> None:

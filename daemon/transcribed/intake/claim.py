@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from transcribed import faults
+from transcribed.backoff import backoff
 from transcribed.errors import advice
 from transcribed.files.content import hash_descriptor, open_for_writing
 from transcribed.files.durable import fsync_dir
@@ -190,7 +191,7 @@ class Intake:
     def _recover_after_failure(self, stop: threading.Event, failures: int) -> None:
         """Back off; then finish any claim the failure cut short, and look at everything again
         (files that had settled in the failed step are no longer being watched)."""
-        stop.wait(min(60.0, 2.0**failures))
+        stop.wait(backoff(failures, first=2.0, longest=60.0))
         with contextlib.suppress(OSError, sqlite3.Error):
             busy = self.hasher.in_flight if self.hasher is not None else frozenset()
             recover_claims(self.jobs, self.work, skip=busy)

@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 
 from transcribed import faults
+from transcribed.backoff import backoff
 from transcribed.errors import advice
 from transcribed.files.content import Content, hash_descriptor
 from transcribed.files.names import display_name
 from transcribed.logs import get_logger
-from transcribed.state.queue import LONGEST_WAIT_SECONDS, JobQueue, JobState
+from transcribed.state.queue import JobQueue, JobState
 from transcribed.state.workfolder import WorkFolder
 
 log = get_logger(__name__)
@@ -52,7 +53,7 @@ class LargeFileHasher:
         self._in_flight: set[int] = set()
         self._lock = threading.Lock()
         self._retries: list[tuple[float, int, str]] = []  # (when, job, relpath)
-        self._waits: dict[int, float] = {}  # job -> its last wait before a retry
+        self._failures: dict[int, int] = {}  # job -> its failed hashes in a row
 
     @property
     def in_flight(self) -> frozenset[int]:
@@ -78,14 +79,14 @@ class LargeFileHasher:
                 except FileNotFoundError as error:  # gone from the work folder: the start's
                     log.error("intake.hash_failed", error=str(error))  # recovery looks again
                 except (OSError, sqlite3.Error) as error:
-                    wait = min(LONGEST_WAIT_SECONDS, 2 * self._waits.get(job_id, 2.5))
-                    self._waits[job_id] = wait
+                    self._failures[job_id] = failures = self._failures.get(job_id, 0) + 1
+                    wait = backoff(failures, first=5.0)
                     self._retries.append((time.monotonic() + wait, job_id, relpath))
                     log.error(
                         "intake.hash_failed", error=str(error), hint=advice(error), retry_in=wait
                     )
                     continue  # still in flight: the reconciler must not take it meanwhile
-                self._waits.pop(job_id, None)
+                self._failures.pop(job_id, None)
                 with self._lock:
                     self._in_flight.discard(job_id)
         finally:

@@ -29,6 +29,7 @@ from typing import Protocol
 import numpy as np
 
 from transcribed import faults
+from transcribed.backoff import backoff
 from transcribed.errors import (
     DecoderCrashed,
     PermanentError,
@@ -46,13 +47,12 @@ from transcribed.model.speakers import SpeakerSource
 from transcribed.output.outbox import published_source, retract_earlier
 from transcribed.output.search_index import SearchIndex
 from transcribed.output.transcript import Request, SourceInfo, Transcript
-from transcribed.state.queue import LONGEST_WAIT_SECONDS, FailureKind, Job, JobQueue, JobState
+from transcribed.state.queue import FailureKind, Job, JobQueue, JobState
 from transcribed.state.recheck import RecordingChanged, StillBeingWritten, check_unchanged
 from transcribed.state.workfolder import WorkFolder
 
 log = get_logger(__name__)
 
-BACKOFF_MAX_SECONDS = LONGEST_WAIT_SECONDS  # a longer one would be taken for a wrong clock
 PROGRESS_SECONDS = 2.0  # how often a running job's progress is written for `status`
 # Errors no retry can cure: a path that cannot exist (too long, invalid), a folder in the way.
 PERMANENT_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EINVAL, errno.ENOTDIR, errno.EISDIR})
@@ -129,7 +129,7 @@ class Worker:
             else:
                 # After the others: a file that kills us must not block the queue, and a
                 # good file is less likely to be hit by the next kill as well.
-                delay = _backoff(self.retry_seconds, job.attempts)
+                delay = backoff(job.attempts, self.retry_seconds)
                 self.jobs.requeue(job.id, delay, "interrupted by a restart", refund=False)
                 log.info("recover.requeued", job=job.id, attempts=job.attempts, retry_in=delay)
 
@@ -204,7 +204,7 @@ class Worker:
         """Back off, then put back the job that was cut short: the failure was in our own
         bookkeeping (the job's own failures are handled in `_process`), so its attempt is
         refunded. Only this worker's job: the others' are still being transcribed."""
-        delay = _backoff(self.retry_seconds, failures)
+        delay = backoff(failures, self.retry_seconds)
         if error is not None:
             log.error(
                 "worker.cannot_record_progress",
@@ -254,7 +254,7 @@ class Worker:
             raise
         except Exception as secondary:
             log.exception("job.failure_not_recorded", job=job.id, error=str(secondary))
-            delay = _backoff(self.retry_seconds, job.attempts)
+            delay = backoff(job.attempts, self.retry_seconds)
             self.jobs.requeue(job.id, delay, f"{error} (then: {secondary})", refund=False)
 
     def _classify(self, job: Job, error: Exception) -> None:
@@ -299,7 +299,7 @@ class Worker:
                 "transcript replaced",
             )
         else:  # each time it is still open, the wait doubles (up to the longest backoff)
-            delay = _backoff(self.settle_seconds, job.transient_failures + 1)
+            delay = backoff(job.transient_failures + 1, self.settle_seconds)
             self.jobs.requeue(job.id, delay, str(error), refund=True, transient=True)
             log.info("job.still_being_written", job=job.id, retry_in=delay)
 
@@ -315,7 +315,7 @@ class Worker:
     def _retry_later(self, job: Job, error: Exception) -> None:
         """Not the file's fault (disk full, I/O error, a folder gone): the attempt is refunded,
         and each consecutive time the wait doubles, up to 10 minutes."""
-        delay = _backoff(self.retry_seconds, job.transient_failures + 1)
+        delay = backoff(job.transient_failures + 1, self.retry_seconds)
         self.jobs.requeue(job.id, delay, str(error), refund=True, transient=True)
         log.warning(
             "job.retry_later",
@@ -475,7 +475,7 @@ class Worker:
             )
         else:
             self.jobs.requeue(
-                job.id, _backoff(self.retry_seconds, job.attempts), error, refund=False
+                job.id, backoff(job.attempts, self.retry_seconds), error, refund=False
             )
 
     def _fail_or_wait(self, job: Job, error: str, kind: FailureKind) -> None:
@@ -488,10 +488,10 @@ class Worker:
         except Exception as secondary:
             log.error("job.cannot_quarantine", job=job.id, error=str(secondary))
             if job.state in (JobState.RUNNING, JobState.QUEUED):
-                delay = _backoff(self.retry_seconds, job.attempts)
+                delay = backoff(job.attempts, self.retry_seconds)
                 self.jobs.requeue(job.id, delay, error, refund=False)
             else:  # published, or a duplicate: never back to the queue to be run again
-                delay = _backoff(self.retry_seconds, job.disposal_failures + 1)
+                delay = backoff(job.disposal_failures + 1, self.retry_seconds)
                 self.jobs.defer_disposal(job.id, delay, error)
 
     def _fail(self, job: Job, error: str, kind: FailureKind) -> None:
@@ -535,12 +535,12 @@ class Worker:
             self._not_final_yet(job, changed)
             return
         except StillBeingWritten as busy:
-            delay = _backoff(self.settle_seconds, job.disposal_failures + 1)
+            delay = backoff(job.disposal_failures + 1, self.settle_seconds)
             self.jobs.defer_disposal(job.id, delay, str(busy))
             log.info("job.still_being_written", job=job.id, retry_in=delay)
             return
         except OSError as error:  # the transcript is safe; the original waits in the work folder
-            delay = _backoff(self.retry_seconds, job.disposal_failures + 1)
+            delay = backoff(job.disposal_failures + 1, self.retry_seconds)
             self.jobs.defer_disposal(job.id, delay, str(error))
             log.warning(
                 "job.disposal_failed",
@@ -569,7 +569,7 @@ class Worker:
             return True
         outbox = self.destinations.outbox(self.rules.plan(os.fsdecode(job.relpath)).formats).root
         if not outbox.is_dir():  # away (unmounted?), not emptied: wait for it, transcribe nothing
-            delay = _backoff(self.retry_seconds, job.disposal_failures + 1)
+            delay = backoff(job.disposal_failures + 1, self.retry_seconds)
             self.jobs.defer_disposal(job.id, delay, f"the outbox {outbox} is missing")
             return False
         self.jobs.transcribe_again(job.id, "its transcript is no longer in the outbox")
@@ -623,7 +623,3 @@ def _as_far_as_it_decodes(blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
     except PermanentError:
         if not decoded:
             raise
-
-
-def _backoff(base: float, attempts: int) -> float:
-    return float(min(BACKOFF_MAX_SECONDS, base * 2 ** max(0, attempts - 1)))

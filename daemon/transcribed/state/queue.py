@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transcribed import faults
+from transcribed.backoff import LONGEST_WAIT_SECONDS  # a wait further away: a wrong clock
 from transcribed.files.content import Content, Fingerprint
 
 _SCHEMA = """
@@ -151,9 +152,6 @@ _LIVE = (JobState.QUEUED, JobState.RUNNING, JobState.PUBLISHED, JobState.DONE)
 IN_WORK_FOLDER = (JobState.QUEUED, JobState.RUNNING, JobState.PUBLISHED, JobState.DUPLICATE)
 # Work names of jobs indexed from the disk (a rebuilt database) that hold no original.
 INDEXED_PREFIX = "indexed-"
-# The longest wait the worker stores (its backoff's cap): a stored wait further away than
-# this is a clock that was wrong when it was stored.
-LONGEST_WAIT_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
