@@ -1,13 +1,7 @@
 """The worker: takes one queued job at a time through decode -> transcribe -> publish -> dispose.
 
-`step()` does one unit of work so tests can drive it; `run()` is the plain loop.
-Failure classes decide the job's fate: permanent -> failed_dir at once; transient -> retry
-with a backoff that doubles with each consecutive transient failure, attempt refunded,
-original untouched; anything else (a crash, a hang, a bug, an error while handling an error)
--> counted attempt, behind the other jobs, quarantined after `max_attempts`. A job the daemon
-died in (kill -9, power loss, a file that kills the process) counts too: the attempt was
-committed before the work started, so `recover` quarantines it once its attempts are spent
-instead of looping forever. Nothing can hold a job at the head of the queue.
+`step()` does one unit of work so tests can drive it; `run()` is the plain loop. A job that
+fails meets the fate `jobs.fate` decides for it.
 
 The model runs once per content and request: a job whose content was already transcribed
 the same way under another name publishes its own transcript from that result.
@@ -15,7 +9,6 @@ the same way under another name publishes its own transcript from that result.
 
 import contextlib
 import dataclasses
-import errno
 import json
 import os
 import sqlite3
@@ -30,32 +23,25 @@ import numpy as np
 
 from transcribed import faults
 from transcribed.backoff import backoff
-from transcribed.errors import (
-    DecoderCrashed,
-    PermanentError,
-    RecordingVanished,
-    ShutdownRequested,
-    TransientError,
-    advice,
-)
+from transcribed.errors import PermanentError, RecordingVanished, TransientError, advice
 from transcribed.files.names import display_name
 from transcribed.jobs.destinations import Destinations
+from transcribed.jobs.fate import PERMANENT_ERRNOS, Fate
 from transcribed.jobs.rules import Plan, Rules
+from transcribed.jobs.versions import replaceable
 from transcribed.logs import get_logger
 from transcribed.model.pipeline import Recognizer, WordAligner, transcribe_stream
 from transcribed.model.speakers import SpeakerSource
-from transcribed.output.outbox import published_source, retract_earlier
+from transcribed.output.outbox import published_source
 from transcribed.output.search_index import SearchIndex
 from transcribed.output.transcript import Request, SourceInfo, Transcript
-from transcribed.state.queue import FailureKind, Job, JobQueue, JobState
+from transcribed.state.queue import Job, JobQueue, JobState
 from transcribed.state.recheck import RecordingChanged, StillBeingWritten, check_unchanged
 from transcribed.state.workfolder import WorkFolder
 
 log = get_logger(__name__)
 
 PROGRESS_SECONDS = 2.0  # how often a running job's progress is written for `status`
-# Errors no retry can cure: a path that cannot exist (too long, invalid), a folder in the way.
-PERMANENT_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EINVAL, errno.ENOTDIR, errno.EISDIR})
 
 
 class Decoder(Protocol):
@@ -115,23 +101,22 @@ class Worker:
     _progress_written: float = 0.0
     _last_job: int | None = None  # the job this worker last started (put back on a failure)
 
+    @property
+    def fate(self) -> Fate:
+        """What becomes of a job that fails here, under the settings of now."""
+        return Fate(
+            self.jobs,
+            self.rules,
+            self.destinations,
+            self.max_attempts,
+            self.retry_seconds,
+            self.settle_seconds,
+            self.on_finished,
+        )
+
     def recover(self) -> None:
-        """After a restart: requeue attempts a crash cut short (quarantining a file that has
-        now used up its attempts: it is what keeps killing us) and retry pending disposals."""
-        for job in self.jobs.in_state(JobState.RUNNING):
-            if job.attempts >= self.max_attempts:
-                self._fail_or_wait(
-                    job,
-                    f"the daemon stopped during each of {job.attempts} attempts "
-                    "(a crash, a kill or a power cut): this file may be what kills it",
-                    FailureKind.KILLS_DAEMON,
-                )
-            else:
-                # After the others: a file that kills us must not block the queue, and a
-                # good file is less likely to be hit by the next kill as well.
-                delay = backoff(job.attempts, self.retry_seconds)
-                self.jobs.requeue(job.id, delay, "interrupted by a restart", refund=False)
-                log.info("recover.requeued", job=job.id, attempts=job.attempts, retry_in=delay)
+        """After a restart: requeue (or quarantine) attempts a crash cut short."""
+        self.fate.requeue_interrupted()
 
     def step(self) -> bool:
         """Dispose of what is ready, then process the next due job; False when idle (or
@@ -225,7 +210,7 @@ class Worker:
         log.info("job.started", job=job.id, file=name, attempt=job.attempts)
         started = time.monotonic()
         if job.attempts > self.max_attempts:  # spent; quarantining it failed last time
-            self._fail_or_wait(job, job.error or "gave up", FailureKind.GAVE_UP)
+            self.fate.spent(job)
             return
         try:
             with self.job_scope():
@@ -234,74 +219,13 @@ class Worker:
             log.info("job.waiting_for_same_content", job=job.id, same_as=str(twin))
             return
         except Exception as error:
-            self._after_failure(job, error)
+            self.fate.attempt_failed(job, error)
             return
         if self.disposes:
             self._dispose(self.jobs.get(job.id))
         elif self.wake_disposals is not None:
             self.wake_disposals.set()
         log.info("job.done", job=job.id, file=name, seconds=round(time.monotonic() - started, 3))
-
-    def _after_failure(self, job: Job, error: Exception) -> None:
-        """Decide a failed attempt's fate. A database error is ours, not the job's: it goes to
-        the loop, which backs off and puts the job back. If deciding fails too (the failed
-        folder is unwritable…), the attempt still counts and the job goes behind the others."""
-        if isinstance(error, sqlite3.Error):
-            raise error
-        try:
-            self._classify(job, error)
-        except sqlite3.Error:
-            raise
-        except Exception as secondary:
-            log.exception("job.failure_not_recorded", job=job.id, error=str(secondary))
-            delay = backoff(job.attempts, self.retry_seconds)
-            self.jobs.requeue(job.id, delay, f"{error} (then: {secondary})", refund=False)
-
-    def _classify(self, job: Job, error: Exception) -> None:
-        if isinstance(error, ShutdownRequested):
-            self.jobs.requeue(job.id, 0, None, refund=True)
-            log.info("job.requeued_for_shutdown", job=job.id)
-        elif isinstance(error, RecordingChanged | StillBeingWritten):
-            self._not_final_yet(job, error)
-        elif isinstance(error, PermanentError):
-            self._fail(job, str(error), FailureKind.UNREADABLE)
-        elif isinstance(error, RecordingVanished):
-            self._fail(job, str(error), FailureKind.VANISHED)
-        elif isinstance(error, OSError) and error.errno in PERMANENT_ERRNOS:
-            self._fail(job, f"{error}: a path that cannot exist", FailureKind.UNWRITABLE)
-        elif isinstance(error, DecoderCrashed):
-            log.warning("job.decoder_crashed", job=job.id, error=str(error), attempt=job.attempts)
-            self._retry_or_quarantine(job, str(error))
-        elif isinstance(error, TransientError | OSError):
-            self._retry_later(job, error)
-        else:  # unexpected: counts as an attempt, like a crash would
-            log.error(
-                "job.attempt_failed",
-                job=job.id,
-                attempt=job.attempts,
-                error=f"{type(error).__name__}: {error}",
-                exc_info=error,
-            )
-            self._retry_or_quarantine(job, f"{type(error).__name__}: {error}")
-
-    def _not_final_yet(self, job: Job, error: RecordingChanged | StillBeingWritten) -> None:
-        """Its writer was not done (docs/design.md I6): the job waits a settle window, and
-        becomes the new content when the bytes changed. Never the file's fault: no attempt
-        counts."""
-        if isinstance(error, RecordingChanged):
-            self.jobs.new_version(job.id, error.content, self.settle_seconds)
-            log.warning(
-                "job.recording_changed",
-                job=job.id,
-                bytes_before=job.size,
-                bytes_now=error.content.size,
-                hint="its writer was not done when it was taken: transcribed again, and its "
-                "transcript replaced",
-            )
-        else:  # each time it is still open, the wait doubles (up to the longest backoff)
-            delay = backoff(job.transient_failures + 1, self.settle_seconds)
-            self.jobs.requeue(job.id, delay, str(error), refund=True, transient=True)
-            log.info("job.still_being_written", job=job.id, retry_in=delay)
 
     def _recheck(self, job: Job) -> None:
         """The work file still holds what was hashed (docs/design.md I6), or the job cannot
@@ -311,19 +235,6 @@ class Worker:
         except FileNotFoundError:
             self._check_work_folder()
             raise RecordingVanished(self.work.vanished()) from None
-
-    def _retry_later(self, job: Job, error: Exception) -> None:
-        """Not the file's fault (disk full, I/O error, a folder gone): the attempt is refunded,
-        and each consecutive time the wait doubles, up to 10 minutes."""
-        delay = backoff(job.transient_failures + 1, self.retry_seconds)
-        self.jobs.requeue(job.id, delay, str(error), refund=True, transient=True)
-        log.warning(
-            "job.retry_later",
-            job=job.id,
-            error=str(error),
-            retry_in=delay,
-            hint=advice(error.__cause__ or error),
-        )
 
     def _transcribe_and_publish(self, job: Job, started: float) -> None:
         assert job.sha256 is not None and job.size is not None
@@ -349,7 +260,7 @@ class Worker:
         self._recheck(job)  # the transcript names exactly the bytes it describes
         try:
             outbox = self.destinations.outbox(plan.formats)
-            outputs = outbox.publish(transcript, plan.output_relpath, self._replaceable(job))
+            outputs = outbox.publish(transcript, plan.output_relpath, replaceable(self.jobs, job))
         except OSError as error:  # disk full, unwritable, I/O error: nothing lost, try later
             if error.errno in PERMANENT_ERRNOS:
                 raise
@@ -372,17 +283,6 @@ class Worker:
             language=transcript.language,
             reused=twin is not None and "reused_from" in transcript.extra,
         )
-
-    def _replaceable(self, job: Job) -> tuple[str, ...]:
-        """The files this job published for an earlier version of its recording, which the
-        new transcript replaces; none while another recording of that name and content (a
-        duplicate that was disposed of) still counts on them as its transcript."""
-        if not job.versions or not job.outputs:
-            return ()
-        earlier = _published_sha256(job.outputs)
-        if earlier is None or self.jobs.shares_transcript(job, earlier):
-            return ()
-        return job.outputs
 
     def _transcribe(
         self, job: Job, plan: Plan, request: Request, source: SourceInfo, started: float
@@ -466,89 +366,14 @@ class Worker:
         self.last_beat = time.monotonic()
         return self.stop.is_set()
 
-    def _retry_or_quarantine(self, job: Job, error: str) -> None:
-        if job.attempts >= self.max_attempts:
-            self._fail(
-                job,
-                f"gave up after {job.attempts} attempts; last error: {error}",
-                FailureKind.GAVE_UP,
-            )
-        else:
-            self.jobs.requeue(
-                job.id, backoff(job.attempts, self.retry_seconds), error, refund=False
-            )
-
-    def _fail_or_wait(self, job: Job, error: str, kind: FailureKind) -> None:
-        """`_fail`, or, when even that fails (failed_dir unwritable), wait and try again:
-        in the queue, or, for a job past its transcript, as a disposal that waits."""
-        try:
-            self._fail(job, error, kind)
-        except sqlite3.Error:
-            raise
-        except Exception as secondary:
-            log.error("job.cannot_quarantine", job=job.id, error=str(secondary))
-            if job.state in (JobState.RUNNING, JobState.QUEUED):
-                delay = backoff(job.attempts, self.retry_seconds)
-                self.jobs.requeue(job.id, delay, error, refund=False)
-            else:  # published, or a duplicate: never back to the queue to be run again
-                delay = backoff(job.disposal_failures + 1, self.retry_seconds)
-                self.jobs.defer_disposal(job.id, delay, error)
-
-    def _fail(self, job: Job, error: str, kind: FailureKind) -> None:
-        """Failed for good: the original (or, when it vanished, a reason file alone) goes to
-        failed_dir. A transcript published before a crash is taken back, so the name ends
-        with its reason only; not one published for a recording that then vanished, nor one
-        that another job of the same name and content published."""
-        if kind == FailureKind.VANISHED and (earlier := _quarantine_cut_short(job)):
-            error, kind = earlier
-        else:
-            self.jobs.record_failing(job.id, error, kind)
-        plan = self.rules.plan(os.fsdecode(job.relpath))
-        ours_alone = job.state != JobState.PUBLISHED and not self.jobs.shares_transcript(job)
-        name = display_name(os.path.basename(job.relpath))
-        if job.sha256 is not None and ours_alone:
-            self.destinations.outbox(plan.formats).retract(plan.output_relpath, job.sha256, name)
-        if job.state != JobState.PUBLISHED:  # an earlier version's transcript, published once
-            retract_earlier(self._replaceable(job), name)
-        target = self.destinations.disposer(plan.disposal).quarantine(job, error)
-        self.jobs.mark_failed(job.id, error, kind)
-        log.warning(
-            "job.failed",
-            job=job.id,
-            file=display_name(job.relpath),
-            error=error,
-            kind=str(kind),
-            moved_to=display_name(str(target)),
-        )
-        self.on_finished(self.jobs.get(job.id), "failed")
-
     def _dispose(self, job: Job) -> None:
         if not self._transcript_on_disk(job):
             return
         disposer = self.destinations.disposer(self._policy(job))
         try:
             outcome = disposer.dispose(job)
-        except RecordingVanished as error:
-            self._fail_or_wait(job, str(error), FailureKind.VANISHED)
-            return
-        except RecordingChanged as changed:
-            self._not_final_yet(job, changed)
-            return
-        except StillBeingWritten as busy:
-            delay = backoff(job.disposal_failures + 1, self.settle_seconds)
-            self.jobs.defer_disposal(job.id, delay, str(busy))
-            log.info("job.still_being_written", job=job.id, retry_in=delay)
-            return
-        except OSError as error:  # the transcript is safe; the original waits in the work folder
-            delay = backoff(job.disposal_failures + 1, self.retry_seconds)
-            self.jobs.defer_disposal(job.id, delay, str(error))
-            log.warning(
-                "job.disposal_failed",
-                job=job.id,
-                error=str(error),
-                retry_in=delay,
-                hint=advice(error),
-            )
+        except (RecordingVanished, RecordingChanged, StillBeingWritten, OSError) as error:
+            self.fate.disposal_failed(job, error)
             return
         self.jobs.mark_done(job.id)
         log.info(
@@ -569,8 +394,7 @@ class Worker:
             return True
         outbox = self.destinations.outbox(self.rules.plan(os.fsdecode(job.relpath)).formats).root
         if not outbox.is_dir():  # away (unmounted?), not emptied: wait for it, transcribe nothing
-            delay = backoff(job.disposal_failures + 1, self.retry_seconds)
-            self.jobs.defer_disposal(job.id, delay, f"the outbox {outbox} is missing")
+            self.fate.outbox_away(job, outbox)
             return False
         self.jobs.transcribe_again(job.id, "its transcript is no longer in the outbox")
         log.warning(
@@ -594,22 +418,6 @@ class Worker:
         transcript promises it was kept."""
         recorded = self._transcript_owner(job).disposal
         return recorded or self.rules.plan(os.fsdecode(job.relpath)).disposal
-
-
-def _quarantine_cut_short(job: Job) -> tuple[str, FailureKind] | None:
-    """When the original is gone from the work folder because a quarantine that a crash cut
-    short had already moved it to the failed folder (its reason was recorded first): that
-    reason, not "vanished"."""
-    if job.failure_reason is None or job.failure_kind is None or job.disposed_to is None:
-        return None
-    if not os.path.lexists(job.disposed_to):
-        return None
-    return job.failure_reason, FailureKind(job.failure_kind)
-
-
-def _published_sha256(outputs: tuple[str, ...]) -> str | None:
-    source = published_source(outputs)
-    return source[0] if source is not None else None
 
 
 def _as_far_as_it_decodes(blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
