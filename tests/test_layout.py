@@ -16,6 +16,7 @@ PACKAGE = Path(transcribed.__file__).parent
 # Lowest first. Rooms on one line share a rank and never import each other.
 LAYERS: list[set[str]] = [
     {"__init__", "errors", "logs", "faults", "backoff"},
+    {"loops"},
     {"settings"},
     {"files"},
     {"output"},
