@@ -13,7 +13,7 @@ def test_the_wait_doubles_from_the_first_up_to_the_longest() -> None:
 
 def test_each_part_keeps_its_own_first_and_longest_wait() -> None:
     """The intake's own bookkeeping: 2 s up to a minute; a large file's hash: 5 s up."""
-    assert [Backoff(2.0, 60.0).after(n) for n in range(1, 8)] == [2, 4, 8, 16, 32, 60, 60]
+    assert [Backoff(2.0, 60.0)(n) for n in range(1, 8)] == [2, 4, 8, 16, 32, 60, 60]
     assert [backoff(n, 5.0) for n in (1, 2, 3, 8)] == [5, 10, 20, 600]
 
 

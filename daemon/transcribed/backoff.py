@@ -30,10 +30,11 @@ def backoff(
 
 @dataclass(frozen=True)
 class Backoff:
-    """A part's own first and longest wait, handed to what runs it (`loops.supervisor`)."""
+    """A part's own first and longest wait, as a function of the failures in a row: handed
+    to what runs it (`loops.supervisor`)."""
 
     first: float
     longest: float = LONGEST_WAIT_SECONDS
 
-    def after(self, failures: int) -> float:
+    def __call__(self, failures: int) -> float:
         return backoff(failures, self.first, self.longest)

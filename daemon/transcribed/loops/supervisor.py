@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from transcribed.backoff import Backoff
 from transcribed.errors import advice
 from transcribed.logs import get_logger
 
@@ -58,7 +57,7 @@ class Loop:
     name: str  # its thread's name, as the health check reports it
     step: Callable[[], object]  # one turn; truthy when more work is waiting at once
     idle_seconds: float  # the wait after a turn that found nothing to do
-    backoff: Backoff  # the wait after failed turns in a row
+    backoff: Callable[[int], float]  # the wait after failed turns in a row (`Backoff`)
     after_failure: Callable[[], None] = _nothing  # puts right what a failed turn cut short
     wake: threading.Event | None = None  # set when work arrives: ends an idle wait early
     heartbeat: Heartbeat = field(default_factory=Heartbeat)
@@ -178,7 +177,7 @@ class Supervisor:
     def _back_off(self, loop: Loop, error: Exception, failures: int) -> None:
         """Log the failure, wait the loop's backoff, then let it put right what the failed
         turn cut short (still failing: the next turn backs off again)."""
-        delay = loop.backoff.after(failures)
+        delay = loop.backoff(failures)
         if isinstance(error, OSError | sqlite3.Error):  # the state dir is full, read-only, …
             event = loop.cannot_record or f"{loop.kind}.cannot_record"
             log.error(event, error=str(error), retry_in=delay, hint=advice(error))
