@@ -24,7 +24,6 @@ The API key is sent as a bearer token and never logged; neither are request bodi
 import asyncio
 import concurrent.futures
 import contextlib
-import random
 import ssl
 import threading
 import time
@@ -35,6 +34,7 @@ from typing import Any
 
 import httpx
 
+from transcribed.backoff import backoff
 from transcribed.errors import TranscribedError, TransientError
 from transcribed.logs import get_logger
 
@@ -77,7 +77,7 @@ class Server:
     outstanding: int = 0
     failures: int = 0  # in a row
     problem: str | None = "not checked yet"
-    probe_wait: float = PROBE_SECONDS[0]
+    failed_probes: int = 0  # in a row, while down: the wait before the next one doubles
     next_check: float = 0.0
     answered: int = 0
     version: str | None = None
@@ -258,8 +258,8 @@ class ServerPool:
             self._slots.notify()
 
     def _backoff(self, attempt: int) -> float:
-        base: float = self.settings.backoff_seconds * 2.0 ** (attempt - 1)
-        return base * random.uniform(0.5, 1.5)  # jitter: retries of one failure spread out
+        # Jitter: the retries of requests that failed together spread out.
+        return backoff(attempt, self.settings.backoff_seconds, jitter=0.5)
 
     def _answered(self, server: Server) -> None:
         server.answered += 1
@@ -277,10 +277,12 @@ class ServerPool:
         changed = server.up != up
         server.up, server.problem = up, problem
         if up:
-            server.failures, server.probe_wait = 0, PROBE_SECONDS[0]
+            server.failures, server.failed_probes = 0, 0
             server.next_check = time.monotonic() + HEALTH_SECONDS
         else:
-            server.next_check = time.monotonic() + _jitter(server.probe_wait)
+            first, longest = PROBE_SECONDS
+            wait = backoff(server.failed_probes + 1, first, longest, jitter=0.2)
+            server.next_check = time.monotonic() + wait
         if not changed:
             return
         if up:
@@ -316,7 +318,7 @@ class ServerPool:
         if server.up:
             self._failed(server, problem, at_once=True)
         else:
-            server.probe_wait = min(server.probe_wait * 2, PROBE_SECONDS[1])
+            server.failed_probes += 1
             self._mark(server, up=False, problem=problem)
 
     async def _health_problem(self, server: Server) -> str | None:
@@ -361,7 +363,3 @@ def _describe(response: httpx.Response) -> str:
     )
     message = message or response.text
     return f"HTTP {response.status_code}: {' '.join(str(message).split())[:200]}"
-
-
-def _jitter(seconds: float) -> float:
-    return seconds * random.uniform(0.8, 1.2)

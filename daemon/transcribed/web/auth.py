@@ -23,6 +23,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from transcribed.backoff import backoff
 from transcribed.errors import ConfigError
 from transcribed.settings.web import PASSWORD_SCHEME, WebSettings, is_loopback
 
@@ -198,7 +199,7 @@ class LoginThrottle:
         failures.last = now
         beyond = failures.count - FREE_FAILURES
         if beyond >= 0:
-            delay = min(LONGEST_DELAY_SECONDS, FIRST_DELAY_SECONDS * 2.0 ** min(beyond, 20))
+            delay = backoff(beyond + 1, FIRST_DELAY_SECONDS, LONGEST_DELAY_SECONDS)
             failures.wait_until = now + delay
         self._clients[client] = failures  # re-inserted: the dict stays in order of last failure
         while len(self._clients) > _CLIENTS_TRACKED:
