@@ -1,12 +1,13 @@
 """The one place that builds the daemon's objects from settings and runs them.
 
 Threads: watchdog's observer hands paths to the intake thread, which claims settled files
-into the queue; `jobs_at_once` worker threads each transcribe one recording, their chunks
-batched together by the model thread; one disposal thread disposes of originals whose
-transcripts are durable; hooks run on their own thread; the main
-thread reports health to systemd, reloads the config on SIGHUP and restarts a dead observer
-(unless systemd's watchdog is on: then systemd restarts the whole service). Signal handlers
-only set a flag; a second SIGTERM forces an exit.
+into the queue (large ones hashed on the hasher's thread); `jobs_at_once` worker threads
+each transcribe one recording, their chunks batched together by the model thread; one
+disposal thread disposes of originals whose transcripts are durable; hooks run on their own
+thread. One supervisor (`loops.supervisor`) runs them all, as `bench` does. The main thread
+reports health to systemd, reloads the config on SIGHUP and restarts a dead observer (unless
+systemd's watchdog is on: then systemd restarts the whole service). Signal handlers only set
+a flag; a second SIGTERM forces an exit.
 """
 
 import os
@@ -16,6 +17,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -40,9 +42,11 @@ from transcribed.intake.hashing import LargeFileHasher
 from transcribed.intake.reconcile import Reconciler
 from transcribed.intake.watcher import ObserverSupervisor
 from transcribed.jobs.destinations import Destinations
+from transcribed.jobs.disposals import Disposals
 from transcribed.jobs.rules import Rules
 from transcribed.jobs.worker import Decoder, Worker
 from transcribed.logs import get_logger
+from transcribed.loops.supervisor import Supervisor
 from transcribed.model.aligner import Aligner
 from transcribed.model.batching import SerializedAligner, SharedModel, SharedRecognizer
 from transcribed.model.diarizer import Diarizer
@@ -152,7 +156,7 @@ def make_worker(
 ) -> Worker:
     """A worker with its own database connection (one per thread) and a decoder (its own
     process unless given one: `worker_decoders`), wired as the daemon runs it (`bench` too):
-    the disposal thread alone disposes."""
+    it wakes the disposal thread, which alone disposes."""
     return Worker(
         jobs=jobs,
         work=work,
@@ -168,10 +172,30 @@ def make_worker(
         diarizer=diarizer,
         stop=stop,
         on_finished=on_finished,
-        disposes=False,
         job_scope=model.job,
         wake_disposals=wake_disposals,
         search=SearchIndex(settings.search_database),
+    )
+
+
+def make_disposals(
+    settings: Settings,
+    work: WorkFolder,
+    wake: threading.Event,
+    on_finished: Callable[[Job, str], None] = lambda job, outcome: None,
+) -> Disposals:
+    """The disposal loop, with its own database connection."""
+    jobs = JobQueue(settings.database)
+    return Disposals(
+        jobs=jobs,
+        work=work,
+        rules=make_rules(settings),
+        destinations=make_destinations(settings, work, jobs),
+        max_attempts=settings.max_attempts,
+        retry_seconds=settings.retry_seconds,
+        settle_seconds=settings.settle_seconds,
+        on_finished=on_finished,
+        wake=wake,
     )
 
 
@@ -208,6 +232,76 @@ def make_intake(
         hasher=hasher,
         reconciler=Reconciler(jobs, work, hasher),
     )
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How soon an idle loop looks for work again: gently in the daemon, at once in `bench`,
+    which measures throughput."""
+
+    idle_seconds: float = 0.5  # a worker or the disposals with nothing to do
+    intake_seconds: float = 0.25  # between the intake's looks at what arrived
+
+
+@dataclass
+class DaemonLoops:
+    """The loops that take recordings in and through, wired as the daemon runs them; `bench`
+    runs the very same (the hooks and the watcher are the daemon's alone)."""
+
+    intake: Intake
+    hasher: LargeFileHasher
+    workers: list[Worker]
+    disposals: Disposals
+
+    @property
+    def with_jobs(self) -> list[Worker | Disposals]:
+        """The loops that act on jobs: they take the reloadable job settings."""
+        return [*self.workers, self.disposals]
+
+    def supervise(self, supervisor: Supervisor, model: SharedModel, pace: Pace) -> None:
+        """Hand every loop to `supervisor`, the model's thread with them."""
+        supervisor.add(self.intake.loop(pace.intake_seconds))
+        supervisor.add_thread("model", model.serve, model.busy_for, WORKER_STALL_SECONDS)
+        supervisor.add(self.disposals.loop(pace.idle_seconds, WORKER_STALL_SECONDS))
+        supervisor.add(self.hasher.loop())
+        for number, worker in enumerate(self.workers):
+            supervisor.add(worker.loop(f"worker-{number}", pace.idle_seconds, WORKER_STALL_SECONDS))
+
+
+def make_loops(
+    settings: Settings,
+    work: WorkFolder,
+    model: SharedModel,
+    stop: threading.Event,
+    arrivals: "queue.SimpleQueue[str]",
+    decoders: list[Decoder],
+    *,
+    aligner: SerializedAligner | None = None,
+    diarizer: Diarizer | None = None,
+    on_finished: Callable[[Job, str], None] = lambda job, outcome: None,
+) -> DaemonLoops:
+    """Every loop with its own database connection (one per thread); one transcription
+    worker per decoder (`worker_decoders`), and one disposal thread, the only one that
+    disposes, so two never race on one original."""
+    wake_disposals = threading.Event()
+    hasher = LargeFileHasher(settings.database, work, stop)
+    workers = [
+        make_worker(
+            settings,
+            work,
+            JobQueue(settings.database),
+            model,
+            stop,
+            wake_disposals,
+            decoder=decoder,
+            aligner=aligner,
+            diarizer=diarizer,
+            on_finished=on_finished,
+        )
+        for decoder in decoders
+    ]
+    disposals = make_disposals(settings, work, wake_disposals, on_finished)
+    return DaemonLoops(make_intake(settings, work, arrivals, hasher), hasher, workers, disposals)
 
 
 def _no_database(path: Path) -> bool:
@@ -356,26 +450,32 @@ class Daemon:
         self._model = load_shared_model(settings, self.stop)
         settings = self.settings = fit_to_ceiling(settings, self._model)
         aligner = load_aligner(settings)
-        shared_aligner = SerializedAligner(aligner) if aligner is not None else None
-        self._wake_disposals = threading.Event()
-        self._workers = [
-            self._make_worker(
-                settings, JobQueue(settings.database), shared_aligner, self._diarizer, decoder
-            )
-            for decoder in worker_decoders(settings, settings.jobs_at_once)
-        ]
-        self._hasher = LargeFileHasher(settings.database, self._work, self.stop)
-        for worker in self._workers:
+        self._loops = make_loops(
+            settings,
+            self._work,
+            self._model,
+            self.stop,
+            self._arrivals,
+            worker_decoders(settings, settings.jobs_at_once),
+            aligner=SerializedAligner(aligner) if aligner is not None else None,
+            diarizer=self._diarizer,
+            on_finished=self._job_finished,
+        )
+        for worker in self._loops.workers:
             # Started now, while one thread runs: the first job does not wait for a child
             # to import its libraries, and no child is half-spawned when another thread
             # ends the process (the orphan would print a traceback into the journal).
             worker.decoder.start()
-        # The disposal thread: the only one that disposes, so two never race on one original.
-        self._disposals = self._make_worker(settings, self._jobs, None, None)
         self._hooks = Hooks(
-            settings.database, settings.on_done, settings.on_failed, settings.hook_timeout_seconds
+            settings.database,
+            settings.on_done,
+            settings.on_failed,
+            settings.hook_timeout_seconds,
+            self.stop,
         )
-        self._intake = make_intake(settings, self._work, self._arrivals, self._hasher)
+        self._supervisor = Supervisor(self.stop)
+        self._supervisor.add(self._hooks.loop())
+        self._loops.supervise(self._supervisor, self._model, Pace())
 
     def _recover_disk(self, settings: Settings, lost: bool) -> None:
         """Before anything runs: finish claims a crash cut short, index the disk when the
@@ -413,31 +513,6 @@ class Daemon:
                 hint="`transcribed search --rebuild` makes the index anew",
             )
 
-    def _make_worker(
-        self,
-        settings: Settings,
-        jobs: JobQueue,
-        aligner: SerializedAligner | None,
-        diarizer: Diarizer | None,
-        decoder: Decoder | None = None,
-    ) -> Worker:
-        return make_worker(
-            settings,
-            self._work,
-            jobs,
-            self._model,
-            self.stop,
-            self._wake_disposals,
-            decoder=decoder,
-            aligner=aligner,
-            diarizer=diarizer,
-            on_finished=self._job_finished,
-        )
-
-    @property
-    def _all_workers(self) -> list[Worker]:
-        return [*self._workers, self._disposals]
-
     def _job_finished(self, job: Job, outcome: str) -> None:
         """Called on the worker thread when a job is done (disposed) or failed for good."""
         failed = outcome == "failed"
@@ -446,61 +521,62 @@ class Daemon:
         self._hooks.submit(HookCall("failed" if failed else "done", job.id, hook_environment(job)))
 
     def run(self) -> int:
-        self._disposals.recover()
-        watchdog = self.notifier.watchdog_seconds
-        self._watch = watch = ObserverSupervisor(
+        """Start up, run until SIGTERM or SIGINT, shut down (uvicorn's `Server.serve`)."""
+        health = self._startup()
+        self._main_loop(health)
+        self._shutdown()
+        return 0
+
+    def _startup(self) -> JobQueue:
+        """Requeue what a crash cut short, watch the inbox, take what arrived while we were
+        not running, say we are ready, start every loop; the main thread's own connection."""
+        self._loops.disposals.fate.requeue_interrupted()
+        self._watch = ObserverSupervisor(
             self.settings.inbox,
             self._arrivals,
             self.settings.watch_mode,
             self.settings.poll_seconds,
-            self._intake.request_rescan,
-            restart=not watchdog,  # under systemd's watchdog, systemd restarts us instead
+            self._loops.intake.request_rescan,
+            # Under systemd's watchdog, systemd restarts us instead.
+            restart=not self.notifier.watchdog_seconds,
         )
-        self._intake.rescan()  # files that arrived while we were not running
+        self._loops.intake.rescan()  # files that arrived while we were not running
         log.info("daemon.ready", inbox=str(self.settings.inbox), counts=self._jobs.counts())
-        health = JobQueue(self.settings.database)  # the main thread's own connection
+        health = JobQueue(self.settings.database)
         self.notifier.ready(service_status(health))
-        threads = [
-            threading.Thread(target=self._intake.run, args=(self.stop,), name="intake"),
-            threading.Thread(target=self._model.serve, name="model"),
-            threading.Thread(target=self._disposals.run_disposals, name="disposals"),
-            threading.Thread(target=self._hasher.run, name="hasher"),
-            *(
-                threading.Thread(target=worker.run, name=f"worker-{number}")
-                for number, worker in enumerate(self._workers)
-            ),
-        ]
-        for thread in threads:
-            thread.start()
-        self._hooks.start()
+        self._supervisor.start()
+        return health
+
+    def _main_loop(self, health: JobQueue) -> None:
+        """Until a signal: reload on SIGHUP, keep the watcher alive, report health."""
+        watchdog = self.notifier.watchdog_seconds
         tick = min(1.0, watchdog / 2) if watchdog else 1.0
         while not self.stop.wait(tick):
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
-            watch.check()
-            self._report(health, watch, threads)
+            self._watch.check()
+            self._report(health)
+
+    def _shutdown(self) -> None:
+        """Stop watching, let each loop finish its turn (the current model batch) within the
+        grace time, then close the decoders, the work folder and the instance lock. A job
+        still running stays so and is requeued at the next start."""
         self.notifier.stopping()
         self.notifier.extend_timeout(SHUTDOWN_GRACE_SECONDS + 10)  # the current batch ends
         log.info("daemon.stopping")
-        watch.stop()
-        self._hooks.close(timeout=5)
-        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        if any(thread.is_alive() for thread in threads):
-            # The model is mid-batch; the job stays "running" and is requeued at next start.
+        self._watch.stop()
+        still_running = self._supervisor.join(SHUTDOWN_GRACE_SECONDS)
+        self._hooks.close(still_running="hooks" in still_running)
+        if [name for name in still_running if name != "hooks"]:
             log.warning("daemon.stop_timeout", seconds=SHUTDOWN_GRACE_SECONDS)
-        for worker in self._all_workers:
+        for worker in self._loops.workers:
             worker.decoder.close()
         self._work.close()
         self._lock.release()
         log.info("daemon.stopped")
-        return 0
 
-    def _report(
-        self, health: JobQueue, watch: ObserverSupervisor, threads: list[threading.Thread]
-    ) -> None:
+    def _report(self, health: JobQueue) -> None:
         """Tell systemd how things stand; ping its watchdog only when every part is healthy."""
         try:
             if time.monotonic() >= self._status_due:
@@ -512,7 +588,7 @@ class Daemon:
         except sqlite3.Error as error:
             log.warning("health.database", error=str(error))
             return
-        problem = self._health_problem(health, watch, threads)
+        problem = self._health_problem(health)
         if problem != self._problem:  # said once when it starts and once when it ends
             if problem:
                 log.error("health.unhealthy", problem=problem, watchdog_pings="stopped")
@@ -560,20 +636,18 @@ class Daemon:
         them; a job mid-way finishes as it began."""
         live = {name: getattr(new, name) for name in RELOADABLE}
         self.settings = self.settings.model_copy(update=live)
-        for worker in self._all_workers:
+        for worker in self._loops.with_jobs:
             worker.rules = make_rules(self.settings)
             worker.destinations = make_destinations(self.settings, self._work, worker.jobs)
             worker.max_attempts = self.settings.max_attempts
             worker.retry_seconds = self.settings.retry_seconds
+        for worker in self._loops.workers:
             worker.chunk_seconds = self.settings.chunk_seconds
         self._hooks.configure(
             self.settings.on_done, self.settings.on_failed, self.settings.hook_timeout_seconds
         )
 
-    def _health_problem(
-        self, health: JobQueue, watch: ObserverSupervisor, threads: list[threading.Thread]
-    ) -> str | None:
-        now = time.monotonic()
+    def _health_problem(self, health: JobQueue) -> str | None:
         if health.replaced():  # restarting indexes the disk anew (systemd does, on the watchdog)
             return (
                 f"the job database {self.settings.database} was deleted or replaced while the "
@@ -581,16 +655,15 @@ class Daemon:
             )
         if (problem := self._work.problem()) and not self._reopen_inbox():
             return problem
-        if not watch.observer.is_alive():
+        if not self._watch.observer.is_alive():
             return "the inbox watcher is not running"
-        if not all(thread.is_alive() for thread in threads):
-            return "a worker thread has died"
-        if any(now - w.last_beat > WORKER_STALL_SECONDS for w in self._all_workers):
-            return f"a worker has made no progress for {WORKER_STALL_SECONDS:.0f} s"
-        if self._model.busy_for() > WORKER_STALL_SECONDS:
-            return f"one model call has run for over {WORKER_STALL_SECONDS:.0f} s"
-        last_rescan = self._intake.last_rescan
-        if last_rescan is None or now - last_rescan > 2 * self.settings.rescan_seconds + 60:
+        if problem := self._supervisor.problem():  # a loop died, or is stuck (a hung GPU call)
+            return problem
+        last_rescan = self._loops.intake.last_rescan
+        if (
+            last_rescan is None
+            or time.monotonic() - last_rescan > 2 * self.settings.rescan_seconds + 60
+        ):
             return "the periodic rescan is overdue"
         return None
 
@@ -608,7 +681,7 @@ class Daemon:
         if not self._work.reopen():
             return False
         self._watch.restart()  # its inotify watches are on the old folder
-        self._intake.request_rescan()
+        self._loops.intake.request_rescan()
         return True
 
     def _install_signal_handlers(self) -> None:

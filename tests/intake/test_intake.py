@@ -13,6 +13,7 @@ import pytest
 import structlog.testing
 
 from recordings import write_soundfile
+from support.supervised import supervised
 from transcribed.intake import claim as intake_module
 from transcribed.intake import hashing
 from transcribed.intake.claim import Intake, recover_claims
@@ -160,12 +161,8 @@ def test_real_observer_reports_files_written_renamed_in_and_moved_from_outside(
 
 def test_intake_thread_survives_and_stops_on_request(folders) -> None:
     intake = _intake(folders.inbox, folders.state, Clock())
-    stop = threading.Event()
-    thread = threading.Thread(target=intake.run, args=(stop, 0.01))
-    thread.start()
-    stop.set()
-    thread.join(5)
-    assert not thread.is_alive()
+    with supervised(intake.loop(0.01)) as supervisor:
+        assert supervisor.problem() is None
 
 
 def test_a_claim_that_fails_leaves_no_row_and_is_tried_again(folders) -> None:
@@ -250,29 +247,22 @@ def test_hashing_a_huge_file_does_not_hold_up_the_others(folders, monkeypatch) -
         rescan_seconds=300,
         hasher=hasher,
     )
-    threads = [
-        threading.Thread(target=hasher.run),
-        threading.Thread(target=intake.run, args=(stop, 0.05)),
-    ]
     intake.rescan()
-    for thread in threads:
-        thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not intake.jobs.in_state(JobState.QUEUED) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        [small] = intake.jobs.in_state(JobState.QUEUED)
-        assert small.relpath == b"small.wav"
-        assert [job.relpath for job in intake.jobs.in_state(JobState.CLAIMING)] == [b"big.mka"]
-        release.set()
-        while len(intake.jobs.in_state(JobState.QUEUED)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(intake.jobs.in_state(JobState.QUEUED)) == 2
-    finally:
-        release.set()
-        stop.set()
-        for thread in threads:
-            thread.join(10)
+    with supervised(hasher.loop(), intake.loop(0.05), stop=stop):
+        try:
+            deadline = time.monotonic() + 20
+            while not intake.jobs.in_state(JobState.QUEUED) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            [small] = intake.jobs.in_state(JobState.QUEUED)
+            assert small.relpath == b"small.wav"
+            claiming = intake.jobs.in_state(JobState.CLAIMING)
+            assert [job.relpath for job in claiming] == [b"big.mka"]
+            release.set()
+            while len(intake.jobs.in_state(JobState.QUEUED)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(intake.jobs.in_state(JobState.QUEUED)) == 2
+        finally:
+            release.set()
 
 
 def test_a_large_file_whose_hash_fails_once_is_hashed_again(folders, monkeypatch) -> None:
@@ -303,23 +293,13 @@ def test_a_large_file_whose_hash_fails_once_is_hashed_again(folders, monkeypatch
         rescan_seconds=300,
         hasher=hasher,
     )
-    threads = [
-        threading.Thread(target=hasher.run),
-        threading.Thread(target=intake.run, args=(stop, 0.05)),
-    ]
     intake.rescan()
-    for thread in threads:
-        thread.start()
-    try:
+    with supervised(hasher.loop(), intake.loop(0.05), stop=stop):
         deadline = time.monotonic() + 30
         while not jobs.in_state(JobState.QUEUED) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert [job.relpath for job in jobs.in_state(JobState.QUEUED)] == [b"big.wav"]
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(10)
-        work.close()
+    work.close()
 
 
 def test_a_claim_that_keeps_failing_is_logged_once(folders) -> None:

@@ -7,13 +7,12 @@ files created while nothing was watching, and a poll-mode watch with no inotify 
 
 import contextlib
 import queue
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from support.supervised import supervised
 from transcribed.intake import watcher
 from transcribed.intake.claim import Intake
 from transcribed.intake.watcher import ObserverSupervisor, start_observer
@@ -34,16 +33,8 @@ def _intake(folders, arrivals: "queue.SimpleQueue[str]", rescan_seconds: float) 
     )
 
 
-@contextlib.contextmanager
-def _running(intake: Intake) -> Iterator[None]:
-    stop = threading.Event()
-    thread = threading.Thread(target=intake.run, args=(stop, 0.05))
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(10)
+def _running(intake: Intake) -> contextlib.AbstractContextManager[object]:
+    return supervised(intake.loop(0.05))
 
 
 def _claimed(intake: Intake, count: int, timeout: float) -> list[bytes]:

@@ -1,4 +1,5 @@
-"""The worker driven step by step with real parts: queue, child decoder, tiny model, outbox."""
+"""The worker driven step by step with real parts: queue, child decoder, tiny model, outbox;
+the disposal loop beside it, as in the daemon, disposes of what the worker published."""
 
 import itertools
 import json
@@ -11,10 +12,12 @@ from pathlib import Path
 import pytest
 
 from recordings import write_soundfile
+from support.supervised import supervised
 from transcribed.audio.decoder import ChildDecoder
 from transcribed.disposal.disposer import Disposer
 from transcribed.files.content import hash_file
 from transcribed.jobs.destinations import Destinations
+from transcribed.jobs.disposals import Disposals
 from transcribed.jobs.rules import Rules
 from transcribed.jobs.worker import Worker
 from transcribed.model.engine import Engine
@@ -51,6 +54,23 @@ def setup(folders, engine, work):
     decoder.close()
 
 
+@pytest.fixture
+def disposals(setup, folders, work) -> Disposals:
+    """The disposal loop for `setup`'s worker, on its own connection as in the daemon."""
+    worker, _, _ = setup
+    jobs = JobQueue(folders.state / "q.db")
+    return Disposals(
+        jobs=jobs,
+        work=work,
+        rules=worker.rules,
+        destinations=Destinations(
+            lambda formats: Outbox(folders.outbox, formats=formats),
+            lambda policy: Disposer(jobs, work, policy, folders.archive, folders.failed),
+        ),
+        max_attempts=worker.max_attempts,
+    )
+
+
 def _claim(jobs: JobQueue, work: Path, relpath: str, make) -> int:
     name = f"{len(list(work.iterdir()))}.flac"
     job_id = jobs.begin_claim(relpath.encode(), name)
@@ -59,12 +79,14 @@ def _claim(jobs: JobQueue, work: Path, relpath: str, make) -> int:
     return job_id
 
 
-def test_a_long_recording_is_chunked_into_tiling_segments(setup, folders) -> None:
+def test_a_long_recording_is_chunked_into_tiling_segments(setup, disposals, folders) -> None:
     worker, jobs, work = setup
     job_id = _claim(
         jobs, work, "long/meeting.flac", lambda p: write_soundfile(p, 75, 16000, "PCM_16", "FLAC")
     )
     assert worker.step() is True
+    assert jobs.get(job_id).state == JobState.PUBLISHED  # its original: the disposal loop's
+    assert disposals.step() is True
     data = json.loads((folders.outbox / "long/meeting.json").read_text())
     segments = data["segments"]
     assert len(segments) >= 3 and segments[0]["start"] == 0 and segments[-1]["end"] == 75
@@ -112,7 +134,7 @@ def test_a_job_that_keeps_crashing_is_quarantined_after_max_attempts(
 
 
 def test_the_same_content_under_another_name_gets_its_own_transcript_from_one_model_run(
-    setup, folders, monkeypatch
+    setup, disposals, folders, monkeypatch
 ) -> None:
     """Finding 13 (I2): `notes (copy).wav` beside `notes.wav` gets a transcript named after
     it, published from the stored result; the model runs once."""
@@ -125,7 +147,7 @@ def test_the_same_content_under_another_name_gets_its_own_transcript_from_one_mo
     monkeypatch.setattr(
         worker.recognizer, "transcribe", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
-    assert worker.step() and worker.step()
+    assert worker.step() and worker.step() and disposals.step()
     assert len(calls) == 1, "the model ran for each name"
     assert (jobs.get(first).state, jobs.get(copy).state) == (JobState.DONE, JobState.DONE)
     original = json.loads((folders.outbox / "notes.json").read_text())
@@ -151,7 +173,9 @@ def test_shutdown_requeues_the_current_job_without_counting_it(setup, folders) -
     assert (job.state, job.attempts) == (JobState.QUEUED, 0)
 
 
-def test_a_database_error_puts_back_only_this_workers_job(setup, folders, monkeypatch) -> None:
+def test_a_database_error_puts_back_only_this_workers_job(
+    setup, disposals, folders, monkeypatch
+) -> None:
     """Several workers share the queue: one whose database write fails must requeue its own
     job, not the one another worker is transcribing at that moment."""
     worker, jobs, work = setup
@@ -165,15 +189,11 @@ def test_a_database_error_puts_back_only_this_workers_job(setup, folders, monkey
     for method in ("mark_published", "requeue"):
         monkeypatch.setattr(jobs, method, _fails_once(getattr(jobs, method)))
     worker.retry_seconds = 0.05
-    thread = threading.Thread(target=worker.run, kwargs={"idle_wait": 0.05})
-    thread.start()
-    try:
+    loops = worker.loop("worker-0", 0.05, 3600), disposals.loop(0.05, 3600)
+    with supervised(*loops, stop=worker.stop):
         deadline = time.monotonic() + 60
         while jobs.get(mine).state != JobState.DONE and time.monotonic() < deadline:
             time.sleep(0.05)
-    finally:
-        worker.stop.set()
-        thread.join(30)
     assert jobs.get(mine).state == JobState.DONE and jobs.get(mine).attempts == 1  # refunded
     theirs = jobs.get(elsewhere)
     assert theirs.state == JobState.RUNNING and theirs.attempts == 1  # left to its worker
@@ -191,7 +211,7 @@ def _fails_once(method):
 
 
 def test_a_queued_job_whose_recording_vanished_fails_with_a_reason_and_wedges_nothing(
-    setup, folders
+    setup, disposals, folders
 ) -> None:
     """Finding 4: its work file is missing; it must end failed (saying so) at once, and the
     job behind it must run."""
@@ -206,7 +226,7 @@ def test_a_queued_job_whose_recording_vanished_fails_with_a_reason_and_wedges_no
     assert "vanished from the work folder" in (failed.error or "")
     report = json.loads((folders.failed / "gone.flac.error.json").read_text())
     assert "vanished" in report["error"] and "original" in report
-    assert jobs.get(behind).state == JobState.DONE
+    assert disposals.step() and jobs.get(behind).state == JobState.DONE
 
 
 def test_consecutive_transient_failures_double_the_wait(setup, folders, monkeypatch) -> None:
@@ -260,7 +280,9 @@ def test_a_path_that_cannot_exist_fails_for_good_instead_of_retrying_forever(
     assert (folders.failed / "a.flac").is_file()
 
 
-def test_a_failure_while_quarantining_does_not_wedge_the_queue(setup, folders, monkeypatch) -> None:
+def test_a_failure_while_quarantining_does_not_wedge_the_queue(
+    setup, disposals, folders, monkeypatch
+) -> None:
     """An error inside the error handling (failed_dir gone) still counts, and the job goes
     behind the others instead of being picked again and again."""
     worker, jobs, work = setup
@@ -274,7 +296,8 @@ def test_a_failure_while_quarantining_does_not_wedge_the_queue(setup, folders, m
     assert worker.step()
     assert jobs.get(poison).state == JobState.QUEUED and jobs.get(poison).attempts == 1
     monkeypatch.undo()
-    assert worker.step() and jobs.get(good).state == JobState.DONE  # the other one first
+    assert worker.step() and disposals.step()
+    assert jobs.get(good).state == JobState.DONE  # the other one first
     folders.failed.unlink()
     folders.failed.mkdir()
     jobs._db.execute("UPDATE jobs SET not_before = 0 WHERE id = ?", (poison,))
@@ -291,7 +314,7 @@ def _raises(error: Exception):
 
 
 def test_a_duplicate_whose_recording_vanished_leaves_the_originals_transcript(
-    setup, folders
+    setup, disposals, folders
 ) -> None:
     """Found in review: the same name and content dropped twice share one transcript; the
     second copy vanishing from the work folder took that transcript back with it."""
@@ -302,14 +325,14 @@ def test_a_duplicate_whose_recording_vanished_leaves_the_originals_transcript(
     assert jobs.get(again).state == JobState.DUPLICATE
     (work / jobs.get(again).work_name).unlink()
     worker.step()
-    worker.sweep_disposals()
+    disposals.step()
     assert jobs.get(original).state == JobState.DONE
     assert (jobs.get(again).state, jobs.get(again).failure_kind) == (JobState.FAILED, "vanished")
     assert (folders.outbox / "talk.json").is_file() and (folders.outbox / "talk.txt").is_file()
 
 
 def test_a_published_job_that_cannot_be_quarantined_waits_and_is_never_run_again(
-    setup, folders
+    setup, disposals, folders
 ) -> None:
     """Found in review: its recording vanished and failed_dir was unusable; the fallback put
     the published job back in the queue, where it ran again and took its transcript back."""
@@ -317,19 +340,20 @@ def test_a_published_job_that_cannot_be_quarantined_waits_and_is_never_run_again
     job_id = _claim(jobs, work, "a.flac", lambda p: write_soundfile(p, 1, 16000, "PCM_16", "FLAC"))
     folders.archive.rmdir()
     folders.archive.write_text("not a folder")  # the disposal waits: the job stays published
-    assert worker.step() and jobs.get(job_id).state == JobState.PUBLISHED
+    assert worker.step() and disposals.step()
+    assert jobs.get(job_id).state == JobState.PUBLISHED
     (work / jobs.get(job_id).work_name).unlink()
     folders.failed.rmdir()
     folders.failed.write_text("not a folder")
     jobs._db.execute("UPDATE jobs SET not_before = 0 WHERE id = ?", (job_id,))
-    worker.sweep_disposals()
+    disposals.step()
     assert jobs.get(job_id).state == JobState.PUBLISHED  # waiting, not queued
     assert worker.step() is False  # nothing to run
     assert (folders.outbox / "a.json").is_file()
 
 
 def test_an_outbox_that_is_away_delays_disposal_and_transcribes_nothing_again(
-    setup, folders, monkeypatch
+    setup, disposals, folders, monkeypatch
 ) -> None:
     """The disk decides (Trust 2), but an outbox that is missing as a whole (unmounted) is away,
     not emptied: the original waits; only a transcript removed from a present outbox makes
@@ -340,12 +364,13 @@ def test_an_outbox_that_is_away_delays_disposal_and_transcribes_nothing_again(
     monkeypatch.setattr(
         Disposer, "dispose", lambda self, job: (_ for _ in ()).throw(OSError(5, "EIO"))
     )
-    worker.step()  # published; the disposal failed and waits
+    worker.step()
+    disposals.step()  # published; the disposal failed and waits
     assert jobs.get(job_id).state == JobState.PUBLISHED
     monkeypatch.setattr(Disposer, "dispose", real_dispose)
     folders.outbox.rename(folders.outbox.with_name("outbox.away"))
     jobs.defer_disposal(job_id, -1, "due now")
-    worker.sweep_disposals()
+    disposals.step()
     job = jobs.get(job_id)
     assert job.state == JobState.PUBLISHED and "outbox" in (job.error or "")
     assert (work / job.work_name).is_file()
@@ -353,8 +378,8 @@ def test_an_outbox_that_is_away_delays_disposal_and_transcribes_nothing_again(
     for transcript in folders.outbox.glob("a.*"):  # removed by hand from the outbox that is there
         transcript.unlink()
     jobs.defer_disposal(job_id, -1, "due now")
-    worker.sweep_disposals()
+    disposals.step()
     assert jobs.get(job_id).state == JobState.QUEUED
-    assert worker.step() is True  # transcribed again, then disposed of
+    assert worker.step() is True and disposals.step()  # transcribed again, then disposed of
     assert jobs.get(job_id).state == JobState.DONE
     assert json.loads((folders.outbox / "a.json").read_text())["source"]["name"] == "a.flac"

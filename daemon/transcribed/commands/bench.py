@@ -51,6 +51,7 @@ import soundfile
 from transcribed.commands.backlog import SOURCE_RATE, speechlike
 from transcribed.commands.backlog import write_backlog as write_backlog  # pool_bench's too
 from transcribed.jobs.worker import Decoder
+from transcribed.loops.supervisor import Supervisor
 from transcribed.model.batching import SharedModel, SharedRecognizer
 from transcribed.model.decoding import Row
 from transcribed.model.pipeline import Recognizer
@@ -633,42 +634,23 @@ def _transcribe_backlog(
     wires them, until every transcript is published and every original archived; wall
     seconds. `on_drained` is called once, when fewer recordings than `jobs_at_once` are left
     unfinished (from then on the backlog can no longer fill what the daemon takes at once)."""
-    from transcribed.service import make_intake, make_worker, worker_decoders
+    from transcribed.service import Pace, make_loops, worker_decoders
 
     stop = threading.Event()
     shared = _shared(model, stop, batches_itself)
-    wake = threading.Event()
     work = WorkFolder(rig.inbox)
     work.open()
-    workers = [
-        make_worker(
-            rig,
-            work,
-            JobQueue(rig.database),
-            shared,
-            stop,
-            wake,
-            decoder=decoder,
-            diarizer=diarizer,
-        )
-        for decoder in worker_decoders(rig, jobs_at_once)
-    ]
-    disposals = make_worker(rig, work, JobQueue(rig.database), shared, stop, wake)
-    intake = make_intake(rig, work, queue.SimpleQueue())
-    _warm_up_decoders([each.decoder for each in workers], rig.state_dir)
+    decoders = worker_decoders(rig, jobs_at_once)
+    loops = make_loops(rig, work, shared, stop, queue.SimpleQueue(), decoders, diarizer=diarizer)
+    supervisor = Supervisor(stop)
+    loops.supervise(supervisor, shared, Pace(idle_seconds=0.05, intake_seconds=0.02))
+    _warm_up_decoders([each.decoder for each in loops.workers], rig.state_dir)
     on_started()
     started = time.perf_counter()
     for path in paths:
         path.rename(rig.inbox / path.name)
-    intake.rescan()  # as the daemon does at start: everything already in the inbox
-    threads = [
-        threading.Thread(target=shared.serve),
-        threading.Thread(target=disposals.run_disposals, kwargs={"idle_wait": 0.05}),
-        threading.Thread(target=intake.run, args=(stop, 0.02)),
-        *(threading.Thread(target=w.run, kwargs={"idle_wait": 0.05}) for w in workers),
-    ]
-    for thread in threads:
-        thread.start()
+    loops.intake.rescan()  # as the daemon does at start: everything already in the inbox
+    supervisor.start()
     try:
         archive = rig.archive_dir
         assert archive is not None  # _rig sets it: the backlog is moved there
@@ -679,10 +661,9 @@ def _transcribe_backlog(
     finally:
         wall = time.perf_counter() - started
         stop.set()
-        for thread in threads:
-            thread.join(30)
-        for each in [*workers, disposals]:
-            each.decoder.close()
+        supervisor.join(30)
+        for worker in loops.workers:
+            worker.decoder.close()
         work.close()
     return wall
 

@@ -12,16 +12,19 @@ that is given up (its command no longer configured) is logged with the job and t
 """
 
 import os
-import sqlite3
 import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from transcribed.backoff import Backoff
 from transcribed.logs import get_logger
+from transcribed.loops.supervisor import Loop
 from transcribed.state.queue import JobQueue
 
 log = get_logger(__name__)
+
+STOP_SECONDS = 5.0  # at a stop, how long the call in progress may go on
 
 
 @dataclass(frozen=True)
@@ -38,18 +41,41 @@ class Hooks:
         on_done: list[str] | None,
         on_failed: list[str] | None,
         timeout: float,
+        stop: threading.Event,
     ) -> None:
         self._jobs = JobQueue(database)  # its own connection, used under `_lock`
         self._lock = threading.Lock()
         self._commands = {"done": on_done, "failed": on_failed}
         self._timeout = timeout
         self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="hooks", daemon=True)
+        self._stop = stop
 
-    def start(self) -> None:
-        """Run the calls stored by the last run, then each new one as it comes."""
-        self._thread.start()
+    def loop(self) -> Loop:
+        """How the hooks' thread runs: the calls stored by the last run, then each new one
+        as it comes. At a stop the call in progress may finish within STOP_SECONDS; the
+        process does not wait for a hook beyond that."""
+        return Loop(
+            "hooks",
+            self.step,
+            5.0,
+            Backoff(30.0, 30.0),
+            wake=self._wake,
+            stop_within=STOP_SECONDS,
+            daemon=True,
+            cannot_record="hooks.cannot_read",
+        )
+
+    def step(self) -> bool:
+        """Run the stored calls, oldest first; False when there were none."""
+        with self._lock:
+            calls = self._jobs.hook_calls()
+        for call_id, job, event, environment in calls:
+            if self._stop.is_set():
+                break
+            self._run(HookCall(event, job, environment))
+            with self._lock:
+                self._jobs.hook_call_done(call_id)
+        return bool(calls)
 
     def configure(
         self, on_done: list[str] | None, on_failed: list[str] | None, timeout: float
@@ -66,15 +92,11 @@ class Hooks:
             self._jobs.add_hook_call(call.job, call.event, call.environment)
         self._wake.set()
 
-    def close(self, timeout: float) -> None:
-        """Let the call in progress finish for up to `timeout` seconds; calls still waiting
-        stay stored, and run after the next start (logged here)."""
-        self._stopping.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-        if self._thread.is_alive():  # its call stays stored and runs again after the start
-            log.warning("hooks.still_running_at_stop", seconds=timeout)
+    def close(self, still_running: bool) -> None:
+        """At a stop, once its loop has ended (or was given up on: `still_running`): calls
+        still waiting stay stored, and run after the next start (logged here)."""
+        if still_running:  # its call stays stored and runs again after the start
+            log.warning("hooks.still_running_at_stop", seconds=STOP_SECONDS)
             return
         with self._lock:
             waiting = self._jobs.hook_calls()
@@ -86,30 +108,6 @@ class Hooks:
                 jobs=sorted({job for _call, job, _event, _env in waiting}),
                 hint="they run after the next start",
             )
-
-    def _serve(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.clear()
-            try:
-                busy = self._run_stored()
-            except sqlite3.Error as error:  # the state folder is full, read-only, …
-                log.error("hooks.cannot_read", error=str(error), retry_in=30)
-                self._stopping.wait(30)
-                continue
-            if not busy:
-                self._wake.wait(5.0)
-
-    def _run_stored(self) -> bool:
-        """Run the stored calls, oldest first; False when there were none."""
-        with self._lock:
-            calls = self._jobs.hook_calls()
-        for call_id, job, event, environment in calls:
-            if self._stopping.is_set():
-                break
-            self._run(HookCall(event, job, environment))
-            with self._lock:
-                self._jobs.hook_call_done(call_id)
-        return bool(calls)
 
     def _run(self, call: HookCall) -> None:
         command = self._commands.get(call.event)

@@ -14,21 +14,17 @@ one path) are looked at again on every rescan. One path's error is that path's p
 other file is still taken.
 """
 
-import contextlib
 import errno
 import os
 import queue
-import sqlite3
 import stat
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from transcribed import faults
-from transcribed.backoff import backoff
-from transcribed.errors import advice
+from transcribed.backoff import Backoff
 from transcribed.files.content import hash_descriptor, open_for_writing
 from transcribed.files.durable import fsync_dir
 from transcribed.files.folders import open_below, stat_below
@@ -40,6 +36,7 @@ from transcribed.intake.reconcile import Reconciler
 from transcribed.intake.strays import Strays
 from transcribed.intake.watcher import walk_files
 from transcribed.logs import get_logger
+from transcribed.loops.supervisor import Loop
 from transcribed.state.queue import JobQueue, JobState
 from transcribed.state.workfolder import WorkFolder, work_name
 
@@ -171,31 +168,17 @@ class Intake:
                 log.warning("scan.unreadable_folder", folder=display_name(folder), reason=reason)
         self._folders = unreadable
 
-    def run(self, stop: threading.Event, tick: float = 0.25) -> None:
-        """Plain runner for the intake thread."""
-        failures = 0
-        while not stop.is_set():
-            try:
-                self.step()
-                failures = 0
-            except (OSError, sqlite3.Error) as error:  # e.g. the state dir is full
-                failures += 1
-                log.error("intake.cannot_record", error=str(error), hint=advice(error))
-                self._recover_after_failure(stop, failures)
-            except Exception:  # a bug: keep taking files in; logged and retried
-                failures += 1
-                log.exception("intake.step_failed")
-                self._recover_after_failure(stop, failures)
-            stop.wait(tick)
+    def loop(self, tick: float = 0.25) -> Loop:
+        """How the intake thread runs: a turn every `tick`; after a failed turn (the state dir
+        is full…) 2 s, doubling up to a minute, then `after_failure`."""
+        return Loop("intake", self.step, tick, Backoff(2.0, 60.0), after_failure=self.after_failure)
 
-    def _recover_after_failure(self, stop: threading.Event, failures: int) -> None:
-        """Back off; then finish any claim the failure cut short, and look at everything again
-        (files that had settled in the failed step are no longer being watched)."""
-        stop.wait(backoff(failures, first=2.0, longest=60.0))
-        with contextlib.suppress(OSError, sqlite3.Error):
-            busy = self.hasher.in_flight if self.hasher is not None else frozenset()
-            recover_claims(self.jobs, self.work, skip=busy)
+    def after_failure(self) -> None:
+        """Look at everything again (files that had settled in the failed step are no longer
+        being watched), and finish any claim the failure cut short."""
         self.request_rescan()
+        busy = self.hasher.in_flight if self.hasher is not None else frozenset()
+        recover_claims(self.jobs, self.work, skip=busy)
 
     def _look_again_when_due(self) -> None:
         now = self.clock()

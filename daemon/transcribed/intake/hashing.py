@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 
 from transcribed import faults
-from transcribed.backoff import backoff
+from transcribed.backoff import Backoff, backoff
 from transcribed.errors import advice
 from transcribed.files.content import Content, hash_descriptor
 from transcribed.files.names import display_name
 from transcribed.logs import get_logger
+from transcribed.loops.supervisor import Loop
 from transcribed.state.queue import JobQueue, JobState
 from transcribed.state.workfolder import WorkFolder
 
@@ -54,6 +55,7 @@ class LargeFileHasher:
         self._lock = threading.Lock()
         self._retries: list[tuple[float, int, str]] = []  # (when, job, relpath)
         self._failures: dict[int, int] = {}  # job -> its failed hashes in a row
+        self._jobs: JobQueue | None = None  # its own connection
 
     @property
     def in_flight(self) -> frozenset[int]:
@@ -65,32 +67,42 @@ class LargeFileHasher:
             self._in_flight.add(job_id)
         self._pending.put((job_id, relpath))
 
-    def run(self) -> None:
-        jobs = JobQueue(self._database)
+    def loop(self) -> Loop:
+        """How the hasher's thread runs: it waits for work in `step` itself. A hash that
+        fails waits its own backoff (`_hash_or_retry`); a turn fails only by a bug."""
+        return Loop("hasher", self.step, 0.0, Backoff(5.0), close=self.close)
+
+    def step(self) -> bool:
+        """Hash the next large file, waiting up to half a second for one; True when one was."""
+        self._retry_due()
         try:
-            while not self._stop.is_set():
-                self._retry_due()
-                try:
-                    job_id, relpath = self._pending.get(timeout=0.5)
-                except queue.Empty:
-                    continue
-                try:
-                    self._hash(jobs, job_id, relpath)
-                except FileNotFoundError as error:  # gone from the work folder: the start's
-                    log.error("intake.hash_failed", error=str(error))  # recovery looks again
-                except (OSError, sqlite3.Error) as error:
-                    self._failures[job_id] = failures = self._failures.get(job_id, 0) + 1
-                    wait = backoff(failures, first=5.0)
-                    self._retries.append((time.monotonic() + wait, job_id, relpath))
-                    log.error(
-                        "intake.hash_failed", error=str(error), hint=advice(error), retry_in=wait
-                    )
-                    continue  # still in flight: the reconciler must not take it meanwhile
-                self._failures.pop(job_id, None)
-                with self._lock:
-                    self._in_flight.discard(job_id)
-        finally:
-            jobs.close()
+            job_id, relpath = self._pending.get(timeout=0.5)
+        except queue.Empty:
+            return False
+        self._hash_or_retry(job_id, relpath)
+        return True
+
+    def close(self) -> None:
+        """Once its thread ends (on that thread): its database connection."""
+        if self._jobs is not None:
+            self._jobs.close()
+
+    def _hash_or_retry(self, job_id: int, relpath: str) -> None:
+        if self._jobs is None:  # opened on the hasher's own thread
+            self._jobs = JobQueue(self._database)
+        try:
+            self._hash(self._jobs, job_id, relpath)
+        except FileNotFoundError as error:  # gone from the work folder: the start's
+            log.error("intake.hash_failed", error=str(error))  # recovery looks again
+        except (OSError, sqlite3.Error) as error:
+            self._failures[job_id] = failures = self._failures.get(job_id, 0) + 1
+            wait = backoff(failures, first=5.0)
+            self._retries.append((time.monotonic() + wait, job_id, relpath))
+            log.error("intake.hash_failed", error=str(error), hint=advice(error), retry_in=wait)
+            return  # still in flight: the reconciler must not take it meanwhile
+        self._failures.pop(job_id, None)
+        with self._lock:
+            self._in_flight.discard(job_id)
 
     def _retry_due(self) -> None:
         now = time.monotonic()

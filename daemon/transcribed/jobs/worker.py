@@ -1,7 +1,9 @@
-"""The worker: takes one queued job at a time through decode -> transcribe -> publish -> dispose.
+"""The worker: takes one queued job at a time through decode -> transcribe -> publish.
 
-`step()` does one unit of work so tests can drive it; `run()` is the plain loop. A job that
-fails meets the fate `jobs.fate` decides for it.
+Its original is then disposed of by the disposal loop (`jobs.disposals`).
+
+`step()` does one unit of work so tests can drive it; `loop()` says how the supervisor runs
+it. A job that fails meets the fate `jobs.fate` decides for it.
 
 The model runs once per content and request: a job whose content was already transcribed
 the same way under another name publishes its own transcript from that result.
@@ -11,7 +13,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,20 +24,20 @@ import numpy as np
 
 from transcribed import faults
 from transcribed.backoff import backoff
-from transcribed.errors import PermanentError, RecordingVanished, TransientError, advice
+from transcribed.errors import PermanentError, RecordingVanished, TransientError
 from transcribed.files.names import display_name
 from transcribed.jobs.destinations import Destinations
 from transcribed.jobs.fate import PERMANENT_ERRNOS, Fate
 from transcribed.jobs.rules import Plan, Rules
 from transcribed.jobs.versions import replaceable
 from transcribed.logs import get_logger
+from transcribed.loops.supervisor import Heartbeat, Loop
 from transcribed.model.pipeline import Recognizer, WordAligner, transcribe_stream
 from transcribed.model.speakers import SpeakerSource
-from transcribed.output.outbox import published_source
 from transcribed.output.search_index import SearchIndex
 from transcribed.output.transcript import Request, SourceInfo, Transcript
 from transcribed.state.queue import Job, JobQueue, JobState
-from transcribed.state.recheck import RecordingChanged, StillBeingWritten, check_unchanged
+from transcribed.state.recheck import check_unchanged
 from transcribed.state.workfolder import WorkFolder
 
 log = get_logger(__name__)
@@ -88,13 +89,12 @@ class Worker:
     settle_seconds: float = 3.0
     aligner: WordAligner | None = None
     diarizer: SpeakerSource | None = None  # speaker labels, where the folder's plan asks
-    # When the worker last showed it is alive: each loop turn and each model batch.
-    last_beat: float = dataclasses.field(default_factory=time.monotonic)
+    # Shows the worker alive: each loop turn and each model batch.
+    heartbeat: Heartbeat = dataclasses.field(default_factory=Heartbeat)
     on_finished: Callable[[Job, str], None] = lambda job, outcome: None
-    # Several workers transcribe at once in the daemon; then none of them disposes (one
-    # disposal thread does, so two never race on one original) and each brackets its job
-    # with `job_scope` (the shared model's count of active jobs).
-    disposes: bool = True
+    # Several workers transcribe at once in the daemon: each brackets its job with
+    # `job_scope` (the shared model's count of active jobs), and wakes the disposal thread
+    # (`jobs.disposals`, the only one that disposes) when it has published a transcript.
     job_scope: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
     wake_disposals: threading.Event | None = None
     search: SearchIndex | None = None  # full-text index of what is published (never fails a job)
@@ -114,17 +114,11 @@ class Worker:
             self.on_finished,
         )
 
-    def recover(self) -> None:
-        """After a restart: requeue (or quarantine) attempts a crash cut short."""
-        self.fate.requeue_interrupted()
-
     def step(self) -> bool:
-        """Dispose of what is ready, then process the next due job; False when idle (or
-        while the inbox is not the folder we opened: nothing can be read or disposed of)."""
+        """Process the next due job; False when idle (or while the inbox is not the folder
+        we opened: nothing can be read there)."""
         if self.work.problem() is not None:
             return False
-        if self.disposes:
-            self.sweep_disposals()
         if not self.decoder.reserve(timeout=0.5):  # shared processes all busy: no job yet
             return False
         try:
@@ -137,71 +131,29 @@ class Worker:
         finally:
             self.decoder.release()
 
-    def sweep_disposals(self) -> bool:
-        """Dispose of every original whose transcript is durable; True when any was."""
-        self.jobs.release_duplicates()
-        ready = self.jobs.disposals_due()
-        for job in ready:
-            self._dispose(job)
-        return bool(ready)
+    def loop(self, name: str, idle_seconds: float, stall_seconds: float) -> Loop:
+        """How a transcription thread runs: after a failed turn (the job database full, a
+        bug) the backoff from `retry_seconds`, then the job it cut short goes back."""
+        return Loop(
+            name,
+            self.step,
+            idle_seconds,
+            self._loop_backoff,
+            after_failure=self.put_back_job,
+            heartbeat=self.heartbeat,
+            stall_seconds=stall_seconds,
+            cannot_record="worker.cannot_record_progress",
+        )
 
-    def run(self, idle_wait: float = 0.5) -> None:
-        """Transcribe jobs until stopped."""
-        self._loop(self.step, idle_wait)
+    def _loop_backoff(self, failures: int) -> float:
+        return backoff(failures, self.retry_seconds)  # read now: a reload may change it
 
-    def run_disposals(self, idle_wait: float = 0.5) -> None:
-        """The disposal thread: sweep when a worker published something, or every
-        `idle_wait` seconds (deferred disposals come due by time)."""
-        wake = self.wake_disposals or threading.Event()
-
-        def sweep() -> bool:
-            wake.clear()
-            if self.work.problem() is not None:
-                return False
-            return self.sweep_disposals()
-
-        self._loop(sweep, idle_wait, wait=lambda seconds: wake.wait(seconds))
-
-    def _loop(
-        self,
-        work: Callable[[], bool],
-        idle_wait: float,
-        wait: Callable[[float], object] | None = None,
-    ) -> None:
-        wait = wait or self.stop.wait
-        failures = 0
-        while not self.stop.is_set():
-            self.last_beat = time.monotonic()
-            try:
-                busy = work()
-                failures = 0
-            except (OSError, sqlite3.Error) as error:  # the state dir is full, read-only, …
-                failures += 1
-                busy = self._wait_out_failure(error, failures)
-            except Exception:  # a bug: log it, back off, keep the daemon up
-                failures += 1
-                log.exception("worker.step_failed")
-                busy = self._wait_out_failure(None, failures)
-            if not busy:
-                wait(idle_wait)
-
-    def _wait_out_failure(self, error: BaseException | None, failures: int) -> bool:
-        """Back off, then put back the job that was cut short: the failure was in our own
-        bookkeeping (the job's own failures are handled in `_process`), so its attempt is
-        refunded. Only this worker's job: the others' are still being transcribed."""
-        delay = backoff(failures, self.retry_seconds)
-        if error is not None:
-            log.error(
-                "worker.cannot_record_progress",
-                error=str(error),
-                retry_in=delay,
-                hint=advice(error),
-            )
-        self.stop.wait(delay)
-        with contextlib.suppress(sqlite3.Error):  # still broken: the next step waits again
-            if self._last_job is not None:
-                self.jobs.recover_running(refund=True, job_id=self._last_job)
-        return False
+    def put_back_job(self) -> None:
+        """After a failed turn: the job it cut short goes back, its attempt refunded (the
+        failure was in our own bookkeeping; the job's own failures meet their fate in
+        `_process`). Only this worker's job: the others' are still being transcribed."""
+        if self._last_job is not None:
+            self.jobs.recover_running(refund=True, job_id=self._last_job)
 
     # --- one job --------------------------------------------------------------------------
 
@@ -221,10 +173,8 @@ class Worker:
         except Exception as error:
             self.fate.attempt_failed(job, error)
             return
-        if self.disposes:
-            self._dispose(self.jobs.get(job.id))
-        elif self.wake_disposals is not None:
-            self.wake_disposals.set()
+        if self.wake_disposals is not None:
+            self.wake_disposals.set()  # the disposal thread disposes of its original
         log.info("job.done", job=job.id, file=name, seconds=round(time.monotonic() - started, 3))
 
     def _recheck(self, job: Job) -> None:
@@ -363,61 +313,8 @@ class Worker:
 
     def _beat_and_check_stop(self) -> bool:
         """Called between model batches: proof of progress, and the chance to stop."""
-        self.last_beat = time.monotonic()
+        self.heartbeat.beat()
         return self.stop.is_set()
-
-    def _dispose(self, job: Job) -> None:
-        if not self._transcript_on_disk(job):
-            return
-        disposer = self.destinations.disposer(self._policy(job))
-        try:
-            outcome = disposer.dispose(job)
-        except (RecordingVanished, RecordingChanged, StillBeingWritten, OSError) as error:
-            self.fate.disposal_failed(job, error)
-            return
-        self.jobs.mark_done(job.id)
-        log.info(
-            "job.disposed",
-            job=job.id,
-            disposal=outcome,
-            assurance=disposer.assurance.assurance,
-        )
-        self.on_finished(job, outcome)
-
-    def _transcript_on_disk(self, job: Job) -> bool:
-        """The disk decides (docs/design.md I6): an original goes only while the transcript it
-        counts on (its own, or for the same recording dropped again the first drop's) is on
-        disk and names its content. Otherwise it is transcribed again, and False."""
-        owner = self._transcript_owner(job)
-        name = display_name(os.path.basename(job.relpath))
-        if published_source(owner.outputs) == (job.sha256, name):
-            return True
-        outbox = self.destinations.outbox(self.rules.plan(os.fsdecode(job.relpath)).formats).root
-        if not outbox.is_dir():  # away (unmounted?), not emptied: wait for it, transcribe nothing
-            self.fate.outbox_away(job, outbox)
-            return False
-        self.jobs.transcribe_again(job.id, "its transcript is no longer in the outbox")
-        log.warning(
-            "job.transcript_missing",
-            job=job.id,
-            transcript_of=owner.id,
-            hint="the transcript was removed or replaced before the original was disposed of: "
-            "transcribed again, the original kept until then",
-        )
-        return False
-
-    def _transcript_owner(self, job: Job) -> Job:
-        """The job whose transcript is this one's: the first drop, for a same-name duplicate."""
-        if job.state == JobState.DUPLICATE and job.duplicate_of is not None:
-            return self.jobs.get(job.duplicate_of)
-        return job
-
-    def _policy(self, job: Job) -> str:
-        """The disposal policy the job's transcript records (the first drop's, for the same
-        recording dropped again), not today's config: a reload never shreds a recording whose
-        transcript promises it was kept."""
-        recorded = self._transcript_owner(job).disposal
-        return recorded or self.rules.plan(os.fsdecode(job.relpath)).disposal
 
 
 def _as_far_as_it_decodes(blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
