@@ -196,6 +196,7 @@ def make_disposals(
         settle_seconds=settings.settle_seconds,
         on_finished=on_finished,
         wake=wake,
+        search=SearchIndex(settings.search_database),
     )
 
 
@@ -209,6 +210,7 @@ def make_destinations(settings: Settings, work: WorkFolder, jobs: JobQueue) -> D
             settings.archive_dir,
             settings.failed_dir,
             settings.output_mode,
+            hold_unseen=settings.settle_seconds_unseen,
         ),
     )
 

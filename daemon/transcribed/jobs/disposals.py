@@ -22,6 +22,7 @@ from transcribed.jobs.rules import Rules
 from transcribed.logs import get_logger
 from transcribed.loops.supervisor import Heartbeat, Loop
 from transcribed.output.outbox import published_source
+from transcribed.output.search_index import SearchIndex
 from transcribed.state.queue import Job, JobQueue, JobState
 from transcribed.state.recheck import RecordingChanged, StillBeingWritten
 from transcribed.state.workfolder import WorkFolder
@@ -44,6 +45,7 @@ class Disposals:
     on_finished: Callable[[Job, str], None] = lambda job, outcome: None
     wake: threading.Event | None = None  # set by a worker that published a transcript
     heartbeat: Heartbeat = dataclasses.field(default_factory=Heartbeat)
+    search: SearchIndex | None = None  # what a failed disposal's quarantine takes back
 
     @property
     def fate(self) -> Fate:
@@ -56,6 +58,7 @@ class Disposals:
             self.retry_seconds,
             self.settle_seconds,
             self.on_finished,
+            self.search,
         )
 
     def loop(self, idle_seconds: float, stall_seconds: float) -> Loop:

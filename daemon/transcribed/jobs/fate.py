@@ -34,6 +34,7 @@ from transcribed.jobs.rules import Rules
 from transcribed.jobs.versions import replaceable
 from transcribed.logs import get_logger
 from transcribed.output.outbox import retract_earlier
+from transcribed.output.search_index import SearchIndex
 from transcribed.state.queue import FailureKind, Job, JobQueue, JobState
 from transcribed.state.recheck import RecordingChanged, StillBeingWritten
 
@@ -62,6 +63,7 @@ class Fate:
     # looked at again: its writer may not be done yet either.
     settle_seconds: float = 3.0
     on_finished: Callable[[Job, str], None] = _nothing  # a job failed for good: "failed"
+    search: SearchIndex | None = None  # a transcript taken back is no longer found there
 
     # --- the moments a job can fail -------------------------------------------------------
 
@@ -230,10 +232,14 @@ class Fate:
         plan = self.rules.plan(os.fsdecode(job.relpath))
         ours_alone = job.state != JobState.PUBLISHED and not self.jobs.shares_transcript(job)
         name = display_name(os.path.basename(job.relpath))
+        retracted: list[Path] = []
         if job.sha256 is not None and ours_alone:
-            self.destinations.outbox(plan.formats).retract(plan.output_relpath, job.sha256, name)
+            outbox = self.destinations.outbox(plan.formats)
+            retracted += outbox.retract(plan.output_relpath, job.sha256, name)
         if job.state != JobState.PUBLISHED:  # an earlier version's transcript, published once
-            retract_earlier(replaceable(self.jobs, job), name)
+            retracted += retract_earlier(replaceable(self.jobs, job), name)
+        if self.search is not None:
+            self.search.forget_retracted(retracted)
         target = self.destinations.disposer(plan.disposal).quarantine(job, error)
         self.jobs.mark_failed(job.id, error, kind)
         log.warning(

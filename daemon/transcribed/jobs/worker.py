@@ -112,6 +112,7 @@ class Worker:
             self.retry_seconds,
             self.settle_seconds,
             self.on_finished,
+            self.search,
         )
 
     def step(self) -> bool:
