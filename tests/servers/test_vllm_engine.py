@@ -2,6 +2,8 @@
 what the resident model is asked and reads the answer the same way."""
 
 import math
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,8 +11,10 @@ import numpy as np
 import pytest
 
 from engine_servers import remote_engine
+from transcribed.loops.supervisor import Supervisor
 from transcribed.model.engine import Engine
 from transcribed.servers.vllm_engine import RemoteEngine
+from transcribed.settings import ModelSettings
 from vllm_server import FakeVllm, TinyModel
 
 
@@ -88,3 +92,26 @@ def test_requests_carry_audio_and_settings_but_no_names(
     assert body["continue_final_message"] and not body["add_generation_prompt"]
     assert body["temperature"] == 0 and body["logprobs"] and body["max_tokens"] == 40
     assert engine.info.device == "vllm" and engine.info.id == "tiny"
+
+
+def test_a_pool_whose_thread_died_is_a_health_problem() -> None:
+    """Issue 22: the pool's thread was in no health check; now the model thread watches it,
+    ends with it, and the supervisor reports the model thread dead."""
+    stop = threading.Event()
+    engine = RemoteEngine.connect(
+        ModelSettings(engine="vllm", vllm_servers=["http://127.0.0.1:9"], model="tiny"), 8, stop
+    )
+    supervisor = Supervisor(stop)
+    supervisor.add_thread("model", engine.serve, engine.busy_for)
+    supervisor.start()
+    try:
+        assert supervisor.problem() is None
+        engine.pool._loop.call_soon_threadsafe(engine.pool._loop.stop)  # its loop ends
+        deadline = time.monotonic() + 10
+        while supervisor.problem() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert supervisor.problem() == "the model thread has died"
+    finally:
+        stop.set()
+        supervisor.join(10)
+        engine.pool.close()

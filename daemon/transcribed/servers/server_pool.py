@@ -142,6 +142,10 @@ class ServerPool:
         if wait:
             checked.result()
 
+    def running(self) -> bool:
+        """Its loop's thread is alive: from `start` until `close`."""
+        return self._thread.is_alive()
+
     def close(self) -> None:
         if not self._thread.is_alive():  # never started (or already closed)
             if not self._loop.is_running():

@@ -28,6 +28,7 @@ import soundfile
 
 from transcribed.audio.formats import SAMPLE_RATE
 from transcribed.errors import ConfigError, ShutdownRequested
+from transcribed.logs import get_logger
 from transcribed.model.engine import token_budget
 from transcribed.model.raw_answer import MARKER, LanguageNames, parse_answer
 from transcribed.model.scoring import LANGUAGE_STEPS, language_confidence
@@ -38,6 +39,9 @@ from transcribed.settings import ModelSettings
 CHAT_PATH = "/v1/chat/completions"
 _SILENCE = np.zeros(SAMPLE_RATE // 2, np.float32)  # what a down server is asked to transcribe
 _STOP_POLL_SECONDS = 0.2
+POOL_CHECK_SECONDS = 1.0  # how often the model thread looks at the pool's own thread
+
+log = get_logger(__name__)
 
 
 def pool_settings(settings: ModelSettings) -> PoolSettings:
@@ -227,8 +231,13 @@ class RemoteEngine:
                 self._active_jobs -= 1
 
     def serve(self) -> None:
-        """The daemon's model thread: the pool runs on its own; close it when stopping."""
-        self._stop.wait()
+        """The daemon's model thread: the pool runs on a thread of its own, watched here (a
+        pool that died ends this thread, and the supervisor's health check says so); the
+        pool is closed at a stop."""
+        while not self._stop.wait(POOL_CHECK_SECONDS):
+            if not self.pool.running():
+                log.error("engine.pool_stopped", hint="restart the daemon")
+                return
         self.pool.close()
 
     def busy_for(self) -> float:
