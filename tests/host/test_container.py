@@ -2,17 +2,17 @@
 (debootstrap) booted with systemd-nspawn runs the system unit under its hardening and the page's
 unit, transcribes a dropped recording, answers `status`, reloads and stops cleanly.
 
-The root and the service's venv are cached between runs (under $XDG_CACHE_HOME/transcribed-tests,
-else /var/cache/transcribed-tests), so only the first run pays for debootstrap and pip; every
+The root is cached between runs (under $XDG_CACHE_HOME/transcribed-tests, else
+/var/cache/transcribed-tests), so only the first run pays for debootstrap; every
 boot is on an overlay that forgets what the run changed. Skipped, saying why, only where the
 container cannot be made or booted, and never in CI.
 """
 
-import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +21,7 @@ import pytest
 
 from recordings import write_soundfile
 
-# A first run makes the Debian root and the venv (about 5 minutes on 2 cores); later ones boot.
+# A first run makes the Debian root (a minute or two); later ones boot from the cache.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 PROJECT = Path(__file__).parents[2]
@@ -35,6 +35,8 @@ CONFIG = "/etc/transcribed/config.toml"
 CLI = "/opt/transcribed/.venv/bin/transcribed"
 PYTHON = "/opt/transcribed/.venv/bin/python"
 TINY_MODEL = "/opt/transcribed-models/tiny-asr"
+# The dependencies (torch, transformers, …) the tests' own venv holds.
+DEPENDENCIES = sysconfig.get_path("purelib")
 
 
 def cache() -> Path:
@@ -81,28 +83,24 @@ def debian_root() -> Path:
 
 
 def service_venv() -> Path:
-    """The venv the service runs: step 1 of docs/service.md, made here with the host's Debian
-    python (the container has the same one) and torch's CPU build, once per dependency set; the
-    container sees it read-only at this same path."""
-    key = hashlib.sha256((PROJECT / "pyproject.toml").read_bytes()).hexdigest()[:12]
-    venv = cache() / f"venv-{key}"
-    if not (venv / "complete").exists():
-        shutil.rmtree(venv, ignore_errors=True)
-        pip = venv / "bin" / "pip"
-        for step in (
-            [HOST_PYTHON, "-m", "venv", venv],
-            [pip, "install", "-q", "torch==2.13.0"],  # the CPU wheel, as .ci/run takes it
-            [pip, "install", "-q", PROJECT],
-        ):
-            done = run(*step, timeout=1200)
-            assert done.returncode == 0, done.stdout + done.stderr
-        (venv / "complete").touch()
-    # This checkout's code, as `pip install /opt/transcribed` would copy it after a pull: the
-    # dependencies above change only with pyproject.toml.
+    """The venv the service runs (step 1 of docs/service.md), made in seconds: a venv of the
+    host's Debian python (the container has the same one) holding this checkout's code, that
+    finds its dependencies in the venv running these tests (the same Python ABI), which the
+    container sees read-only at the same path. Installing torch again would cost minutes."""
+    venv = cache() / "service-venv"
+    shutil.rmtree(venv, ignore_errors=True)
+    made = run(HOST_PYTHON, "-m", "venv", "--without-pip", venv)
+    assert made.returncode == 0, made.stdout + made.stderr
     [site] = (venv / "lib").glob("python3*/site-packages")
-    shutil.rmtree(site / "transcribed")
+    (site / "dependencies.pth").write_text(DEPENDENCIES + "\n")
     ignore = shutil.ignore_patterns("__pycache__")
     shutil.copytree(PROJECT / "daemon" / "transcribed", site / "transcribed", ignore=ignore)
+    script = venv / "bin" / "transcribed"  # what pip makes of [project.scripts]
+    script.write_text(
+        f"#!{venv}/bin/python\nimport sys\nfrom transcribed.cli import main\n"
+        'if __name__ == "__main__":\n    sys.exit(main())\n'  # the decoder child imports it
+    )
+    script.chmod(0o755)
     return venv
 
 
@@ -133,7 +131,7 @@ class Container:
         command = [
             "systemd-nspawn", "-b", "--register=no", "--keep-unit", "--private-network",
             "--volatile=overlay", "--console=passive", "-D", str(root),
-            f"--bind-ro={venv}", f"--bind-ro={shared}:/mnt/host",
+            f"--bind-ro={venv}", f"--bind-ro={DEPENDENCIES}", f"--bind-ro={shared}:/mnt/host",
             f"--bind={recordings}:/srv/recordings",
         ]  # fmt: skip
         self.shared = shared
