@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from recordings import write_soundfile
-from running import NO_OVERRIDE, STRANGER_UID
+from support.recordings import write_soundfile
+from support.running import NO_OVERRIDE, STRANGER_UID
 from transcribed.state.queue import JobQueue
 
 CLI = (sys.executable, "-m", "transcribed")

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from invariants import digest
-from recordings import write_soundfile
-from running import Daemon, cli, events
+from support.invariants import digest
+from support.recordings import write_soundfile
+from support.running import Daemon, cli, events
 
 pytestmark = pytest.mark.slow
 
