@@ -36,6 +36,10 @@ CUTS = int(os.environ.get("TRANSCRIBED_POWERCUT_CUTS", "6"))
 LAYOUTS = os.environ.get("TRANSCRIBED_POWERCUT_LAYOUTS", "one-disk").split(",")
 
 
+# The disk is FUSE, whose writers the daemon treats as unseen; the tests copy carefully.
+_QUICK = {"TRANSCRIBED_SETTLE_SECONDS": "0.3", "TRANSCRIBED_SETTLE_SECONDS_UNSEEN": "0.3"}
+
+
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[PowerFS]:
     require_powerfs()
@@ -88,7 +92,7 @@ def test_a_recording_claimed_from_a_subfolder_survives_a_cut_on_the_first_day(
     """The work folder made at the first start is durable before anything is claimed into
     it: a cut right after a claim from inbox/team/ (both folders fsynced) loses nothing."""
     folders = _folders_on(disk, "team")
-    env = folders.env(tiny_model, TRANSCRIBED_SETTLE_SECONDS="0.3")
+    env = folders.env(tiny_model, **_QUICK)
     daemon = Daemon(env, tmp_path / "daemon.log")
     try:
         daemon.wait_ready(120)
@@ -117,7 +121,7 @@ def test_a_state_folder_the_daemon_made_survives_a_cut(
     folders.state.rmdir()
     disk.sync()
     folders.state = disk.root / "var" / "transcribed"  # made by the daemon, parents too
-    env = folders.env(tiny_model, TRANSCRIBED_SETTLE_SECONDS="0.3")
+    env = folders.env(tiny_model, **_QUICK)
     daemon = Daemon(env, tmp_path / "daemon.log")
     try:
         daemon.wait_ready(120)
@@ -138,7 +142,7 @@ def test_a_quarantine_cut_short_keeps_its_reason(
     """A cut after a not-audio file was moved into the failed folder, before its job was
     recorded as failed: after the restart its reason still says why it failed."""
     folders = _folders_on(disk)
-    env = folders.env(tiny_model, TRANSCRIBED_SETTLE_SECONDS="0.3")
+    env = folders.env(tiny_model, **_QUICK)
     daemon = Daemon(env, tmp_path / "daemon.log")
     try:
         daemon.wait_ready(120)

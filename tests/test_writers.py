@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import Folders
 from support.invariants import digest
+from support.powerfs import PowerFS, require_powerfs
 from support.recordings import write_soundfile
 from support.running import Daemon, cli, events
 
@@ -43,13 +45,12 @@ with open(sys.argv[2], "wb") as out:
 
 
 def _env(folders, tiny_model, disposal: str, **extra: str) -> dict[str, str]:
-    return folders.env(
-        tiny_model,
-        TRANSCRIBED_SETTLE_SECONDS="0.3",
-        TRANSCRIBED_RETRY_SECONDS="0.3",
-        TRANSCRIBED_DISPOSAL=disposal,
-        **extra,
-    )
+    settings = {
+        "TRANSCRIBED_SETTLE_SECONDS": "0.3",
+        "TRANSCRIBED_RETRY_SECONDS": "0.3",
+        "TRANSCRIBED_DISPOSAL": disposal,
+    }
+    return folders.env(tiny_model, **(settings | extra))
 
 
 def _status(env: dict[str, str]) -> dict:
@@ -198,3 +199,54 @@ def test_a_recording_dropped_again_after_its_transcript_was_removed_gets_one_aga
     archived = sorted(path.name for path in folders.archive.iterdir())
     assert archived == (["meeting-2.wav", "meeting.wav"] if disposal == "move" else [])
     assert any(e["event"] == "job.transcript_missing" for e in events(log))
+
+
+# A writer that opens, appends and closes for each part, as a copy from another machine
+# reaches a share: between its writes nobody here holds the file open.
+_REOPENING_WRITER = """
+import os, sys, time
+data = open(sys.argv[1], "rb").read()
+parts = 4
+for number in range(parts):
+    with open(sys.argv[2], "ab") as out:
+        out.write(data[number * len(data) // parts : (number + 1) * len(data) // parts])
+        out.flush(); os.fsync(out.fileno())
+    time.sleep(float(sys.argv[3]))
+"""
+
+
+def test_a_writer_on_a_fuse_mount_is_waited_for_as_one_that_cannot_be_seen(
+    tiny_model, tmp_path
+) -> None:
+    """Found by the adversary (Trust 2): on a FUSE mount (sshfs, rclone, a share through
+    gvfs) a local read lease succeeds while the far side is still writing; the file was
+    claimed after the 3 s settle and the rest of the recording was lost. FUSE and network
+    filesystems count as places whose writers cannot be seen."""
+    require_powerfs()
+    source = write_soundfile(tmp_path / "full.mp3", 8, 44100, "MPEG_LAYER_III", "MP3")
+    with PowerFS(tmp_path / "disk") as disk:
+        disk.sync()
+        folders = Folders(
+            *(disk.root / name for name in ("inbox", "outbox", "archive", "failed")),
+            tmp_path / "state",
+        )
+        for folder in vars(folders).values():
+            folder.mkdir()
+        env = _env(
+            folders,
+            tiny_model,
+            "move",
+            TRANSCRIBED_SETTLE_SECONDS="0.5",
+            TRANSCRIBED_SETTLE_SECONDS_UNSEEN="8",
+        )
+        daemon = Daemon(env, tmp_path / "daemon.log")
+        try:
+            daemon.wait_ready()
+            writer = _write(_REOPENING_WRITER, source, folders.inbox / "remote.mp3", 3)
+            assert writer.wait(60) == 0
+            daemon.wait_for(lambda: _settled(env, 1), 120)
+        finally:
+            assert daemon.stop() == 0
+        transcript = _the_transcript(folders.outbox)
+        assert transcript["source"]["sha256"] == digest(source)
+        assert [digest(path) for path in folders.archive.iterdir()] == [digest(source)]

@@ -161,6 +161,7 @@ def make_destinations(settings: Settings, work: WorkFolder, jobs: JobQueue) -> D
             settings.archive_dir,
             settings.failed_dir,
             settings.output_mode,
+            hold_unseen=settings.settle_seconds_unseen,
         ),
     )
 

@@ -4,6 +4,7 @@ import contextlib
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import structlog.testing
 
+from support.powerfs import PowerFS, require_powerfs
 from support.recordings import write_soundfile
 from transcribed.intake import claim as intake_module
 from transcribed.intake.claim import Intake, recover_claims
@@ -408,3 +410,32 @@ def test_a_file_refused_for_a_reason_that_passes_is_taken_once_it_passes(folders
     intake.rescan()
     assert _settle(intake, clock) == 1
     assert intake.jobs.waiting() == []
+
+
+def test_a_hung_mount_inside_the_inbox_stops_no_claim(folders) -> None:
+    """Found by the adversary (Trust 2): a network mount inside the inbox whose server went
+    away (here: a FUSE disk whose server is stopped) held the rescan in a stat for as long
+    as it hung: no file anywhere in the inbox was claimed, and status said nothing."""
+    require_powerfs()
+    stuck = folders.inbox / "stuck"
+    with PowerFS(stuck) as disk:
+        (stuck / "inner.wav").write_bytes(b"RIFF inner")
+        os.kill(disk._server_pid(), signal.SIGSTOP)
+        try:
+            (folders.inbox / "after.wav").write_bytes(b"RIFF after")
+            clock = Clock()
+            intake = _intake(folders.inbox, folders.state, clock)
+            claimed: list[int] = []
+
+            def rescan_and_claim() -> None:
+                intake.rescan()
+                claimed.append(_settle(intake, clock))
+
+            thread = threading.Thread(target=rescan_and_claim, daemon=True)
+            thread.start()
+            thread.join(20)
+            assert claimed == [1], "the rescan hung on the mount"
+            waiting = {relpath: reason for relpath, reason, _ in intake.jobs.waiting()}
+            assert "mounted here" in waiting[b"stuck/"]
+        finally:
+            os.kill(disk._server_pid(), signal.SIGCONT)

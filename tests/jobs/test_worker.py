@@ -19,6 +19,7 @@ from transcribed.jobs.rules import Rules
 from transcribed.jobs.worker import Worker
 from transcribed.model.engine import Engine
 from transcribed.output.outbox import Outbox
+from transcribed.output.search_index import SearchIndex
 from transcribed.state.queue import JobQueue, JobState
 
 
@@ -340,3 +341,29 @@ def test_an_outbox_that_is_away_delays_disposal_and_transcribes_nothing_again(
     assert worker.step() is True  # transcribed again, then disposed of
     assert jobs.get(job_id).state == JobState.DONE
     assert json.loads((folders.outbox / "a.json").read_text())["source"]["name"] == "a.flac"
+
+
+def test_a_transcript_taken_back_is_no_longer_found_by_search(setup, folders, monkeypatch) -> None:
+    """Found by the adversary (Trust 2): a recording that changed into garbage after its
+    transcript was published failed for good and its files were removed, but search still
+    found the withdrawn text."""
+    worker, jobs, work = setup
+    worker.search = SearchIndex(folders.state / "search.sqlite3")
+    job_id = _claim(jobs, work, "xs.flac", lambda p: write_soundfile(p, 2, 16000, "PCM_16", "FLAC"))
+
+    def archive_fails(self: Disposer, job: object) -> str:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(Disposer, "dispose", archive_fails)
+    worker.step()  # published and indexed; its disposal waits
+    indexed = json.loads((folders.outbox / "xs.json").read_text())["text"].split()[0]
+    assert worker.search.search(indexed)
+    monkeypatch.undo()
+    (work / jobs.get(job_id).work_name).write_bytes(b"garbage " * 2000)  # changed after it
+    jobs.defer_disposal(job_id, -1, "due now")
+    worker.sweep_disposals()  # changed: transcribed again, as the new version
+    jobs.requeue(job_id, 0, None, refund=True)  # due at once
+    worker.step()  # the new version is not audio: failed, its earlier transcript taken back
+    assert jobs.get(job_id).state == JobState.FAILED
+    assert not (folders.outbox / "xs.json").exists()
+    assert worker.search.search(indexed) == []

@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 from conftest import hashed
+from transcribed.state.overview import status_report
 from transcribed.state.queue import FailureKind, JobQueue, JobState
 
 
@@ -169,3 +170,19 @@ def test_an_unfinished_claim_is_visible_for_recovery(tmp_path: Path) -> None:
     assert sqlite3.connect(tmp_path / "q.db").execute("SELECT COUNT(*) FROM jobs").fetchone() == (
         0,
     )
+
+
+def test_a_same_name_duplicate_waiting_for_disposal_is_not_counted_as_queued(tmp_path) -> None:
+    """Found by the adversary (Trust 2): with the archive immutable, the same recording dropped
+    again was counted as "1 queued" while `queued` listed nothing; it only waited, like the
+    first drop, to be archived."""
+    jobs = JobQueue(tmp_path / "q.db")
+    first = jobs.begin_claim(b"st1.opus", "1.st1.opus")
+    jobs.finish_claim(first, hashed("a" * 64, 10))
+    assert jobs.next_job() is not None
+    jobs.mark_published(first, ["/out/st1.json"], 2.0, 1.0, disposal="move")
+    again = jobs.finish_claim(jobs.begin_claim(b"st1.opus", "2.st1.opus"), hashed("a" * 64, 10))
+    assert again.state == JobState.DUPLICATE
+    report = status_report(jobs)
+    assert report["summary"] == "0 queued, 0 running, 0 done, 0 failed, 2 waiting for disposal"
+    assert report["disposal"]["waiting"] == 2 and report["queued"] == []

@@ -201,6 +201,9 @@ class Campaign:
             TRANSCRIBED_JOBS_AT_ONCE="2",
             TRANSCRIBED_MAX_ATTEMPTS="1000",  # cuts are not the files' fault
             TRANSCRIBED_STALLED_SECONDS="30",
+            # The disk is FUSE, whose writers the daemon treats as unseen; the campaign's
+            # copier is careful (a hidden temp name renamed when complete), so no wait is due.
+            TRANSCRIBED_SETTLE_SECONDS_UNSEEN="0.3",
         )
         self.dropped: list[Drop] = []
         self.sent: dict[str, Drop] = {}  # relpath -> drop handed to the copier, not durable yet

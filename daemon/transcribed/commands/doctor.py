@@ -13,8 +13,9 @@ from pathlib import Path
 
 from transcribed.commands.findings import Finding as Finding  # its callers' name for it
 from transcribed.commands.findings import Level
-from transcribed.disposal.assurance import NETWORK, assess, filesystem_type
+from transcribed.disposal.assurance import assess
 from transcribed.errors import ConfigError, ModelError
+from transcribed.files.filesystems import NETWORK, filesystem_type
 from transcribed.host.isolation import (
     ISOLATION_HINT,
     SERVERS_ONLY_HINT,

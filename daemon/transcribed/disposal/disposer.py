@@ -45,6 +45,7 @@ class Disposer:
         archive_dir: Path | None,
         failed_dir: Path,
         mode: int = 0o640,
+        hold_unseen: float = 0.0,
     ) -> None:
         self._jobs = jobs
         self._work = work
@@ -52,6 +53,8 @@ class Disposer:
         self._archive = archive_dir
         self._failed = failed_dir
         self._mode = mode
+        # Where writers cannot be seen, an original stays this long after its claim.
+        self._hold_unseen = hold_unseen
         # Originals are disposed of from the work folder: its storage decides what shredding
         # can promise. Recorded in every transcript's JSON.
         self.assurance: Assurance = assess(policy, work.path)
@@ -68,7 +71,7 @@ class Disposer:
         # A move can always look again (the original stays until its copy is verified); a
         # delete or shred that began has overwritten or unlinked what it looked at.
         if self._policy == "move" or job.disposal_started is None:
-            check_unchanged(source, job, self._jobs)
+            check_unchanged(source, job, self._jobs, hold_unseen=self._hold_unseen)
         if self._policy == "move":
             assert self._archive is not None
             self._move(job, source, self._archive)
@@ -138,7 +141,11 @@ class Disposer:
             # of the recording, so it goes; the next try compares the recording again.
             target.unlink()
             fsync_dir(target.parent)
-            raise OSError(errno.EIO, f"the copy at {target} does not match the recording")
+            raise OSError(
+                errno.EAGAIN,
+                f"the copy at {target} does not match the recording (it changed while it was "
+                "copied): the recording is compared again",
+            )
         fsync_dir(target.parent)
         faults.point("disposal.target_fsynced")
         source.unlink()
@@ -215,7 +222,15 @@ def shred(path: Path) -> None:
     Never the `shred` command: it follows symlinks and `-f` chmods the target. What this
     cannot promise (SSDs, copy-on-write filesystems, snapshots) is in the README.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except PermissionError:
+        raise PermissionError(
+            errno.EACCES,
+            "cannot shred a recording the service user may not write to (it belongs to "
+            f"user {os.stat(path).st_uid}): make recordings writable by it (Samba: "
+            '"create mask = 0660" with its group), or use disposal = "delete"',
+        ) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:

@@ -31,6 +31,7 @@ from transcribed import faults
 from transcribed.errors import advice
 from transcribed.files.content import Content, hash_descriptor, open_for_writing
 from transcribed.files.durable import fsync_dir
+from transcribed.files.filesystems import sees_every_writer
 from transcribed.files.folders import open_below, stat_below
 from transcribed.files.names import display_name
 from transcribed.intake.completeness import incomplete_reason
@@ -69,8 +70,8 @@ class NotYet(Refused):
 
 # Said of a file whose writers the kernel cannot show us (file.content.open_for_writing).
 _UNSEEN = (
-    "no way to tell from here whether a writer still has it open (a network mount, or "
-    "another user's file without CAP_LEASE): taken once unchanged for settle_seconds_unseen"
+    "no way to tell from here whether a writer still has it open (a network or FUSE mount, "
+    "or another user's file without CAP_LEASE): taken once unchanged for settle_seconds_unseen"
 )
 
 
@@ -155,7 +156,9 @@ class Intake:
         unreadable: dict[str, str] = {}
 
         def note(relfolder: str, error: OSError) -> None:
-            unreadable[f"{relfolder}/" if relfolder else "./"] = _cannot("list this folder", error)
+            why = error.strerror if error.errno == errno.EXDEV else None
+            reason = why or _cannot("list this folder", error)
+            unreadable[f"{relfolder}/" if relfolder else "./"] = reason
 
         for relpath in self._strays.recordings_among(walk_files(self.inbox, note)):
             self._tracker.arrived(relpath)
@@ -311,7 +314,8 @@ class Intake:
         writers = open_for_writing(fd)
         if writers:
             raise NotYet("still open for writing by another program (taken once it is closed)")
-        if writers is None and (left := self._unseen_wait_left(relpath, settled)) > 0:
+        unseen = writers is None or not sees_every_writer(info.st_dev)
+        if unseen and (left := self._unseen_wait_left(relpath, settled)) > 0:
             raise NotYet(_UNSEEN, look_again=left)
         incomplete = incomplete_reason(fd, info.st_size, info.st_mtime_ns)
         waiting = self._waiting.get(relpath)

@@ -23,6 +23,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from transcribed import faults
+from transcribed.files.filesystems import mounts_below
 from transcribed.files.folders import open_below
 from transcribed.files.names import display_name, is_candidate, is_temporary_name
 from transcribed.logs import get_logger
@@ -77,8 +78,12 @@ def walk_files(root: Path, on_error: Callable[[str, OSError], None] | None = Non
     or not); never enters symlinked or hidden folders. A folder that cannot be listed is
     handed to `on_error` (relative path, error) and skipped: the rest is still walked."""
     stack = [""]
+    mounts = mounts_below(root)  # never entered: not ours to claim from, and may hang
     while stack:
         relfolder = stack.pop()
+        if relfolder in mounts:
+            (on_error or _log_unreadable)(relfolder, OSError(errno.EXDEV, MOUNT_INSIDE))
+            continue
         try:
             entries = _list_folder(root, relfolder)
         except OSError as error:
@@ -92,6 +97,12 @@ def walk_files(root: Path, on_error: Callable[[str, OSError], None] | None = Non
                 stack.append(relpath)
             else:
                 yield relpath
+
+
+MOUNT_INSIDE = (
+    "another filesystem is mounted here, inside the inbox: not looked into (claims are "
+    "renames within the inbox's own filesystem, and a hung mount would stop every claim)"
+)
 
 
 def _list_folder(root: Path, relfolder: str) -> list[tuple[str, bool]]:

@@ -506,10 +506,14 @@ class Worker:
         plan = self.rules.plan(os.fsdecode(job.relpath))
         ours_alone = job.state != JobState.PUBLISHED and not self.jobs.shares_transcript(job)
         name = display_name(os.path.basename(job.relpath))
+        retracted: list[Path] = []
         if job.sha256 is not None and ours_alone:
-            self.destinations.outbox(plan.formats).retract(plan.output_relpath, job.sha256, name)
+            outbox = self.destinations.outbox(plan.formats)
+            retracted += outbox.retract(plan.output_relpath, job.sha256, name)
         if job.state != JobState.PUBLISHED:  # an earlier version's transcript, published once
-            retract_earlier(self._replaceable(job), name)
+            retracted += retract_earlier(self._replaceable(job), name)
+        if self.search is not None:
+            self.search.forget_retracted(retracted)
         target = self.destinations.disposer(plan.disposal).quarantine(job, error)
         self.jobs.mark_failed(job.id, error, kind)
         log.warning(

@@ -288,11 +288,14 @@ def published_source(outputs: Sequence[str]) -> tuple[str, str] | None:
     return (owner.sha256, owner.name) if owner is not None else None
 
 
-def retract_earlier(replaces: Sequence[str], name: str) -> None:
+def retract_earlier(replaces: Sequence[str], name: str) -> list[Path]:
     """Remove the files an earlier version of the recording `name` published (it failed for
-    good since: nothing may describe content that is neither archived nor final)."""
-    if _earlier_json(replaces, name) is not None:
-        _remove_left_over(replaces, [])
+    good since: nothing may describe content that is neither archived nor final); returns
+    what was removed."""
+    if _earlier_json(replaces, name) is None:
+        return []
+    _remove_left_over(replaces, [])
+    return [Path(path) for path in replaces]
 
 
 def _remove_left_over(replaces: Sequence[str], published: list[Path]) -> None:

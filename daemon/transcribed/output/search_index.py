@@ -216,6 +216,15 @@ class SearchIndex:
                 hint="`transcribed search --rebuild` brings the index up to date",
             )
 
+    def forget_retracted(self, removed: Sequence[Path]) -> None:
+        """The daemon's call after taking a transcript back (its job failed for good): its
+        passages are no longer found. Never raises, as `add_published`."""
+        for json_path in (path for path in removed if path.suffix == ".json"):
+            try:
+                self.remove(json_path)
+            except sqlite3.Error as error:
+                log.warning("search.not_forgotten", path=str(json_path), error=str(error))
+
     def remove(self, json_path: Path) -> bool:
         """Forget one transcript; False when it was not indexed."""
         with self._connect() as db, db:

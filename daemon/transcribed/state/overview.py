@@ -60,21 +60,26 @@ def open_queue(settings: StateSettings) -> JobQueue:
 # --- status ---------------------------------------------------------------------------------
 
 
-def status_line(counts: dict[str, int]) -> str:
-    """One line for `systemctl status`: what is waiting, running, finished and failed."""
+def status_line(counts: dict[str, int], awaiting_disposal: int | None = None) -> str:
+    """One line for `systemctl status`: what is waiting, running, finished and failed.
+    `awaiting_disposal`: originals transcribed and waiting to be disposed of (published jobs
+    and same-name duplicates of transcribed ones), when known; else the published ones."""
+    published = counts.get("published", 0)
+    disposing = published if awaiting_disposal is None else awaiting_disposal
     waiting = counts.get("queued", 0) + counts.get("claiming", 0) + counts.get("duplicate", 0)
+    waiting -= disposing - published  # same-name duplicates only wait to be disposed of
     line = (
         f"{waiting} queued, {counts.get('running', 0)} running, {counts.get('done', 0)} done,"
         f" {counts.get('failed', 0)} failed"
     )
-    if published := counts.get("published", 0):  # transcribed; the original not yet disposed of
-        line += f", {published} waiting for disposal"
+    if disposing:  # transcribed; the original not yet disposed of
+        line += f", {disposing} waiting for disposal"
     return line
 
 
 def service_status(jobs: JobQueue) -> str:
     """The STATUS= line for systemd: the counts, the running job's progress, the last result."""
-    parts = [status_line(jobs.counts())]
+    parts = [status_line(jobs.counts(), len(jobs.awaiting_disposal()))]
     speed = _job_speed(jobs, time.time())
     for job in jobs.in_state(JobState.RUNNING)[:1]:
         percent = _running(job, time.time(), speed)["percent"]
@@ -112,12 +117,13 @@ def status_report(
     daemon (instance.holder), None when none runs."""
     now = time.time() if now is None else now
     counts = jobs.counts()
+    awaiting = jobs.awaiting_disposal()
     recordings, audio, busy = jobs.finished_since(now - _HOUR)
     queued = jobs.in_state(JobState.QUEUED)
     speed = _job_speed(jobs, now)
     running = [_running(job, now, speed) for job in jobs.in_state(JobState.RUNNING)]
     return {
-        "summary": status_line(counts),
+        "summary": status_line(counts, len(awaiting)),
         "daemon": _daemon(daemon, now),
         "counts": counts,
         "running": running,
@@ -128,7 +134,7 @@ def status_report(
         ],
         "waiting_seen_in": "daemon",
         "backlog": _backlog(jobs, now, queued, running),
-        "disposal": _disposal(jobs.in_state(JobState.PUBLISHED)),
+        "disposal": _disposal(awaiting),
         "failed": [_failed(job) for job in jobs.listing(JobState.FAILED, _FAILED_SHOWN)],
         "last_hour": {
             "recordings": recordings,

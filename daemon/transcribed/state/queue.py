@@ -101,6 +101,7 @@ class Job:
     disposal: str | None = None
     retry_started: float | None = None
     failure_reason: str | None = None
+    created: float = 0.0  # when it was claimed (wall clock)
 
     @property
     def fingerprint(self) -> Fingerprint | None:
@@ -477,14 +478,22 @@ class JobQueue:
         """Originals that may be disposed of now: their own transcript is durable (published),
         or they are the same name and content as one whose transcript is; minus those
         waiting after a failure."""
+        return self._awaiting_disposal(due=True)
+
+    def awaiting_disposal(self) -> list[Job]:
+        """Every original that only waits to be disposed of (due now or after a failure)."""
+        return self._awaiting_disposal(due=False)
+
+    def _awaiting_disposal(self, *, due: bool) -> list[Job]:
         now = self._now()
         rows = self._db.execute(
             "SELECT j.* FROM jobs j LEFT JOIN jobs o ON o.id = j.duplicate_of"  # noqa: S608
-            f" WHERE {_due('j.')} AND (j.state = ?"
+            f" WHERE ({_due('j.')} OR NOT ?) AND (j.state = ?"
             "   OR (j.state = ? AND o.state IN (?, ?) AND o.relpath = j.relpath))"
             " ORDER BY j.id",
             (
                 *_due_args(now),
+                due,
                 JobState.PUBLISHED,
                 JobState.DUPLICATE,
                 JobState.PUBLISHED,
