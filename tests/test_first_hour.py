@@ -293,6 +293,9 @@ def _run(
         return subprocess.CompletedProcess(command, -9, "", "still running after 120 s\n")
 
 
+# Slow: `run` (the daemon's start) and every other command, once per mistake
+# (230 s on 2 busy cores).
+@pytest.mark.slow
 def test_every_command_answers_every_first_hour_mistake_in_one_line(
     tmp_path, folders, tiny_model, stranger
 ) -> None:
