@@ -243,7 +243,7 @@ def _model(settings: Settings) -> Iterator[Finding]:
                 )
                 load_processor(folder)
         except ModelError as error:
-            yield Finding(name, "fail", str(error), "fetch it once while online (README)")
+            yield Finding(name, "fail", str(error), "fetch it once while online (docs/models.md)")
             continue
         yield Finding(name, "ok", f"{model} is complete on disk at {folder}")
 
@@ -333,7 +333,7 @@ def _disposal(settings: Settings) -> Iterator[Finding]:
             "warn",
             f"shredding on {assurance.filesystem or 'this filesystem'} is "
             f"{assurance.assurance}: old copies may survive",
-            "keep the inbox on an encrypted volume (README, Honest disposal)",
+            "keep the inbox on an encrypted volume (docs/how-it-works.md, Disposal policies)",
         )
 
 
