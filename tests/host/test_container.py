@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from recordings import write_soundfile
+from support.recordings import write_soundfile
 
 # A first run makes the Debian root (a minute or two); later ones boot from the cache.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from recordings import write_soundfile
+from support.recordings import write_soundfile
 from transcribed.audio.decoder import ChildDecoder
 from transcribed.disposal.disposer import Disposer
 from transcribed.files.content import hash_file

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from transcribed.commands.doctor import Finding, Level
+from transcribed.commands.findings import Finding, Level
 from transcribed.servers.server_pool import MODELS_PATH, read_api_key, served_models, tls_context
 from transcribed.settings import ModelSettings
 
