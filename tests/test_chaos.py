@@ -1,4 +1,4 @@
-"""The chaos campaign (tests/chaos.py): a seeded random schedule of drops and faults against
+"""The chaos campaign (tests/support/chaos.py): a seeded random schedule of drops and faults against
 the real daemon, then an accounting of every byte. CI runs a short campaign; the long one is:
 
     TRANSCRIBED_CHAOS_SEEDS=1,2,3 TRANSCRIBED_CHAOS_RECORDINGS=120 TRANSCRIBED_CHAOS_FAULTS=80 \\
@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from chaos import Campaign
+from support.chaos import Campaign
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(6 * 3600)]  # the long form takes hours
 

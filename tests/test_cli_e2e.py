@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from recordings import make_mixed_recordings, make_unreadable, speechlike, write_soundfile
-from running import NET_GUARD
+from support.recordings import make_mixed_recordings, make_unreadable, speechlike, write_soundfile
+from support.running import NET_GUARD
 
 CLI = [sys.executable, "-m", "transcribed"]
 pytestmark = pytest.mark.slow

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from invariants import (
+from support.invariants import (
     check_final,
     check_i1_i2,
     digest,
     transcripts_by_name,
     visible_transcripts,
 )
-from recordings import make_unreadable, write_soundfile
-from running import Daemon, events
+from support.recordings import make_unreadable, write_soundfile
+from support.running import Daemon, events
 from transcribed.disposal.assurance import assess
 from transcribed.faults import CRASH_EXIT_CODE
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from recordings import write_soundfile
-from running import NO_OVERRIDE, STRANGER_UID
+from support.recordings import write_soundfile
+from support.running import NO_OVERRIDE, STRANGER_UID
 from transcribed.state.queue import JobQueue
 
 CLI = (sys.executable, "-m", "transcribed")
@@ -293,6 +293,9 @@ def _run(
         return subprocess.CompletedProcess(command, -9, "", "still running after 120 s\n")
 
 
+# Slow: `run` (the daemon's start) and every other command, once per mistake
+# (230 s on 2 busy cores).
+@pytest.mark.slow
 def test_every_command_answers_every_first_hour_mistake_in_one_line(
     tmp_path, folders, tiny_model, stranger
 ) -> None:

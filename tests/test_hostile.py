@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from invariants import check_i1_i2, digest, visible_transcripts
-from recordings import write_soundfile
-from running import Daemon, events
+from support.invariants import check_i1_i2, digest, visible_transcripts
+from support.recordings import write_soundfile
+from support.running import Daemon, events
 
 pytestmark = pytest.mark.slow
 

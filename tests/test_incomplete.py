@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from invariants import digest, visible_transcripts
-from recordings import speechlike
-from running import Daemon, events
+from support.invariants import digest, visible_transcripts
+from support.recordings import speechlike
+from support.running import Daemon, events
 
 pytestmark = pytest.mark.slow
 RATE = 16000

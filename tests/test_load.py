@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from invariants import check_final, digest
-from recordings import speechlike
-from running import Daemon, events
+from support.invariants import check_final, digest
+from support.recordings import speechlike
+from support.running import Daemon, events
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3 * 3600)]  # the full forms take a while
 

@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from invariants import check_final, digest
-from recordings import write_soundfile
-from running import Daemon, events
+from support.invariants import check_final, digest
+from support.recordings import write_soundfile
+from support.running import Daemon, events
 from transcribed.faults import CRASH_EXIT_CODE
 
 pytestmark = pytest.mark.slow

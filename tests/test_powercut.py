@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from conftest import Folders
-from invariants import digest
-from recordings import write_soundfile
-from running import Daemon
+from support.invariants import digest
 from support.powercut import Campaign
 from support.powerfs import PowerFS, require_powerfs
+from support.recordings import write_soundfile
+from support.running import Daemon
 from transcribed.files.durable import fsync_dir
 from transcribed.files.names import REASON_SUFFIX
 

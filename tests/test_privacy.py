@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from recordings import make_unreadable, write_soundfile
-from running import NET_GUARD, Daemon, events
+from support.recordings import make_unreadable, write_soundfile
+from support.running import NET_GUARD, Daemon, events
 
 pytestmark = pytest.mark.slow
 

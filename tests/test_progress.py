@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from recordings import write_soundfile
-from running import Daemon, cli
+from support.recordings import write_soundfile
+from support.running import Daemon, cli
 
 pytestmark = pytest.mark.slow
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from invariants import digest
-from recordings import write_pyav, write_soundfile
-from running import Daemon, cli
+from support.invariants import digest
+from support.recordings import write_pyav, write_soundfile
+from support.running import Daemon, cli
 
 pytestmark = pytest.mark.slow
 

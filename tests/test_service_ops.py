@@ -13,8 +13,8 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from recordings import write_soundfile
-from running import CLI, Daemon, cli, events
+from support.recordings import write_soundfile
+from support.running import CLI, Daemon, cli, events
 from transcribed.host.isolation import isolation_problem, reachable_interfaces
 
 pytestmark = pytest.mark.slow

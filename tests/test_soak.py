@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from invariants import check_final, check_i1_i2, digest, transcripts_by_name
-from recordings import write_soundfile
-from running import Daemon, events
+from support.invariants import check_final, check_i1_i2, digest, transcripts_by_name
+from support.recordings import write_soundfile
+from support.running import Daemon, events
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3 * 3600)]  # the full forms take a while
 

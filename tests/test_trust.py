@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from invariants import digest
-from recordings import speechlike, write_pyav, write_soundfile
-from running import CLI, Daemon, cli, events
+from support.invariants import digest
+from support.recordings import speechlike, write_pyav, write_soundfile
+from support.running import CLI, Daemon, cli, events
 
 pytestmark = pytest.mark.slow
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from conftest import Folders
-from invariants import digest
-from recordings import write_soundfile
-from running import Daemon, cli, events
+from support.invariants import digest
 from support.powerfs import PowerFS, require_powerfs
+from support.recordings import write_soundfile
+from support.running import Daemon, cli, events
 
 pytestmark = pytest.mark.slow
 

@@ -18,9 +18,9 @@ How a recording travels, and the room (subpackage) for each step:
     commands/  one-shot transcribe, doctor, bench and the vLLM check (the CLI's verbs)
     web/       the optional web page: status, upload, transcripts, search
 
-At the top: `cli` (the entry point) -> `service` (the one place the daemon is put
-together) -> the rooms -> `settings`, `errors`, `logs`, `faults`. Imports only point down
-that list (tests/test_layout.py holds them to it).
+At the top: `cli` (the entry point: one module per verb) -> `service` (the one place the
+daemon is put together) -> the rooms -> `settings`, `errors`, `logs`, `faults`. Imports only
+point down that list (tests/test_layout.py holds them to it).
 """
 
 __version__ = "0.1.0"

@@ -61,6 +61,7 @@ from transcribed.settings import (
     check_programs,
     load_settings,
 )
+from transcribed.settings import reload as settings_reload
 from transcribed.state.instance import InstanceLock
 from transcribed.state.overview import STALLED_SECONDS, service_status
 from transcribed.state.queue import Job, JobQueue, is_damaged
@@ -75,30 +76,6 @@ WORKER_STALL_SECONDS = STALLED_SECONDS  # no beat this long: the worker is stuck
 # Counting jobs scans the state index (10 ms at 200,000 jobs): the STATUS line is refreshed
 # this often, while the watchdog check only pings the database.
 STATUS_SECONDS = 5.0
-# Settings a SIGHUP applies to the running daemon (to jobs started after it); any other change
-# needs a restart, and the reload says so.
-RELOADABLE = frozenset(
-    {
-        "language",
-        "formats",
-        "language_in_names",
-        "output_mode",
-        "folders",
-        "disposal",
-        "archive_dir",
-        "failed_dir",
-        "outbox",
-        "max_attempts",
-        "retry_seconds",
-        "chunk_seconds",
-        "on_done",
-        "on_failed",
-        "hook_timeout_seconds",
-        "metrics_file",
-        "max_speakers",
-        "web",  # the page's own settings: nothing in the daemon uses them
-    }
-)
 
 
 def make_decoder(settings: ModelSettings) -> ChildDecoder:
@@ -621,23 +598,21 @@ class Daemon:
             log.error("config.reload_rejected", error=str(error), kept="the running config")
             self.notifier.ready(f"config reload rejected: {str(error).splitlines()[0]}")
             return
-        old = self.settings.model_dump()
-        changed = sorted(name for name, value in new.model_dump().items() if old[name] != value)
-        if needs_restart := [name for name in changed if name not in RELOADABLE]:
+        change = settings_reload.reload(self.settings, new)
+        if change.needs_restart:
             log.warning(
                 "config.needs_restart",
-                settings=needs_restart,
+                settings=change.needs_restart,
                 hint="these take effect after `systemctl restart transcribed`",
             )
-        self._apply(new)
-        log.info("config.reloaded", changed=[n for n in changed if n in RELOADABLE])
+        self._apply(change.settings)
+        log.info("config.reloaded", changed=change.applied)
         self.notifier.ready("config reloaded")
 
-    def _apply(self, new: Settings) -> None:
-        """Hand the reloadable settings to the worker and hooks: jobs started from now on use
+    def _apply(self, settings: Settings) -> None:
+        """Hand the reloaded settings to the worker and hooks: jobs started from now on use
         them; a job mid-way finishes as it began."""
-        live = {name: getattr(new, name) for name in RELOADABLE}
-        self.settings = self.settings.model_copy(update=live)
+        self.settings = settings
         for worker in self._loops.with_jobs:
             worker.rules = make_rules(self.settings)
             worker.destinations = make_destinations(self.settings, self._work, worker.jobs)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recordings import (
+from support.recordings import (
     make_mixed_recordings,
     make_recorder_formats,
     make_unreadable,
@@ -99,7 +99,7 @@ def test_a_decode_that_runs_past_the_time_limit_kills_the_child(tmp_path) -> Non
 
 
 def _float_wav_with(path: Path, damage: dict[int, float], seconds: float = 6.0) -> Path:
-    from recordings import speechlike
+    from support.recordings import speechlike
 
     samples = speechlike(seconds, 44100)
     for index, value in damage.items():

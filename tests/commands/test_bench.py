@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from running import cli
+from support.running import cli
 from transcribed.commands.bench import BenchReport, ffmpeg_program_seconds, render
 from transcribed.model.synthetic import FULL_SIZES, _config, _tokenizer
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import hashed
-from running import CLI, cli
+from support.running import CLI, cli
 from transcribed.commands.doctor import Finding, render
 from transcribed.state.overview import OperatorError, forget
 from transcribed.state.queue import JobQueue

@@ -7,11 +7,16 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+import pytest
+
 from transcribed.commands.bench import BenchReport
 
 SCRIPT = Path(__file__).parents[2] / "gpu" / "check.sh"
 
 
+# Slow: a pytest run of the CUDA tests, a sweep, and a bench of the daemon's pipeline end to
+# end (133 s on 2 busy cores).
+@pytest.mark.slow
 def test_the_gpu_check_runs_dry_on_the_cpu_and_reports_in_one_file(tmp_path: Path) -> None:
     """Every step passes within its budget; results.json holds the sweep (tiny model, four
     batch sizes), the out-of-memory demo (recovered), and the bench, whose rows all ended

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import hashed
-from recordings import write_soundfile
-from running import CLI, Daemon, cli, events
+from support.recordings import write_soundfile
+from support.running import CLI, Daemon, cli, events
 from transcribed.state.overview import render_status, service_status, status_report
 from transcribed.state.queue import JobQueue
 

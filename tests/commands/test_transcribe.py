@@ -5,8 +5,8 @@ import pty
 import subprocess
 from pathlib import Path
 
-from recordings import write_soundfile
-from running import CLI
+from support.recordings import write_soundfile
+from support.running import CLI
 
 
 def _env(tiny_model: Path, **extra: str) -> dict[str, str]:

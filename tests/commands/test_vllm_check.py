@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from conftest import Folders
-from engine_servers import make_certificates
+from support.engine_servers import make_certificates
+from support.vllm_server import FakeVllm, TinyModel
 from transcribed.commands.doctor import Finding, diagnose
 from transcribed.host import isolation
 from transcribed.settings import Settings
-from vllm_server import FakeVllm, TinyModel
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from recordings import write_soundfile
-from running import Daemon, Listener, events
+from support.recordings import write_soundfile
+from support.running import Daemon, Listener, events
 from transcribed.host.notify import Notifier, _watchdog_seconds
 from transcribed.state.overview import status_line
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from systemd_units import (
+from support.systemd_units import (
     EXPOSURE_LIMIT,
     LOCAL_VLLM_DROP_IN,
     SYSTEM_UNIT,

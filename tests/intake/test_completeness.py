@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from recordings import write_pyav, write_soundfile
+from support.recordings import write_pyav, write_soundfile
 from transcribed.intake.completeness import incomplete_reason
 
 

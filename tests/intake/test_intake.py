@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import structlog.testing
 
-from recordings import write_soundfile
 from support.powerfs import PowerFS, require_powerfs
+from support.recordings import write_soundfile
 from support.supervised import supervised
 from transcribed.intake import claim as intake_module
 from transcribed.intake import hashing

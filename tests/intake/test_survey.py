@@ -5,8 +5,8 @@ import json
 import os
 from pathlib import Path
 
-from recordings import write_soundfile
-from running import cli
+from support.recordings import write_soundfile
+from support.running import cli
 from transcribed.state.queue import JobQueue
 
 TAKEN_AT_START = "ready: taken when the daemon starts"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import hashed
-from running import cli
+from support.running import cli
 from transcribed.jobs.retention import parse_age, prune
 from transcribed.state.queue import FailureKind, JobQueue, JobState
 

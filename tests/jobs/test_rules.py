@@ -7,8 +7,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 from pydantic import ValidationError
 
-from recordings import write_soundfile
-from running import Daemon
+from support.recordings import write_soundfile
+from support.running import Daemon
 from transcribed.errors import ConfigError
 from transcribed.jobs.rules import Rules, read_context
 from transcribed.settings import Settings, load_settings

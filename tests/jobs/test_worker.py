@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from recordings import write_soundfile
+from support.recordings import write_soundfile
 from support.supervised import supervised
 from transcribed.audio.decoder import ChildDecoder
 from transcribed.disposal.disposer import Disposer

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import srt
 
-from recordings import write_soundfile
-from running import transcribe_once
+from support.recordings import write_soundfile
+from support.running import transcribe_once
 from transcribed.model.aligner import Aligner, monotonic_words
 from transcribed.output.subtitles import cues
 from transcribed.output.transcript import Segment, Word

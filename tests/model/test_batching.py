@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from recordings import write_soundfile
-from running import Daemon, events
+from support.recordings import write_soundfile
+from support.running import Daemon, events
 from transcribed.errors import ShutdownRequested
 from transcribed.model.batching import SharedRecognizer
 from transcribed.output.transcript import ChunkText, ModelInfo

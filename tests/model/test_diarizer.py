@@ -21,8 +21,8 @@ import soundfile
 import srt
 import webvtt
 
-from recordings import write_soundfile
-from running import cli, transcribe_once
+from support.recordings import write_soundfile
+from support.running import cli, transcribe_once
 from transcribed.errors import ConfigError, ModelError
 from transcribed.model.diarizer import Diarizer
 from transcribed.service import load_diarizer

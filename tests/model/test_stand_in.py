@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from running import cli
+from support.running import cli
 from transcribed.model.batching import SharedRecognizer
 from transcribed.model.stand_in import GPUS, CostModelBackend, ModelShape, StandInEngine
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import hashed
-from running import cli
+from support.running import cli
 from transcribed.output.search_index import SearchIndex, published_job_ids, render_hit
 from transcribed.state.queue import JobQueue
 

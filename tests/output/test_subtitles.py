@@ -7,8 +7,8 @@ import json
 import srt
 import webvtt
 
-from recordings import write_soundfile
-from running import transcribe_once
+from support.recordings import write_soundfile
+from support.running import transcribe_once
 from transcribed.output.outbox import Outbox
 from transcribed.output.subtitles import cues, render_srt, render_tsv, render_vtt
 from transcribed.output.transcript import ModelInfo, Segment, SourceInfo, Transcript

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine_servers import make_certificates, remote_engine
+from support.engine_servers import make_certificates, remote_engine
+from support.vllm_server import FakeVllm, TinyModel
 from transcribed.errors import TransientError
 from transcribed.servers.pool_sim import ApiServer, timed_answer
 from transcribed.servers.server_pool import DOWN_AFTER
-from vllm_server import FakeVllm, TinyModel
 
-HERE = Path(__file__).parents[1]  # tests/, where the helpers are
+HERE = Path(__file__).parents[1] / "support"  # where the helpers are
 
 
 @pytest.fixture(scope="module")

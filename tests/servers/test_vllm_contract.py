@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 
 from conftest import Folders
-from engine_servers import make_certificates, remote_engine
-from invariants import check_final, check_i1_i2, digest
-from netns import TestHosts, netns_unavailable
-from recordings import make_mixed_recordings, write_soundfile
-from running import Daemon, cli, events
+from support.engine_servers import make_certificates, remote_engine
+from support.invariants import check_final, check_i1_i2, digest
+from support.netns import TestHosts, netns_unavailable
+from support.recordings import make_mixed_recordings, write_soundfile
+from support.running import Daemon, cli, events
 from transcribed.model.engine import Engine
 from transcribed.model.synthetic import build_tiny_checkpoint
 from transcribed.servers.vllm_engine import RemoteEngine

@@ -17,15 +17,15 @@ import pytest
 import soundfile
 
 from conftest import Folders
-from engine_servers import make_certificates
-from invariants import check_final, check_i1_i2, digest
-from netns import TestHosts, netns_unavailable
-from recordings import make_mixed_recordings, write_soundfile
-from running import Daemon, Listener, cli, events, transcribe_once
+from support.engine_servers import make_certificates
+from support.invariants import check_final, check_i1_i2, digest
+from support.netns import TestHosts, netns_unavailable
+from support.recordings import make_mixed_recordings, write_soundfile
+from support.running import Daemon, Listener, cli, events, transcribe_once
 
 pytestmark = pytest.mark.slow
 
-HERE = Path(__file__).parents[1]  # tests/, where the helpers are
+HERE = Path(__file__).parents[1] / "support"  # where the helpers are
 KEY = "test-api-key-4d9b"
 SERVED = "Qwen3-ASR-tiny"
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine_servers import remote_engine
+from support.engine_servers import remote_engine
+from support.vllm_server import FakeVllm, TinyModel
 from transcribed.loops.supervisor import Supervisor
 from transcribed.model.engine import Engine
 from transcribed.servers.vllm_engine import RemoteEngine
 from transcribed.settings import ModelSettings
-from vllm_server import FakeVllm, TinyModel
 
 
 @pytest.fixture(scope="module")

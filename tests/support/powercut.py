@@ -41,10 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conftest import Folders
-from invariants import visible_transcripts
-from recordings import write_soundfile
-from running import Daemon, cli
+from support.invariants import visible_transcripts
 from support.powerfs import PowerFS
+from support.recordings import write_soundfile
+from support.running import Daemon, cli
 from transcribed.files.names import REASON_SUFFIX
 from transcribed.state.queue import IN_WORK_FOLDER, Job, JobQueue, JobState
 from transcribed.state.workfolder import WORK_FOLDER_NAME

@@ -9,7 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from running import NO_OVERRIDE, STRANGER_UID
+from support.running import NO_OVERRIDE, STRANGER_UID
 from transcribed.output.search_index import SearchIndex
 from transcribed.state.queue import JobQueue
 

@@ -18,10 +18,10 @@ import pytest
 import srt
 
 from conftest import Folders
-from recordings import write_soundfile
-from running import Daemon, cli, events
+from support.recordings import write_soundfile
+from support.running import Daemon, cli, events
+from support.webpage import CHROMIUM, WebPage, chromium, screenshot_folder
 from transcribed.web.auth import FIRST_DELAY_SECONDS, FREE_FAILURES, hash_password
-from webpage import CHROMIUM, WebPage, chromium, screenshot_folder
 
 pytestmark = [
     pytest.mark.slow,

@@ -12,7 +12,7 @@ import pytest
 from test_web_security import SCRIPT, Site, client, site
 
 from conftest import Folders
-from running import CLI, Daemon
+from support.running import CLI, Daemon
 from transcribed.output.search_index import IndexState, SearchIndex
 from transcribed.web.views import Views
 

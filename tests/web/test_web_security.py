@@ -20,15 +20,15 @@ from starlette.testclient import TestClient
 from structlog.testing import capture_logs
 
 from conftest import hashed
-from recordings import write_soundfile
-from running import CLI
+from support.recordings import write_soundfile
+from support.running import CLI
+from support.webpage import WebPage
 from transcribed.output.search_index import SearchIndex
 from transcribed.settings import Settings
 from transcribed.settings.web import WebSettings
 from transcribed.state.queue import FailureKind, JobQueue
 from transcribed.web.app import CONTENT_SECURITY_POLICY, build_app
 from transcribed.web.auth import Credentials, hash_password
-from webpage import WebPage
 
 LOCAL = "http://127.0.0.1:8750"
 STRANGER = ("203.0.113.9", 40000)  # a documentation address: some other machine

@@ -18,11 +18,11 @@ from structlog.testing import capture_logs
 from test_web_security import publish
 
 from conftest import Folders
+from support.webpage import WebPage
 from transcribed.settings.web import WebSettings
 from transcribed.state.queue import JobQueue
 from transcribed.web.app import CONTENT_SECURITY_POLICY, _announce
 from transcribed.web.connections import PER_CLIENT
-from webpage import WebPage
 
 HALF_A_HEADER = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: slow"
 HOSTILE = b"minutes\nof the\tmeeting\r"  # a recording's real name (as Linux allows)

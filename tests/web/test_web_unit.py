@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from systemd_units import (
+from support.systemd_units import (
     ANALYZE,
     UNITS,
     analyze,

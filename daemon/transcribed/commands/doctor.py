@@ -9,10 +9,10 @@ import os
 import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
+from transcribed.commands.findings import Finding as Finding  # its callers' name for it
+from transcribed.commands.findings import Level
 from transcribed.disposal.assurance import assess
 from transcribed.errors import ConfigError, ModelError
 from transcribed.files.filesystems import NETWORK, filesystem_type
@@ -27,19 +27,10 @@ from transcribed.state.instance import holder
 from transcribed.state.queue import IN_WORK_FOLDER, JobState
 from transcribed.state.workfolder import WORK_FOLDER_NAME
 
-Level = Literal["ok", "warn", "fail"]
 _LIVE_STATES = tuple(str(state) for state in (JobState.CLAIMING, *IN_WORK_FOLDER))
 _LIVE_MARKS = ", ".join("?" for _ in _LIVE_STATES)
 _LOW_DISK_BYTES = 1 << 30
 _INOTIFY = Path("/proc/sys/fs/inotify")
-
-
-@dataclass(frozen=True)
-class Finding:
-    check: str
-    level: Level
-    message: str
-    hint: str = ""
 
 
 def diagnose(settings: Settings) -> list[Finding]:
@@ -252,7 +243,7 @@ def _model(settings: Settings) -> Iterator[Finding]:
                 )
                 load_processor(folder)
         except ModelError as error:
-            yield Finding(name, "fail", str(error), "fetch it once while online (README)")
+            yield Finding(name, "fail", str(error), "fetch it once while online (docs/models.md)")
             continue
         yield Finding(name, "ok", f"{model} is complete on disk at {folder}")
 
@@ -342,7 +333,7 @@ def _disposal(settings: Settings) -> Iterator[Finding]:
             "warn",
             f"shredding on {assurance.filesystem or 'this filesystem'} is "
             f"{assurance.assurance}: old copies may survive",
-            "keep the inbox on an encrypted volume (README, Honest disposal)",
+            "keep the inbox on an encrypted volume (docs/how-it-works.md, Disposal policies)",
         )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from transcribed.commands.doctor import Finding, Level
+from transcribed.commands.findings import Finding, Level
 from transcribed.servers.server_pool import MODELS_PATH, read_api_key, served_models, tls_context
 from transcribed.settings import ModelSettings
 
@@ -38,7 +38,7 @@ def _key_file(settings: ModelSettings) -> Iterator[Finding]:
             "engine",
             "warn",
             "no vllm_api_key_file: any program that reaches the servers can use them",
-            "start the servers with --api-key and put the key in a file (README)",
+            "start the servers with --api-key and put the key in a file (docs/vllm.md)",
         )
     elif path.stat().st_mode & (stat.S_IRWXO):
         yield Finding(
@@ -107,7 +107,7 @@ def _serves(name: str, url: str, listing: Any, model: str, version: str | None) 
         "engine",
         level,
         message + (f"; {'; '.join(notes)}" if notes else ""),
-        "serve Qwen/Qwen3-ASR-1.7B-hf with vLLM 0.26 or later, over https (README)",
+        "serve Qwen/Qwen3-ASR-1.7B-hf with vLLM 0.26 or later, over https (docs/vllm.md)",
     )
 
 

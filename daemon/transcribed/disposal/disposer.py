@@ -220,7 +220,7 @@ def shred(path: Path) -> None:
     """Overwrite a single-link regular file through a validated descriptor, fsync, unlink.
 
     Never the `shred` command: it follows symlinks and `-f` chmods the target. What this
-    cannot promise (SSDs, copy-on-write filesystems, snapshots) is in the README.
+    cannot promise (SSDs, copy-on-write filesystems, snapshots) is in docs/how-it-works.md.
     """
     try:
         fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)

@@ -78,7 +78,7 @@ def gpu_defaults(ceiling: int) -> tuple[int, int]:
     batches together cover the ceiling three times (a recording's last batch is short, a
     short recording has one chunk or two, and a recording that just started is still
     decoding its first batch). Measured with `bench --stand-in h100-1.7b`: 32 x 24 kept the
-    modelled GPU 97% busy, 16 x 32 rows fewer per step (README, Performance)."""
+    modelled GPU 97% busy, 16 x 32 rows fewer per step (docs/performance.md)."""
     jobs = math.ceil(3 * ceiling / GPU_BATCH_SIZE)
     return GPU_BATCH_SIZE, max(4, min(32, jobs))
 

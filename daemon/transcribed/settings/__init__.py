@@ -26,6 +26,7 @@ from transcribed.errors import ConfigError
 from transcribed.logs import get_logger
 from transcribed.settings import paths
 from transcribed.settings.access import state_access_problem
+from transcribed.settings.declared import Doc, Group
 from transcribed.settings.folders import Disposal, FolderRule, Format
 from transcribed.settings.languages import language_code
 from transcribed.settings.modes import file_mode, number_mode
@@ -55,6 +56,28 @@ _NOT_SETTINGS = frozenset(
     }
 )
 _NOT_SETTINGS_PREFIX = "TRANSCRIBED_TEST_"
+
+
+# Longer documentation of a few settings, for the reference (docs/configuration.md).
+_LANGUAGES = (
+    "One of the 30 languages Qwen3-ASR knows (ar cs da de el "
+    "en es fa fi fil fr hi hu id it ja ko mk ms nl pl pt ro ru sv th tr vi yue zh); anything "
+    'else (jp, cn, en-US) is refused at start with the closest codes ("did you mean ja '
+    '(Japanese)?"). The same in [[folders]] rules.'
+)
+_MODES = (
+    'Also "640" or "0o640", and the same in TRANSCRIBED_OUTPUT_MODE. A TOML number is refused '
+    "with the quoted form to write: 640 and 0o640 are different numbers to TOML, and 0640 is "
+    "not TOML at all. No setuid, setgid or sticky bits, and the owner must be able to read."
+)
+_RULES = (
+    "Each rule is a [[folders]] table with the keys below. The deepest rule whose path holds "
+    "a recording applies; what it leaves unset comes from the settings above."
+)
+_HOOKS = (
+    "Its program must exist and be executable by the service's user (a bare name: be found "
+    "in PATH), or `run` refuses to start and `doctor` fails."
+)
 
 
 def _default_state_dir() -> Path:
@@ -112,6 +135,15 @@ class _Base(BaseSettings):
 
 StateDir = Annotated[
     AbsolutePath,
+    Doc(
+        Group.FOLDERS,
+        default="`$STATE_DIRECTORY` (systemd's `StateDirectory=`), else "
+        "`$XDG_STATE_HOME/transcribed` or `~/.local/state/transcribed`",
+        example="/var/lib/transcribed",
+        set_in_example=True,
+        more="Set it in the config the service reads, so that `transcribed status` and "
+        "`jobs` run from a shell find the service's database.",
+    ),
     Field(
         default_factory=_default_state_dir,
         description="Local folder for the job database (never on a network share).",
@@ -145,42 +177,74 @@ class RetrySettings(StateSettings):
 class ModelSettings(_Base):
     """What turning audio into text needs; shared by `run` and one-shot `transcribe`."""
 
-    model: str = Field(
+    model: Annotated[
+        str,
+        Doc(
+            Group.MODEL,
+            more="A hub id (`Qwen/Qwen3-ASR-1.7B-hf` or `Qwen/Qwen3-ASR-0.6B-hf`, fetched once "
+            "with `hf download`) or a local folder: `./x` beside the config, `~/x` or `/x` (a bare "
+            '`x` is a hub id). With `engine = "vllm"`, the name the servers serve it under.',
+        ),
+    ] = Field(
         default=DEFAULT_MODEL, description="Hugging Face repo id or local folder of a -hf model."
     )
-    allow_download: bool = Field(
+    allow_download: Annotated[bool, Doc(Group.MODEL)] = Field(
         default=False, description="Let the model be fetched from the hub if it is not cached."
     )
-    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N.")
-    language: str | None = Field(
+    device: Annotated[str, Doc(Group.MODEL, more="bf16 on a GPU, float32 on a CPU.")] = Field(
+        default="auto", description="auto | cpu | cuda | cuda:N."
+    )
+    language: Annotated[
+        str | None, Doc(Group.MODEL, reload=True, default="detected", example="en", more=_LANGUAGES)
+    ] = Field(
         default=None,
         description="Force a language (ISO code or English name, e.g. en, zh, German); "
         "default detects it.",
     )
-    max_duration_seconds: float = Field(
-        default=12 * 3600, gt=0, description="Longer recordings fail permanently."
-    )
-    chunk_seconds: float = Field(
-        default=30.0, ge=5, le=300, description="Longest piece handed to the model at once."
-    )
-    aligner: str | None = Field(
+    max_duration_seconds: Annotated[
+        float, Doc(Group.LIMITS, more="Checked while decoding (43200 s: 12 hours).")
+    ] = Field(default=12 * 3600, gt=0, description="Longer recordings fail permanently.")
+    chunk_seconds: Annotated[
+        float, Doc(Group.MODEL, reload=True, more="Cuts fall in quiet places.")
+    ] = Field(default=30.0, ge=5, le=300, description="Longest piece handed to the model at once.")
+    aligner: Annotated[
+        str | None,
+        Doc(
+            Group.MODEL,
+            default="off",
+            example="Qwen/Qwen3-ForcedAligner-0.6B-hf",
+            more="Each segment gets word (for Chinese and Japanese: character) timing, and "
+            "subtitles are cut after whole words. Fetched like the main model.",
+        ),
+    ] = Field(
         default=None,
         description="Word timing model (hub id or folder), e.g. Qwen/Qwen3-ForcedAligner-0.6B-hf; "
         "off by default.",
     )
-    diarizer: str | None = Field(
+    diarizer: Annotated[
+        str | None,
+        Doc(
+            Group.MODEL,
+            default="off",
+            example="nvidia/Nemotron-3-Diarization",
+            more="Fetched like the main model. A missing or unusable diarizer stops the daemon "
+            "at start.",
+        ),
+    ] = Field(
         default=None,
         description="Speaker labels (S1, S2, …): diarization model (hub id or folder), e.g. "
         "nvidia/Nemotron-3-Diarization; off by default.",
     )
-    max_speakers: int | None = Field(
+    max_speakers: Annotated[
+        int | None, Doc(Group.MODEL, reload=True, default="as many as it hears", example=2)
+    ] = Field(
         default=None,
         ge=1,
         le=8,
         description="Label at most this many speakers (the diarizer tells up to 8 apart); "
         "default: as many as it hears.",
     )
-    batch_size: int = Field(
+    batch_size: Annotated[int, Doc(Group.MODEL)] = Field(
         default=8,
         ge=1,
         le=256,
@@ -188,60 +252,98 @@ class ModelSettings(_Base):
         "chunks of every recording together, up to what free GPU memory holds. On a GPU, "
         "unset: 32.",
     )
-    compile: bool = Field(
+    compile: Annotated[bool, Doc(Group.MODEL)] = Field(
         default=False,
         description="No longer used (kept so older configs load): on a GPU every decoding "
         "step is captured as a CUDA graph anyway.",
     )
-    decode_timeout_seconds: float = Field(
+    decode_timeout_seconds: Annotated[float, Doc(Group.LIMITS)] = Field(
         default=600.0,
         gt=0,
         description="A decoder that produces no audio this long is killed (counts as an attempt).",
     )
-    decode_memory_mb: int = Field(
+    decode_memory_mb: Annotated[int, Doc(Group.LIMITS)] = Field(
         default=8192, ge=256, description="Address-space limit of the decoder child process."
     )
-    output_mode: int = Field(
+    output_mode: Annotated[
+        int,
+        Doc(
+            Group.TRANSCRIPTS,
+            reload=True,
+            default='"0640"',
+            kind='octal mode, in quotes ("0640")',
+            example="0640",
+            more=_MODES,
+        ),
+    ] = Field(
         default=0o640,
         description='Permission bits of transcripts, octal in quotes as chmod takes them: "0640".',
     )
-    formats: list[Format] = Field(
+    formats: Annotated[
+        list[Format],
+        Doc(
+            Group.TRANSCRIPTS,
+            reload=True,
+            more="The JSON records the source and lets the daemon recognise its own files.",
+        ),
+    ] = Field(
         default=["txt", "json"],
         min_length=1,
         description="Transcript files to write: txt, json, srt, vtt, tsv (json is always kept).",
     )
-    language_in_names: bool = Field(
+    language_in_names: Annotated[bool, Doc(Group.TRANSCRIPTS, reload=True)] = Field(
         default=False,
         description="Put the language code in subtitle names: meeting.zh.srt, meeting.zh.vtt.",
     )
-    engine: Literal["local", "vllm"] = Field(
+    engine: Annotated[Literal["local", "vllm"], Doc(Group.SERVERS)] = Field(
         default="local",
         description="local: the model runs in the daemon | vllm: chunks go to vllm_servers, "
         "which serve `model`.",
     )
-    vllm_servers: list[str] = Field(
+    vllm_servers: Annotated[
+        list[str],
+        Doc(
+            Group.SERVERS,
+            example=("https://gpu1:8000", "https://gpu2:8000"),
+            more="Address and port only: no path (such as /v1), user, query or fragment.",
+        ),
+    ] = Field(
         default=[],
         description='vLLM servers sharing the work (engine = "vllm"), e.g. '
         '["https://gpu1:8000", "https://gpu2:8000"].',
     )
-    vllm_api_key_file: AbsolutePath | None = Field(
+    vllm_api_key_file: Annotated[
+        AbsolutePath | None,
+        Doc(
+            Group.SERVERS,
+            example="/etc/transcribed/vllm-key",
+            more="One line; never in the environment.",
+        ),
+    ] = Field(
         default=None,
         description="File holding the servers' API key (their --api-key); never logged.",
     )
-    vllm_ca_file: AbsolutePath | None = Field(
+    vllm_ca_file: Annotated[
+        AbsolutePath | None,
+        Doc(
+            Group.SERVERS,
+            default="the system's trusted CAs",
+            example="/etc/transcribed/vllm-ca.pem",
+        ),
+    ] = Field(
         default=None,
         description="PEM file of the CA the servers' certificates must chain to (pins it); "
         "default: the system's trusted CAs.",
     )
-    vllm_max_in_flight: int = Field(
+    vllm_max_in_flight: Annotated[int, Doc(Group.SERVERS)] = Field(
         default=64, ge=1, le=1024, description="Requests in flight to each server at most."
     )
-    vllm_timeout_seconds: float = Field(
+    vllm_timeout_seconds: Annotated[float, Doc(Group.SERVERS)] = Field(
         default=300.0,
         gt=0,
         description="A request with no answer this long is given up and sent to another server.",
     )
-    vllm_connect_seconds: float = Field(
+    vllm_connect_seconds: Annotated[float, Doc(Group.SERVERS)] = Field(
         default=5.0, gt=0, description="A server not accepting a connection this fast is down."
     )
 
@@ -304,25 +406,50 @@ class Settings(StateSettings, ModelSettings):
 
     model_config = SettingsConfigDict(extra="forbid")
 
-    inbox: AbsolutePath = Field(
-        description="Folder watched for recordings (may be a Samba/NFS share)."
-    )
-    outbox: AbsolutePath = Field(
-        description="Folder where transcripts are written, mirroring subfolders."
-    )
-    archive_dir: AbsolutePath | None = Field(
-        default=None, description="Where originals go after transcription (disposal = move)."
-    )
-    failed_dir: AbsolutePath = Field(
+    inbox: Annotated[
+        AbsolutePath,
+        Doc(
+            Group.FOLDERS,
+            example="/srv/recordings/inbox",
+            set_in_example=True,
+            more="Watched with every folder below it.",
+        ),
+    ] = Field(description="Folder watched for recordings (may be a Samba/NFS share).")
+    outbox: Annotated[
+        AbsolutePath,
+        Doc(Group.FOLDERS, reload=True, example="/srv/recordings/transcripts", set_in_example=True),
+    ] = Field(description="Folder where transcripts are written, mirroring subfolders.")
+    archive_dir: Annotated[
+        AbsolutePath | None,
+        Doc(
+            Group.FOLDERS,
+            reload=True,
+            default='none; required when disposal is "move"',
+            example="/srv/recordings/archive",
+            set_in_example=True,
+        ),
+    ] = Field(default=None, description="Where originals go after transcription (disposal = move).")
+    failed_dir: Annotated[
+        AbsolutePath,
+        Doc(Group.FOLDERS, reload=True, example="/srv/recordings/failed", set_in_example=True),
+    ] = Field(
         description="Where recordings that can never be transcribed go, with <name>.error.json."
     )
-    disposal: Disposal = Field(
+    disposal: Annotated[
+        Disposal,
+        Doc(
+            Group.FOLDERS,
+            reload=True,
+            more="`move` (to archive_dir), `delete`, or `shred` (the README "
+            "says what shred cannot promise).",
+        ),
+    ] = Field(
         default="move", description="What happens to an original once its transcript is durable."
     )
-    settle_seconds: float = Field(
+    settle_seconds: Annotated[float, Doc(Group.INTAKE)] = Field(
         default=3.0, gt=0, description="A file must stay unchanged this long before it is taken."
     )
-    settle_seconds_unseen: float = Field(
+    settle_seconds_unseen: Annotated[float, Doc(Group.INTAKE)] = Field(
         default=120.0,
         gt=0,
         description="A file whose writers this machine cannot see (a network mount written "
@@ -330,26 +457,30 @@ class Settings(StateSettings, ModelSettings):
         "long: recorders pause up to a minute between writes (ffmpeg's Opus at 24 kb/s: 53 "
         "s) and NFS clients cache file attributes for up to 60 s.",
     )
-    rescan_seconds: float = Field(
-        default=120.0, gt=0, description="Full rescan of the inbox every this many seconds."
-    )
-    watch_mode: Literal["events", "poll"] = Field(
+    rescan_seconds: Annotated[
+        float, Doc(Group.INTAKE, more="It catches anything the watcher missed.")
+    ] = Field(default=120.0, gt=0, description="Full rescan of the inbox every this many seconds.")
+    watch_mode: Annotated[Literal["events", "poll"], Doc(Group.INTAKE)] = Field(
         default="events", description="events (inotify) | poll (network mounts written elsewhere)."
     )
-    poll_seconds: float = Field(default=5.0, gt=0, description="Poll interval in poll mode.")
-    stalled_seconds: float = Field(
+    poll_seconds: Annotated[float, Doc(Group.INTAKE)] = Field(
+        default=5.0, gt=0, description="Poll interval in poll mode."
+    )
+    stalled_seconds: Annotated[float, Doc(Group.INTAKE)] = Field(
         default=3600.0,
         gt=0,
         description="A file that still looks unfinished but has not changed for this long "
         "(a recorder that crashed) is taken anyway: transcribed as far as it decodes and "
         "flagged source_incomplete.",
     )
-    folders: list[FolderRule] = Field(
+    folders: Annotated[
+        list[FolderRule], Doc(Group.RULES, reload=True, default="none", more=_RULES)
+    ] = Field(
         default=[],
         description="Per-folder rules ([[folders]] in the config): path, language, context, "
         "formats, disposal, output.",
     )
-    jobs_at_once: int = Field(
+    jobs_at_once: Annotated[int, Doc(Group.MODEL)] = Field(
         default=4,
         ge=1,
         le=32,
@@ -357,43 +488,74 @@ class Settings(StateSettings, ModelSettings):
         "the model decodes their chunks together. On a GPU, unset: enough to fill its batch "
         "ceiling three times over (24 at 256).",
     )
-    max_attempts: int = Field(
+    max_attempts: Annotated[int, Doc(Group.LIMITS, reload=True)] = Field(
         default=3, ge=1, description="Tries before a recording is quarantined in failed_dir."
     )
-    retry_seconds: float = Field(
+    retry_seconds: Annotated[
+        float, Doc(Group.LIMITS, reload=True, more="For disk full, a decoder crash and the like.")
+    ] = Field(
         default=30.0,
         gt=0,
         description="First wait before a retry; doubles each time, at most 10 minutes.",
     )
 
-    require_offline: bool = Field(
+    require_offline: Annotated[bool, Doc(Group.SERVICE)] = Field(
         default=False,
         description="Refuse to start unless the process is cut off from the network "
         "(as under the systemd unit's PrivateNetwork=yes); otherwise it only warns.",
     )
-    on_done: list[str] | None = Field(
+    on_done: Annotated[
+        list[str] | None,
+        Doc(
+            Group.SERVICE,
+            reload=True,
+            default="off",
+            example=("/usr/local/bin/notify-transcript",),
+            more=_HOOKS,
+        ),
+    ] = Field(
         default=None,
         description="Command run after each transcript, as an argument list (no shell); "
         "paths in TRANSCRIBED_TRANSCRIPT, TRANSCRIBED_JSON, … (README).",
     )
-    on_failed: list[str] | None = Field(
+    on_failed: Annotated[
+        list[str] | None,
+        Doc(
+            Group.SERVICE,
+            reload=True,
+            default="off",
+            example=("/usr/local/bin/notify-failure",),
+            more=_HOOKS,
+        ),
+    ] = Field(
         default=None,
         description="Command run when a recording fails for good, as an argument list; "
         "the reason in TRANSCRIBED_ERROR.",
     )
-    hook_timeout_seconds: float = Field(
+    hook_timeout_seconds: Annotated[float, Doc(Group.SERVICE, reload=True)] = Field(
         default=60.0, gt=0, description="A hook still running after this long is killed."
     )
-    metrics_file: AbsolutePath | None = Field(
+    metrics_file: Annotated[
+        AbsolutePath | None,
+        Doc(
+            Group.SERVICE,
+            reload=True,
+            default="off",
+            example="/var/lib/node_exporter/textfile/transcribed.prom",
+            more="Written every 5 s.",
+        ),
+    ] = Field(
         default=None,
         description="Prometheus textfile (e.g. /var/lib/node_exporter/textfile/"
         "transcribed.prom), rewritten atomically; off by default.",
     )
 
-    web: WebSettings = Field(
-        default_factory=WebSettings,
-        description="The page (`transcribed web`): [web] in the config file; the daemon "
-        "ignores it.",
+    web: Annotated[WebSettings, Doc(Group.WEB, reload=True, default="the [web] defaults below")] = (
+        Field(
+            default_factory=WebSettings,
+            description="The page (`transcribed web`): [web] in the config file; the daemon "
+            "ignores it.",
+        )
     )
 
     @field_validator("on_done", "on_failed")

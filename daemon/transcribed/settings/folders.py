@@ -2,10 +2,11 @@
 (jobs/rules.py applies them to each recording)."""
 
 from pathlib import PurePosixPath
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from transcribed.settings.declared import Doc
 from transcribed.settings.languages import language_code
 
 MAX_CONTEXT_BYTES = 4096  # the model's prompt is for a glossary, not a document
@@ -26,18 +27,38 @@ class FolderRule(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: str = Field(description="Inbox subfolder the rule applies to (and everything below).")
-    language: str | None = Field(default=None, description="Force this language.")
-    context: str | None = Field(
-        default=None, max_length=MAX_CONTEXT_BYTES, description="Glossary / hotwords."
+    path: Annotated[str, Doc(example="team-china")] = Field(
+        description="Inbox subfolder the rule applies to (and everything below)."
     )
-    formats: list[Format] | None = Field(default=None, min_length=1)
-    disposal: Disposal | None = None
-    output: str | None = Field(default=None, description="Outbox subfolder for its transcripts.")
-    diarize: bool | None = Field(
-        default=None, description="Speaker labels on or off here (on wherever a diarizer is set)."
+    language: Annotated[str | None, Doc(default="the language setting", example="zh")] = Field(
+        default=None, description="Force this language."
     )
-    max_speakers: int | None = Field(
+    context: Annotated[
+        str | None,
+        Doc(
+            example="预算, 季度",
+            more="A `.context.txt` in an inbox folder adds its text to "
+            "the context of every recording in that folder and below (the nearest one applies).",
+        ),
+    ] = Field(default=None, max_length=MAX_CONTEXT_BYTES, description="Glossary / hotwords.")
+    formats: Annotated[
+        list[Format] | None, Doc(default="the formats setting", example=("json", "srt"))
+    ] = Field(
+        default=None, min_length=1, description="Transcript files to write for recordings here."
+    )
+    disposal: Annotated[Disposal | None, Doc(default="the disposal setting", example="delete")] = (
+        Field(default=None, description="What happens to originals from here once transcribed.")
+    )
+    output: Annotated[
+        str | None, Doc(default="the same subfolder as in the inbox", example="chinese")
+    ] = Field(default=None, description="Outbox subfolder for its transcripts.")
+    diarize: Annotated[bool | None, Doc(default="on wherever a diarizer is set", example=False)] = (
+        Field(
+            default=None,
+            description="Speaker labels on or off here (on wherever a diarizer is set).",
+        )
+    )
+    max_speakers: Annotated[int | None, Doc(default="the max_speakers setting", example=2)] = Field(
         default=None, ge=1, le=8, description="Label at most this many speakers here."
     )
 

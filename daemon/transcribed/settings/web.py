@@ -5,9 +5,11 @@ describes both; the daemon itself ignores this table.
 """
 
 import ipaddress
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from transcribed.settings.declared import Doc
 from transcribed.settings.paths import AbsolutePath
 
 PASSWORD_SCHEME = "scrypt"  # noqa: S105  (the name of a hash function, not a secret)
@@ -25,11 +27,14 @@ class WebSettings(BaseModel):
     port: int = Field(
         default=8750, ge=0, le=65535, description="TCP port of the page (0: any free one)."
     )
-    password_hash: str | None = Field(
+    password_hash: Annotated[str | None, Doc(example="scrypt$…")] = Field(
         default=None,
         description="Hash of the page's password, made by `transcribed web-password`.",
     )
-    token_file: AbsolutePath | None = Field(
+    token_file: Annotated[
+        AbsolutePath | None,
+        Doc(example="/etc/transcribed/web-token", more="chmod 600, 24 characters or more."),
+    ] = Field(
         default=None,
         description="A file whose content (a long random token) also opens the page.",
     )
@@ -40,13 +45,13 @@ class WebSettings(BaseModel):
     uploads_per_hour: int = Field(
         default=60, ge=1, description="Uploads one client address may make per hour."
     )
-    tls_certfile: AbsolutePath | None = Field(
+    tls_certfile: Annotated[AbsolutePath | None, Doc(example="/etc/transcribed/web.crt")] = Field(
         default=None, description="Serve HTTPS with this certificate (PEM); with tls_keyfile."
     )
-    tls_keyfile: AbsolutePath | None = Field(
+    tls_keyfile: Annotated[AbsolutePath | None, Doc(example="/etc/transcribed/web.key")] = Field(
         default=None, description="The certificate's private key."
     )
-    trusted_proxies: tuple[str, ...] = Field(
+    trusted_proxies: Annotated[tuple[str, ...], Doc(example=("127.0.0.1",))] = Field(
         default=(),
         description="Reverse proxies (addresses or networks, e.g. 127.0.0.1) whose "
         "X-Forwarded-For and X-Forwarded-Proto headers name the real client; none by default.",

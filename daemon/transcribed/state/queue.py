@@ -35,97 +35,7 @@ from pathlib import Path
 from transcribed import faults
 from transcribed.backoff import LONGEST_WAIT_SECONDS  # a wait further away: a wrong clock
 from transcribed.files.content import Content, Fingerprint
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id           INTEGER PRIMARY KEY,
-    state        TEXT    NOT NULL,
-    relpath      BLOB    NOT NULL,  -- path below the inbox as raw bytes: names need not be UTF-8
-    work_name    TEXT    NOT NULL UNIQUE,
-    sha256       TEXT,
-    size         INTEGER,
-    duplicate_of INTEGER REFERENCES jobs(id),
-    attempts     INTEGER NOT NULL DEFAULT 0,
-    not_before   REAL    NOT NULL DEFAULT 0,
-    error        TEXT,
-    outputs      TEXT,
-    disposed_to  BLOB,  -- bytes, like relpath
-    disposal_failures INTEGER NOT NULL DEFAULT 0,
-    failure_kind TEXT,  -- failed jobs: unreadable | gave_up | kills_daemon (for metrics)
-    started      REAL,  -- the current or last attempt began (wall clock)
-    finished     REAL,  -- the transcript was published, or the job failed
-    audio_seconds      REAL,  -- published: the recording's length
-    processing_seconds REAL,  -- published: wall time from start to published transcript
-    progress_seconds   REAL,  -- running: audio transcribed so far
-    expected_seconds   REAL,  -- running: length the file's header claims (for an ETA only)
-    language     TEXT,  -- published: the transcript's main language (ISO code), for `jobs list`
-    created      REAL    NOT NULL,
-    updated      REAL    NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, id);
-CREATE INDEX IF NOT EXISTS jobs_by_sha ON jobs(sha256);
--- Inbox files not taken yet, and why (incomplete, stalled, cannot be claimed): for `status`.
-CREATE TABLE IF NOT EXISTS waiting (
-    relpath BLOB PRIMARY KEY,
-    reason  TEXT NOT NULL,
-    since   REAL NOT NULL
-);
--- on_done / on_failed calls not run yet: kept with the job so a stop or a crash loses none.
-CREATE TABLE IF NOT EXISTS hook_calls (
-    id          INTEGER PRIMARY KEY,
-    job         INTEGER NOT NULL,
-    event       TEXT    NOT NULL,
-    environment TEXT    NOT NULL,  -- JSON: what the hook learns (paths and figures, no text)
-    created     REAL    NOT NULL
-);
--- Failed jobs put back into the inbox by `jobs retry`: which name and content each became,
--- so a second `jobs retry` of the old number can say where the recording is now.
-CREATE TABLE IF NOT EXISTS retried (
-    job     INTEGER PRIMARY KEY,
-    relpath BLOB NOT NULL,
-    sha256  TEXT,
-    at      REAL NOT NULL
-);
-"""
-
-
-# Columns added after the first release, with their definitions, for `_migrate`.
-_ADDED_COLUMNS = {
-    "disposal_failures": "INTEGER NOT NULL DEFAULT 0",
-    "failure_kind": "TEXT",
-    "started": "REAL",
-    "finished": "REAL",
-    "audio_seconds": "REAL",
-    "processing_seconds": "REAL",
-    "progress_seconds": "REAL",
-    "expected_seconds": "REAL",
-    # What the model is asked (model, forced language, context), as a key: the model runs once
-    # per content and request; another name with the same content reuses the result.
-    "request": "TEXT",
-    # Consecutive transient failures (disk full, I/O errors): they do not count as attempts
-    # (not the file's fault) but double the wait each time.
-    "transient_failures": "INTEGER NOT NULL DEFAULT 0",
-    # Set when the file was taken although it never finished (a recorder that crashed): why.
-    "incomplete": "TEXT",
-    # When an irreversible disposal step began (link, unlink, overwrite): from then on a
-    # missing work file may be our own doing, which the disposer verifies.
-    "disposal_started": "REAL",
-    "progress_at": "REAL",  # running: when progress was last written (a stalled job shows)
-    "language": "TEXT",  # published: the main language, for `jobs list`
-    # The work file's fingerprint when it was hashed (size is the column above): compared
-    # before publishing and before disposing, so bytes a paused writer added later are seen.
-    "mtime_ns": "INTEGER",
-    "ctime_ns": "INTEGER",
-    # Times the recording was found changed after it was taken (and transcribed again).
-    "versions": "INTEGER NOT NULL DEFAULT 0",
-    # The disposal policy its transcript records: the one the original is disposed of by.
-    "disposal": "TEXT",
-    # `jobs retry` has begun putting this failed job back (a second retry waits for it).
-    "retry_started": "REAL",
-    # Why the job is being failed, recorded before its original is moved to the failed folder:
-    # a crash between the move and `mark_failed` must not turn it into "vanished".
-    "failure_reason": "TEXT",
-}
+from transcribed.state import schema
 
 
 class FailureKind(enum.StrEnum):
@@ -230,23 +140,12 @@ class JobQueue:
         # WAL defaults to NORMAL, which can lose the last commits on power loss; we promise more.
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
-        self._migrate()
+        schema.upgrade(self._db)
 
     def replaced(self) -> bool:
         """The file at the database's path is no longer the one opened here (deleted, or
         another put in its place): what is written from now on is lost at the next start."""
         return _file_identity(self._path) != self._identity
-
-    def _migrate(self) -> None:
-        """Bring a database written by an older version up to this schema."""
-        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        for name, definition in _ADDED_COLUMNS.items():
-            if name not in columns:
-                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
-        # After the columns exist: the STATUS line and `transcribed status` read recent
-        # finishes every few seconds, which would otherwise scan every job ever done.
-        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_by_finished ON jobs(finished)")
 
     def close(self) -> None:
         self._db.close()

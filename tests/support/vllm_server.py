@@ -7,7 +7,7 @@ them (system text, `input_audio` as audio, `add_generation_prompt` /
 text, per-token log-probabilities and `finish_reason` as vLLM's does.
 
 In-process: `FakeVllm(model_dir, name).start()`. As its own process (for killing it, or in a
-network namespace): `python tests/vllm_server.py --model DIR --name NAME --host H --port P`.
+network namespace): `python tests/support/vllm_server.py --model DIR --name NAME --host H --port P`.
 """
 
 import argparse

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from running import CLI, NET_GUARD
+from support.running import CLI, NET_GUARD
 
 # Debian's chromium, never a browser downloaded by playwright. The flags keep it from
 # reaching for Google's services (there is no network here) and from needing a sandbox as root.

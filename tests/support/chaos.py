@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conftest import Folders
-from invariants import digest, visible_transcripts
-from recordings import write_soundfile
-from running import CLI, Daemon, cli
+from support.invariants import digest, visible_transcripts
+from support.recordings import write_soundfile
+from support.running import CLI, Daemon, cli
 from transcribed.files.names import REASON_SUFFIX
 from transcribed.state.workfolder import WORK_FOLDER_NAME, relpath_of
 

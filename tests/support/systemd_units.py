@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-UNITS = Path(__file__).parents[1] / "systemd"
+UNITS = Path(__file__).parents[2] / "systemd"
 SYSTEM_UNIT = UNITS / "transcribed.service"
 USER_UNIT = UNITS / "transcribed-user.service"
 VLLM_DROP_IN = UNITS / "transcribed.service.d" / "vllm.conf"

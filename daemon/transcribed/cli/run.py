@@ -1,0 +1,48 @@
+"""`transcribed run`: the daemon in the foreground (what the systemd unit starts)."""
+
+import argparse
+
+from transcribed.cli.shared import check_device, check_model_files, offline_unless
+from transcribed.cli.verb import Verb
+from transcribed.settings import Settings, check_folders, check_programs, load_settings
+from transcribed.settings.access import check_state_access
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, Settings)
+    check_state_access(settings.state_dir)
+    check_folders(settings)
+    check_programs(settings)
+    check_model_files(settings)
+    check_device(settings.device)
+    offline_unless(settings.allow_download)
+    from transcribed.service import Daemon
+
+    return Daemon(settings, args.config).run()
+
+
+def settings_help() -> str:
+    lines = [
+        "settings (config file key, or environment variable TRANSCRIBED_<KEY>; lists there "
+        "as comma lists or JSON, e.g. TRANSCRIBED_FORMATS=txt,srt):"
+    ]
+    for name, field in Settings.model_fields.items():
+        value = field.get_default(call_default_factory=True)
+        default = "required" if field.is_required() else f"default {_show(name, value)}"
+        lines.append(f"  {name:<24} {field.description} [{default}]")
+    return "\n".join(lines)
+
+
+def _show(name: str, value: object) -> str:
+    return f"{value:04o}" if name == "output_mode" and isinstance(value, int) else str(value)
+
+
+VERB = Verb(
+    "run",
+    help="run the daemon in the foreground (what the systemd unit starts)",
+    description="Watch the inbox and transcribe every recording dropped into it. "
+    "SIGTERM or Ctrl-C stops intake, finishes or requeues the current job and exits 0.",
+    run=run,
+    epilog=settings_help(),
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+)
