@@ -114,39 +114,3 @@ def test_the_top_level_holds_few_modules_and_every_room_says_what_it_does() -> N
     assert top == TOP_LEVEL_MODULES and len(top) <= 8
     for init in PACKAGE.glob("*/__init__.py"):
         assert ast.get_docstring(ast.parse(init.read_text())), f"{init} has no docstring"
-
-
-# Circles the engine and CLI work removes (issue 22); none may be added, inside a room or not.
-CIRCLES_BEING_REMOVED = [
-    {"transcribed.model.diarizer", "transcribed.model.engine", "transcribed.model.model_files"},
-    {"transcribed.commands.doctor", "transcribed.commands.vllm_check"},
-]
-
-
-def circles(edge_list: list[tuple[str, str]]) -> list[set[str]]:
-    """Groups of modules that import each other, directly or round a longer circle."""
-    reaches = {source: {source} for edge in edge_list for source in edge}
-    changed = True
-    while changed:  # the transitive closure; a few hundred modules, a few passes
-        changed = False
-        for source, target in edge_list:
-            if not reaches[target] <= reaches[source]:
-                reaches[source] |= reaches[target]
-                changed = True
-    groups = {
-        frozenset(other for other in reaches[module] if module in reaches[other])
-        for module in reaches
-    }
-    return [set(group) for group in groups if len(group) > 1]
-
-
-def test_no_module_imports_one_that_imports_it_back() -> None:
-    found = circles(edges())
-    assert [group for group in found if group not in CIRCLES_BEING_REMOVED] == []
-
-
-def test_the_circle_check_sees_a_circle_inside_a_room() -> None:
-    """The intake's claim and reconcile modules imported each other (issue 22)."""
-    claim, reconcile = "transcribed.intake.claim", "transcribed.intake.reconcile"
-    assert circles([(claim, reconcile), (reconcile, claim)]) == [{claim, reconcile}]
-    assert circles([(claim, reconcile)]) == []
