@@ -3,6 +3,7 @@ exactly its own results back; an out-of-memory batch is halved and nothing fails
 
 import threading
 import time
+from concurrent.futures import Future
 
 import numpy as np
 import pytest
@@ -98,6 +99,49 @@ def test_a_chunk_that_breaks_a_merged_call_fails_only_its_own_job() -> None:
         thread.join(5)
     assert isinstance(results[2], RuntimeError)
     assert results[1] == ["chunk 101", "chunk 102"] and results[3] == ["chunk 301"]
+
+
+def test_chunks_sent_one_at_a_time_by_several_recordings_share_calls() -> None:
+    """`submit` (the pipeline's window): each chunk as it is cut, merged with the chunks every
+    other recording has waiting, and each answer back to its own Future."""
+    model = Recording()
+    shared, stop, thread = serving(model)
+    answers: dict[int, list[Future[ChunkText]]] = {}
+
+    def job(number: int) -> None:
+        with shared.job():
+            answers[number] = [shared.submit(labelled(number * 100 + i)) for i in range(6)]
+            for answer in answers[number]:
+                answer.result(10)
+
+    threads = [threading.Thread(target=job, args=(number,)) for number in (1, 2, 3)]
+    try:
+        for each in threads:
+            each.start()
+        for each in threads:
+            each.join(30)
+    finally:
+        stop.set()
+        thread.join(5)
+    for number, sent in answers.items():
+        assert [a.result().text for a in sent] == [f"chunk {number * 100 + i}" for i in range(6)]
+    assert shared.merged_calls > 0 and max(model.calls) > 1
+
+
+def test_a_chunk_called_off_before_the_model_takes_it_is_dropped() -> None:
+    model = Recording()
+    stop = threading.Event()
+    shared = SharedRecognizer(model, stop)  # no model thread yet: nothing is taken
+    dropped, kept = shared.submit(labelled(1)), shared.submit(labelled(2))
+    assert dropped.cancel()
+    thread = threading.Thread(target=shared.serve)
+    thread.start()
+    try:
+        assert kept.result(10).text == "chunk 2"
+    finally:
+        stop.set()
+        thread.join(5)
+    assert model.calls == [1]
 
 
 def test_stopping_ends_waiting_jobs_with_shutdown_not_an_error() -> None:

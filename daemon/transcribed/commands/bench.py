@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +39,7 @@ import soundfile
 
 from transcribed.jobs.worker import Decoder
 from transcribed.model.batching import SharedModel, SharedRecognizer
-from transcribed.model.pipeline import Recognizer
+from transcribed.model.pipeline import Recognizer, StreamingRecognizer
 from transcribed.output.transcript import ChunkText, ModelInfo
 from transcribed.settings import ModelSettings, Settings
 from transcribed.state.queue import JobQueue
@@ -88,12 +89,11 @@ class BenchReport:
 
 class TimedRecognizer:
     """Counts the seconds during which at least one model call runs (the vLLM engine takes
-    calls from several recordings at once; their overlap is counted once)."""
+    chunks from several recordings at once; their overlap is counted once)."""
 
     def __init__(self, model: Recognizer) -> None:
         self._model = model
         self.info: ModelInfo = model.info
-        self.concurrent = getattr(model, "concurrent", False)
         self.seconds = 0.0
         self._lock = threading.Lock()
         self._calls = 0
@@ -128,19 +128,48 @@ class TimedRecognizer:
             self._calls += change
 
 
+class TimedStreams(TimedRecognizer):
+    """`TimedRecognizer` for a `StreamingRecognizer` (the vLLM engine): a chunk counts from
+    when it is sent until its answer is in."""
+
+    def __init__(self, model: StreamingRecognizer) -> None:
+        super().__init__(model)  # type: ignore[arg-type]  # it transcribes lists too
+        self._streams = model
+
+    @property
+    def window(self) -> int:
+        return self._streams.window
+
+    def submit(
+        self, chunk: np.ndarray, language: str | None = None, context: str | None = None
+    ) -> "Future[ChunkText]":
+        self._count(+1)
+        answer = self._streams.submit(chunk, language, context)
+        answer.add_done_callback(lambda _answer: self._count(-1))
+        return answer
+
+
 class PassThrough:
     """The workers' shared model for an engine that batches for itself (vLLM servers):
-    every job's calls go straight through, from many threads at once."""
+    every job's chunks go straight through, from many threads at once."""
 
-    def __init__(self, model: Recognizer, stop: threading.Event) -> None:
+    def __init__(self, model: StreamingRecognizer, stop: threading.Event) -> None:
         self._model = model
         self._stop = stop
-        self.info = model.info
-        self.concurrent = True
+        self.info = model.info  # type: ignore[attr-defined]
 
     @property
     def batch_size(self) -> int:
-        return self._model.batch_size
+        return self._model.window
+
+    @property
+    def window(self) -> int:
+        return self._model.window
+
+    def submit(
+        self, chunk: np.ndarray, language: str | None = None, context: str | None = None
+    ) -> "Future[ChunkText]":
+        return self._model.submit(chunk, language, context)
 
     def transcribe(
         self,
@@ -149,10 +178,11 @@ class PassThrough:
         context: str | None = None,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> list[ChunkText]:
-        return self._model.transcribe(chunks, language, context, should_stop)
+        answers = [self.submit(chunk, language, context) for chunk in chunks]
+        return [answer.result() for answer in answers]
 
     def job(self) -> contextlib.AbstractContextManager[None]:
-        return _job_of(self._model)
+        return _job_of(self._model)  # type: ignore[arg-type]
 
     def serve(self) -> None:
         self._stop.wait()
@@ -169,7 +199,10 @@ def _job_of(model: Recognizer) -> contextlib.AbstractContextManager[None]:
 
 
 def _shared(model: Recognizer, stop: threading.Event, batches_itself: bool) -> SharedModel:
-    return PassThrough(model, stop) if batches_itself else SharedRecognizer(model, stop)
+    if batches_itself:
+        assert isinstance(model, StreamingRecognizer)
+        return PassThrough(model, stop)
+    return SharedRecognizer(model, stop)
 
 
 class NoModel:
@@ -352,7 +385,8 @@ def run_bench(
         cuda = torch.cuda.is_available() and engine.info.device.startswith("cuda")
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        timed = TimedRecognizer(engine)
+        streams = isinstance(engine, StreamingRecognizer)  # the vLLM engine
+        timed = TimedStreams(engine) if streams else TimedRecognizer(engine)  # type: ignore[arg-type]
         progress(f"transcribing {len(paths)} recordings ({audio_seconds / 3600:.2f} h)")
         wall = _transcribe_backlog(
             _rig(settings, scratch / "model"),

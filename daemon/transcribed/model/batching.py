@@ -15,6 +15,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -52,10 +53,23 @@ class _Request:
     error: BaseException | None = None
     taken: bool = False
     done: threading.Event = field(default_factory=threading.Event)
+    # `submit`'s: the one chunk's answer (a cancelled one is dropped before it runs).
+    answer: "Future[ChunkText] | None" = None
+    owner: int = field(default_factory=threading.get_ident)  # the job thread that sent it
 
     @property
     def key(self) -> tuple[str | None, str | None]:
         return self.language, self.context
+
+    def settle(self, error: BaseException | None) -> None:
+        self.error = error
+        self.done.set()
+        if self.answer is None or self.answer.done():
+            return
+        if error is not None:
+            self.answer.set_exception(error)
+        else:
+            self.answer.set_result(self.results[0])
 
 
 class SharedRecognizer:
@@ -88,6 +102,24 @@ class SharedRecognizer:
                 self._active_jobs -= 1
                 self._changed.notify_all()
 
+    @property
+    def window(self) -> int:
+        """Chunks each recording keeps waiting for the model (`StreamingRecognizer`)."""
+        return self.batch_size
+
+    def submit(
+        self, chunk: np.ndarray, language: str | None = None, context: str | None = None
+    ) -> "Future[ChunkText]":
+        """Queue one chunk for the model thread, which merges it with every job's waiting
+        chunks; the Future gives its text. Cancelled before the model takes it, it is
+        dropped."""
+        answer: Future[ChunkText] = Future()
+        request = _Request([chunk], language, context, answer=answer)
+        with self._changed:
+            self._pending.append(request)
+            self._changed.notify_all()
+        return answer
+
     def transcribe(
         self,
         chunks: list[np.ndarray],
@@ -118,8 +150,7 @@ class SharedRecognizer:
                 self._run(batch)
         with self._changed:
             for request in self._pending:
-                request.error = ShutdownRequested("stopping")
-                request.done.set()
+                request.settle(ShutdownRequested("stopping"))
             self._pending.clear()
 
     def busy_for(self) -> float:
@@ -132,6 +163,7 @@ class SharedRecognizer:
         and context. Waits briefly for more while a batch is not full and other jobs are
         still decoding toward their next call."""
         with self._changed:
+            self._pending = [r for r in self._pending if not _given_up(r)]
             if not self._pending:
                 self._changed.wait(0.5)
                 return []
@@ -143,11 +175,18 @@ class SharedRecognizer:
             for request in batch:
                 request.taken = True
                 self._pending.remove(request)
-            return batch
+            return [request for request in batch if _starts(request)]
 
     def _worth_waiting(self) -> bool:
+        """While a batch is not full and some running job may still send chunks: one that
+        waits in `transcribe` cannot, nor can one whose window is all waiting here."""
         waiting_chunks = sum(len(request.chunks) for request in self._pending)
-        return waiting_chunks < self.batch_size and len(self._pending) < self._active_jobs
+        per_job: dict[int, int] = {}
+        for request in self._pending:
+            more = self.window if request.answer is None else len(request.chunks)
+            per_job[request.owner] = per_job.get(request.owner, 0) + more
+        done_sending = sum(count >= self.window for count in per_job.values())
+        return waiting_chunks < self.batch_size and done_sending < self._active_jobs
 
     def _run(self, batch: list[_Request]) -> None:
         self._busy_since = time.monotonic()
@@ -186,8 +225,16 @@ class SharedRecognizer:
 
 def _finish(batch: list[_Request], error: BaseException | None = None) -> None:
     for request in batch:
-        request.error = error
-        request.done.set()
+        request.settle(error)
+
+
+def _given_up(request: _Request) -> bool:
+    return request.answer is not None and request.answer.cancelled()
+
+
+def _starts(request: _Request) -> bool:
+    """Taken by the model thread: from now on its answer can no longer be cancelled."""
+    return request.answer is None or request.answer.set_running_or_notify_cancel()
 
 
 class SerializedAligner:
