@@ -140,6 +140,7 @@ class OddServer:
         self.listing: Behaviour = answers(response(json.dumps({"data": [{"id": model}]}).encode()))
         self.chat: Behaviour = answers(response(good_answer()))
         self.requests: list[Request] = []
+        self._open: set[socket.socket] = set()  # connections being served
         self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -157,19 +158,25 @@ class OddServer:
         return self
 
     def stop(self) -> None:
+        """As a dead server: no new connections, and the open keep-alive ones end too."""
         self._server.shutdown()
         self._server.server_close()
+        for connection in list(self._open):
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     def _handler(self) -> type[socketserver.StreamRequestHandler]:
         odd = self
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
+                odd._open.add(self.connection)
                 with contextlib.suppress(OSError, ValueError):
                     while (request := _read_request(self.rfile)) is not None:
                         odd.requests.append(request)
                         behave = odd.listing if request.method == "GET" else odd.chat
                         behave(request, self.connection)
+                odd._open.discard(self.connection)
 
         return Handler
 

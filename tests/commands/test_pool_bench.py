@@ -73,6 +73,8 @@ def test_the_report_says_what_was_met_against_which_bound() -> None:
             wire_bytes_per_audio_second=42_700,
             wall_seconds=10.0,
             load_average=1.2,
+            ceiling_daemon_cpu_per_audio_hour=1.5,
+            ceiling_decoders_cpu_per_audio_hour=3.0,
         )
 
     report = PoolReport(
@@ -87,7 +89,7 @@ def test_the_report_says_what_was_met_against_which_bound() -> None:
     )
     table = render(report)
     assert "K=1 met" in table and "K=8 MISSED" in table  # 1,400 is 82% of the ceiling
-    assert "850x per CPU core" in table
+    assert "850x per CPU core" in table and "its decoders 3.0 s" in table
 
 
 @pytest.mark.slow
@@ -106,5 +108,7 @@ def test_the_benchmark_runs_the_daemon_against_stand_ins_and_its_own_ceiling(
         assert run["ceiling_times_real_time"] > 0 and run["times_real_time"] > 0
         assert run["most_in_flight"] <= 4  # never past vllm_max_in_flight on a server
         assert 40_000 < run["wire_bytes_per_audio_second"] < 50_000  # base64 16-bit 16 kHz
+        assert run["ceiling_daemon_cpu_per_audio_hour"] > 0
+        assert run["ceiling_decoders_cpu_per_audio_hour"] > 0
     published = (tmp_path / "servers-2-30.0" / "outbox").glob("*.json")
     assert len(list(published)) == report["recordings"] == 2

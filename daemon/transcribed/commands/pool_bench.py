@@ -19,6 +19,7 @@ the last answer); and the bytes they were sent per second of audio.
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -59,6 +60,10 @@ class Measured:
     wire_bytes_per_audio_second: float
     wall_seconds: float
     load_average: float  # the 1-minute load average as the run ended
+    # CPU seconds per hour of audio: the daemon's own process (intake, chunking, requests,
+    # answers, outputs) and its decoder processes (decoding and resampling).
+    daemon_cpu_per_audio_hour: float
+    decoders_cpu_per_audio_hour: float
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,8 @@ class PoolRun:
     wire_bytes_per_audio_second: float
     wall_seconds: float
     load_average: float
+    ceiling_daemon_cpu_per_audio_hour: float  # in the ceiling's run
+    ceiling_decoders_cpu_per_audio_hour: float
 
 
 @dataclass(frozen=True)
@@ -161,6 +168,8 @@ def _row(
         wire_bytes_per_audio_second=run.wire_bytes_per_audio_second,
         wall_seconds=run.wall_seconds,
         load_average=max(run.load_average, ceiling.load_average),
+        ceiling_daemon_cpu_per_audio_hour=ceiling.daemon_cpu_per_audio_hour,
+        ceiling_decoders_cpu_per_audio_hour=ceiling.decoders_cpu_per_audio_hour,
     )
 
 
@@ -184,6 +193,7 @@ def _measure(
             pooled, recording_batch(pooled, jobs_at_once), threading.Event()
         )
         drained: list[list[dict[str, Any]]] = []
+        before = _cpu()
         try:
             wall = _transcribe_backlog(
                 _rig(pooled, scratch / name),
@@ -195,6 +205,7 @@ def _measure(
             )
         finally:
             engine.pool.close()
+        own, decoders = (after - start for after, start in zip(_cpu(), before, strict=True))
         final = [fetch_stats(url) for url in urls]
     cap = settings.vllm_max_in_flight
     sent = sum(stats["body_bytes"] for stats in final)
@@ -207,7 +218,17 @@ def _measure(
         wire_bytes_per_audio_second=round(sent / max(heard, 1e-9)),
         wall_seconds=round(wall, 2),
         load_average=round(os.getloadavg()[0], 2),
+        daemon_cpu_per_audio_hour=round(own / audio * 3600, 2),
+        decoders_cpu_per_audio_hour=round(decoders / audio * 3600, 2),
     )
+
+
+def _cpu() -> tuple[float, float]:
+    """CPU seconds so far of this process, and of its children that have ended (the decoder
+    processes, which `_transcribe_backlog` ends; the stand-ins are still running)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
 def _busy(at: list[dict[str, Any]], final: list[dict[str, Any]], cap: int, until: str) -> float:
@@ -266,15 +287,23 @@ def render(report: PoolReport) -> str:
             f"{run.window_per_recording:>6}  {run.wire_bytes_per_audio_second:>13,.0f}  "
             f"{run.load_average:>5.1f}"
         )
-    best = max((run.ceiling_times_real_time for run in report.runs), default=0.0)
+    best = max(report.runs, key=lambda run: run.ceiling_times_real_time, default=None)
+    ceiling = best.ceiling_times_real_time if best is not None else 0.0
     lines += [
-        f"ceiling: the daemon against stand-ins of unbounded capacity; up to {best:,.0f}x real "
-        f"time, {best / max(report.cores, 1):,.0f}x per CPU core",
+        f"ceiling: the daemon against stand-ins of unbounded capacity; up to {ceiling:,.0f}x "
+        f"real time, {ceiling / max(report.cores, 1):,.0f}x per CPU core",
         f"the pipeline with no model at all (no requests): "
         f"{report.no_model_times_real_time:,.0f}x real time",
         "of target: achieved / min(capacity, ceiling); the goal is "
         f">= {TARGET:.0%}: " + ", ".join(_verdicts(report)),
     ]
+    if best is not None:
+        lines.insert(
+            -2,
+            f"CPU per hour of audio at the ceiling ({best.servers} stand-ins): the daemon's "
+            f"process {best.ceiling_daemon_cpu_per_audio_hour:.1f} s, its decoders "
+            f"{best.ceiling_decoders_cpu_per_audio_hour:.1f} s",
+        )
     return "\n".join(lines)
 
 

@@ -1,9 +1,11 @@
 """A pool of vLLM servers that share the daemon's work, kept busy and watched.
 
-One asyncio loop on its own thread drives one long-lived `httpx.AsyncClient` (HTTP/1.1
+One asyncio loop on its own thread drives one long-lived `aiohttp.ClientSession` (HTTP/1.1
 keep-alive, explicit timeouts, TLS verified against the system's CAs or a pinned one). Job
 threads hand in request bodies with `submit`, with a `read` function that checks the answer
-and makes it what they need, and get `concurrent.futures.Future`s back.
+and makes it what they need, and get `concurrent.futures.Future`s back. (aiohttp, not httpx:
+with 64 requests in flight per server, httpx's connection pool cost 5 ms of CPU a request
+with one server and 20 ms with eight, on the one loop thread; aiohttp's about 0.5 ms.)
 
 - Each request goes to the server with the fewest requests outstanding among those that are
   up and below `max_in_flight`; when all are full it waits for a free slot.
@@ -45,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
+import aiohttp
 
 from transcribed.errors import TranscribedError, TransientError
 from transcribed.logs import get_logger
@@ -63,7 +65,6 @@ MODELS_PATH = "/v1/models"
 LISTING_MAX_BYTES = 1 << 20  # a model listing is a few hundred bytes
 ERROR_PAGE_BYTES = 64 << 10  # of an error answer, only the start is read (for its message)
 _SHOWN_CHARS = 200  # of a server's own message, in a problem
-_JSON_BODY = {"Content-Type": "application/json"}
 
 
 class EngineUnavailable(TransientError):
@@ -80,9 +81,10 @@ class BadAnswer(Exception):
 
 
 class ServerFailure(Exception):
-    """One request failed on one server; `problem` says how (already redacted)."""
+    """One request failed on one server; `problem` says how (already redacted), on one line."""
 
     def __init__(self, problem: str, at_once: bool = False, rejected: bool = False) -> None:
+        problem = " ".join(problem.split())
         super().__init__(problem)
         self.problem = problem
         self.at_once = at_once  # the server is down now: refused, or the key or model is wrong
@@ -165,19 +167,17 @@ class ServerPool:
         self,
         settings: PoolSettings,
         on_change: Callable[[list[dict[str, Any]]], None] = lambda servers: None,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.settings = settings
         self.servers = [Server(url) for url in settings.servers]
         self.redact = Redactor(settings.api_key)
         self._on_change = on_change
-        self._transport = transport
         self._loop = asyncio.new_event_loop()
         # A daemon thread: whatever becomes of the pool, it never keeps the process alive.
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="engine-pool", daemon=True
         )
-        self._client: httpx.AsyncClient | None = None
+        self._client: aiohttp.ClientSession | None = None
         self._slots: asyncio.Condition | None = None
         self._watch: asyncio.Task[None] | None = None
 
@@ -227,17 +227,16 @@ class ServerPool:
 
     async def _start(self) -> None:
         settings = self.settings
-        self._client = httpx.AsyncClient(
-            verify=tls_context(settings.ca_file),
-            timeout=httpx.Timeout(
-                settings.timeout_seconds, connect=settings.connect_timeout_seconds
-            ),
-            limits=httpx.Limits(
-                max_connections=len(self.servers) * settings.max_in_flight + len(self.servers),
-                max_keepalive_connections=len(self.servers) * settings.max_in_flight,
-            ),
+        connector = aiohttp.TCPConnector(
+            ssl=tls_context(settings.ca_file),
+            limit=0,  # `_acquire` keeps each server to max_in_flight; health checks beside
+            limit_per_host=settings.max_in_flight + 2,
+        )
+        self._client = aiohttp.ClientSession(
+            connector=connector,
+            # Each request's deadline is its own (`_attempt`); a connection is given this long.
+            timeout=aiohttp.ClientTimeout(sock_connect=settings.connect_timeout_seconds),
             headers={"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {},
-            transport=self._transport,
             trust_env=False,  # no proxies or netrc from the environment: only these servers
         )
         self._slots = asyncio.Condition()
@@ -252,7 +251,7 @@ class ServerPool:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
 
     # --- on the pool's loop: requests -----------------------------------------------------
 
@@ -324,17 +323,17 @@ class ServerPool:
         bytes (decompressed) an answer is abandoned, an error page cut short. Transport
         errors become ServerFailures."""
         assert self._client is not None
-        headers = _JSON_BODY if body is not None else None
+        data = _Body(body) if body is not None else None
         try:
-            async with self._client.stream(method, url, content=body, headers=headers) as reply:
-                return reply.status_code, await _read_capped(reply, limit)
-        except httpx.ConnectError as error:
+            async with self._client.request(method, url, data=data, allow_redirects=False) as reply:
+                return reply.status, await _read_capped(reply, limit)
+        except aiohttp.ClientConnectorError as error:  # refused, unreachable, TLS refused
             problem = self.redact(f"cannot connect ({type(error).__name__}: {error})")
             raise ServerFailure(problem, at_once=True) from None
-        except httpx.TimeoutException as error:
+        except aiohttp.ServerTimeoutError as error:
             # Not down at once: a loaded server can be slow to accept, and is checked.
             raise ServerFailure(f"no answer in time ({type(error).__name__})") from None
-        except httpx.HTTPError as error:  # reset, broken chunking, a bad Content-Encoding…
+        except aiohttp.ClientError as error:  # reset, broken framing, a bad Content-Encoding…
             problem = self.redact(f"the exchange failed ({type(error).__name__}: {error})")
             raise ServerFailure(problem) from None
 
@@ -513,16 +512,33 @@ class ServerPool:
         return self.redact(f"it begins {start!r}") if start else "it is empty"
 
 
-async def _read_capped(reply: httpx.Response, limit: int) -> bytes:
-    """The body, decompressed; a 200 past `limit` bytes is abandoned (BadAnswer's cousin, a
-    ServerFailure), any other answer is cut at ERROR_PAGE_BYTES (its start says enough)."""
-    ok = reply.status_code == 200
+class _Body(aiohttp.payload.Payload):
+    """A JSON request body already in memory, handed to the transport in one write: it
+    copies what the socket does not take at once. (aiohttp's own bytes payload warns past
+    1 MiB and suggests BytesIO, whose 64 KiB writes cost 1.5 ms of CPU a 30 s chunk, against
+    0.5 ms for the whole request this way.)"""
+
+    def __init__(self, value: bytes) -> None:
+        super().__init__(value, content_type="application/json")
+        self._size = len(value)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return bytes(self._value).decode(encoding, errors)
+
+    async def write(self, writer: "aiohttp.abc.AbstractStreamWriter") -> None:
+        await writer.write(self._value)
+
+
+async def _read_capped(reply: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, decompressed; a 200 past `limit` bytes is abandoned (a ServerFailure), any
+    other answer is cut at ERROR_PAGE_BYTES (its start says enough)."""
+    ok = reply.status == 200
     limit = limit if ok else min(limit, ERROR_PAGE_BYTES)
-    declared = reply.headers.get("content-length", "")
-    if ok and declared.isdigit() and int(declared) > limit:
-        raise ServerFailure(f"its answer would be {int(declared)} bytes: over {limit}, abandoned")
+    declared = reply.content_length
+    if ok and declared is not None and declared > limit:
+        raise ServerFailure(f"its answer would be {declared} bytes: over {limit}, abandoned")
     body = bytearray()
-    async for piece in reply.aiter_bytes():
+    async for piece in reply.content.iter_chunked(64 * 1024):
         body += piece
         if len(body) > limit:
             if ok:
