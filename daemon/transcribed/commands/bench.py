@@ -16,9 +16,9 @@ With a diarizer configured, every recording also gets speaker labels, as in the 
 time spent in the diarizer (features and model) and its load are reported on their own.
 
 With `engine = "vllm"` the same backlog goes to the configured servers, and the same table
-comes out. `simulate_pool` measures the dispatcher itself: K simulated servers of known
-capacity (`pool_sim`: answers take a set time per audio second and no CPU), and how much of
-their capacity the daemon's own pipeline keeps busy for K = 1, 2, 4, 8.
+comes out. `pool_bench.simulate_pool` measures the dispatcher itself, against stand-in
+servers of known capacity that cost next to nothing (`stand_in`), beside the daemon's own
+ceiling, for K = 1, 2, 4, 8.
 """
 
 import contextlib

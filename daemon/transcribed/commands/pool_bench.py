@@ -282,7 +282,7 @@ def render(report: PoolReport) -> str:
         lines.append(
             f"{run.servers:>7}  {run.capacity_times_real_time:>8,.0f}x  "
             f"{run.ceiling_times_real_time:>8,.0f}x  {run.times_real_time:>8,.0f}x  "
-            f"{run.share_of_target:>9.0%}  {run.busy_while_backlog:>14.0%}  "
+            f"{run.share_of_target:>9.1%}  {run.busy_while_backlog:>14.0%}  "
             f"{run.busy_whole_run:>10.0%}  {run.most_in_flight:>9}  "
             f"{run.window_per_recording:>6}  {run.wire_bytes_per_audio_second:>13,.0f}  "
             f"{run.load_average:>5.1f}"
