@@ -22,7 +22,7 @@ from engine_servers import (
     remote_engine,
     response,
 )
-from transcribed.errors import TransientError
+from transcribed.errors import ShutdownRequested, TransientError
 from transcribed.servers import engine_status
 from transcribed.servers.server_pool import (
     DOWN_AFTER,
@@ -300,3 +300,34 @@ def test_the_down_reason_is_in_the_summary_status_and_the_page_show() -> None:
     assert engine_status.summary(servers) == (
         "1 of 2 engine servers up (https://b:8000: its answer is not JSON (it begins '<'))"
     )
+
+
+def test_a_chat_model_behind_the_name_stays_down_while_the_other_works(
+    pair: tuple[OddServer, OddServer],
+) -> None:
+    """Its probes (a short real request) must be transcriptions too, so it does not come
+    back up to fail three more chunks after each fall."""
+    chat, good = pair
+    chat.chat = answers(response(good_answer("Sure! What would you like to talk about?")))
+    engine = _engine([chat.url, good.url])
+    try:
+        assert "not a transcription" in str(engine.pool.servers[0].problem)
+        for _ in range(5):
+            assert [t.text for t in engine.transcribe(_chunks(4))] == ["hello"] * 4
+            time.sleep(0.5)  # probed meanwhile (after 1 s, then 2 s, …)
+        assert engine.summary() == "1 of 2 engine servers up"
+        assert chat.chats >= 2 and good.chats >= 20  # probed again, never given a chunk
+    finally:
+        engine.pool.close()
+
+
+def test_a_request_after_the_pool_closed_is_a_shutdown_not_an_error() -> None:
+    """A job cutting its next chunk while the daemon stops goes back to the queue."""
+    server = OddServer().start()
+    engine = _engine([server.url])
+    engine.pool.close()
+    try:
+        with pytest.raises(ShutdownRequested):
+            engine.transcribe(_chunks(1))
+    finally:
+        server.stop()

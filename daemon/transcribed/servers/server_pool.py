@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from transcribed.errors import TranscribedError, TransientError
+from transcribed.errors import ShutdownRequested, TranscribedError, TransientError
 from transcribed.logs import get_logger
 from transcribed.servers.redaction import Redactor
 
@@ -180,6 +180,7 @@ class ServerPool:
         self._client: aiohttp.ClientSession | None = None
         self._slots: asyncio.Condition | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._closed = threading.Event()
 
     # --- from any thread ------------------------------------------------------------------
 
@@ -193,6 +194,7 @@ class ServerPool:
             raise
 
     def close(self) -> None:
+        self._closed.set()
         if not self._thread.is_alive():  # never started (or already closed)
             if not self._loop.is_running() and not self._loop.is_closed():
                 self._loop.close()
@@ -208,9 +210,17 @@ class ServerPool:
         self, path: str, body: bytes | dict[str, Any], read: Callable[[Any], T]
     ) -> "concurrent.futures.Future[T]":
         """POST `body` (JSON) to `path` on some server; the Future gives what `read` makes of
-        the answer's JSON, or raises EngineUnavailable / RequestRejected."""
+        the answer's JSON, or raises EngineUnavailable / RequestRejected. Once the pool is
+        closing (the daemon stops), ShutdownRequested: the job goes back to the queue."""
+        if self._closed.is_set():
+            raise ShutdownRequested("the engine servers' pool is closed")
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return self._call(self._request(path, content, read))
+        request = self._request(path, content, read)
+        try:
+            return self._call(request)
+        except RuntimeError:  # closed between the check and the call
+            request.close()
+            raise ShutdownRequested("the engine servers' pool is closed") from None
 
     def summary(self) -> str:
         """`1 of 2 engine servers up`: for the STATUS= line and `status`."""

@@ -62,14 +62,14 @@ def pool_settings(settings: ModelSettings) -> PoolSettings:
     probe = {
         "model": settings.model,
         "messages": [{"role": "user", "content": [audio_part(wav_base64(_SILENCE).decode())]}],
-        "max_tokens": 8,
+        "max_tokens": 8,  # enough for "language None<asr_text>", the answer to silence
         "temperature": 0,
     }
     most_tokens = token_budget(settings.chunk_seconds)
     return PoolSettings(
         servers=tuple(settings.vllm_servers),
         model=settings.model,
-        probe=Probe(CHAT_PATH, json_bytes(probe), read_reply),
+        probe=Probe(CHAT_PATH, json_bytes(probe), _transcription),
         api_key=key,
         ca_file=settings.vllm_ca_file,
         max_in_flight=settings.vllm_max_in_flight,
@@ -77,6 +77,12 @@ def pool_settings(settings: ModelSettings) -> PoolSettings:
         connect_timeout_seconds=settings.vllm_connect_seconds,
         max_answer_bytes=_ANSWER_BYTES_FIXED + most_tokens * _ANSWER_BYTES_PER_TOKEN,
     )
+
+
+def _transcription(answer: Any) -> None:
+    """A probe's answer must be a transcription too: a chat model served under the name
+    would otherwise come back up after every fall, and fail three chunks each time."""
+    check_transcription(read_reply(answer), forced=None)
 
 
 def json_bytes(body: dict[str, Any]) -> bytes:
