@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from transcribed.files.content import Content, Fingerprint, ignore_lease_breaks
 from transcribed.model.synthetic import (
     build_tiny_aligner,
     build_tiny_checkpoint,
@@ -17,6 +18,7 @@ from transcribed.model.synthetic import (
 from transcribed.state.workfolder import WorkFolder
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach for the network
+ignore_lease_breaks()  # the intake driven in-process probes files for writers, as the daemon
 
 
 @pytest.fixture(autouse=True)
@@ -93,3 +95,8 @@ def work(folders: Folders) -> Iterator[WorkFolder]:
     opened.open()
     yield opened
     opened.close()
+
+
+def hashed(sha256: str, size: int) -> Content:
+    """A claim's content as the queue stores it, for tests that make up the hash."""
+    return Content(sha256, size, Fingerprint(size, 0, 0))

@@ -1,4 +1,4 @@
-"""DESIGN §2's invariants, checked against the real folders after a crash or at the end.
+"""docs/design.md §2's invariants, checked against the real folders after a crash or at the end.
 
 I1: an original is never gone before a durable transcript of its content exists.
 I2: at most one visible transcript per dropped name and content (each name gets its own),

@@ -155,7 +155,8 @@ def make_mixed_recordings(folder: Path, seconds: float = 6.0) -> dict[str, float
 
 
 def make_unreadable(folder: Path) -> list[str]:
-    (folder / "empty.wav").write_bytes(b"")
+    """Files that fail for good. (An empty file is not one of them: it is still arriving.)"""
+    (folder / "one byte.wav").write_bytes(b"x")
     (folder / "noise.flac").write_bytes(np.random.default_rng(1).bytes(50_000))
     (folder / "notes.mp3").write_text("these are meeting notes, not audio\n" * 40)
-    return ["empty.wav", "noise.flac", "notes.mp3"]
+    return ["one byte.wav", "noise.flac", "notes.mp3"]

@@ -14,6 +14,10 @@ from pathlib import Path
 
 CLI = [sys.executable, "-m", "transcribed"]
 NET_GUARD = Path(__file__).parent / "netguard"  # sitecustomize that fails any remote connect
+# Without the capabilities that let root read anything, root is held to the permission bits
+# like anyone else: as a user who cannot read the service user's files (prefix a command).
+NO_OVERRIDE = ("setpriv", "--bounding-set", "-dac_override,-dac_read_search")
+STRANGER_UID = 65534  # nobody: the owner of "the service user's" files in those tests
 
 
 def transcribe_once(audio: Path, model: Path, **settings: str) -> None:

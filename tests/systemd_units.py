@@ -14,8 +14,11 @@ UNITS = Path(__file__).parents[1] / "systemd"
 SYSTEM_UNIT = UNITS / "transcribed.service"
 USER_UNIT = UNITS / "transcribed-user.service"
 VLLM_DROP_IN = UNITS / "transcribed.service.d" / "vllm.conf"
+LOCAL_VLLM_DROP_IN = UNITS / "transcribed.service.d" / "vllm-local.conf"
 ANALYZE = shutil.which("systemd-analyze")
-EXPOSURE_LIMIT = 1.5
+# systemd-analyze's exposure score for our units: 1.5 before CAP_LEASE, which adds 0.1 (the
+# daemon asks the kernel whether a writer still holds another user's recording open).
+EXPOSURE_LIMIT = 1.6
 
 needs_systemd = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
 

@@ -56,6 +56,7 @@ def test_daemon_transcribes_a_mixed_inbox_archives_fails_and_stops_on_sigterm(
         (staging / name).rename(folders.inbox / name)
     digests = {name: _digest(staging / name) for name in durations if name not in before_start}
     digests |= {name: _digest(folders.inbox / name) for name in before_start}
+    (folders.inbox / "empty.wav").write_bytes(b"")  # still arriving: waits, listed in status
     outside = tmp_path / "outside.wav"
     write_soundfile(outside, 1, 16000, "PCM_16")
     outside_before = (outside.read_bytes(), outside.stat().st_mtime_ns)
@@ -122,6 +123,7 @@ def test_daemon_transcribes_a_mixed_inbox_archives_fails_and_stops_on_sigterm(
     assert (outside.read_bytes(), outside.stat().st_mtime_ns) == outside_before
     assert sorted(p.name for p in folders.inbox.iterdir()) == [
         ".transcribed-work",
+        "empty.wav",
         "link to outside.wav",
     ]
     lines = (tmp_path / "daemon.log").read_text().splitlines()

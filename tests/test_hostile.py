@@ -61,7 +61,7 @@ def _fill_inbox(inbox: Path, outside: Path, staging: Path) -> tuple[dict[bytes, 
     (inbox / "linked folder").symlink_to(outside, target_is_directory=True)
     os.link(outside / "hard canary.wav", inbox / "hard link.wav")
     os.mkfifo(inbox / "pipe.wav")
-    refused = ["link out.wav", "link in.wav", "hard link.wav", "pipe.wav"]
+    refused = ["link out.wav", "link in.wav", "pipe.wav"]
     try:
         os.mknod(inbox / "device.wav", stat.S_IFCHR | 0o600, os.makedev(1, 3))  # /dev/null
         refused.append("device.wav")
@@ -122,5 +122,8 @@ def test_hostile_names_and_files_are_handled_and_nothing_outside_is_touched(
     logged = events(log)
     ignored = {e["file"] for e in logged if e["event"] == "intake.ignored"}
     assert set(refused) <= ignored
+    waiting = {e["file"] for e in logged if e["event"] in ("intake.waiting", "intake.claim_failed")}
+    assert "hard link.wav" in waiting, "a second name waits: the other name would keep the data"
+    assert os.path.lexists(folders.inbox / "hard link.wav")
     assert "new\\\\x0aline.wav" in text or "new\\\\nline.wav" in text, "the newline is escaped"
     assert "bad \\\\xff\\\\xfe utf8.wav" in text

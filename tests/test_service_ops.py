@@ -3,6 +3,7 @@ isolation at start, and the loud CPU fallback. Real daemon, real config file, re
 
 import json
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -13,7 +14,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from recordings import write_soundfile
-from running import CLI, Daemon, events
+from running import CLI, Daemon, cli, events
 from transcribed.host.isolation import isolation_problem, reachable_interfaces
 
 pytestmark = pytest.mark.slow
@@ -55,6 +56,34 @@ def test_sighup_applies_a_new_config_and_rejects_an_invalid_one(folders, tiny_mo
         assert "max_attempts" in logged(daemon, "config.reload_rejected")[0]["error"]
         drop(folders.inbox, "kept.wav", seed=3)
         daemon.wait_for(lambda: (folders.outbox / "kept.srt").exists(), 60)  # old config kept
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_sighup_rejects_a_language_or_a_hook_the_daemon_could_not_use(
+    folders, tiny_model, tmp_path
+):
+    """What `run` refuses at start is refused at reload too, before a recording is touched:
+    an unknown language (top level or in a rule) and a hook program that does not exist."""
+    config = tmp_path / "config.toml"
+    config.write_text('formats = ["txt", "json"]\n')
+    env = folders.env(tiny_model)
+    daemon = Daemon(env, tmp_path / "daemon.log", args=("--config", str(config)))
+    try:
+        daemon.wait_ready()
+        for lines, words in (
+            ('language = "jp"\n', "did you mean ja (Japanese)?"),
+            ('[[folders]]\npath = "team"\nlanguage = "cn"\n', "did you mean zh (Chinese)?"),
+            ('on_done = ["/nonexistent/notify"]\n', "/nonexistent/notify does not exist"),
+        ):
+            rejected = len(logged(daemon, "config.reload_rejected"))
+            config.write_text(lines)
+            daemon.process.send_signal(signal.SIGHUP)
+            daemon.wait_for(lambda: len(logged(daemon, "config.reload_rejected")) > rejected, 30)  # noqa: B023
+            assert words in logged(daemon, "config.reload_rejected")[-1]["error"]
+        drop(folders.inbox, "kept.wav", seed=4)
+        daemon.wait_for(lambda: (folders.outbox / "kept.json").exists(), 60)
+        assert json.loads((folders.outbox / "kept.json").read_text())["language_forced"] is False
     finally:
         assert daemon.stop() == 0
 
@@ -141,3 +170,86 @@ def test_interfaces_other_than_loopback_count_as_reachable(tmp_path) -> None:
     assert reachable_interfaces(connected) == ["eth0"]
     assert "eth0" in (isolation_problem(connected) or "")
     assert reachable_interfaces(tmp_path / "missing") is None
+
+
+SLOW_HOOK = textwrap.dedent(
+    """
+    import os, sys, time
+    time.sleep(3)
+    with open(os.path.join(sys.argv[1], os.environ["TRANSCRIBED_JOB"]), "a") as out:
+        out.write("ran\\n")
+    """
+)
+
+
+def test_hooks_waiting_at_a_stop_run_after_the_restart(folders, tiny_model, tmp_path) -> None:
+    """Trust 2, finding 10: with a hook that takes 3 s, SIGTERM 12 s after 10 drops: 10 jobs
+    done, 5 hooks ran, no log line about the other 5, and they never ran after the restart."""
+    script, calls = tmp_path / "hook.py", tmp_path / "calls"
+    script.write_text(SLOW_HOOK)
+    calls.mkdir()
+    env = folders.env(
+        tiny_model,
+        TRANSCRIBED_SETTLE_SECONDS="0.3",
+        TRANSCRIBED_ON_DONE=json.dumps([sys.executable, str(script), str(calls)]),
+        TRANSCRIBED_HOOK_TIMEOUT_SECONDS="30",
+    )
+    log = tmp_path / "daemon.log"
+    daemon = Daemon(env, log)
+    try:
+        daemon.wait_ready()
+        for number in range(10):
+            drop(folders.inbox, f"talk{number}.wav", seed=number, seconds=1)
+        daemon.wait_for(lambda: len(list(folders.archive.iterdir())) == 10, 120)
+        daemon.wait_for(lambda: len(list(calls.iterdir())) >= 1, 30)
+    finally:
+        assert daemon.stop() == 0
+    ran_before = len(list(calls.iterdir()))
+    assert ran_before < 10, "the hooks were meant to be cut short by the stop"
+    [waiting] = [e for e in events(log) if e["event"] == "hooks.waiting_at_stop"]
+    assert waiting["calls"] + ran_before == 10
+    daemon = Daemon(env, log)
+    try:
+        daemon.wait_ready()
+        daemon.wait_for(lambda: len(list(calls.iterdir())) == 10, 90)
+    finally:
+        assert daemon.stop() == 0
+    assert all(path.read_text() == "ran\n" for path in calls.iterdir()), "each ran once"
+
+
+def test_originals_waiting_for_disposal_are_shown_and_kept_by_their_own_policy(
+    folders, tiny_model, tmp_path
+) -> None:
+    """Trust 2, findings 8 and 9: with the archive immutable, `status` counted the originals
+    waiting in the work folder as done; then `disposal = "shred"` and SIGHUP shredded all
+    three, each JSON still saying `"method": "move", "assurance": "kept"`."""
+    config = tmp_path / "config.toml"
+    config.write_text('disposal = "move"\n')
+    env = folders.env(tiny_model, TRANSCRIBED_SETTLE_SECONDS="0.3", TRANSCRIBED_RETRY_SECONDS="1")
+    del env["TRANSCRIBED_DISPOSAL"]
+    daemon = Daemon(env, tmp_path / "daemon.log", args=("--config", str(config)))
+    try:
+        daemon.wait_ready()
+        if subprocess.run(["chattr", "+i", str(folders.archive)], capture_output=True).returncode:
+            pytest.skip("chattr +i is not supported here (needed to deny root the archive)")
+        for number in range(3):
+            drop(folders.inbox, f"talk{number}.wav", seed=number)
+        daemon.wait_for(lambda: len(logged(daemon, "job.disposal_failed")) >= 3, 60)
+        report = json.loads(cli("status", "--json", env=env).stdout)
+        assert report["counts"] == {"published": 3}
+        assert report["summary"] == "0 queued, 0 running, 0 done, 0 failed, 3 waiting for disposal"
+        assert report["disposal"]["waiting"] == 3 and report["disposal"]["last_error"]
+        assert "3 waiting to be archived (last error:" in cli("status", env=env).stdout
+        config.write_text('disposal = "shred"\n')
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_for(lambda: bool(logged(daemon, "config.reloaded")), 30)
+        subprocess.run(["chattr", "-i", str(folders.archive)], check=True)
+        daemon.wait_for(lambda: len(list(folders.archive.iterdir())) == 3, 60)
+    finally:
+        subprocess.run(["chattr", "-i", str(folders.archive)], check=False)
+        assert daemon.stop() == 0
+    assert not logged(daemon, "job.disposed") or all(
+        e["disposal"] == "moved" for e in logged(daemon, "job.disposed")
+    )
+    for transcript in folders.outbox.glob("*.json"):
+        assert json.loads(transcript.read_text())["disposal"]["method"] == "move"

@@ -229,3 +229,182 @@ def test_every_variable_a_hook_receives_is_known_not_to_be_a_setting() -> None:
         audio_seconds=2.0,
     )
     assert set(hook_environment(job)) <= _NOT_SETTINGS
+
+
+# --- values the daemon will need: checked where they are read (issue 21) -------------------
+
+
+def _refusal(config: Path | None, kind: type = Settings, **overrides: object) -> str:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config, kind, **overrides)
+    return str(refused.value)
+
+
+def test_an_unknown_language_is_refused_with_the_closest_codes(folders, tmp_path) -> None:
+    """`language = "jp"` used to be accepted and then fail every recording three times."""
+    config = _write_config(tmp_path / "c.toml", folders, language="jp")
+    assert "'jp' is not a language Qwen3-ASR knows; did you mean ja (Japanese)?" in _refusal(config)
+    config = _write_config(tmp_path / "c.toml", folders, language="klingon")
+    said = _refusal(config)
+    assert "'klingon' is not a language" in said and "zh" in said and "(from file" in said
+    assert "Supported" not in said  # not transformers' 700-character list
+
+
+def test_a_language_is_taken_by_code_or_name_and_kept_as_its_code(folders, tmp_path) -> None:
+    """Codes and English names in any case name the same language; one code is kept."""
+    for written, code in (("ja", "ja"), ("Japanese", "ja"), ("EN", "en"), ("cantonese", "yue")):
+        config = _write_config(tmp_path / "c.toml", folders, language=written)
+        assert load_settings(config, Settings).language == code
+
+
+def test_a_folder_rule_and_an_option_get_the_same_language_check(folders, tmp_path) -> None:
+    """[[folders]] rules and `transcribe --language` are checked like the setting."""
+    config = _write_config(tmp_path / "c.toml", folders)
+    config.write_text(config.read_text() + '[[folders]]\npath = "team"\nlanguage = "cn"\n')
+    said = _refusal(config)
+    assert "[[folders]] rule 1: language: 'cn' is not a language" in said
+    assert "did you mean zh (Chinese)?" in said
+    said = _refusal(None, ModelSettings, language="jp")
+    assert "did you mean ja (Japanese)?" in said and "(from option --language)" in said
+
+
+def test_the_language_table_is_transformers_own() -> None:
+    """The start-up check and the model agree on which languages exist."""
+    from transformers.models.qwen3_asr.processing_qwen3_asr import LANGUAGE_CODE_TO_NAME
+
+    from transcribed.settings.languages import QWEN3_ASR_LANGUAGES
+
+    assert dict(LANGUAGE_CODE_TO_NAME) == QWEN3_ASR_LANGUAGES
+
+
+@pytest.mark.parametrize("written", ["640", "0o640"])
+def test_output_mode_as_a_toml_number_is_refused_with_the_quoted_form(
+    folders, tmp_path, written
+) -> None:
+    """`output_mode = 640` used to become mode 1200 (--w------T)."""
+    config = _write_config(tmp_path / "c.toml", folders)
+    config.write_text(config.read_text() + f"output_mode = {written}\n")
+    said = _refusal(config)
+    assert "is a number, which TOML does not read as octal" in said
+    assert 'output_mode = "0' in said and "in quotes" in said
+
+
+def test_output_mode_with_a_leading_zero_gets_the_hint_to_quote_it(folders, tmp_path) -> None:
+    """`output_mode = 0640` is not TOML; the error says to write "0640"."""
+    config = _write_config(tmp_path / "c.toml", folders)
+    config.write_text(config.read_text() + "output_mode = 0640  # as chmod\n")
+    said = _refusal(config)
+    assert "not valid TOML" in said and 'write output_mode = "0640" in quotes' in said
+
+
+def test_output_mode_means_the_same_in_the_file_and_the_environment(
+    folders, tmp_path, monkeypatch
+) -> None:
+    """ "640", "0640" and "0o640" are octal wherever they are written."""
+    for written in ("640", "0640", "0o640"):
+        config = _write_config(tmp_path / "c.toml", folders, output_mode=written)
+        assert load_settings(config, Settings).output_mode == 0o640
+        monkeypatch.setenv("TRANSCRIBED_OUTPUT_MODE", written)
+        assert load_settings(_write_config(tmp_path / "c.toml", folders), Settings).output_mode == (
+            0o640
+        )
+        monkeypatch.delenv("TRANSCRIBED_OUTPUT_MODE")
+
+
+@pytest.mark.parametrize(
+    ("written", "words"),
+    [
+        ("999", "'999' is not an octal mode"),
+        ("1200", "sets setuid, setgid or sticky bits"),
+        ("0200", "unreadable by their owner"),
+        ("rw-r-----", "is not an octal mode"),
+    ],
+)
+def test_an_unusable_output_mode_says_why(folders, tmp_path, written, words) -> None:
+    """No "invalid literal for int() with base 8", and no mode its owner cannot read."""
+    config = _write_config(tmp_path / "c.toml", folders, output_mode=written)
+    said = _refusal(config)
+    assert words in said and "int()" not in said
+
+
+def test_a_typo_inside_web_gets_a_did_you_mean(folders, tmp_path) -> None:
+    """[web] is checked like the top level and [[folders]]."""
+    config = _write_config(tmp_path / "c.toml", folders)
+    config.write_text(config.read_text() + "[web]\nprot = 8080\n")
+    assert "unknown key prot in [web] — did you mean port?" in _refusal(config)
+
+
+def test_relative_paths_in_the_file_are_read_against_its_folder(
+    folders, tmp_path, monkeypatch
+) -> None:
+    """The same config means the same folders from any working folder (systemd's is /)."""
+    home = tmp_path / "etc"
+    (home / "models").mkdir(parents=True)
+    config = home / "c.toml"
+    config.write_text(
+        'inbox = "../inbox"\noutbox = "../outbox"\nfailed_dir = "../failed"\n'
+        'state_dir = "state"\ndisposal = "delete"\nmodel = "./models"\n'
+        'on_done = ["bin/notify", "--quiet"]\non_failed = ["logger", "failed"]\n'
+        '[web]\ntoken_file = "token"\n'
+    )
+    for here in (tmp_path, Path("/")):
+        monkeypatch.chdir(here)
+        settings = load_settings(config, Settings)
+        assert settings.inbox.resolve() == folders.inbox.resolve()
+        assert settings.state_dir == home / "state"
+        assert settings.model == str(home / "models")
+        assert settings.web.token_file == home / "token"
+        assert settings.on_done == [str(home / "bin" / "notify"), "--quiet"]
+        assert settings.on_failed == ["logger", "failed"]  # a bare name: looked up in PATH
+
+
+def test_a_tilde_is_expanded_everywhere(folders, tmp_path, monkeypatch) -> None:
+    """`"~/rec/inbox"` is the home's rec/inbox, in the file and in the environment."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = tmp_path / "c.toml"
+    config.write_text('inbox = "~/inbox"\noutbox = "~/outbox"\nfailed_dir = "~/failed"\n')
+    monkeypatch.setenv("TRANSCRIBED_STATE_DIR", "~/state")
+    monkeypatch.setenv("TRANSCRIBED_DISPOSAL", "delete")
+    settings = load_settings(config, Settings)
+    assert (settings.inbox, settings.state_dir) == (folders.inbox, folders.state)
+    check_folders(settings)
+
+
+def test_a_relative_path_in_the_environment_is_refused_with_the_reason(
+    folders, tmp_path, monkeypatch
+) -> None:
+    """There is no file to be relative to, and a service's working folder is /."""
+    config = _write_config(tmp_path / "c.toml", folders)
+    monkeypatch.setenv("TRANSCRIBED_INBOX", "rec/inbox")
+    said = _refusal(config)
+    assert "inbox: 'rec/inbox' is a relative path; give an absolute one" in said
+    assert "(from environment TRANSCRIBED_INBOX)" in said
+
+
+def test_an_option_path_is_relative_to_the_working_folder(folders, tmp_path, monkeypatch) -> None:
+    """`--state-dir state` means ./state, as in every command."""
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(None, StateSettings, state_dir=Path("state"))
+    assert settings.state_dir == folders.state
+
+
+def test_hook_programs_must_exist_and_be_executable(folders, tmp_path) -> None:
+    """`on_done = ["/nonexistent/notify"]` used to pass every check."""
+    from transcribed.settings import check_programs
+
+    script = tmp_path / "notify"
+    script.write_text("#!/bin/sh\n")
+    for program, words in (
+        ("/nonexistent/notify", "on_done: /nonexistent/notify does not exist"),
+        (str(tmp_path), "is not a program"),
+        ("no-such-notifier", "'no-such-notifier' is not found in PATH"),
+        (str(script), f"{script} is not executable by user"),
+    ):
+        config = _write_config(tmp_path / "c.toml", folders)
+        config.write_text(config.read_text() + f'on_done = ["{program}", "--quiet"]\n')
+        with pytest.raises(ConfigError, match=words.replace("(", r"\(")):
+            check_programs(load_settings(config, Settings))
+    script.chmod(0o755)
+    config = _write_config(tmp_path / "c.toml", folders)
+    config.write_text(config.read_text() + f'on_done = ["{script}"]\non_failed = ["true"]\n')
+    check_programs(load_settings(config, Settings))

@@ -349,7 +349,7 @@ def test_jobs_pruned_to_the_last_one_stay_forgotten_at_the_next_start(
         daemon.wait_for(lambda: (folders.archive / "a.wav").exists(), 60)
     finally:
         assert daemon.stop() == 0
-    pruned = cli("jobs", "prune", "--older-than", "0m", env=env)
+    pruned = cli("jobs", "prune", "--older-than", "0min", env=env)
     assert pruned.returncode == 0, pruned.stderr
     daemon = Daemon(env, log)
     try:

@@ -13,12 +13,13 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from transcribed import __version__
 from transcribed.errors import ConfigError, ModelError
+from transcribed.files.content import ignore_lease_breaks
 from transcribed.logs import configure_logging
 from transcribed.settings import (
     DEFAULT_CONFIG_PATH,
@@ -26,25 +27,33 @@ from transcribed.settings import (
     RetrySettings,
     Settings,
     StateSettings,
+    StatusSettings,
     check_folders,
+    check_programs,
     load_settings,
     setting_sources,
 )
+from transcribed.settings.access import StateAccessDenied, check_state_access
 from transcribed.state.overview import OperatorError
 from transcribed.state.queue import JobState
 
 if TYPE_CHECKING:
     from transcribed.model.engine import Engine
+    from transcribed.output.search_index import SearchIndex
     from transcribed.servers.vllm_engine import RemoteEngine
 
 EXIT_FAILED = 1
+DEFAULT_BENCH_JOBS = 4  # recordings at once in `bench` without a GPU, as jobs_at_once's default
 EXIT_CONFIG = 2  # usage and configuration errors, like argparse's own
 EXIT_BROKEN_PIPE = 128 + 13  # as a program killed by SIGPIPE: what shells expect of `… | head`
 
 StateT = TypeVar("StateT", bound=StateSettings)
+ResultT = TypeVar("ResultT")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ignore_lease_breaks()  # any command may ask whether a writer still holds a recording
     try:
         args = _build_parser().parse_args(argv)  # --help prints, too
         configure_logging(args.log_level or args.quiet_log_level)
@@ -54,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Python would complain again when it flushes stdout at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+    except StateAccessDenied as denied:  # the one mistake whose fix is this very command
+        print(f"transcribed: {denied.with_command(argv)}", file=sys.stderr)
+        return EXIT_CONFIG
     except (ConfigError, ModelError) as error:
         print(f"transcribed: {error}", file=sys.stderr)
         return EXIT_CONFIG
@@ -94,11 +106,21 @@ def _build_parser() -> argparse.ArgumentParser:
         commands,
         "transcribe",
         help="transcribe files once, without the daemon",
-        description="Transcribe FILEs now and write <stem>.txt and <stem>.json next to each "
-        "file (or into --outbox). The files themselves are not moved or changed.",
+        description="Transcribe FILEs now and write <stem>.txt and <stem>.json (and the other "
+        "formats configured) next to each file, or into --outbox. The files themselves are "
+        "not moved or changed. A file whose transcript is already there is skipped unless "
+        "--overwrite; another file's transcript of the same name is never replaced (a "
+        "suffixed name is used).",
     )
     once.add_argument("files", nargs="+", type=Path, metavar="FILE", help="recordings")
-    once.add_argument("--outbox", type=Path, help="write transcripts here instead")
+    once.add_argument(
+        "--outbox", type=Path, help="write transcripts into this folder (made when missing)"
+    )
+    once.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="transcribe again files whose transcript is already there, replacing it",
+    )
     once.add_argument("--model", help="hub id or local folder (default: from config)")
     once.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: from config)")
     once.add_argument("--language", help="force a language, e.g. en or zh (default: detect)")
@@ -164,7 +186,8 @@ def _build_parser() -> argparse.ArgumentParser:
         required=True,
         type=_age,
         metavar="AGE",
-        help="e.g. 90d, 12h, 30m or 2w: finished at least this long ago",
+        help="finished at least this long ago: a number and a unit, min, h, d, w or mo "
+        "(30 days), e.g. 90d, 12h, 30min, 6mo",
     )
     prune.add_argument("--dry-run", action="store_true", help="only count what would go")
     prune.set_defaults(handler=_jobs_prune)
@@ -219,13 +242,28 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Write a backlog of compressed recordings to a scratch folder and time "
         "the daemon's own pipeline from files on disk to published transcripts. Model load "
         "and warm-up are reported apart. --synthetic-weights measures the full-size model "
-        "with random weights (no download); its transcripts are meaningless.",
+        "with random weights (no download); its transcripts are meaningless. --stand-in "
+        "drives the pipeline with a model that costs what a GPU would and computes nothing.",
     )
     bench.add_argument("--hours", type=float, default=0.5, help="audio in the backlog (0.5)")
     bench.add_argument(
         "--synthetic-weights",
-        choices=["1.7b", "0.6b"],
-        help="random weights of this size instead of the configured model",
+        choices=["tiny", "1.7b", "0.6b"],
+        help="random weights of this size instead of the configured model (tiny: the tests' "
+        "model, for a dry run); built once under $XDG_CACHE_HOME/transcribed",
+    )
+    bench.add_argument(
+        "--stand-in",
+        metavar="GPU-SIZE",
+        help="no model: a stand-in that costs what this GPU would for this size (h100-1.7b, "
+        "h100-0.6b, h200-1.7b, h200-0.6b) and computes nothing",
+    )
+    bench.add_argument(
+        "--stand-in-scale",
+        type=float,
+        default=1.0,
+        help="slow the stand-in's GPU this many times: as if this machine's CPU were that much "
+        "faster (1)",
     )
     bench.add_argument(
         "--tokens-per-second",
@@ -233,15 +271,16 @@ def _build_parser() -> argparse.ArgumentParser:
         help="tokens written per audio second (default 4 with --synthetic-weights; "
         "otherwise the model decides)",
     )
-    bench.add_argument("--jobs-at-once", type=int, default=4, help="recordings at once (4)")
     bench.add_argument(
-        "--batch-size", type=int, help="chunks each recording gathers per call (from config)"
+        "--jobs-at-once",
+        type=int,
+        help="recordings at once (default: from config; on a GPU, from its batch ceiling)",
     )
     bench.add_argument(
-        "--compile",
-        action="store_true",
-        default=None,
-        help="static KV cache and compiled decoding (CUDA; compiling counts as warm-up)",
+        "--batch-size",
+        type=int,
+        help="chunks each recording gathers per call (default: from config; on a GPU, from "
+        "its batch ceiling)",
     )
     bench.add_argument("--model", help="hub id or local folder (default: from config)")
     bench.add_argument(
@@ -386,7 +425,9 @@ def _offline_unless(allowed: bool) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, Settings)
+    check_state_access(settings.state_dir)
     check_folders(settings)
+    check_programs(settings)
     _check_model_files(settings)
     _check_device(settings.device)
     _offline_unless(settings.allow_download)
@@ -412,18 +453,31 @@ def _check_device(device: str) -> None:
 def _transcribe(args: argparse.Namespace) -> int:
     overrides = {k: v for k in ("model", "device", "language") if (v := getattr(args, k))}
     settings = load_settings(args.config, ModelSettings, **overrides)
-    if args.outbox is not None and not args.outbox.is_dir():
-        raise ConfigError(f"--outbox {args.outbox} is not an existing folder")
     missing = [str(path) for path in args.files if not path.is_file()]
     if missing:
         raise ConfigError("not a file: " + ", ".join(missing))
     _check_model_files(settings)
     _check_device(settings.device)
+    if args.outbox is not None:
+        _make_outbox(args.outbox)
     _offline_unless(settings.allow_download)
     from transcribed.commands.transcribe import transcribe_files
 
-    failures = transcribe_files(args.files, settings, args.outbox)
+    failures = transcribe_files(args.files, settings, args.outbox, overwrite=args.overwrite)
     return EXIT_FAILED if failures else 0
+
+
+def _make_outbox(folder: Path) -> None:
+    """--outbox names where the transcripts go: made when it does not exist yet."""
+    if folder.is_dir():
+        return
+    try:
+        folder.mkdir(parents=True)
+    except FileExistsError:
+        raise ConfigError(f"--outbox {folder} exists and is not a folder") from None
+    except OSError as error:
+        raise ConfigError(f"--outbox {folder}: cannot make the folder: {error.strerror}") from None
+    print(f"transcribed: made the folder {folder} for the transcripts", file=sys.stderr)
 
 
 def _print(data: object, as_json: bool, text: str) -> None:
@@ -433,16 +487,30 @@ def _print(data: object, as_json: bool, text: str) -> None:
 def _state(args: argparse.Namespace, kind: type[StateT]) -> StateT:
     """The settings naming the state folder: --state-dir, else the config and environment."""
     overrides = {"state_dir": args.state_dir} if args.state_dir else {}
-    return load_settings(args.config, kind, **overrides)
+    settings = load_settings(args.config, kind, **overrides)
+    check_state_access(settings.state_dir)
+    return settings
 
 
 def _status(args: argparse.Namespace) -> int:
     from transcribed.state import overview
 
-    settings = _state(args, StateSettings)
-    report = overview.daemon_status(settings, overview.open_queue(settings))
+    settings = _state(args, StatusSettings)
+    inbox = settings.inbox
+    look = (lambda: _look_into(inbox)) if inbox is not None and inbox.is_dir() else None
+    report = overview.daemon_status(settings, overview.open_queue(settings), look)
     _print(report, args.json, overview.render_status(report))
     return 0
+
+
+def _look_into(inbox: Path) -> list[dict[str, object]]:
+    """What waits in the inbox, seen read-only with the intake's own checks."""
+    from transcribed.intake.survey import survey
+
+    return [
+        {"file": found.file, "reason": found.reason, "since": round(found.changed)}
+        for found in survey(inbox)
+    ]
 
 
 def _jobs_list(args: argparse.Namespace) -> int:
@@ -495,10 +563,11 @@ def _search(args: argparse.Namespace) -> int:
     from transcribed.output import search_index
 
     settings = load_settings(args.config, Settings)
+    check_state_access(settings.state_dir)
     index = search_index.SearchIndex(settings.search_database)
     if args.rebuild:
         ids = search_index.published_job_ids(settings.database)
-        count = index.rebuild(settings.outbox, ids)
+        count = _index_write(index, lambda: index.rebuild(settings.outbox, ids))
         print(f"indexed {count} transcripts from {settings.outbox}", file=sys.stderr)
         if not args.query:
             return 0
@@ -509,15 +578,47 @@ def _search(args: argparse.Namespace) -> int:
             f"no search index at {settings.search_database}: run `transcribed search "
             "--rebuild` as the service's user (pass the daemon's config with --config)"
         )
-    hits = index.search(args.query, args.limit)
+    try:
+        hits = index.search(args.query, args.limit)
+    except search_index.IndexDamaged:
+        _repair_index(index, settings)
+        hits = index.search(args.query, args.limit)
     rows = [dataclasses.asdict(hit) for hit in hits]
     text = "\n".join(search_index.render_hit(hit) for hit in hits) or "no transcript holds that"
     _print(rows, args.json, text)
     return 0 if hits else EXIT_FAILED
 
 
+def _repair_index(index: "SearchIndex", settings: Settings) -> None:
+    """A damaged index met by a search: set aside and rebuilt from the outbox, then searched."""
+    print(
+        f"the search index {index.path} is damaged: setting it aside and rebuilding it from "
+        f"{settings.outbox}…",
+        file=sys.stderr,
+    )
+    count = _index_write(index, lambda: index.repair(settings.outbox, settings.database))
+    if count is None:
+        raise OperatorError(
+            "the search index is being rebuilt by another process (the daemon or the page); "
+            "try again in a minute"
+        )
+    print(f"indexed {count} transcripts", file=sys.stderr)
+
+
+def _index_write(index: "SearchIndex", write: Callable[[], ResultT]) -> ResultT:
+    """`write` changes the index: one clear line when this user may not."""
+    try:
+        return write()
+    except (OSError, sqlite3.Error) as error:
+        raise OperatorError(
+            f"cannot write the search index {index.path}: {error}; run this as the service's "
+            "user (sudo -u transcribed …, with the daemon's --config)"
+        ) from None
+
+
 def _web(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, Settings)
+    check_state_access(settings.state_dir)
     overrides = {k: v for k in ("host", "port") if (v := getattr(args, k)) is not None}
     web = settings.web.model_copy(update=overrides)
     from transcribed.web.app import serve
@@ -540,6 +641,8 @@ def _doctor(args: argparse.Namespace) -> int:
     except ConfigError as error:
         findings = [doctor.Finding("config", "fail", str(error), "fix the setting named above")]
     else:
+        # Every later check would answer for the wrong user: only the right one helps.
+        check_state_access(settings.state_dir)
         _offline_unless(False)  # doctor only looks: never fetch anything
         findings = [doctor.Finding("config", "ok", "the configuration is valid")]
         findings += doctor.diagnose(settings)
@@ -555,6 +658,7 @@ def _recover(args: argparse.Namespace) -> int:
     from transcribed.state.workfolder import WorkFolder
 
     settings = load_settings(args.config, Settings)
+    check_state_access(settings.state_dir)
     lock = InstanceLock(settings.state_dir)
     lock.acquire()  # the daemon must not run meanwhile
     aside = set_aside(settings.database)
@@ -588,11 +692,13 @@ def _config_show(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    keys = ("model", "device", "batch_size", "compile", "diarizer", "engine")
+    keys = ("model", "device", "batch_size", "diarizer", "engine")
     overrides = {k: v for k in keys if (v := getattr(args, k))}
-    if args.simulate_servers:
-        return _bench_pool(args, load_settings(args.config, ModelSettings, **overrides))
     settings = load_settings(args.config, ModelSettings, **overrides)
+    if args.simulate_servers:
+        return _bench_pool(args, settings)
+    if args.stand_in:
+        return _bench_stand_in(args, settings)
     if not args.synthetic_weights:
         _check_model_files(settings)
     _check_device(settings.device)
@@ -605,7 +711,7 @@ def _bench(args: argparse.Namespace) -> int:
     report = bench.run_bench(
         settings,
         args.hours,
-        args.jobs_at_once,
+        lambda engine: _jobs_at_once(args, settings, engine),
         lambda: _bench_engine(settings, args, per_second),
         synthetic=bool(args.synthetic_weights),
         progress=lambda line: print(line, file=sys.stderr),
@@ -613,6 +719,63 @@ def _bench(args: argparse.Namespace) -> int:
     )
     _print(dataclasses.asdict(report), args.json, bench.render(report))
     return 0
+
+
+def _bench_stand_in(args: argparse.Namespace, settings: ModelSettings) -> int:
+    from transcribed.commands import bench
+    from transcribed.model.stand_in import GPUS, StandInEngine
+    from transcribed.model.synthetic import FULL_SIZES
+
+    gpu, _, size = args.stand_in.partition("-")
+    if gpu not in GPUS or size not in FULL_SIZES or args.stand_in_scale <= 0:
+        raise ConfigError(
+            f"--stand-in takes GPU-SIZE with GPU one of {', '.join(GPUS)} and SIZE one of "
+            f"{', '.join(FULL_SIZES)} (e.g. h100-1.7b), and --stand-in-scale > 0"
+        )
+    stand_in = StandInEngine(
+        gpu,
+        size,
+        settings.batch_size,
+        chunk_seconds=settings.chunk_seconds,
+        scale=args.stand_in_scale,
+        tokens_per_second=args.tokens_per_second or 4.0,
+    )
+    stand_in.batch_size = _gpu_sizes(args, settings, stand_in.ceiling)[0]
+    report = bench.run_bench(
+        settings,
+        args.hours,
+        _gpu_sizes(args, settings, stand_in.ceiling)[1],
+        lambda: stand_in,
+        synthetic=True,
+        progress=lambda line: print(line, file=sys.stderr),
+        scratch=args.scratch,
+    )
+    _print(dataclasses.asdict(report), args.json, bench.render(report))
+    return 0
+
+
+def _jobs_at_once(args: argparse.Namespace, settings: ModelSettings, engine: object) -> int:
+    """--jobs-at-once, else 4; with the local engine on a GPU, what its ceiling asks for,
+    and the batch size too unless configured."""
+    from transcribed.model.engine import Engine
+
+    if not isinstance(engine, Engine) or not engine.info.device.startswith("cuda"):
+        return int(args.jobs_at_once or DEFAULT_BENCH_JOBS)
+    engine.batch_size, jobs = _gpu_sizes(args, settings, engine.ceiling)
+    return jobs
+
+
+def _gpu_sizes(args: argparse.Namespace, settings: ModelSettings, ceiling: int) -> tuple[int, int]:
+    """(batch_size, jobs_at_once): given or configured ones kept, the rest from the GPU's
+    ceiling (`engine.gpu_defaults`)."""
+    from transcribed.model.engine import gpu_defaults
+
+    batch, jobs = gpu_defaults(ceiling)
+    if args.batch_size or "batch_size" in settings.model_fields_set:
+        batch = settings.batch_size
+    if args.jobs_at_once:
+        jobs = int(args.jobs_at_once)
+    return batch, jobs
 
 
 def _bench_engine(
@@ -624,25 +787,26 @@ def _bench_engine(
         from transcribed.servers.vllm_engine import RemoteEngine, recording_batch
 
         remote = RemoteEngine.connect(
-            settings, recording_batch(settings, args.jobs_at_once), threading.Event()
+            settings,
+            recording_batch(settings, args.jobs_at_once or DEFAULT_BENCH_JOBS),
+            threading.Event(),
         )
         remote.fixed_tokens_per_second = args.tokens_per_second
         return remote
     from transcribed.model.engine import Engine
-    from transcribed.model.synthetic import build_full_size_checkpoint
+    from transcribed.model.synthetic import build_synthetic, synthetic_folder
 
     model = settings.model
     if args.synthetic_weights:
-        folder = Path.home() / ".cache" / "transcribed" / f"synthetic-{args.synthetic_weights}"
-        print(f"building random {args.synthetic_weights} weights in {folder}", file=sys.stderr)
-        model = str(build_full_size_checkpoint(folder, args.synthetic_weights))
+        folder = synthetic_folder(args.synthetic_weights)
+        print(f"random {args.synthetic_weights} weights in {folder}", file=sys.stderr)
+        model = str(build_synthetic(folder, args.synthetic_weights))
     engine = Engine.load(
         model,
         settings.device,
         allow_download=False,
         batch_size=settings.batch_size,
         chunk_seconds=settings.chunk_seconds,
-        compile_decoder=settings.compile,
     )
     engine.fixed_tokens_per_second = per_second
     return engine
@@ -661,7 +825,7 @@ def _bench_pool(args: argparse.Namespace, settings: ModelSettings) -> int:
         settings,
         counts,
         args.hours,
-        args.jobs_at_once,
+        args.jobs_at_once or DEFAULT_BENCH_JOBS,
         args.server_speed,
         progress=lambda line: print(line, file=sys.stderr),
         scratch=args.scratch,

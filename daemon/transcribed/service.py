@@ -23,6 +23,7 @@ from transcribed.audio.decoder import ChildDecoder, DecoderPool
 from transcribed.audio.memory import pin_mmap_threshold
 from transcribed.disposal.disposer import Disposer
 from transcribed.errors import ConfigError
+from transcribed.files.content import ignore_lease_breaks
 from transcribed.files.durable import remove_stale_temps
 from transcribed.files.names import display_name
 from transcribed.host.hooks import HookCall, Hooks
@@ -44,11 +45,17 @@ from transcribed.logs import get_logger
 from transcribed.model.aligner import Aligner
 from transcribed.model.batching import SerializedAligner, SharedModel, SharedRecognizer
 from transcribed.model.diarizer import Diarizer
-from transcribed.model.engine import Engine
+from transcribed.model.engine import Engine, gpu_defaults
 from transcribed.output.outbox import Outbox
-from transcribed.output.search_index import SearchIndex, published_job_ids
+from transcribed.output.search_index import SearchIndex
 from transcribed.servers import engine_status
-from transcribed.settings import ModelSettings, Settings, check_folders, load_settings
+from transcribed.settings import (
+    ModelSettings,
+    Settings,
+    check_folders,
+    check_programs,
+    load_settings,
+)
 from transcribed.state.instance import InstanceLock
 from transcribed.state.overview import STALLED_SECONDS, service_status
 from transcribed.state.queue import Job, JobQueue, is_damaged
@@ -155,6 +162,7 @@ def make_worker(
         chunk_seconds=settings.chunk_seconds,
         max_attempts=settings.max_attempts,
         retry_seconds=settings.retry_seconds,
+        settle_seconds=settings.settle_seconds,
         aligner=aligner,
         diarizer=diarizer,
         stop=stop,
@@ -176,6 +184,7 @@ def make_destinations(settings: Settings, work: WorkFolder, jobs: JobQueue) -> D
             settings.archive_dir,
             settings.failed_dir,
             settings.output_mode,
+            hold_unseen=settings.settle_seconds_unseen,
         ),
     )
 
@@ -195,6 +204,7 @@ def make_intake(
         settle_seconds=settings.settle_seconds,
         rescan_seconds=settings.rescan_seconds,
         stalled_seconds=settings.stalled_seconds,
+        settle_seconds_unseen=settings.settle_seconds_unseen,
         hasher=hasher,
         reconciler=Reconciler(jobs, work, hasher),
     )
@@ -266,18 +276,33 @@ def load_aligner(settings: ModelSettings) -> Aligner | None:
 
 
 def load_engine(settings: ModelSettings, model: str | None = None) -> Engine:
-    """The model `settings` ask for (or `model` instead), warmed up when compiled."""
+    """The model `settings` ask for (or `model` instead), warmed up."""
     engine = Engine.load(
         model or settings.model,
         settings.device,
         allow_download=settings.allow_download,
         batch_size=settings.batch_size,
         chunk_seconds=settings.chunk_seconds,
-        compile_decoder=settings.compile,
     )
-    if settings.compile:
-        engine.warm_up()
+    engine.warm_up()
     return engine
+
+
+def fit_to_ceiling(settings: Settings, model: SharedModel) -> Settings:
+    """On a GPU, `batch_size` and `jobs_at_once` left unset follow from the batch ceiling
+    measured at load (`engine.gpu_defaults`): enough recordings at once to keep it full."""
+    ceiling = getattr(model, "ceiling", None)
+    if settings.engine != "local" or ceiling is None or not model.info.device.startswith("cuda"):
+        return settings
+    batch, jobs = gpu_defaults(int(ceiling))
+    chosen = {"batch_size": batch, "jobs_at_once": jobs}
+    update = {key: value for key, value in chosen.items() if key not in settings.model_fields_set}
+    if "batch_size" in update:
+        model.batch_size = batch  # type: ignore[misc]  # SharedRecognizer's is settable
+    log.info(
+        "model.sized", ceiling=ceiling, **{key: update.get(key, "configured") for key in chosen}
+    )
+    return settings.model_copy(update=update)
 
 
 def load_shared_model(settings: Settings, stop: threading.Event) -> SharedModel:
@@ -318,6 +343,7 @@ class Daemon:
         self.stop = threading.Event()
         # Before the long model load: a SIGTERM or SIGHUP then is handled, not fatal.
         self._install_signal_handlers()
+        ignore_lease_breaks()  # before the intake probes a file for writers (files.content)
         lost = _no_database(settings.database)  # before opening it makes one
         self._jobs = open_job_database(settings)
         self._arrivals: queue.SimpleQueue[str] = queue.SimpleQueue()
@@ -328,6 +354,7 @@ class Daemon:
         # One model thread; each worker transcribes one recording with its own decoder
         # process, and their chunks share model batches (or go to the engine servers).
         self._model = load_shared_model(settings, self.stop)
+        settings = self.settings = fit_to_ceiling(settings, self._model)
         aligner = load_aligner(settings)
         shared_aligner = SerializedAligner(aligner) if aligner is not None else None
         self._wake_disposals = threading.Event()
@@ -345,14 +372,16 @@ class Daemon:
             worker.decoder.start()
         # The disposal thread: the only one that disposes, so two never race on one original.
         self._disposals = self._make_worker(settings, self._jobs, None, None)
-        self._hooks = Hooks(settings.on_done, settings.on_failed, settings.hook_timeout_seconds)
+        self._hooks = Hooks(
+            settings.database, settings.on_done, settings.on_failed, settings.hook_timeout_seconds
+        )
         self._intake = make_intake(settings, self._work, self._arrivals, self._hasher)
 
     def _recover_disk(self, settings: Settings, lost: bool) -> None:
         """Before anything runs: finish claims a crash cut short, index the disk when the
         database was `lost` (the work folder is then claimed again by the first rescan),
-        forget the last run's waiting files, rebuild a missing search index, remove stale
-        temp files."""
+        forget the last run's waiting files, rebuild a missing or damaged search index,
+        remove stale temp files."""
         if recovered := recover_claims(self._jobs, self._work):
             log.info("recover.claims_finished", jobs=recovered)
         if lost:
@@ -366,13 +395,23 @@ class Daemon:
                     "failed folder",
                 )
         self._jobs.clear_waiting()
-        if not settings.search_database.exists():  # lost, or never built: the outbox has it all
-            index = SearchIndex(settings.search_database)
-            if found := index.rebuild(settings.outbox, published_job_ids(settings.database)):
-                log.info("recover.search_index_rebuilt", transcripts=found)
+        self._repair_search_index(settings)
         for folder in (settings.outbox, settings.archive_dir, settings.failed_dir):
             if folder is not None and (removed := remove_stale_temps(folder)):
                 log.info("recover.temp_files_removed", folder=str(folder), files=removed)
+
+    @staticmethod
+    def _repair_search_index(settings: Settings) -> None:
+        """Lost, damaged, never built or a rebuild cut short: the outbox has it all. Only a
+        cache: a failure is a warning, never a reason not to start."""
+        try:
+            SearchIndex(settings.search_database).repair(settings.outbox, settings.database)
+        except (OSError, sqlite3.Error) as error:
+            log.warning(
+                "search.repair_failed",
+                error=f"{type(error).__name__}: {error}",
+                hint="`transcribed search --rebuild` makes the index anew",
+            )
 
     def _make_worker(
         self,
@@ -433,6 +472,7 @@ class Daemon:
         ]
         for thread in threads:
             thread.start()
+        self._hooks.start()
         tick = min(1.0, watchdog / 2) if watchdog else 1.0
         while not self.stop.wait(tick):
             if self._reload.is_set():
@@ -498,6 +538,7 @@ class Daemon:
         try:
             new = load_settings(self._config_path, Settings)
             check_folders(new)
+            check_programs(new)
         except ConfigError as error:
             log.error("config.reload_rejected", error=str(error), kept="the running config")
             self.notifier.ready(f"config reload rejected: {str(error).splitlines()[0]}")

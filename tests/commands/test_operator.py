@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import hashed
 from recordings import write_soundfile
 from running import CLI, Daemon, cli, events
 from transcribed.state.overview import render_status, service_status, status_report
@@ -92,7 +93,7 @@ def test_status_jobs_retry_and_forget_while_the_daemon_runs(folders, tiny_model,
 def test_status_shows_progress_and_an_eta(tmp_path: Path) -> None:
     queue = JobQueue(tmp_path / "jobs.sqlite3")
     job_id = queue.begin_claim(b"talk.wav", "w1")
-    queue.finish_claim(job_id, "ab" * 32, 100)
+    queue.finish_claim(job_id, hashed("ab" * 32, 100))
     job = queue.next_job()
     assert job is not None
     queue.record_progress(job_id, 30.0, 120.0)
@@ -104,6 +105,10 @@ def test_status_shows_progress_and_an_eta(tmp_path: Path) -> None:
     assert "talk.wav: 25% (0:30 of 2:00 audio), about 0:30 left" in render_status(report)
     assert service_status(queue) == "0 queued, 1 running, 0 done, 0 failed; now talk.wav 25%"
     queue.mark_published(job_id, ["/out/talk.json"], 120.0, 30.0)
+    assert service_status(queue).startswith(
+        "0 queued, 0 running, 0 done, 0 failed, 1 waiting for disposal; last talk.wav"
+    )
+    queue.mark_done(job_id)
     assert service_status(queue).startswith("0 queued, 0 running, 1 done, 0 failed; last talk.wav")
 
 

@@ -1,5 +1,6 @@
 """Move, delete, shred and quarantine: byte-identical, repeatable, never through a link."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import hashed
 from transcribed.disposal.disposer import Disposer, shred
 from transcribed.errors import RecordingVanished
 from transcribed.state.queue import Job, JobQueue
@@ -20,7 +22,7 @@ def _job(tmp_path: Path, relpath: bytes, content: bytes) -> tuple[JobQueue, Job,
     jobs = JobQueue(tmp_path / "q.db")
     job_id = jobs.begin_claim(relpath, f"{relpath.hex()}.wav")
     (work.path / f"{relpath.hex()}.wav").write_bytes(content)
-    jobs.finish_claim(job_id, hashlib.sha256(content).hexdigest(), len(content))
+    jobs.finish_claim(job_id, hashed(hashlib.sha256(content).hexdigest(), len(content)))
     return jobs, jobs.get(job_id), work
 
 
@@ -140,7 +142,7 @@ def test_the_same_recording_dropped_twice_is_archived_twice_even_with_the_archiv
     assert disposer.dispose(first) == "moved"
     second_id = jobs.begin_claim(b"a.wav", "again.wav")
     work.file("again.wav").write_bytes(b"recording")
-    second = jobs.finish_claim(second_id, first.sha256 or "", len(b"recording"))
+    second = jobs.finish_claim(second_id, hashed(first.sha256 or "", len(b"recording")))
     archive.rename(tmp_path / "aside")
     with pytest.raises(OSError, match="missing"):
         disposer.dispose(second)
@@ -159,3 +161,26 @@ def test_a_recorded_target_holding_another_drops_bytes_is_not_taken_for_ours(
     jobs.record_disposal_target(job.id, str(archive / "a.wav"))
     assert Disposer(jobs, work, "move", archive, tmp_path).dispose(jobs.get(job.id)) == "moved"
     assert sorted(p.name for p in archive.iterdir()) == ["a-2.wav", "a.wav"]
+
+
+@pytest.mark.parametrize("writers_seen", [True, False])
+def test_an_original_whose_writers_cannot_be_seen_is_kept_a_while_after_its_claim(
+    tmp_path: Path, monkeypatch, writers_seen: bool
+) -> None:
+    """Found by the adversary (Trust 2): claimed after settle_seconds_unseen, published from a
+    stored result and deleted 10 ms later, a recording whose writer had only paused lost what
+    it wrote next. Where writers cannot be seen, the original stays settle_seconds_unseen
+    after its claim, so a writer that resumes is seen before anything is disposed of."""
+    import transcribed.state.recheck as recheck
+
+    jobs, job, work = _job(tmp_path, b"tr.wav", b"recording bytes")
+    if not writers_seen:  # as on a network or FUSE mount, or another user's file
+        monkeypatch.setattr(recheck, "open_for_writing", lambda fd: None)
+    disposer = Disposer(jobs, work, "delete", None, tmp_path, hold_unseen=60)
+    if writers_seen:
+        assert disposer.dispose(job) == "deleted"
+        return
+    with pytest.raises(recheck.StillBeingWritten, match="settle_seconds_unseen"):
+        disposer.dispose(job)
+    assert work.names() != []
+    assert disposer.dispose(dataclasses.replace(job, created=job.created - 61)) == "deleted"

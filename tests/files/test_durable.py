@@ -1,6 +1,11 @@
 """Names fitted to NAME_MAX bytes keep whole characters and any non-UTF-8 bytes."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 from transcribed.files.durable import NAME_MAX, fit_name
 
@@ -18,3 +23,31 @@ def test_bytes_that_are_not_utf8_survive_the_cut() -> None:
     fitted = fit_name(stem, ".json", reserve=12)
     assert os.fsencode(fitted).startswith(b"\xff\xfe")
     assert len(os.fsencode(fitted)) == NAME_MAX - 12
+
+
+def test_another_users_file_is_copied_where_the_kernel_refuses_a_hard_link(tmp_path) -> None:
+    """Found by the adversary (Trust 2): a non-root daemon could never archive or quarantine a
+    recording another user wrote read-only (fs.protected_hardlinks refuses the link): it
+    waited for ever with a wrong hint, and a non-audio file was never quarantined."""
+    if os.geteuid() != 0 or Path("/proc/sys/fs/protected_hardlinks").read_text().strip() != "1":
+        pytest.skip("needs root and fs.protected_hardlinks to make the kernel refuse the link")
+    source, target = tmp_path / "recording.wav", tmp_path / "archive" / "recording.wav"
+    target.parent.mkdir()
+    source.write_bytes(b"RIFF another user's recording")
+    os.chown(source, 65534, 65534)
+    source.chmod(0o644)
+    # As the service user would be: root without the capabilities that override ownership.
+    script = (
+        "import sys; from pathlib import Path; "
+        "from transcribed.files.durable import link_or_copy_no_overwrite as f; "
+        "f(Path(sys.argv[1]), Path(sys.argv[2]))"
+    )
+    no_override = ("--inh-caps=-fowner,-dac_override", "--bounding-set=-fowner,-dac_override")
+    done = subprocess.run(
+        ["setpriv", *no_override, sys.executable, "-c", script, str(source), str(target)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert target.read_bytes() == source.read_bytes()
+    assert not os.path.samefile(source, target)

@@ -8,6 +8,7 @@ import pytest
 
 from systemd_units import (
     EXPOSURE_LIMIT,
+    LOCAL_VLLM_DROP_IN,
     SYSTEM_UNIT,
     USER_UNIT,
     VLLM_DROP_IN,
@@ -57,17 +58,17 @@ def test_system_unit_keeps_the_gpu_and_cuts_the_network() -> None:
     assert "/etc/transcribed/" in unit["ExecStart"][0]
 
 
-@pytest.mark.parametrize("unit", [SYSTEM_UNIT, USER_UNIT, VLLM_DROP_IN])
+@pytest.mark.parametrize("unit", [SYSTEM_UNIT, USER_UNIT, VLLM_DROP_IN, LOCAL_VLLM_DROP_IN])
 def test_every_service_line_is_explained_by_a_comment(unit: Path) -> None:
     """Each directive in [Service] has a comment in the block of lines it belongs to."""
     assert unexplained_settings(unit) == []
 
 
-def installed_with_drop_in(folder: Path) -> Path:
-    """The system unit installed as systemd finds it, with the vLLM drop-in beside it."""
+def installed_with_drop_in(folder: Path, drop_in: Path = VLLM_DROP_IN) -> Path:
+    """The system unit installed as systemd finds it, with a vLLM drop-in beside it."""
     unit = installed_copy(SYSTEM_UNIT, folder)
     (folder / "transcribed.service.d").mkdir()
-    (folder / "transcribed.service.d" / VLLM_DROP_IN.name).write_text(VLLM_DROP_IN.read_text())
+    (folder / "transcribed.service.d" / drop_in.name).write_text(drop_in.read_text())
     return unit
 
 
@@ -87,3 +88,17 @@ def test_the_vllm_drop_in_opens_the_network_to_the_servers_only(tmp_path: Path) 
     drop_in = directives(VLLM_DROP_IN)
     assert drop_in["PrivateNetwork"] == ["no"] and drop_in["IPAddressDeny"] == ["any"]
     assert drop_in["IPAddressAllow"] and drop_in["RestrictAddressFamilies"][0] == ""
+
+
+@needs_systemd
+def test_the_local_vllm_drop_in_opens_loopback_only(tmp_path: Path) -> None:
+    """vLLM on the same GPU, at 127.0.0.1: the daemon reaches loopback and nothing else."""
+    unit = installed_with_drop_in(tmp_path, LOCAL_VLLM_DROP_IN)
+    done = analyze("verify", str(unit), folder=tmp_path)
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+    report = analyze("security", "--offline=yes", "--no-pager", str(unit), folder=tmp_path)
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", report.stdout)
+    assert found and float(found.group(1)) <= EXPOSURE_LIMIT, report.stdout
+    drop_in = directives(LOCAL_VLLM_DROP_IN)
+    assert drop_in["IPAddressAllow"] == ["localhost"] and drop_in["IPAddressDeny"] == ["any"]
+    assert drop_in["PrivateNetwork"] == ["no"]

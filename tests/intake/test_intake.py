@@ -4,14 +4,17 @@ import contextlib
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
 from recordings import write_soundfile
+from support.powerfs import PowerFS, require_powerfs
 from transcribed.intake import claim as intake_module
 from transcribed.intake.claim import Intake, recover_claims
 from transcribed.intake.watcher import start_observer
@@ -318,3 +321,121 @@ def test_a_large_file_whose_hash_fails_once_is_hashed_again(folders, monkeypatch
         for thread in threads:
             thread.join(10)
         work.close()
+
+
+def test_a_claim_that_keeps_failing_is_logged_once(folders) -> None:
+    """Trust 2, finding 11: `intake.claim_failed` was logged on every rescan for the same
+    file, its reason holding the random work name."""
+    locked = folders.inbox / "locked"
+    locked.mkdir()
+    (locked / "a.wav").write_bytes(b"RIFF-ish recording")
+    if subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported on this filesystem (needed to deny root)")
+    try:
+        clock = Clock()
+        intake = _intake(folders.inbox, folders.state, clock)
+        with structlog.testing.capture_logs() as logged:
+            for _ in range(3):
+                intake.rescan()
+                _settle(intake, clock)
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)], check=True)
+    assert [e["event"] for e in logged].count("intake.claim_failed") == 1
+
+
+def _deep_file(inbox: Path, name: str) -> str:
+    """A recording below 25 folders of 200 bytes: a path of about 5,000 bytes, over PATH_MAX
+    (made through descriptors, as nothing else can reach it)."""
+    relative = "/".join(["d" * 200] * 25)
+    folder_fd = os.open(inbox, os.O_RDONLY)
+    for part in relative.split("/"):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(part, dir_fd=folder_fd)
+        child = os.open(part, os.O_RDONLY, dir_fd=folder_fd)
+        os.close(folder_fd)
+        folder_fd = child
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=folder_fd)
+    os.write(fd, b"RIFF deep")
+    os.close(fd)
+    os.close(folder_fd)
+    return f"{relative}/{name}"
+
+
+def test_one_path_that_cannot_be_looked_at_stops_nothing_else(folders) -> None:
+    """Trust 2, finding 4: a file whose path is over 4,096 bytes (or any error on one path:
+    ELOOP, EIO, no permission) stopped every claim in the inbox until a restart, silently."""
+    deep = _deep_file(folders.inbox, "deep.wav")
+    (folders.inbox / "loop").symlink_to("loop")
+    clock = Clock()
+    intake = _intake(folders.inbox, folders.state, clock)
+    intake.arrivals.put(deep)  # as inotify reports it
+    intake.arrivals.put("loop/x.wav")  # an event for a path that cannot be looked at: ELOOP
+    (folders.inbox / "first.wav").write_bytes(b"RIFF first")
+    intake.arrivals.put("first.wav")
+    assert _settle(intake, clock) == 2
+    queued = sorted(job.relpath for job in intake.jobs.in_state(JobState.QUEUED))
+    assert queued == sorted([deep.encode(), b"first.wav"])
+    [(relpath, reason, _since)] = intake.jobs.waiting()
+    assert relpath == b"loop/x.wav" and "Too many levels of symbolic links" in reason
+    (folders.inbox / "second.wav").write_bytes(b"RIFF second")
+    intake.arrivals.put("second.wav")
+    assert _settle(intake, clock) == 1
+
+
+def test_a_recording_deeper_than_path_max_is_found_by_a_rescan(folders) -> None:
+    """Trust 2, finding 4: a rescan lists folders deeper than PATH_MAX too."""
+    deep = _deep_file(folders.inbox, "deep.wav")
+    clock = Clock()
+    intake = _intake(folders.inbox, folders.state, clock)
+    intake.rescan()
+    assert _settle(intake, clock) == 1
+    [job] = intake.jobs.in_state(JobState.QUEUED)
+    assert job.relpath == deep.encode()
+    assert intake.jobs.waiting() == []
+
+
+def test_a_file_refused_for_a_reason_that_passes_is_taken_once_it_passes(folders) -> None:
+    """Trust 2, finding 7: a file with a second hard link was never looked at again after the
+    link went (the refusal was keyed on size, mtime and inode), and `status` did not show it."""
+    recording = folders.inbox / "bad4.wav"
+    recording.write_bytes(b"RIFF bad4")
+    os.link(recording, folders.state / "other-name.wav")
+    clock = Clock()
+    intake = _intake(folders.inbox, folders.state, clock)
+    intake.rescan()
+    assert _settle(intake, clock) == 0
+    [(relpath, reason, _since)] = intake.jobs.waiting()
+    assert relpath == b"bad4.wav" and "2 hard links" in reason
+    (folders.state / "other-name.wav").unlink()
+    intake.rescan()
+    assert _settle(intake, clock) == 1
+    assert intake.jobs.waiting() == []
+
+
+def test_a_hung_mount_inside_the_inbox_stops_no_claim(folders) -> None:
+    """Found by the adversary (Trust 2): a network mount inside the inbox whose server went
+    away (here: a FUSE disk whose server is stopped) held the rescan in a stat for as long
+    as it hung: no file anywhere in the inbox was claimed, and status said nothing."""
+    require_powerfs()
+    stuck = folders.inbox / "stuck"
+    with PowerFS(stuck) as disk:
+        (stuck / "inner.wav").write_bytes(b"RIFF inner")
+        os.kill(disk._server_pid(), signal.SIGSTOP)
+        try:
+            (folders.inbox / "after.wav").write_bytes(b"RIFF after")
+            clock = Clock()
+            intake = _intake(folders.inbox, folders.state, clock)
+            claimed: list[int] = []
+
+            def rescan_and_claim() -> None:
+                intake.rescan()
+                claimed.append(_settle(intake, clock))
+
+            thread = threading.Thread(target=rescan_and_claim, daemon=True)
+            thread.start()
+            thread.join(20)
+            assert claimed == [1], "the rescan hung on the mount"
+            waiting = {relpath: reason for relpath, reason, _ in intake.jobs.waiting()}
+            assert "mounted here" in waiting[b"stuck/"]
+        finally:
+            os.kill(disk._server_pid(), signal.SIGCONT)

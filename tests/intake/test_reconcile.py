@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from conftest import hashed
 from transcribed.commands import doctor
 from transcribed.intake.reconcile import Reconciler
 from transcribed.settings import Settings
@@ -50,7 +51,7 @@ def test_a_job_whose_recording_vanished_is_made_due_and_reported_once(folders, w
     jobs = JobQueue(folders.state / "q.db")
     job_id = jobs.begin_claim(b"a.wav", "gone.a.wav")
     work.file("gone.a.wav").write_bytes(b"x")
-    jobs.finish_claim(job_id, "sha", 1)
+    jobs.finish_claim(job_id, hashed("sha", 1))
     jobs.requeue(job_id, 500, "disk full", refund=True)
     work.file("gone.a.wav").unlink()
     reconciler = Reconciler(jobs, work)
@@ -62,7 +63,7 @@ def test_a_job_whose_recording_vanished_is_made_due_and_reported_once(folders, w
 def test_a_disposal_under_way_is_not_taken_for_a_loss(folders, work) -> None:
     jobs = JobQueue(folders.state / "q.db")
     job_id = jobs.begin_claim(b"a.wav", "w.a.wav")
-    jobs.finish_claim(job_id, "sha", 1)  # its file is not there…
+    jobs.finish_claim(job_id, hashed("sha", 1))  # its file is not there…
     jobs.mark_published(job_id, ["/out/a.json"], 1.0, 0.1)
     jobs.record_disposal_start(job_id)  # …because the disposal removed it
     assert Reconciler(jobs, work).run() == (0, 0)
@@ -80,11 +81,11 @@ def test_doctor_says_when_the_disk_and_the_database_disagree(folders, work) -> N
     [agree] = doctor._work_folder(settings)
     assert agree.level == "ok" and "no daemon runs" in agree.message
     job_id = jobs.begin_claim(b"a.wav", "lost.a.wav")
-    jobs.finish_claim(job_id, "sha", 1)
+    jobs.finish_claim(job_id, hashed("sha", 1))
     work.file(work_name("stray.wav")).write_bytes(b"x")
     [finding] = doctor._work_folder(settings)
     assert finding.level == "fail"
-    assert "1 recording(s)" in finding.message and "1 job(s)" in finding.message
+    assert "1 recording in" in finding.message and "1 job whose" in finding.message
 
 
 def test_a_second_daemon_on_the_same_inbox_is_refused(folders, work) -> None:

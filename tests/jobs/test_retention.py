@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import hashed
 from running import cli
 from transcribed.jobs.retention import parse_age, prune
 from transcribed.state.queue import FailureKind, JobQueue, JobState
@@ -18,7 +19,7 @@ DAY = 86400.0
 
 def _job(jobs: JobQueue, name: str, sha: str, work: str | None = None) -> int:
     job_id = jobs.begin_claim(name.encode(), work or f"{name}.work")
-    jobs.finish_claim(job_id, sha, 10)
+    jobs.finish_claim(job_id, hashed(sha, 10))
     return job_id
 
 
@@ -77,10 +78,34 @@ def test_a_finished_duplicate_keeps_its_record_without_the_link(tmp_path: Path) 
 
 def test_ages_are_read_with_a_unit() -> None:
     assert parse_age("90d") == 90 * DAY and parse_age("12h") == 12 * 3600
-    assert parse_age("2w") == 14 * DAY and parse_age("30m") == 1800
+    assert parse_age("2w") == 14 * DAY and parse_age("30min") == 1800
+    assert parse_age("6mo") == 180 * DAY and parse_age("6 months") == 180 * DAY
     for wrong in ("90", "d", "-1d", "1y"):
         with pytest.raises(ValueError, match="not an age"):
             parse_age(wrong)
+
+
+def test_a_bare_m_is_refused_with_both_meanings_spelt_out() -> None:
+    """`6m` is six months to some and six minutes to others: neither is guessed."""
+    with pytest.raises(ValueError) as refused:
+        parse_age("6m")
+    assert "ambiguous" in str(refused.value)
+    assert "6min for 6 minutes" in str(refused.value) and "6mo for 6 months" in str(refused.value)
+
+
+def test_prune_with_a_bare_m_forgets_nothing_from_the_cli(tmp_path) -> None:
+    """The first-hour mistake end to end: `--older-than 1m` used to forget every job older
+    than a minute; now it is refused and every record stays."""
+    jobs = JobQueue(tmp_path / "jobs.sqlite3")
+    now = time.time()
+    jobs._now = lambda: now - 600
+    _done(jobs, "ten minutes ago.wav", "a")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSCRIBED_")}
+    env["TRANSCRIBED_STATE_DIR"] = str(tmp_path)
+    done = cli("jobs", "prune", "--older-than", "1m", env=env)
+    assert done.returncode == 2 and "1min for 1 minute or 1mo for 1 month" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert jobs.counts() == {"done": 1}
 
 
 def test_jobs_list_shows_the_language_and_prune_works_from_the_cli(tmp_path) -> None:

@@ -1,6 +1,5 @@
 """The worker driven step by step with real parts: queue, child decoder, tiny model, outbox."""
 
-import hashlib
 import itertools
 import json
 import shutil
@@ -14,11 +13,13 @@ import pytest
 from recordings import write_soundfile
 from transcribed.audio.decoder import ChildDecoder
 from transcribed.disposal.disposer import Disposer
+from transcribed.files.content import hash_file
 from transcribed.jobs.destinations import Destinations
 from transcribed.jobs.rules import Rules
 from transcribed.jobs.worker import Worker
 from transcribed.model.engine import Engine
 from transcribed.output.outbox import Outbox
+from transcribed.output.search_index import SearchIndex
 from transcribed.state.queue import JobQueue, JobState
 
 
@@ -55,7 +56,7 @@ def _claim(jobs: JobQueue, work: Path, relpath: str, make) -> int:
     name = f"{len(list(work.iterdir()))}.flac"
     job_id = jobs.begin_claim(relpath.encode(), name)
     path = make(work / name)
-    jobs.finish_claim(job_id, hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size)
+    jobs.finish_claim(job_id, hash_file(path))
     return job_id
 
 
@@ -308,3 +309,61 @@ def test_a_published_job_that_cannot_be_quarantined_waits_and_is_never_run_again
     assert jobs.get(job_id).state == JobState.PUBLISHED  # waiting, not queued
     assert worker.step() is False  # nothing to run
     assert (folders.outbox / "a.json").is_file()
+
+
+def test_an_outbox_that_is_away_delays_disposal_and_transcribes_nothing_again(
+    setup, folders, monkeypatch
+) -> None:
+    """The disk decides (Trust 2), but an outbox that is missing as a whole (unmounted) is away,
+    not emptied: the original waits; only a transcript removed from a present outbox makes
+    its recording transcribed again."""
+    worker, jobs, work = setup
+    job_id = _claim(jobs, work, "a.flac", lambda p: write_soundfile(p, 2, 16000, "PCM_16", "FLAC"))
+    real_dispose = Disposer.dispose
+    monkeypatch.setattr(
+        Disposer, "dispose", lambda self, job: (_ for _ in ()).throw(OSError(5, "EIO"))
+    )
+    worker.step()  # published; the disposal failed and waits
+    assert jobs.get(job_id).state == JobState.PUBLISHED
+    monkeypatch.setattr(Disposer, "dispose", real_dispose)
+    folders.outbox.rename(folders.outbox.with_name("outbox.away"))
+    jobs.defer_disposal(job_id, -1, "due now")
+    worker.sweep_disposals()
+    job = jobs.get(job_id)
+    assert job.state == JobState.PUBLISHED and "outbox" in (job.error or "")
+    assert (work / job.work_name).is_file()
+    folders.outbox.with_name("outbox.away").rename(folders.outbox)
+    for transcript in folders.outbox.glob("a.*"):  # removed by hand from the outbox that is there
+        transcript.unlink()
+    jobs.defer_disposal(job_id, -1, "due now")
+    worker.sweep_disposals()
+    assert jobs.get(job_id).state == JobState.QUEUED
+    assert worker.step() is True  # transcribed again, then disposed of
+    assert jobs.get(job_id).state == JobState.DONE
+    assert json.loads((folders.outbox / "a.json").read_text())["source"]["name"] == "a.flac"
+
+
+def test_a_transcript_taken_back_is_no_longer_found_by_search(setup, folders, monkeypatch) -> None:
+    """Found by the adversary (Trust 2): a recording that changed into garbage after its
+    transcript was published failed for good and its files were removed, but search still
+    found the withdrawn text."""
+    worker, jobs, work = setup
+    worker.search = SearchIndex(folders.state / "search.sqlite3")
+    job_id = _claim(jobs, work, "xs.flac", lambda p: write_soundfile(p, 2, 16000, "PCM_16", "FLAC"))
+
+    def archive_fails(self: Disposer, job: object) -> str:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(Disposer, "dispose", archive_fails)
+    worker.step()  # published and indexed; its disposal waits
+    indexed = json.loads((folders.outbox / "xs.json").read_text())["text"].split()[0]
+    assert worker.search.search(indexed)
+    monkeypatch.undo()
+    (work / jobs.get(job_id).work_name).write_bytes(b"garbage " * 2000)  # changed after it
+    jobs.defer_disposal(job_id, -1, "due now")
+    worker.sweep_disposals()  # changed: transcribed again, as the new version
+    jobs.requeue(job_id, 0, None, refund=True)  # due at once
+    worker.step()  # the new version is not audio: failed, its earlier transcript taken back
+    assert jobs.get(job_id).state == JobState.FAILED
+    assert not (folders.outbox / "xs.json").exists()
+    assert worker.search.search(indexed) == []

@@ -183,3 +183,113 @@ def test_an_out_of_memory_batch_is_halved_and_no_job_fails(folders, tiny_model, 
     assert sorted(p.name for p in folders.outbox.glob("*.json")) == [
         f"r{seed}.json" for seed in range(4)
     ]
+
+
+class Streaming(Recording):
+    """A `RowEngine`: takes rows from the feed while it runs (as the decode loop does),
+    answers each with its label, and breaks on a chunk labelled `fail_on`."""
+
+    ceiling = 6
+
+    def __init__(self, fail_on: float | None = None) -> None:
+        super().__init__(delay=0.01, fail_on=fail_on)
+        self.loops: list[int] = []  # rows each run_rows call took
+
+    def run_rows(self, feed, should_stop) -> None:
+        taken = 0
+        while rows := feed.take(self.ceiling):
+            taken += len(rows)
+            for row in rows:
+                label = float(row.audio[0])
+                if label == self.fail_on:
+                    raise RuntimeError("this chunk breaks the model")
+                feed.done(row, ChunkText(f"chunk {label:g}", row.language, False))
+            time.sleep(0.05)  # other rows decode; the answered jobs send their next chunks
+        self.loops.append(taken)
+
+
+def test_chunks_that_arrive_while_rows_decode_join_the_same_loop() -> None:
+    """With a row engine, one model call takes the rows of every job, those sent while it
+    runs included; each job gets exactly its own answers."""
+    model = Streaming()
+    shared, stop, thread = serving(model)
+    jobs = {job: [[job * 100 + i, job * 100 + i + 1] for i in range(0, 8, 2)] for job in (1, 2, 3)}
+    try:
+        results = run_jobs(shared, jobs)
+    finally:
+        stop.set()
+        thread.join(5)
+    for job, batches in jobs.items():
+        assert results[job] == [f"chunk {n}" for batch in batches for n in batch]
+    assert max(model.loops) > model.ceiling, model.loops  # refilled from later requests
+    assert not model.calls  # nothing went the one-call-at-a-time way
+
+
+def test_a_chunk_that_breaks_a_streamed_call_fails_only_its_own_job() -> None:
+    shared, stop, thread = serving(Streaming(fail_on=201))
+    try:
+        results = run_jobs(shared, {1: [[101, 102]], 2: [[201, 202]], 3: [[301]]})
+    finally:
+        stop.set()
+        thread.join(5)
+    assert isinstance(results[2], RuntimeError)
+    assert results[1] == ["chunk 101", "chunk 102"] and results[3] == ["chunk 301"]
+
+
+def test_the_resident_engine_decodes_every_jobs_rows_together(tiny_model) -> None:
+    """The real engine behind the model thread: three recordings (one forced to another
+    language) share its decode loop, and each gets what the engine gives it alone."""
+    from transcribed.model.engine import Engine
+
+    engine = Engine.load(str(tiny_model), "cpu", allow_download=False, batch_size=4)
+    shared, stop, thread = serving(engine)
+    chunks = {job: [labelled(job, seconds) for seconds in (2, 4, 3)] for job in (1, 2, 3)}
+    languages = {1: None, 2: "zh", 3: None}
+    results: dict[int, list[ChunkText]] = {}
+
+    def job(number: int) -> None:
+        with shared.job():
+            results[number] = shared.transcribe(chunks[number], languages[number])
+
+    threads = [threading.Thread(target=job, args=(number,)) for number in chunks]
+    try:
+        for each in threads:
+            each.start()
+        for each in threads:
+            each.join(60)
+    finally:
+        stop.set()
+        thread.join(10)
+    for number in chunks:
+        alone = engine.transcribe(chunks[number], languages[number])
+        assert [r.text for r in results[number]] == [r.text for r in alone]
+        assert {r.language for r in results[number]} == {languages[number]} - {None} or (
+            languages[number] is None
+        )
+
+
+def test_a_long_streamed_call_that_progresses_is_not_taken_for_a_hung_one() -> None:
+    """A decode loop fed for as long as chunks keep coming is one model call: the health
+    check's `busy_for` counts from its last answer, not from its start."""
+    model = Streaming()
+    shared, stop, thread = serving(model)
+    seen: list[float] = []
+    jobs = {job: [[job * 100 + i] for i in range(12)] for job in (1, 2)}
+    watching = threading.Event()
+
+    def watch() -> None:
+        while not watching.wait(0.02):
+            seen.append(shared.busy_for())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    started = time.monotonic()
+    try:
+        run_jobs(shared, jobs)
+    finally:
+        watching.set()
+        watcher.join(5)
+        stop.set()
+        thread.join(5)
+    assert len(model.loops) < 6 and time.monotonic() - started > 0.5  # long calls
+    assert max(seen) < 0.3, max(seen)

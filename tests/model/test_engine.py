@@ -13,7 +13,6 @@ from transcribed.errors import ModelError
 from transcribed.model.engine import (
     Engine,
     batch_ceiling,
-    batch_shapes,
     resolve_device,
     token_budget,
 )
@@ -59,9 +58,9 @@ def test_a_detected_language_is_parsed_and_scored_from_the_generated_tokens(
     tokenizer = engine._processor.tokenizer
     ids = tokenizer.encode("language English<asr_text>hello world", add_special_tokens=False)
     marker = ids.index(tokenizer.convert_tokens_to_ids("<asr_text>"))
-    eos = sorted(engine._eos_ids)[0]
+    eos = sorted(engine.loop._backend.eos)[0]  # type: ignore[attr-defined]
     scores = [math.log(0.9)] * marker + [0.0] * (len(ids) + 1 - marker)
-    result = engine._parse(torch.tensor([*ids, eos]), scores, None)
+    result = engine._parse([*ids, eos], scores, None)
     assert (result.language, result.language_name) == ("en", "English")
     assert result.language_confidence == round(0.9**marker, 4)
     assert result.text == "hello world" and not result.truncated
@@ -100,11 +99,11 @@ def test_cuda_without_a_gpu_is_a_clear_error() -> None:
 
 def test_the_models_no_speech_answer_and_loops_are_handled(engine: Engine) -> None:
     tokenizer = engine._processor.tokenizer
-    eos = sorted(engine._eos_ids)[0]
+    eos = sorted(engine.loop._backend.eos)[0]  # type: ignore[attr-defined]
 
     def parse(text: str):
         ids = tokenizer.encode(text, add_special_tokens=False)
-        return engine._parse(torch.tensor([*ids, eos]), [0.0] * (len(ids) + 1), None)
+        return engine._parse([*ids, eos], [0.0] * (len(ids) + 1), None)
 
     silence = parse("language None<asr_text>thank you for watching")
     assert (silence.text, silence.no_speech, silence.language) == ("", True, None)
@@ -129,35 +128,65 @@ def test_the_gpu_batch_ceiling_follows_free_memory() -> None:
     assert batch_ceiling(20 * gib, 1 * gib, 100 * mib) > batch_ceiling(10 * gib, 1 * gib, 100 * mib)
     assert batch_ceiling(1 * gib, 2 * gib, 100 * mib) == 1  # nothing fits: still one at a time
     assert batch_ceiling(1000 * gib, 0, 1 * mib) == 256  # at most 256
-    assert batch_shapes(12) == [1, 2, 4, 8, 12] and batch_shapes(1) == [1]
 
 
-def test_a_static_cache_gives_the_same_text_with_padded_batches(
-    engine: Engine, tiny_model: Path
+def test_a_step_that_cannot_be_captured_runs_eagerly_with_a_warning(
+    engine: Engine, tiny_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The static-cache (compiled on CUDA) path pads 3 chunks to a batch of 4 and drops the
-    padding: same results, same order."""
-    static = Engine.load(
-        str(tiny_model), "cpu", allow_download=False, batch_size=4, compile_decoder=True
-    )
+    """CUDA graphs asked for where capturing fails (here: no CUDA at all): the same text,
+    decoded eagerly, and the log says so; the engine still starts and answers."""
+    graphed = Engine(engine._model, engine._processor, engine.info, 3, graphs=True)
     chunks = [_noise(seconds, seed) for seed, seconds in enumerate([2, 7, 1])]
-    assert [r.text for r in static.transcribe(chunks)] == [
+    assert [r.text for r in graphed.transcribe(chunks)] == [
         r.text for r in engine.transcribe(chunks)
     ]
-    static.warm_up()  # every batch shape once: 4, 2, 1
+    assert "decode.graphs_off" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_on_a_gpu_the_batch_ceiling_is_measured_and_the_compiled_path_agrees(
+def test_on_a_gpu_the_ceiling_is_measured_and_graphs_decode_as_eager_steps_do(
     tiny_model: Path,
 ) -> None:
-    eager = Engine.load(str(tiny_model), "cuda", allow_download=False, batch_size=4)
-    assert eager.info.dtype == "bfloat16" and eager.ceiling >= 4  # a tiny model fits often
-    compiled = Engine.load(
-        str(tiny_model), "cuda", allow_download=False, batch_size=4, compile_decoder=True
-    )
-    compiled.warm_up()
+    """The graphed steps replay the eager kernels: the same text, rows refilled."""
+    gpu = Engine.load(str(tiny_model), "cuda", allow_download=False, batch_size=4)
+    assert gpu.info.dtype == "bfloat16" and gpu.ceiling >= 4  # a tiny model fits often
+    gpu.warm_up()
     chunks = [_noise(seconds, seed) for seed, seconds in enumerate([2, 7, 1, 5, 3])]
-    assert [r.text for r in compiled.transcribe(chunks)] == [
-        r.text for r in eager.transcribe(chunks)
-    ]
+    graphed = [r.text for r in gpu.transcribe(chunks)]
+    steps = gpu.loop._backend.steps  # type: ignore[attr-defined]
+    assert steps.graphs, "capturing failed on this GPU (see decode.graphs_off)"
+    steps.graphs = False
+    assert [r.text for r in gpu.transcribe(chunks)] == graphed
+
+
+def test_a_context_too_long_for_the_cache_is_refused_clearly(
+    engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The cache holds a full chunk's prompt, 128 tokens of context and its budget: a
+    longer context first shortens the budget (with a warning), then is refused by name."""
+    chunk = _noise(1, 0)
+    room = (
+        engine.cache_length
+        - engine._processor.apply_transcription_request(audio=[chunk])["input_ids"].shape[1]
+    )
+    per_word = len(engine._processor.tokenizer.encode("fox " * 100)) / 100
+    [squeezed] = engine.transcribe([chunk], context="fox " * int((room - 8) / per_word))
+    assert squeezed.truncated and "decode.prompt_too_long" in capsys.readouterr().out
+    with pytest.raises(ModelError, match="shorten the folder's context"):
+        engine.transcribe([chunk], context="word " * 2000)
+
+
+def test_the_rows_that_fit_leave_a_prefill_group_its_share() -> None:
+    """Ceilings for 1.7B (a slot ~100 MiB, a prefill row ~70 MiB, 1.2 GiB fixed) on an
+    80 GB, a 24 GB and an 8 GB card: the large one caps at 256 rows with groups of 64, the
+    small ones keep a third for prefills rather than a ceiling of one."""
+    from transcribed.model.engine import rows_that_fit
+
+    gib, mib = 1 << 30, 1 << 20
+    base, row, slot = int(1.2 * gib), 70 * mib, 100 * mib
+    assert rows_that_fit(74 * gib, base, row, slot) == (256, 64)
+    ceiling, group = rows_that_fit(19 * gib, base, row, slot)
+    assert 90 <= ceiling <= 120 and group == 64
+    ceiling, group = rows_that_fit(3 * gib, base, row, slot)
+    assert 5 <= ceiling <= 15 and 3 <= group <= ceiling
+    assert rows_that_fit(1 * gib, base, row, slot) == (1, 1)  # nothing fits: one at a time

@@ -116,3 +116,49 @@ def test_thinker_weights_in_the_file_itself_are_refused(tiny_model, tmp_path) ->
     save_file(thinker, original / "model.safetensors")
     with pytest.raises(ModelError, match=r"original qwen-asr checkpoint layout"):
         checked_folder(str(original), allow_download=False)
+
+
+@pytest.mark.parametrize(
+    ("written", "loadable"),
+    [
+        ("Qwen/Qwen3-ASR-0.6B", "Qwen/Qwen3-ASR-0.6B-hf"),
+        ("Qwen/Qwen3-ASR-1.7B", "Qwen/Qwen3-ASR-1.7B-hf"),
+        ("Qwen3-ASR-1.7B-hf", "Qwen/Qwen3-ASR-1.7B-hf"),
+        ("Qwen3-ASR-0.6B", "Qwen/Qwen3-ASR-0.6B-hf"),
+        ("Qwen/Qwen3-ForcedAligner-0.6B", "Qwen/Qwen3-ForcedAligner-0.6B-hf"),
+    ],
+)
+def test_a_qwen_name_the_daemon_cannot_load_is_answered_with_the_hf_repository(
+    written, loadable, tmp_path, monkeypatch
+) -> None:
+    """The hint names the -hf repository `run` loads, never a download it would refuse."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ModelError) as refused:
+        checked_folder(written, allow_download=False)
+    said = str(refused.value)
+    assert f"`hf download {loadable}`" in said and f"= '{loadable}'" in said
+    assert f"`hf download {written}`" not in said
+
+
+def test_the_right_repository_and_a_folder_are_not_second_guessed(tiny_model, tmp_path) -> None:
+    """Only Qwen's names are corrected: a folder called Qwen3-ASR-1.7B loads as it is."""
+    from transcribed.model.model_files import loadable_repository
+
+    assert loadable_repository("Qwen/Qwen3-ASR-1.7B-hf") is None
+    assert loadable_repository("someone/Qwen3-ASR-1.7B-finetuned") is None
+    folder = _copy(tiny_model, tmp_path / "Qwen3-ASR-1.7B")
+    assert loadable_repository(str(folder)) is None
+    assert checked_folder(str(folder), allow_download=False) == folder
+
+
+def test_the_original_layout_on_disk_names_the_converted_repository_of_its_size(
+    tiny_model, tmp_path
+) -> None:
+    """A 0.6B original layout is pointed at Qwen/Qwen3-ASR-0.6B-hf, not the 1.7B."""
+    original = _copy(tiny_model, tmp_path / "original")
+    config = json.loads((original / "config.json").read_text())
+    config["thinker_config"] = {"text_config": {"hidden_size": 1024}}
+    (original / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError) as refused:
+        checked_folder(str(original), allow_download=False)
+    assert "`hf download Qwen/Qwen3-ASR-0.6B-hf`" in str(refused.value)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import hashed
 from running import cli
 from transcribed.output.search_index import SearchIndex, published_job_ids, render_hit
 from transcribed.state.queue import JobQueue
@@ -99,7 +100,7 @@ def test_rebuild_from_the_outbox_finds_the_same_and_skips_what_is_not_a_transcri
 def test_published_job_ids_come_from_the_job_database(tmp_path):
     jobs = JobQueue(tmp_path / "jobs.sqlite3")
     job = jobs.begin_claim(b"m.wav", "w1")
-    jobs.finish_claim(job, "a" * 64, 10)
+    jobs.finish_claim(job, hashed("a" * 64, 10))
     jobs.next_job()
     jobs.mark_published(job, [str(tmp_path / "m.json"), str(tmp_path / "m.txt")], 1.0, 1.0)
     assert published_job_ids(tmp_path / "jobs.sqlite3") == {os.fsencode(tmp_path / "m.json"): job}

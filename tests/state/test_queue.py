@@ -4,12 +4,14 @@ import sqlite3
 import time
 from pathlib import Path
 
+from conftest import hashed
+from transcribed.state.overview import status_report
 from transcribed.state.queue import FailureKind, JobQueue, JobState
 
 
 def _queued(jobs: JobQueue, name: bytes, sha: str) -> int:
     job_id = jobs.begin_claim(name, f"{name.hex()}.wav")
-    jobs.finish_claim(job_id, sha, 10)
+    jobs.finish_claim(job_id, hashed(sha, 10))
     return job_id
 
 
@@ -39,7 +41,7 @@ def test_the_same_name_and_content_again_is_a_duplicate_that_adds_nothing(
     jobs = JobQueue(tmp_path / "q.db")
     first = _queued(jobs, b"a.wav", "same")
     again = jobs.begin_claim(b"a.wav", "again.wav")
-    second = jobs.finish_claim(again, "same", 10)
+    second = jobs.finish_claim(again, hashed("same", 10))
     assert (second.state, second.duplicate_of) == (JobState.DUPLICATE, first)
     assert jobs.disposals_due() == []
     jobs.mark_published(first, ["/out/a.json"], 2.0, 0.5)
@@ -94,7 +96,7 @@ def test_a_failed_disposal_waits_for_its_retry_time(tmp_path: Path) -> None:
 def test_duplicates_of_a_failed_job_get_their_own_chance(tmp_path: Path) -> None:
     jobs = JobQueue(tmp_path / "q.db")
     first = _queued(jobs, b"a.wav", "same")
-    second = jobs.finish_claim(jobs.begin_claim(b"a.wav", "2.wav"), "same", 10).id
+    second = jobs.finish_claim(jobs.begin_claim(b"a.wav", "2.wav"), hashed("same", 10)).id
     jobs.mark_failed(first, "corrupt", FailureKind.UNREADABLE)
     assert jobs.release_duplicates() == 1
     assert jobs.get(second).state == JobState.QUEUED
@@ -168,3 +170,19 @@ def test_an_unfinished_claim_is_visible_for_recovery(tmp_path: Path) -> None:
     assert sqlite3.connect(tmp_path / "q.db").execute("SELECT COUNT(*) FROM jobs").fetchone() == (
         0,
     )
+
+
+def test_a_same_name_duplicate_waiting_for_disposal_is_not_counted_as_queued(tmp_path) -> None:
+    """Found by the adversary (Trust 2): with the archive immutable, the same recording dropped
+    again was counted as "1 queued" while `queued` listed nothing; it only waited, like the
+    first drop, to be archived."""
+    jobs = JobQueue(tmp_path / "q.db")
+    first = jobs.begin_claim(b"st1.opus", "1.st1.opus")
+    jobs.finish_claim(first, hashed("a" * 64, 10))
+    assert jobs.next_job() is not None
+    jobs.mark_published(first, ["/out/st1.json"], 2.0, 1.0, disposal="move")
+    again = jobs.finish_claim(jobs.begin_claim(b"st1.opus", "2.st1.opus"), hashed("a" * 64, 10))
+    assert again.state == JobState.DUPLICATE
+    report = status_report(jobs)
+    assert report["summary"] == "0 queued, 0 running, 0 done, 0 failed, 2 waiting for disposal"
+    assert report["disposal"]["waiting"] == 2 and report["queued"] == []

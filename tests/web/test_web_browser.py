@@ -20,6 +20,7 @@ import srt
 from conftest import Folders
 from recordings import write_soundfile
 from running import Daemon, cli, events
+from transcribed.web.auth import FIRST_DELAY_SECONDS, FREE_FAILURES, hash_password
 from webpage import CHROMIUM, WebPage, chromium, screenshot_folder
 
 pytestmark = [
@@ -65,7 +66,7 @@ class Rig:
 
 
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory, tiny_model, request) -> Iterator[Rig]:
+def rig(tmp_path_factory, tiny_model, tiny_diarizer, request) -> Iterator[Rig]:
     root = tmp_path_factory.mktemp("web")
     folders = Folders(*(root / name for name in ("inbox", "outbox", "archive", "failed", "state")))
     for folder in vars(folders).values():
@@ -79,6 +80,7 @@ def rig(tmp_path_factory, tiny_model, request) -> Iterator[Rig]:
         TRANSCRIBED_CHUNK_SECONDS="5",
         TRANSCRIBED_FORMATS='["txt", "json", "srt", "vtt"]',
         TRANSCRIBED_FOLDERS='[{"path": "team"}]',
+        TRANSCRIBED_DIARIZER=str(tiny_diarizer),  # speaker labels, as the page must show them
         # The tiny model is far faster than a real one: 2 s more per 5 s of audio keeps the
         # meeting running while the first tests watch it and queue behind it.
         TRANSCRIBED_TEST_FAULTS="model.batch=sleep2",
@@ -202,6 +204,42 @@ def test_an_upload_is_followed_from_queued_to_done(rig):
     page.get_by_role("heading", name="talk.wav").wait_for()
 
 
+def test_the_same_recording_uploaded_again_is_told_plainly(rig):
+    """talk.wav again, same name and content: it adds nothing. The follow page once said
+    "queued … this copy will have its transcript" for ever, and its job page showed a title."""
+    talk = rig.folders.archive / "team" / "talk.wav"
+    wait_until(talk.exists)
+    again = rig.shots.parent / "again" / "talk.wav"
+    again.parent.mkdir(exist_ok=True)
+    shutil.copy(talk, again)
+    page = rig.page()
+    page.goto(rig.web.url + "/upload")
+    page.get_by_label("Folder").select_option("team")
+    page.get_by_label("Choose recordings, or drop them here").set_input_files(again)
+    page.get_by_role("button", name="Upload").click()
+    page.wait_for_url(re.compile(r"/follow\?"))
+    card = page.locator(".card").filter(has_text="team/talk.wav")
+    card.locator(".badge", has_text="done").wait_for(timeout=EXPECT_MS)
+    assert "Same recording as talk.wav" in card.inner_text()
+    assert "queued" not in card.inner_text()
+    rig.shot(page, "follow-same-recording")
+    card.get_by_role("link", name="open its transcript").click()
+    page.get_by_role("heading", name="talk.wav").wait_for()
+    page.get_by_role("heading", name="Text").wait_for()
+    # The copy's own page says the same, and leads to the transcript too.
+    listed = json.loads(cli("jobs", "list", "--json", env=rig.env).stdout)
+    copy = max((j for j in listed if j["file"] == "team/talk.wav"), key=lambda j: j["id"])
+    page.goto(f"{rig.web.url}/jobs/{copy['id']}")
+    expect_text(page, "Same recording as talk.wav")
+    page.get_by_role("link", name="open its transcript").click()
+    page.get_by_role("heading", name="Text").wait_for()
+
+
+def unlabelled(text: str) -> list[str]:
+    """The words of a transcript without its speaker labels ("S2:")."""
+    return [word for word in text.split() if not re.fullmatch(r"S\d+:", word)]
+
+
 def meeting_done(rig: Rig) -> dict[str, Any]:
     wait_until(lambda: (rig.folders.archive / "meeting.wav").exists())
     return json.loads((rig.folders.outbox / "meeting.json").read_text())
@@ -221,23 +259,35 @@ def test_a_transcript_page_plays_the_recording_copies_and_downloads(rig):
     rig.shot(page, "transcript")
 
     second = transcript["segments"][1]
-    page.get_by_role("button", name=f"Play from 0:{int(second['start']):02d}").click()
+    segment = page.locator("#seg-1")  # its own button: with speakers, segments can be short
+    segment.get_by_role("button", name=f"Play from 0:{int(second['start']):02d}").click()
     page.wait_for_function(
         f"() => document.getElementById('player').currentTime > {second['start']}"
     )
     page.locator("#seg-1[aria-current='true']").wait_for()
     page.evaluate("document.getElementById('player').pause()")
 
+    # Speakers as the .txt names them (the page once showed none), and "Copy text" is the
+    # .txt itself, byte for byte (it once left the labels and the paragraphs' ends out).
+    first_speaker = transcript["segments"][0]["speaker"]
+    assert (
+        first_speaker and page.locator("#text .speaker").first.inner_text() == f"{first_speaker}:"
+    )
     page.get_by_role("button", name="Copy text").click()
     expect_text(page, "Copied.")
     copied = page.evaluate("navigator.clipboard.readText()")
-    assert copied.split() == transcript["text"].split()
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download txt").click()
+    assert copied == Path(download.value.path()).read_text(encoding="utf-8")
+    assert copied == (rig.folders.outbox / "meeting.txt").read_text(encoding="utf-8")
 
     with page.expect_download() as download:
         page.get_by_role("link", name="Download srt").click()
     cues = list(srt.parse(Path(download.value.path()).read_text()))
     assert download.value.suggested_filename == "meeting.srt"
-    assert len(cues) >= 1 and " ".join(c.content for c in cues).split() == copied.split()
+    assert len(cues) >= 1
+    assert unlabelled(" ".join(c.content for c in cues)) == unlabelled(copied)
+    assert unlabelled(copied) == unlabelled(transcript["text"])
 
 
 def test_search_finds_a_word_of_the_transcript_and_jumps_to_its_time(rig):
@@ -329,5 +379,43 @@ def test_a_phone_sized_screen_can_do_everything(rig):
     page.get_by_role("button", name="Upload").tap()
     page.wait_for_url(re.compile(r"/follow\?"))
     rig.shot(page, "follow", "phone")
-    # The same recording again: recognised, not transcribed a second time.
-    expect_text(page, "already known")
+    # The same recording again: recognised, not transcribed a second time, and said so.
+    expect_text(page, "Same recording as meeting.wav")
+    page.get_by_role("link", name="open its transcript").tap()
+    page.get_by_role("heading", name="from-phone.wav").wait_for()
+
+
+def test_a_guessing_browser_is_told_when_to_try_again_and_then_gets_in(rig, tmp_path):
+    """The lockout as a person meets it: a plain line saying when to try again (it once said
+    "Try again in 14:49" to everyone, the right password too), then the password opens the
+    page; logging out ends the session."""
+    password = "correct horse battery"  # noqa: S105  (the test's own)
+    env = rig.env | {"TRANSCRIBED_WEB": json.dumps({"password_hash": hash_password(password)})}
+    web = WebPage(env, tmp_path / "web.log")
+    try:
+        context = rig.browser.new_context(viewport=DESKTOP)
+        page = context.new_page()
+        page.goto(web.url + "/")
+        page.get_by_role("heading", name="Log in").wait_for()
+
+        def log_in(with_password: str) -> None:
+            page.get_by_label("Password or access token").fill(with_password)
+            with page.expect_navigation():
+                page.get_by_role("button", name="Log in").click()
+
+        for _ in range(FREE_FAILURES):
+            log_in("a wrong guess")
+        alert = page.get_by_role("alert").inner_text()
+        assert "Too many failed logins from this address: try again in 0:02." in alert
+        rig.shot(page, "login-wait")
+        log_in(password)
+        assert "try again in" in page.get_by_role("alert").inner_text()
+        time.sleep(FIRST_DELAY_SECONDS + 0.5)  # the wait the page asked for, no more
+        log_in(password)
+        page.get_by_role("heading", name="Status").wait_for()
+        with page.expect_navigation():
+            page.get_by_role("button", name="Log out").click()
+        page.get_by_role("heading", name="Log in").wait_for()
+        context.close()
+    finally:
+        web.stop()

@@ -4,11 +4,14 @@ transcripts list filtered by folder, language and status."""
 
 import json
 import re
+from html import unescape
 
 import pytest
 from test_web_security import LOCAL, client_for, publish
 
+from transcribed.output.outbox import Outbox, render_txt
 from transcribed.output.search_index import SearchIndex
+from transcribed.output.transcript import ModelInfo, Segment, SourceInfo, Transcript
 from transcribed.settings import Settings
 from transcribed.state.queue import JobQueue
 
@@ -79,7 +82,8 @@ def test_the_language_card_paragraphs_and_words(site):
     assert re.findall(r"<span class=\"code\">(\w+)</span> <meter", card) == ["zh", "en"]
     assert "70%" in card and "30%" in card
     text = html[html.index('id="text"') : html.index("</section>", html.index('id="text"'))]
-    assert re.findall(r"<p>(.*?)</p>", text) == ["我们讨论预算。", "The budget is late."]
+    paragraphs = re.findall(r"<p data-paragraph>(.*?)</p>", text)
+    assert paragraphs == ["我们讨论预算。", "The budget is late."]
     words = re.findall(r'<span class="word" data-start="([\d.]+)">(.*?)</span>', html)
     assert words == [("0.0", "我们"), ("1.5", "讨论")]
     assert html.count('<li id="seg-') == 3
@@ -99,3 +103,55 @@ def test_the_list_filters_by_folder_language_and_status(site):
     assert listed(language="en") == [str(ids["plain"])]
     assert listed(state="published") == [str(ids["plain"]), str(ids["mixed"])]
     assert listed(state="failed") == []
+
+
+def test_speakers_are_shown_as_the_txt_has_them(folders):
+    """With a diarizer the .txt names each speaker where the speaker changes; the page once
+    showed none. Its paragraphs (what "Copy text" copies) now read exactly as the .txt."""
+    segments = (
+        Segment(0.0, 2.0, "Thanks for joining.", "en", speaker="S1"),
+        Segment(2.0, 4.0, "Let's start.", "en", speaker="S1"),
+        Segment(4.0, 6.0, "Sure.", "en", speaker="S2"),
+        Segment(8.5, 9.0, "The rest is new.", "en", speaker="S2", pause_before=2.5),
+        Segment(9.0, 9.5, "", "en", speaker="S1", no_speech=True),
+        Segment(9.5, 10.0, "Backups?", "en", speaker="S1"),
+    )
+    transcript = Transcript(
+        text="…",
+        language="en",
+        language_confidence=0.9,
+        languages={"en": 1.0},
+        segments=segments,
+        duration=10.0,
+        status="ok",
+        source=SourceInfo("meeting.wav", "2" * 64, 1),
+        model=ModelInfo("m", "cpu", "float32"),
+        created="2026-01-01T00:00:00+00:00",
+        processing_seconds=1.0,
+        speakers={"S1": {"seconds": 5.0, "share": 0.5}, "S2": {"seconds": 5.0, "share": 0.5}},
+    )
+    settings = Settings(
+        inbox=folders.inbox,
+        outbox=folders.outbox,
+        archive_dir=folders.archive,
+        failed_dir=folders.failed,
+        state_dir=folders.state,
+    )
+    outputs = Outbox(folders.outbox, mode=0o640).publish(transcript, "meeting.wav")
+    jobs = JobQueue(settings.database)
+    job = publish(jobs, b"meeting.wav", outputs)
+    with client_for(settings, client=("127.0.0.1", 1), base_url=LOCAL) as page:
+        html = page.get(f"/jobs/{job}").text
+        txt = page.get(f"/jobs/{job}/files/txt").text
+    shown = re.findall(r"<p data-paragraph>(.*?)</p>", html)
+    as_copied = "\n\n".join(unescape(re.sub(r"<[^>]+>", "", p)) for p in shown) + "\n"
+    assert as_copied == txt == render_txt(transcript).decode()
+    assert shown[0] == '<span class="speaker">S1:</span> Thanks for joining. Let&#39;s start.'
+    assert re.findall(r'<span class="speaker">(S\d)</span>', html) == [
+        "S1",
+        "S1",
+        "S2",
+        "S2",
+        "S1",
+        "S1",
+    ]

@@ -19,6 +19,7 @@ import pytest
 from starlette.testclient import TestClient
 from structlog.testing import capture_logs
 
+from conftest import hashed
 from recordings import write_soundfile
 from running import CLI
 from transcribed.output.search_index import SearchIndex
@@ -45,7 +46,7 @@ class Site:
 
 def publish(jobs: JobQueue, relpath: bytes, outputs: list[Path]) -> int:
     job = jobs.begin_claim(relpath, f"w{len(outputs)}{relpath.hex()}")
-    jobs.finish_claim(job, os.urandom(32).hex(), 10)
+    jobs.finish_claim(job, hashed(os.urandom(32).hex(), 10))
     jobs.next_job()
     jobs.mark_published(job, [str(path) for path in outputs], 2.0, 1.0)
     return job
@@ -82,7 +83,7 @@ def site(folders, tmp_path) -> Site:
     SearchIndex(settings.search_database).add(json_path, done)
 
     failed = jobs.begin_claim(b"<b onmouseover=alert(1)>b.mp3", "w-failed")
-    jobs.finish_claim(failed, "f" * 64, 5)
+    jobs.finish_claim(failed, hashed("f" * 64, 5))
     jobs.next_job()
     jobs.mark_failed(failed, "bad <img src=x onerror=alert(1)>", FailureKind.UNREADABLE)
     jobs.close()

@@ -17,6 +17,7 @@ import numpy as np
 import soundfile
 import soxr
 
+from transcribed.audio.sniff import not_audio_reason
 from transcribed.errors import PermanentError
 
 if TYPE_CHECKING:
@@ -163,7 +164,7 @@ def _open_with_pyav(path: Path) -> Source:
     try:
         container = av.open(str(path), mode="r", options=_PYAV_OPTIONS, timeout=30.0)
     except (av.error.FFmpegError, ValueError) as error:
-        raise PermanentError(f"not a readable audio file ({_short(error)})") from None
+        raise PermanentError(not_audio_reason(path, _short(error))) from None
     if not container.streams.audio:
         container.close()
         raise PermanentError("the file has no audio stream")

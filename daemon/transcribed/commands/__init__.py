@@ -1,3 +1,3 @@
 """The CLI's verbs that are more than a call into the service: one-shot transcribe, doctor,
-bench, the pool benchmark and the vLLM check.
+bench (and its backlog), the pool benchmark, the vLLM check, and the GPU check's steps.
 """

@@ -9,8 +9,19 @@ decoding the same files with the `ffmpeg` program (when installed) and with ffmp
 decoders called from Python (PyAV): the floor for any Python pipeline.
 
 `--synthetic-weights 1.7b|0.6b` builds the full-size architecture with random weights and
-makes it write a fixed number of tokens per audio second: throughput without downloading
-anything. Its transcripts are meaningless, and the report says so.
+makes every row write a fixed number of tokens per audio second and then end, as a real
+chunk ends: throughput without downloading anything. `tiny` builds the tests' tiny model,
+for a dry run of the same path on a CPU. Their transcripts are meaningless, and the report
+says so. `chunks` counts the chunks the pipeline cut (the run with no model counts them);
+`model_rows` the rows the model was given, a truncated chunk's retried halves included:
+with synthetic weights no row is truncated, so the two are equal.
+
+`--stand-in h100-1.7b` (or h100-0.6b, h200-…) runs the pipeline against
+`stand_in.StandInEngine`: the real decode loop, each step and prefill taking what a cost
+model of that GPU says, nothing computed. It reports how busy the modelled GPU was and how
+many decoding steps ran at the batch ceiling until the backlog could no longer fill the
+jobs (the steady state of a long backlog); `--stand-in-scale S` slows the modelled GPU S
+times, standing for a CPU S times faster than this one.
 
 With a diarizer configured, every recording also gets speaker labels, as in the daemon; the
 time spent in the diarizer (features and model) and its load are reported on their own.
@@ -22,6 +33,7 @@ ceiling, for K = 1, 2, 4, 8.
 """
 
 import contextlib
+import dataclasses
 import queue
 import resource
 import shutil
@@ -37,9 +49,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import soundfile
 
+from transcribed.commands.backlog import SOURCE_RATE, speechlike
+from transcribed.commands.backlog import write_backlog as write_backlog  # pool_bench's too
 from transcribed.jobs.worker import Decoder
 from transcribed.model.batching import SharedModel, SharedRecognizer
+from transcribed.model.decoding import Row
 from transcribed.model.pipeline import Recognizer, StreamingRecognizer
+from transcribed.model.rows import ChunkFeed, RowEngine
 from transcribed.output.transcript import ChunkText, ModelInfo
 from transcribed.settings import ModelSettings, Settings
 from transcribed.state.queue import JobQueue
@@ -48,11 +64,10 @@ from transcribed.state.workfolder import WorkFolder
 if TYPE_CHECKING:
     from transcribed.model.diarizer import Diarizer
     from transcribed.model.engine import Engine
+    from transcribed.model.stand_in import StandInEngine
     from transcribed.servers.vllm_engine import RemoteEngine
 
-_SOURCE_RATE = 48_000
-# Lengths cycled through to fill the backlog: meetings, voice notes, calls, lectures.
-_MIX_SECONDS = (45, 600, 120, 1500, 300, 30, 900, 180)
+    AnyEngine = Engine | RemoteEngine | StandInEngine
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,17 @@ class BenchReport:
     jobs_at_once: int
     batch_size: int
     batch_ceiling: int
+    chunks: int  # cut by the pipeline (counted by the run with no model)
+    model_rows: int  # given to the model, retried halves of truncated chunks included
+    model_busy_share: float  # of the wall time, the model (a stand-in: its GPU) was busy
+    steps_at_ceiling_share: float | None  # decoding steps with every slot of the ceiling in use
+    rows_per_step: float | None  # live rows per decoding step, on average
+    # The same from the first step at the ceiling to the last (no start, no end):
+    steady_seconds: float | None
+    steady_busy_share: float | None
+    steady_steps_at_ceiling_share: float | None
+    stand_in_scale: float | None = None  # the stand-in's clock slowed this many times
+    stand_in_times_real_time: float | None = None  # the modelled GPU alone, always fed
     diarizer: str | None = None
     diarizer_seconds: float | None = None  # inside the diarizer: its features and model
     diarizer_times_real_time: float | None = None
@@ -94,7 +120,9 @@ class TimedRecognizer:
     def __init__(self, model: Recognizer) -> None:
         self._model = model
         self.info: ModelInfo = model.info
+        self.ceiling = int(getattr(model, "ceiling", model.batch_size))
         self.seconds = 0.0
+        self.rows = 0
         self._lock = threading.Lock()
         self._calls = 0
         self._since = 0.0
@@ -107,6 +135,7 @@ class TimedRecognizer:
         should_stop: Callable[[], bool] = lambda: False,
     ) -> list[ChunkText]:
         self._count(+1)
+        self.rows += len(chunks)
         try:
             return self._model.transcribe(chunks, language, context, should_stop)
         finally:
@@ -127,6 +156,44 @@ class TimedRecognizer:
             self._since = now
             self._calls += change
 
+    def seconds_now(self) -> float:
+        """`seconds`, the call running now included."""
+        with self._lock:
+            running = time.perf_counter() - self._since if self._calls else 0.0
+            return self.seconds + running
+
+
+class TimedRows(TimedRecognizer):
+    """A TimedRecognizer for an engine that takes rows while it decodes (`rows.RowEngine`):
+    the model thread's calls stream through it, their rows counted as they are taken."""
+
+    def __init__(self, model: RowEngine) -> None:
+        super().__init__(model)  # type: ignore[arg-type]  # a RowEngine is a Recognizer too
+        self._rows_engine = model
+
+    def run_rows(self, feed: ChunkFeed, should_stop: Callable[[], bool]) -> None:
+        self._count(+1)
+        try:
+            self._rows_engine.run_rows(_Counted(feed, self), should_stop)
+        finally:
+            self._count(-1)
+
+
+class _Counted:
+    def __init__(self, feed: ChunkFeed, timed: TimedRecognizer) -> None:
+        self._feed, self._timed = feed, timed
+
+    def take(self, count: int) -> list[Row]:
+        taken = self._feed.take(count)
+        self._timed.rows += len(taken)
+        return taken
+
+    def done(self, row: Row, text: ChunkText) -> None:
+        self._feed.done(row, text)
+
+    def failed(self, row: Row, error: BaseException) -> None:
+        self._feed.failed(row, error)
+
 
 class TimedStreams(TimedRecognizer):
     """`TimedRecognizer` for a `StreamingRecognizer` (the vLLM engine): a chunk counts from
@@ -144,9 +211,18 @@ class TimedStreams(TimedRecognizer):
         self, chunk: np.ndarray, language: str | None = None, context: str | None = None
     ) -> "Future[ChunkText]":
         self._count(+1)
+        self.rows += 1
         answer = self._streams.submit(chunk, language, context)
         answer.add_done_callback(lambda _answer: self._count(-1))
         return answer
+
+
+def timed(model: Recognizer) -> TimedRecognizer:
+    if isinstance(model, RowEngine):
+        return TimedRows(model)
+    if isinstance(model, StreamingRecognizer):  # the vLLM engine
+        return TimedStreams(model)
+    return TimedRecognizer(model)
 
 
 class PassThrough:
@@ -212,6 +288,7 @@ class NoModel:
 
     def __init__(self, batch_size: int) -> None:
         self.batch_size = batch_size
+        self.rows = 0
 
     def transcribe(
         self,
@@ -220,46 +297,8 @@ class NoModel:
         context: str | None = None,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> list[ChunkText]:
+        self.rows += len(chunks)
         return [ChunkText("", None, False) for _ in chunks]
-
-
-def write_backlog(folder: Path, hours: float) -> list[Path]:
-    """Compressed recordings of mixed lengths totalling `hours`, written a little at a time."""
-    folder.mkdir(parents=True, exist_ok=True)
-    remaining, paths = hours * 3600, []
-    for index in range(10_000):
-        if remaining <= 0:
-            break
-        seconds = min(_MIX_SECONDS[index % len(_MIX_SECONDS)], max(remaining, 10))
-        path = folder / f"recording-{index:03d}.ogg"
-        if _has_length(path, seconds):  # written by an earlier run in the same --scratch
-            paths.append(path)
-            remaining -= seconds
-            continue
-        with soundfile.SoundFile(path, "w", _SOURCE_RATE, 1, format="OGG", subtype="VORBIS") as out:
-            # Small writes: libsndfile's Vorbis encoder crashes on very large ones.
-            for start in range(0, int(seconds), 10):
-                out.write(_speechlike(min(10, seconds - start), seed=index * 1000 + start))
-        paths.append(path)
-        remaining -= seconds
-    return paths
-
-
-def _has_length(path: Path, seconds: float) -> bool:
-    try:
-        duration = float(soundfile.info(str(path)).duration)
-    except (OSError, RuntimeError):  # missing, or a partial file from an interrupted run
-        return False
-    return abs(duration - seconds) < 0.5
-
-
-def _speechlike(seconds: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * _SOURCE_RATE)) / _SOURCE_RATE
-    envelope = np.sin(2 * np.pi * 0.4 * t) > -0.3
-    pitch = 150 + 60 * np.sin(2 * np.pi * 0.7 * t)
-    tone = 0.3 * np.sin(2 * np.pi * np.cumsum(pitch) / _SOURCE_RATE) * envelope
-    return (tone + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
 
 
 def decode_only_seconds(paths: list[Path]) -> tuple[float, float]:
@@ -346,17 +385,40 @@ def _rig(settings: ModelSettings, scratch: Path) -> Settings:
     )
 
 
+@dataclass(frozen=True)
+class _Baselines:
+    audio_seconds: float
+    decode_wall: float  # ffmpeg's decoders from Python
+    program_wall: float | None  # the ffmpeg program
+    alone: float  # the pipeline with no model
+    chunks: int  # chunks the pipeline cut
+
+
+@dataclass(frozen=True)
+class _Measured:
+    wall: float
+    model_seconds: float
+    rows: int
+    gpu_peak_mib: float | None
+    busy_share: float
+    steps_at_ceiling: float | None
+    rows_per_step: float | None
+    steady_seconds: float | None
+    steady_busy_share: float | None
+    steady_steps_at_ceiling: float | None
+
+
 def run_bench(
     settings: ModelSettings,
     hours: float,
-    jobs_at_once: int,
-    load: Callable[[], "Engine | RemoteEngine"],
+    jobs_at_once: int | Callable[["AnyEngine"], int],
+    load: Callable[[], "AnyEngine"],
     synthetic: bool,
     progress: Callable[[str], None] = lambda line: None,
     scratch: Path | None = None,
 ) -> BenchReport:
-    import torch
-
+    """`jobs_at_once` may depend on the loaded engine (on a GPU, on its ceiling): the model
+    is then loaded before the baselines run, with the same number of jobs."""
     from transcribed.service import load_diarizer
 
     owned = scratch is None
@@ -364,14 +426,6 @@ def run_bench(
     try:
         progress(f"writing a backlog of {hours:g} h of Ogg Vorbis recordings in {scratch}")
         paths = write_backlog(scratch / "backlog", hours)
-        progress(f"decoding them with ffmpeg alone ({_cores()} threads) for the baseline")
-        decode_wall, audio_seconds = decode_only_seconds(paths)
-        program_wall = ffmpeg_program_seconds(paths)
-        progress("running the pipeline with no model (decode, chunk, queue, outputs)")
-        copies = _copy_backlog(paths, scratch / "backlog-copy")
-        alone = _transcribe_backlog(
-            _rig(settings, scratch / "no-model"), copies, NoModel(settings.batch_size), jobs_at_once
-        )
         started = time.perf_counter()
         diarizer = load_diarizer(settings)  # first, as the daemon loads it
         diarizer_load = time.perf_counter() - started
@@ -382,54 +436,205 @@ def run_bench(
         started = time.perf_counter()
         engine.warm_up()
         warmup_seconds = time.perf_counter() - started
-        cuda = torch.cuda.is_available() and engine.info.device.startswith("cuda")
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        streams = isinstance(engine, StreamingRecognizer)  # the vLLM engine
-        timed = TimedStreams(engine) if streams else TimedRecognizer(engine)  # type: ignore[arg-type]
-        progress(f"transcribing {len(paths)} recordings ({audio_seconds / 3600:.2f} h)")
-        wall = _transcribe_backlog(
-            _rig(settings, scratch / "model"),
-            paths,
-            timed,
-            jobs_at_once,
-            diarizer,
-            batches_itself=settings.engine == "vllm",
-        )
-        gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
-        if settings.engine == "vllm":
-            engine.pool.close()  # type: ignore[union-attr]  # the RemoteEngine's
+        if not isinstance(jobs_at_once, int):
+            jobs_at_once = jobs_at_once(engine)
+        baselines = _baselines(settings, paths, scratch, jobs_at_once, progress)
+        progress(f"transcribing {len(paths)} recordings ({baselines.audio_seconds / 3600:.2f} h)")
+        measured = _model_run(settings, scratch, paths, engine, jobs_at_once, diarizer)
     finally:
         if owned:
             shutil.rmtree(scratch, ignore_errors=True)
-    outside = max(wall - timed.seconds, 1e-9)
+    audio = baselines.audio_seconds
     return BenchReport(
         device=engine.info.device,
         dtype=engine.info.dtype,
         model=engine.info.id,
         synthetic=synthetic,
         recordings=len(paths),
-        audio_seconds=round(audio_seconds, 1),
-        wall_seconds=round(wall, 2),
-        times_real_time=round(audio_seconds / wall, 1),
-        model_seconds=round(timed.seconds, 2),
-        outside_model_times_real_time=round(audio_seconds / outside, 1),
-        pipeline_alone_seconds=round(alone, 2),
-        pipeline_alone_times_real_time=round(audio_seconds / alone, 1),
-        pipeline_alone_vs_decode=round(alone / decode_wall, 2),
-        decode_only_seconds=round(decode_wall, 2),
-        decode_only_times_real_time=round(audio_seconds / decode_wall, 1),
-        ffmpeg_program_seconds=round(program_wall, 2) if program_wall else None,
-        pipeline_alone_vs_ffmpeg_program=round(alone / program_wall, 2) if program_wall else None,
+        audio_seconds=round(audio, 1),
+        wall_seconds=round(measured.wall, 2),
+        times_real_time=round(audio / measured.wall, 1),
+        model_seconds=round(measured.model_seconds, 2),
+        outside_model_times_real_time=round(
+            audio / max(measured.wall - measured.model_seconds, 1e-9), 1
+        ),
         load_seconds=round(load_seconds, 2),
         warmup_seconds=round(warmup_seconds, 2),
-        gpu_memory_peak_mib=round(gpu_peak, 1) if gpu_peak is not None else None,
+        gpu_memory_peak_mib=measured.gpu_peak_mib,
         host_rss_peak_mib=round(_peak_rss_mib(), 1),
         jobs_at_once=jobs_at_once,
         batch_size=engine.batch_size,
         batch_ceiling=engine.ceiling,
-        **_diarizer_figures(diarizer, diarizer_load, audio_seconds),
+        model_rows=measured.rows,
+        model_busy_share=measured.busy_share,
+        steps_at_ceiling_share=measured.steps_at_ceiling,
+        rows_per_step=measured.rows_per_step,
+        steady_seconds=measured.steady_seconds,
+        steady_busy_share=measured.steady_busy_share,
+        steady_steps_at_ceiling_share=measured.steady_steps_at_ceiling,
+        **_baseline_figures(baselines),
+        **_stand_in_figures(engine, audio),
+        **_diarizer_figures(diarizer, diarizer_load, audio),
     )
+
+
+def _baselines(
+    settings: ModelSettings,
+    paths: list[Path],
+    scratch: Path,
+    jobs_at_once: int,
+    progress: Callable[[str], None],
+) -> _Baselines:
+    """ffmpeg's decoders and program on the backlog, and the pipeline with no model."""
+    progress(f"decoding them with ffmpeg alone ({_cores()} threads) for the baseline")
+    decode_wall, audio_seconds = decode_only_seconds(paths)
+    program_wall = ffmpeg_program_seconds(paths)
+    progress("running the pipeline with no model (decode, chunk, queue, outputs)")
+    copies = _copy_backlog(paths, scratch / "backlog-copy")
+    nothing = NoModel(settings.batch_size)
+    alone = _transcribe_backlog(_rig(settings, scratch / "no-model"), copies, nothing, jobs_at_once)
+    return _Baselines(audio_seconds, decode_wall, program_wall, alone, nothing.rows)
+
+
+def _baseline_figures(baselines: _Baselines) -> dict[str, Any]:
+    audio, program = baselines.audio_seconds, baselines.program_wall
+    return {
+        "pipeline_alone_seconds": round(baselines.alone, 2),
+        "pipeline_alone_times_real_time": round(audio / baselines.alone, 1),
+        "pipeline_alone_vs_decode": round(baselines.alone / baselines.decode_wall, 2),
+        "decode_only_seconds": round(baselines.decode_wall, 2),
+        "decode_only_times_real_time": round(audio / baselines.decode_wall, 1),
+        "ffmpeg_program_seconds": round(program, 2) if program else None,
+        "pipeline_alone_vs_ffmpeg_program": round(baselines.alone / program, 2)
+        if program
+        else None,
+        "chunks": baselines.chunks,
+    }
+
+
+def _model_run(
+    settings: ModelSettings,
+    scratch: Path,
+    paths: list[Path],
+    engine: "AnyEngine",
+    jobs_at_once: int,
+    diarizer: "Diarizer | None",
+) -> _Measured:
+    """The backlog through the daemon's parts and the model; how busy the model was until
+    the backlog could no longer fill the jobs."""
+    import torch
+
+    from transcribed.model.decoding import LoopCounters
+
+    cuda = torch.cuda.is_available() and engine.info.device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    loop = getattr(engine, "loop", None)
+    if loop is not None:
+        loop.counters = LoopCounters()  # the warm-up's steps are not the backlog's
+    clock = timed(engine)
+    samples = _Samples(engine, clock)
+    wall = _transcribe_backlog(
+        _rig(settings, scratch / "model"),
+        _copy_backlog(paths, scratch / "backlog-model"),  # the backlog stays for a rerun
+        clock,
+        jobs_at_once,
+        diarizer,
+        batches_itself=settings.engine == "vllm",
+        on_started=samples.start,
+    )
+    samples.stop()
+    if settings.engine == "vllm":
+        engine.pool.close()  # type: ignore[union-attr]  # the RemoteEngine's
+    return _Measured(
+        wall=wall,
+        model_seconds=clock.seconds,
+        rows=clock.rows,
+        gpu_peak_mib=round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
+        **samples.figures(),
+    )
+
+
+class _Samples:
+    """How busy the model was and how its decoding steps went, sampled every 50 ms while
+    the backlog runs: over the whole run, and over its steady part (from the first step at
+    the ceiling to the last), which leaves out the start, while the recordings decode their
+    first chunks, and the end, while the last ones finish."""
+
+    def __init__(self, engine: "AnyEngine", clock: TimedRecognizer) -> None:
+        self._engine, self._clock = engine, clock
+        self._taken: list[tuple[float, float, Any]] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def start(self) -> None:
+        self._take()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(5)
+        self._take()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.05):
+            self._take()
+
+    def _take(self) -> None:
+        counters = getattr(getattr(self._engine, "loop", None), "counters", None)
+        copy = dataclasses.replace(counters) if counters is not None else None
+        self._taken.append((time.perf_counter(), _busy_seconds(self._engine, self._clock), copy))
+
+    def figures(self) -> dict[str, Any]:
+        whole = _between(self._taken[0], self._taken[-1])
+        full = [sample for sample in self._taken if sample[2] and sample[2].full_steps]
+        steady = {}
+        if len(full) > 1:
+            last = max(full, key=lambda sample: (sample[2].full_steps, -sample[0]))
+            first = self._taken[self._taken.index(full[0]) - 1]
+            steady = _between(first, last)
+        return {
+            "busy_share": whole["busy"],
+            "steps_at_ceiling": whole["at_ceiling"],
+            "rows_per_step": whole["rows"],
+            "steady_seconds": steady.get("seconds"),
+            "steady_busy_share": steady.get("busy"),
+            "steady_steps_at_ceiling": steady.get("at_ceiling"),
+        }
+
+
+def _between(first: tuple[float, float, Any], last: tuple[float, float, Any]) -> dict[str, Any]:
+    (begun, busy_before, before), (ended, busy_after, after) = first, last
+    seconds = max(ended - begun, 1e-9)
+    figures: dict[str, Any] = {
+        "seconds": round(seconds, 2),
+        "busy": round(min(1.0, (busy_after - busy_before) / seconds), 3),
+    }
+    steps = after.steps - before.steps if after is not None and before is not None else 0
+    figures["at_ceiling"] = (
+        round((after.full_steps - before.full_steps) / steps, 3) if steps else None
+    )
+    figures["rows"] = round((after.live_steps - before.live_steps) / steps, 1) if steps else None
+    return figures
+
+
+def _busy_seconds(engine: "AnyEngine", clock: TimedRecognizer) -> float:
+    """Seconds the model was busy so far: a stand-in's modelled GPU time, else the time
+    inside model calls."""
+    backend = getattr(engine, "backend", None)
+    modelled = getattr(backend, "busy", None)
+    return float(modelled) if modelled is not None else clock.seconds_now()
+
+
+def _stand_in_figures(engine: "AnyEngine", audio_seconds: float) -> dict[str, Any]:
+    backend = getattr(engine, "backend", None)
+    if backend is None or not hasattr(backend, "busy"):
+        return {}
+    modelled = backend.busy / backend.scale
+    return {
+        "stand_in_scale": backend.scale,
+        "stand_in_times_real_time": round(audio_seconds / max(modelled, 1e-9), 1),
+    }
 
 
 def _diarizer_figures(
@@ -460,6 +665,7 @@ def _transcribe_backlog(
     diarizer: "Diarizer | None" = None,
     batches_itself: bool = False,
     on_drained: Callable[[], None] = lambda: None,
+    on_started: Callable[[], None] = lambda: None,
 ) -> float:
     """Drop the backlog into the inbox and run the daemon's parts, wired as the daemon
     wires them, until every transcript is published and every original archived; wall
@@ -488,6 +694,7 @@ def _transcribe_backlog(
     disposals = make_worker(rig, work, JobQueue(rig.database), shared, stop, wake)
     intake = make_intake(rig, work, queue.SimpleQueue())
     _warm_up_decoders([each.decoder for each in workers], rig.state_dir)
+    on_started()
     started = time.perf_counter()
     for path in paths:
         path.rename(rig.inbox / path.name)
@@ -522,7 +729,7 @@ def _warm_up_decoders(decoders: list[Decoder], scratch: Path) -> None:
     """Have every decoder process decode a second of audio: a running daemon's decoders
     were started (and have imported their libraries) long before a backlog arrives."""
     sample = scratch / "warm-up.ogg"
-    soundfile.write(sample, _speechlike(1, 0), _SOURCE_RATE, format="OGG", subtype="VORBIS")
+    soundfile.write(sample, speechlike(1, 0), SOURCE_RATE, format="OGG", subtype="VORBIS")
     for decoder in decoders:
         for _block in decoder.stream(sample):
             pass
@@ -574,7 +781,33 @@ def render(report: BenchReport) -> str:
         ("host RSS peak", _mib(report.host_rss_peak_mib)),
         ("jobs at once", f"{report.jobs_at_once}"),
         ("batch", f"{report.batch_size} per recording, {report.batch_ceiling} per model call"),
+        ("chunks", f"{report.chunks:,} cut, {report.model_rows:,} rows to the model"),
+        ("model busy", f"{report.model_busy_share:.1%} of the time"),
     ]
+    if report.steps_at_ceiling_share is not None:
+        rows.append(
+            (
+                "decoding steps",
+                f"{report.steps_at_ceiling_share:.1%} at the ceiling, "
+                f"{report.rows_per_step:,.1f} rows each on average",
+            )
+        )
+    if report.steady_seconds is not None:
+        rows.append(
+            (
+                "steady part",
+                f"{report.steady_seconds:,.1f} s: model busy {report.steady_busy_share:.1%}, "
+                f"{report.steady_steps_at_ceiling_share:.1%} of steps at the ceiling",
+            )
+        )
+    if report.stand_in_times_real_time is not None:
+        rows.append(
+            (
+                "stand-in GPU alone",
+                f"{report.stand_in_times_real_time:,.0f}x real time; its clock slowed "
+                f"{report.stand_in_scale:g}x",
+            )
+        )
     if report.diarizer is not None:
         rows += [
             ("diarizer", f"{report.diarizer}"),

@@ -13,15 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from transcribed.disposal.assurance import NETWORK, assess, filesystem_type
-from transcribed.errors import ModelError
+from transcribed.disposal.assurance import assess
+from transcribed.errors import ConfigError, ModelError
+from transcribed.files.filesystems import NETWORK, filesystem_type
 from transcribed.host.isolation import (
     ISOLATION_HINT,
     SERVERS_ONLY_HINT,
     isolation_problem,
     servers_only_problem,
 )
-from transcribed.settings import Settings, check_folders
+from transcribed.settings import Settings, check_folders, check_programs
 from transcribed.state.instance import holder
 from transcribed.state.queue import IN_WORK_FOLDER, JobState
 from transcribed.state.workfolder import WORK_FOLDER_NAME
@@ -44,6 +45,7 @@ class Finding:
 def diagnose(settings: Settings) -> list[Finding]:
     checks: list[Callable[[Settings], Iterator[Finding]]] = [
         _folders,
+        _hooks,
         _filesystems,
         _state_database,
         _work_folder,
@@ -65,6 +67,19 @@ def _folders(settings: Settings) -> Iterator[Finding]:
         yield Finding("folders", "fail", str(error), "create the folders or fix the config")
         return
     yield Finding("folders", "ok", "inbox, outbox, failed and archive folders are writable")
+
+
+def _hooks(settings: Settings) -> Iterator[Finding]:
+    """The programs `run` refuses to start without (as this user: run doctor as the
+    service's)."""
+    if settings.on_done is None and settings.on_failed is None:
+        return
+    try:
+        check_programs(settings)
+    except ConfigError as error:
+        yield Finding("hooks", "fail", str(error), "fix on_done / on_failed in the config")
+        return
+    yield Finding("hooks", "ok", "the on_done / on_failed programs exist and can be run")
 
 
 def _filesystems(settings: Settings) -> Iterator[Finding]:
@@ -163,8 +178,8 @@ def _work_folder(settings: Settings) -> Iterator[Finding]:
     yield Finding(
         "work",
         "warn" if running else "fail",
-        f"{len(strays)} recording(s) in {work} with no job, {len(missing)} job(s) whose "
-        "recording is not there",
+        f"{_count(len(strays), 'recording')} in {work} with no job, "
+        f"{_count(len(missing), 'job')} whose recording is not there",
         "the daemon claims the strays again and fails the missing jobs with a reason at its "
         "next rescan; see `transcribed status` for the reasons",
     )
@@ -207,12 +222,15 @@ def _inotify(settings: Settings) -> Iterator[Finding]:
         yield Finding(
             "inotify",
             "warn",
-            f"inotify allows {watches} watches / {instances} instances for {folders} inbox folders",
+            f"inotify allows {watches} watches / {instances} instances for "
+            f"{_count(folders, 'inbox folder')}",
             "raise fs.inotify.max_user_watches / max_user_instances with sysctl; "
             "rescans cover missed events meanwhile",
         )
     else:
-        yield Finding("inotify", "ok", f"{watches} watches allowed for {folders} inbox folders")
+        yield Finding(
+            "inotify", "ok", f"{watches} watches allowed for {_count(folders, 'inbox folder')}"
+        )
 
 
 def _model(settings: Settings) -> Iterator[Finding]:
@@ -252,16 +270,20 @@ def _gpu(settings: Settings) -> Iterator[Finding]:
         return
     if (reason := why_no_cuda()) is not None:  # the words `run` refuses device = "cuda" with
         problem, remedy = reason
-        level: Level = "fail" if settings.device.startswith("cuda") else "warn"
+        if settings.device.startswith("cuda"):
+            yield Finding("gpu", "fail", problem, remedy)
+            return
+        on_purpose = '; or set device = "cpu" to run on the CPU on purpose (no more warning)'
         fallback = ": device = 'auto' falls back to the CPU (far slower)"
-        yield Finding("gpu", level, problem + (fallback if level == "warn" else ""), remedy)
+        yield Finding("gpu", "warn", problem + fallback, remedy + on_purpose)
         return
     index = int(settings.device.partition(":")[2] or 0)
     if index >= torch.cuda.device_count():
         yield Finding(
             "gpu",
             "fail",
-            f"device = {settings.device} but only {torch.cuda.device_count()} GPU(s) exist",
+            f"device = {settings.device} but this machine has only "
+            f"{_count(torch.cuda.device_count(), 'GPU')}",
             "pick an existing GPU",
         )
         return
@@ -332,5 +354,9 @@ def render(findings: list[Finding]) -> str:
             lines.append(f"{'':<17} -> {finding.hint}")
     failed = sum(finding.level == "fail" for finding in findings)
     warned = sum(finding.level == "warn" for finding in findings)
-    lines.append(f"{failed} failed, {warned} warnings")
+    lines.append(f"{failed} failed, {_count(warned, 'warning')}")
     return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

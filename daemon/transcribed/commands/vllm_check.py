@@ -12,7 +12,7 @@ from transcribed.commands.doctor import Finding, Level
 from transcribed.servers.server_pool import MODELS_PATH, read_api_key, served_models, tls_context
 from transcribed.settings import ModelSettings
 
-# vLLM loads the -hf checkpoints from 0.26 on (DESIGN §9).
+# vLLM loads the -hf checkpoints from 0.26 on (docs/design.md §9).
 OLDEST_VERSION = (0, 26)
 
 

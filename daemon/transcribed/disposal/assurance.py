@@ -12,10 +12,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from transcribed.files.filesystems import NETWORK, filesystem_type
+
 COPY_ON_WRITE = frozenset({"btrfs", "zfs", "bcachefs", "nilfs2", "f2fs"})
-NETWORK = frozenset(
-    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "afs", "lustre", "virtiofs"}
-)
 MEMORY = frozenset({"tmpfs", "ramfs"})
 
 
@@ -56,20 +55,6 @@ def classify(method: str, filesystem: str | None, rotational: bool | None) -> st
     if rotational is True:
         return "overwritten"
     return "not-guaranteed-unknown"
-
-
-def filesystem_type(device: int, mountinfo: Path = Path("/proc/self/mountinfo")) -> str | None:
-    """The type of the filesystem mounted from `device` (st_dev), from the kernel's table."""
-    wanted = f"{os.major(device)}:{os.minor(device)}"
-    try:
-        lines = mountinfo.read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        fields = line.split()
-        if len(fields) > 2 and fields[2] == wanted and " - " in line:
-            return line.split(" - ", 1)[1].split()[0]
-    return None
 
 
 def is_rotational(device: int, sysfs: Path = Path("/sys/dev/block")) -> bool | None:

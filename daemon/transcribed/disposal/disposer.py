@@ -8,7 +8,6 @@ the work folder we opened). Otherwise the recording vanished, and the job says s
 """
 
 import errno
-import hashlib
 import json
 import os
 import stat
@@ -18,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from transcribed import faults
 from transcribed.disposal.assurance import Assurance, assess
 from transcribed.errors import FolderUnusable, RecordingVanished
+from transcribed.files.content import hash_file
 from transcribed.files.durable import (
     check_outside,
     fsync_dir,
@@ -28,6 +28,7 @@ from transcribed.files.durable import (
 )
 from transcribed.files.names import REASON_SUFFIX
 from transcribed.state.queue import Job, JobQueue
+from transcribed.state.recheck import check_unchanged
 from transcribed.state.workfolder import WorkFolder
 
 _BLOCK = 1 << 20
@@ -44,6 +45,7 @@ class Disposer:
         archive_dir: Path | None,
         failed_dir: Path,
         mode: int = 0o640,
+        hold_unseen: float = 0.0,
     ) -> None:
         self._jobs = jobs
         self._work = work
@@ -51,6 +53,8 @@ class Disposer:
         self._archive = archive_dir
         self._failed = failed_dir
         self._mode = mode
+        # Where writers cannot be seen, an original stays this long after its claim.
+        self._hold_unseen = hold_unseen
         # Originals are disposed of from the work folder: its storage decides what shredding
         # can promise. Recorded in every transcript's JSON.
         self.assurance: Assurance = assess(policy, work.path)
@@ -58,11 +62,16 @@ class Disposer:
     def dispose(self, job: Job) -> str:
         """Apply the policy to a job whose transcript is durable; returns what was done.
         FolderUnusable (an OSError) while the work folder is not the one we opened;
-        RecordingVanished when the original is gone and we did not dispose of it."""
+        RecordingVanished when the original is gone and we did not dispose of it;
+        RecordingChanged or StillBeingWritten (nothing done) when its writer was not done."""
         self._check_work_folder()
         source = self._work.file(job.work_name)
         if not os.path.lexists(source):
             return self._already_disposed(job)
+        # A move can always look again (the original stays until its copy is verified); a
+        # delete or shred that began has overwritten or unlinked what it looked at.
+        if self._policy == "move" or job.disposal_started is None:
+            check_unchanged(source, job, self._jobs, hold_unseen=self._hold_unseen)
         if self._policy == "move":
             assert self._archive is not None
             self._move(job, source, self._archive)
@@ -84,7 +93,7 @@ class Disposer:
         source = self._work.file(job.work_name)
         target = Path(job.disposed_to) if job.disposed_to else None
         if os.path.lexists(source):
-            target = self._move(job, source, self._failed, reserve=len(REASON_SUFFIX))
+            target = self._move(job, source, self._failed, reserve=len(REASON_SUFFIX), of_job=False)
         elif target is None:
             target = self._target(job, self._failed, reserve=len(REASON_SUFFIX))
         report = {"error": error, "attempts": job.attempts, "time": _now()}
@@ -113,7 +122,12 @@ class Disposer:
             return "already-disposed"
         raise RecordingVanished(f"{self._work.vanished()} (its transcript is published)")
 
-    def _move(self, job: Job, source: Path, root: Path, reserve: int = 0) -> Path:
+    def _move(
+        self, job: Job, source: Path, root: Path, reserve: int = 0, *, of_job: bool = True
+    ) -> Path:
+        """Move the original below `root` (a hard link, or a verified copy), then unlink it.
+        `of_job`: the copy must be the bytes the transcript describes (an archived original);
+        otherwise the bytes that are there (a failed one, whatever it holds now)."""
         target = Path(job.disposed_to) if job.disposed_to else None
         if target is None or not _holds(target, source):
             target = self._target(job, root, reserve)
@@ -122,8 +136,16 @@ class Disposer:
             faults.point("disposal.linking")
             link_or_copy_no_overwrite(source, target)
             faults.point("disposal.linked")
-        if not (os.path.samefile(target, source) or _is_copy_of(target, job)):
-            raise OSError(errno.EIO, f"the copy at {target} does not match the recording")
+        if not (os.path.samefile(target, source) or self._copied(target, source, job, of_job)):
+            # A copy of other bytes (the recording changed while it was copied): not a copy
+            # of the recording, so it goes; the next try compares the recording again.
+            target.unlink()
+            fsync_dir(target.parent)
+            raise OSError(
+                errno.EAGAIN,
+                f"the copy at {target} does not match the recording (it changed while it was "
+                "copied): the recording is compared again",
+            )
         fsync_dir(target.parent)
         faults.point("disposal.target_fsynced")
         source.unlink()
@@ -131,6 +153,10 @@ class Disposer:
         fsync_dir(self._work.path)
         faults.point("disposal.work_fsynced")
         return target
+
+    @staticmethod
+    def _copied(target: Path, source: Path, job: Job, of_job: bool) -> bool:
+        return _is_copy_of(target, job) if of_job else _same_bytes(target, source)
 
     def _target(self, job: Job, root: Path, reserve: int) -> Path:
         """A free name for the original below `root`, mirroring its inbox folder (or, where
@@ -156,18 +182,11 @@ class Disposer:
 def _is_copy_of(target: Path, job: Job) -> bool:
     """True when `target` holds exactly the job's recording: its size and SHA-256."""
     try:
-        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        if os.stat(target, follow_symlinks=False).st_size != job.size:
+            return False
+        return hash_file(target).sha256 == job.sha256
     except OSError:
         return False
-    try:
-        if os.fstat(fd).st_size != job.size:
-            return False
-        digest = hashlib.sha256()
-        while block := os.read(fd, _BLOCK):
-            digest.update(block)
-        return digest.hexdigest() == job.sha256
-    finally:
-        os.close(fd)
 
 
 def _holds(target: Path, source: Path) -> bool:
@@ -203,7 +222,15 @@ def shred(path: Path) -> None:
     Never the `shred` command: it follows symlinks and `-f` chmods the target. What this
     cannot promise (SSDs, copy-on-write filesystems, snapshots) is in the README.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except PermissionError:
+        raise PermissionError(
+            errno.EACCES,
+            "cannot shred a recording the service user may not write to (it belongs to "
+            f"user {os.stat(path).st_uid}): make recordings writable by it (Samba: "
+            '"create mask = 0660" with its group), or use disposal = "delete"',
+        ) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:

@@ -84,17 +84,23 @@ def publish_bytes(target: Path, data: bytes, *, mode: int = 0o640, label: str = 
             temp.unlink()
 
 
+# A hard link cannot be made: another filesystem; another user's file that we may not write
+# (fs.protected_hardlinks, on by default); a filesystem without links; too many links.
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK})
+
+
 def link_or_copy_no_overwrite(source: Path, target: Path) -> None:
     """Put `source`'s content at `target` durably without overwriting; raise FileExistsError.
 
-    Hard-links when both are on one filesystem; otherwise copies through an fsynced temp file.
+    Hard-links where it can; otherwise (another filesystem, another user's file under
+    fs.protected_hardlinks) copies through an fsynced temp file.
     The source stays in place: the caller removes it once the target is durable.
     """
     try:
         os.link(source, target, follow_symlinks=False)
         return
     except OSError as error:
-        if error.errno != errno.EXDEV:
+        if error.errno not in _NO_LINK:
             raise
     temp = target.parent / temp_name(target.name)
     try:

@@ -8,11 +8,14 @@ point leaves nothing unaccounted for; a claim that fails leaves no record.
 
 Files not taken yet are remembered with their reason (for `status`): unfinished ones until
 they change, or until they have been unchanged for `stalled_seconds` (then they are taken as
-they are, flagged incomplete); ones that could not be claimed until the next rescan.
+they are, flagged incomplete; never an empty one); ones refused for a reason that can pass (a
+writer still holds the file open, a second hard link, no permission, any error reaching that
+one path) are looked at again on every rescan. One path's error is that path's problem: every
+other file is still taken.
 """
 
 import contextlib
-import hashlib
+import errno
 import os
 import queue
 import sqlite3
@@ -26,7 +29,10 @@ from typing import TYPE_CHECKING
 
 from transcribed import faults
 from transcribed.errors import advice
+from transcribed.files.content import Content, hash_descriptor, open_for_writing
 from transcribed.files.durable import fsync_dir
+from transcribed.files.filesystems import sees_every_writer
+from transcribed.files.folders import open_below, stat_below
 from transcribed.files.names import display_name
 from transcribed.intake.completeness import incomplete_reason
 from transcribed.intake.readiness import Identity, SettleTracker
@@ -52,19 +58,45 @@ class Refused(Exception):
     """This inbox entry is not something we may take (symlink, FIFO, hard link, …)."""
 
 
+class NotYet(Refused):
+    """Not taken now, for a reason that can pass without the file changing (a second hard
+    link, no permission, a writer that still holds it open): looked at on every rescan, or
+    `look_again` seconds from now."""
+
+    def __init__(self, reason: str, look_again: float | None = None) -> None:
+        super().__init__(reason)
+        self.look_again = look_again
+
+
+# Said of a file whose writers the kernel cannot show us (file.content.open_for_writing).
+_UNSEEN = (
+    "no way to tell from here whether a writer still has it open (a network or FUSE mount, "
+    "or another user's file without CAP_LEASE): taken once unchanged for settle_seconds_unseen"
+)
+
+
 class NotFinished(Refused):
-    """The file looks unfinished (truncated, header not finalized); taken once it changes."""
+    """The file looks unfinished (truncated, header not finalized, empty); taken once it
+    changes (or, unless empty, once it stalled)."""
+
+    def __init__(self, reason: str, stalls: bool = True) -> None:
+        super().__init__(reason)
+        self.stalls = stalls
 
 
 @dataclass
 class _Waiting:
-    """An inbox file not taken: why, since when (intake clock), unchanged as what, and whether
-    the next rescan tries again (a failed claim) or only a change does (unfinished)."""
+    """An inbox file not taken: why, since when (intake clock), unchanged as what (None when it
+    could not even be looked at), whether the next rescan tries again (a reason that can pass)
+    or only a change does (unfinished), and whether `stalled_seconds` unchanged takes it
+    anyway (never for an empty file: there is nothing to take)."""
 
-    identity: Identity
+    identity: Identity | None
     reason: str
     since: float
     retry: bool = False
+    stalls: bool = True
+    look_again_at: float | None = None  # intake clock: looked at then, not only at a rescan
 
 
 @dataclass
@@ -81,6 +113,8 @@ class Intake:
     clock: Callable[[], float] = time.monotonic
     # An unfinished file unchanged this long is taken anyway (a recorder that crashed).
     stalled_seconds: float = 3600.0
+    # Unchanged this long, when the kernel cannot say whether a writer still has it open.
+    settle_seconds_unseen: float = 120.0
     hasher: "LargeFileHasher | None" = None
     reconciler: "Reconciler | None" = None
 
@@ -88,6 +122,7 @@ class Intake:
         self._tracker = SettleTracker(self.settle_seconds, self._look, self.clock)
         self._ignored: dict[str, Identity] = {}
         self._waiting: dict[str, _Waiting] = {}
+        self._folders: dict[str, str] = {}  # inbox folders that cannot be listed, and why
         self._strays = Strays(self.inbox)  # files that are not recordings: logged once each
         self._next_rescan = self.clock() + self.rescan_seconds
         self._rescan_requested = False
@@ -104,6 +139,7 @@ class Intake:
         if self.work.problem() is not None:
             return 0
         self._drain_arrivals()
+        self._look_again_when_due()
         if self._rescan_requested or self.clock() >= self._next_rescan:
             self._rescan_requested = False
             self.rescan()
@@ -117,11 +153,30 @@ class Intake:
         self._next_rescan = self.clock() + self.rescan_seconds
         if self.reconciler is not None:
             self.reconciler.run()
-        for relpath in self._strays.recordings_among(walk_files(self.inbox)):
+        unreadable: dict[str, str] = {}
+
+        def note(relfolder: str, error: OSError) -> None:
+            why = error.strerror if error.errno == errno.EXDEV else None
+            reason = why or _cannot("list this folder", error)
+            unreadable[f"{relfolder}/" if relfolder else "./"] = reason
+
+        for relpath in self._strays.recordings_among(walk_files(self.inbox, note)):
             self._tracker.arrived(relpath)
         for relpath in list(self._waiting):  # re-looked at: stalled ones come due by time
             self._tracker.arrived(relpath)
+        self._report_folders(unreadable)
         self.last_rescan = self.clock()
+
+    def _report_folders(self, unreadable: dict[str, str]) -> None:
+        """Folders of the inbox that could not be listed (what is in them cannot be seen):
+        shown in `status` while they stay so, logged once each."""
+        for folder in self._folders.keys() - unreadable.keys():
+            self.jobs.clear_waiting(os.fsencode(folder))
+        for folder, reason in unreadable.items():
+            if self._folders.get(folder) != reason:
+                self.jobs.set_waiting(os.fsencode(folder), reason, time.time())
+                log.warning("scan.unreadable_folder", folder=display_name(folder), reason=reason)
+        self._folders = unreadable
 
     def run(self, stop: threading.Event, tick: float = 0.25) -> None:
         """Plain runner for the intake thread."""
@@ -149,6 +204,13 @@ class Intake:
             recover_claims(self.jobs, self.work, skip=busy)
         self.request_rescan()
 
+    def _look_again_when_due(self) -> None:
+        now = self.clock()
+        for relpath, waiting in self._waiting.items():
+            if waiting.look_again_at is not None and waiting.look_again_at <= now:
+                waiting.look_again_at = None
+                self._tracker.arrived(relpath)
+
     def _drain_arrivals(self) -> None:
         while True:
             try:
@@ -158,10 +220,13 @@ class Intake:
 
     def _look(self, relpath: str) -> Identity | None:
         try:
-            identity = Identity.of(os.stat(self.inbox / relpath, follow_symlinks=False))
+            identity = Identity.of(stat_below(self.inbox, relpath))
         except (FileNotFoundError, NotADirectoryError):
             self._ignored.pop(relpath, None)  # gone: nothing to remember for months
             self._stop_waiting(relpath)
+            return None
+        except OSError as error:  # this path's problem (too long, no permission, EIO, …)
+            self._wait(relpath, None, _cannot("be looked at", error), retry=True)
             return None
         waiting = self._waiting.get(relpath)
         if waiting is not None and waiting.identity == identity and not waiting.retry:
@@ -169,29 +234,52 @@ class Intake:
         # Refusals are logged once, not on every rescan, until the entry changes.
         return None if self._ignored.get(relpath) == identity else identity
 
+    def _unseen_wait_left(self, relpath: str, identity: Identity) -> float:
+        """Seconds until a file whose writers cannot be seen has been unchanged (waiting, as
+        `identity`) for `settle_seconds_unseen`."""
+        waiting = self._waiting.get(relpath)
+        if waiting is None or waiting.identity != identity:
+            return self.settle_seconds_unseen
+        return max(0.0, waiting.since + self.settle_seconds_unseen - self.clock())
+
     def _stalled(self, waiting: _Waiting) -> bool:
-        return self.clock() - waiting.since >= self.stalled_seconds
+        return self.clock() - waiting.since >= self.stalled_seconds and waiting.stalls
 
     def _claim_logged(self, relpath: str, identity: Identity) -> bool:
         try:
             return self.claim(relpath, identity)
         except NotFinished as unfinished:
-            self._wait(relpath, identity, str(unfinished))
+            self._wait(relpath, identity, str(unfinished), stalls=unfinished.stalls)
+        except NotYet as blocked:
+            self._wait(relpath, identity, str(blocked), retry=True, look_again=blocked.look_again)
         except Refused as refusal:
             self._ignored[relpath] = identity
+            self._stop_waiting(relpath)
             log.warning("intake.ignored", file=display_name(relpath), reason=str(refusal))
         except OSError as error:  # tried again at the next rescan
-            self._wait(relpath, identity, f"cannot be claimed: {error}", retry=True)
+            self._wait(relpath, identity, _cannot("be claimed", error), retry=True)
         return False
 
-    def _wait(self, relpath: str, identity: Identity, reason: str, retry: bool = False) -> None:
+    def _wait(
+        self,
+        relpath: str,
+        identity: Identity | None,
+        reason: str,
+        retry: bool = False,
+        stalls: bool = True,
+        look_again: float | None = None,
+    ) -> None:
         """Remember an inbox file that is not taken yet, and why, for `status`; logged once
         per reason and identity, not on every rescan."""
         known = self._waiting.get(relpath)
+        again = self.clock() + look_again if look_again is not None else None
         if known is not None and known.identity == identity and known.reason == reason:
+            known.look_again_at = again
             return
         since = known.since if known is not None and known.identity == identity else None
-        self._waiting[relpath] = _Waiting(identity, reason, since or self.clock(), retry)
+        self._waiting[relpath] = _Waiting(
+            identity, reason, since or self.clock(), retry, stalls, again
+        )
         self.jobs.set_waiting(os.fsencode(relpath), reason, time.time())
         if retry:
             log.warning("intake.claim_failed", file=display_name(relpath), reason=reason)
@@ -205,7 +293,7 @@ class Intake:
     def claim(self, relpath: str, settled: Identity) -> bool:
         """Move one settled file into the work folder and queue it; False if it changed."""
         parts = PurePosixPath(relpath).parts
-        parent_fd = _open_folder(self.inbox, parts[:-1])
+        parent_fd = open_folder_below(self.inbox, parts[:-1])
         try:
             fd = _open_file(parts[-1], parent_fd)
             try:
@@ -223,10 +311,16 @@ class Intake:
         if Identity.of(info) != settled:
             self._tracker.arrived(relpath)  # changed since it settled: watch it again
             return False
+        writers = open_for_writing(fd)
+        if writers:
+            raise NotYet("still open for writing by another program (taken once it is closed)")
+        unseen = writers is None or not sees_every_writer(info.st_dev)
+        if unseen and (left := self._unseen_wait_left(relpath, settled)) > 0:
+            raise NotYet(_UNSEEN, look_again=left)
         incomplete = incomplete_reason(fd, info.st_size, info.st_mtime_ns)
         waiting = self._waiting.get(relpath)
         if incomplete and not (waiting is not None and self._stalled(waiting)):
-            raise NotFinished(incomplete)
+            raise NotFinished(incomplete, stalls=info.st_size > 0)
         target = work_name(relpath)
         job_id = self.jobs.begin_claim(os.fsencode(relpath), target)
         if not self._move_or_abandon(job_id, name, parent_fd, target, info):
@@ -244,7 +338,7 @@ class Intake:
             self.hasher.submit(job_id, relpath)
             log.info("intake.hashing_apart", file=display_name(relpath), bytes=info.st_size)
             return True
-        finish_claim_logged(self.jobs, job_id, relpath, *hash_descriptor(fd))
+        finish_claim_logged(self.jobs, job_id, relpath, hash_descriptor(fd))
         return True
 
     def _move_or_abandon(
@@ -283,14 +377,14 @@ class Intake:
             os.close(work_fd)
 
 
-def finish_claim_logged(jobs: JobQueue, job_id: int, relpath: str, digest: str, size: int) -> None:
+def finish_claim_logged(jobs: JobQueue, job_id: int, relpath: str, content: Content) -> None:
     faults.point("claim.hashed", os.path.basename(relpath))
-    job = jobs.finish_claim(job_id, digest, size)
+    job = jobs.finish_claim(job_id, content)
     log.info(
         "intake.claimed",
         job=job.id,
         file=display_name(relpath),
-        bytes=size,
+        bytes=content.size,
         duplicate_of=job.duplicate_of if job.state == JobState.DUPLICATE else None,
     )
 
@@ -360,27 +454,30 @@ class LargeFileHasher:
         job = jobs.get(job_id)
         fd = os.open(self._work.file(job.work_name), _OPEN_FLAGS)
         try:
-            digest, size = hash_descriptor(fd, self._stop)
+            content = hash_descriptor(fd, self._stop)
         finally:
             os.close(fd)
         if not self._stop.is_set():
-            finish_claim_logged(jobs, job_id, relpath, digest, size)
+            finish_claim_logged(jobs, job_id, relpath, content)
 
 
-def _open_folder(root: Path, parts: tuple[str, ...]) -> int:
-    """Open a folder below `root` one component at a time, never following a symlink."""
-    fd = os.open(root, _DIR_FLAGS)
-    for part in parts:
-        try:
-            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-        except OSError as error:
-            os.close(fd)
-            raise Refused(
-                f"folder {display_name(part)} cannot be entered safely: {error}"
-            ) from None
-        os.close(fd)
-        fd = child
-    return fd
+def open_folder_below(root: Path, parts: tuple[str, ...]) -> int:
+    """The inbox folder holding a recording, reached without following a symlink. A symlink
+    or non-folder on the way is refused for good; any other error (no permission, an I/O
+    error) can pass."""
+    try:
+        return open_below(root, PurePosixPath(*parts) if parts else PurePosixPath())
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise Refused("a folder on its path is a symbolic link (never followed)") from None
+        raise NotYet(_cannot("enter its folder", error)) from None
+
+
+def _cannot(what: str, error: OSError) -> str:
+    """A reason that stays the same from one try to the next (no file names or random work
+    names in it), so it is logged once, not on every rescan."""
+    cause = os.strerror(error.errno) if error.errno else str(error)
+    return f"cannot {what}: {cause}"
 
 
 def _open_file(name: str, parent_fd: int) -> int:
@@ -402,23 +499,12 @@ def _check_claimable(info: os.stat_result, inbox_dev: int) -> None:
     if not stat.S_ISREG(info.st_mode):
         raise Refused("not a regular file")
     if info.st_nlink != 1:
-        raise Refused(f"has {info.st_nlink} hard links; the other names would keep the data")
+        raise NotYet(
+            f"has {info.st_nlink} hard links; the other names would keep the data "
+            "(taken once it has one name)"
+        )
     if info.st_dev != inbox_dev:
-        raise Refused("on another filesystem than the inbox (a mount inside the inbox)")
-
-
-def hash_descriptor(fd: int, stop: threading.Event | None = None) -> tuple[str, int]:
-    """SHA-256 and size of everything readable through `fd`, from the start (cut short, and
-    meaningless, once `stop` is set)."""
-    digest = hashlib.sha256()
-    size = 0
-    os.lseek(fd, 0, os.SEEK_SET)
-    while chunk := os.read(fd, 1 << 20):
-        digest.update(chunk)
-        size += len(chunk)
-        if stop is not None and stop.is_set():
-            break
-    return digest.hexdigest(), size
+        raise NotYet("on another filesystem than the inbox (a mount inside the inbox)")
 
 
 def recover_claims(jobs: JobQueue, work: WorkFolder, skip: frozenset[int] = frozenset()) -> int:
@@ -434,10 +520,10 @@ def recover_claims(jobs: JobQueue, work: WorkFolder, skip: frozenset[int] = froz
             jobs.abandon_claim(job.id)
             continue
         try:
-            digest, size = hash_descriptor(fd)
+            content = hash_descriptor(fd)
         finally:
             os.close(fd)
         fsync_dir(work.path)
-        jobs.finish_claim(job.id, digest, size)
+        jobs.finish_claim(job.id, content)
         finished += 1
     return finished

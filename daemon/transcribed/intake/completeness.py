@@ -18,6 +18,8 @@ _UNSET_SIZES = (0, 0xFFFFFFFF)  # what streaming WAV writers put there until the
 
 def incomplete_reason(fd: int, size: int, mtime_ns: int) -> str | None:
     """Why the file at `fd` is not finished yet, or None when nothing says so."""
+    if size == 0:  # a recorder opened it and has not written yet: never a recording to take
+        return "empty so far (still arriving)"
     if mtime_ns == 0:
         return "modification time is 0: an interrupted rsync --partial (touch it to take it)"
     head = os.pread(fd, _PROBE, 0)

@@ -1,4 +1,5 @@
-"""The disk is the truth, the database its index (DESIGN I5): compare them, and mend the index.
+"""The disk is the truth, the database its index (docs/design.md I5): compare the two, and
+mend the index.
 
 Run at start and on every rescan. A file in the work folder that no live job owns (the
 database was lost, or restored from an older copy) is claimed again where it lies: its name
@@ -15,9 +16,9 @@ import os
 import stat
 from dataclasses import dataclass, field
 
+from transcribed.files.content import hash_descriptor
 from transcribed.files.names import display_name
 from transcribed.intake.claim import LARGE_FILE_BYTES, LargeFileHasher, finish_claim_logged
-from transcribed.intake.claim import hash_descriptor as _hash
 from transcribed.logs import get_logger
 from transcribed.state.queue import Job, JobQueue, JobState
 from transcribed.state.workfolder import WorkFolder, relpath_of
@@ -94,7 +95,7 @@ class Reconciler:
             if self.hasher is not None and info.st_size >= LARGE_FILE_BYTES:
                 self.hasher.submit(job_id, relpath)
             else:
-                finish_claim_logged(self.jobs, job_id, relpath, *_hash(fd))
+                finish_claim_logged(self.jobs, job_id, relpath, hash_descriptor(fd))
             return True
         finally:
             os.close(fd)

@@ -5,6 +5,7 @@ kills its observer thread, and a full rescan covers whatever events are lost.
 """
 
 import contextlib
+import errno
 import os
 import queue
 from collections.abc import Callable, Iterator
@@ -22,6 +23,8 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from transcribed import faults
+from transcribed.files.filesystems import mounts_below
+from transcribed.files.folders import open_below
 from transcribed.files.names import display_name, is_candidate, is_temporary_name
 from transcribed.logs import get_logger
 
@@ -70,25 +73,61 @@ def walk_candidates(root: Path) -> Iterator[str]:
     return (relpath for relpath in walk_files(root) if is_candidate(relpath))
 
 
-def walk_files(root: Path) -> Iterator[str]:
+def walk_files(root: Path, on_error: Callable[[str, OSError], None] | None = None) -> Iterator[str]:
     """Relative paths of every file below `root` without a temporary or hidden name (recordings
-    or not); never enters symlinked or hidden folders."""
+    or not); never enters symlinked or hidden folders. A folder that cannot be listed is
+    handed to `on_error` (relative path, error) and skipped: the rest is still walked."""
     stack = [""]
+    mounts = mounts_below(root)  # never entered: not ours to claim from, and may hang
     while stack:
         relfolder = stack.pop()
-        try:
-            entries = sorted(os.scandir(root / relfolder), key=lambda entry: entry.name)
-        except OSError as error:
-            log.warning("scan.unreadable_folder", folder=display_name(relfolder), error=str(error))
+        if relfolder in mounts:
+            (on_error or _log_unreadable)(relfolder, OSError(errno.EXDEV, MOUNT_INSIDE))
             continue
-        for entry in entries:
-            relpath = os.path.join(relfolder, entry.name)
-            if is_temporary_name(entry.name):
+        try:
+            entries = _list_folder(root, relfolder)
+        except OSError as error:
+            (on_error or _log_unreadable)(relfolder, error)
+            continue
+        for name, is_folder in entries:
+            relpath = os.path.join(relfolder, name)
+            if is_temporary_name(name):
                 continue
-            if entry.is_dir(follow_symlinks=False):
+            if is_folder:
                 stack.append(relpath)
             else:
                 yield relpath
+
+
+MOUNT_INSIDE = (
+    "another filesystem is mounted here, inside the inbox: not looked into (claims are "
+    "renames within the inbox's own filesystem, and a hung mount would stop every claim)"
+)
+
+
+def _list_folder(root: Path, relfolder: str) -> list[tuple[str, bool]]:
+    """(name, is a real folder) of each entry, by name; a folder deeper than PATH_MAX allows
+    is listed through descriptors."""
+    try:
+        return _entries(root / relfolder)
+    except OSError as error:
+        if error.errno != errno.ENAMETOOLONG:
+            raise
+    fd = open_below(root, relfolder)
+    try:
+        return _entries(fd)
+    finally:
+        os.close(fd)
+
+
+def _entries(folder: Path | int) -> list[tuple[str, bool]]:
+    with os.scandir(folder) as entries:
+        found = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+    return sorted(found)
+
+
+def _log_unreadable(relfolder: str, error: OSError) -> None:
+    log.warning("scan.unreadable_folder", folder=display_name(relfolder), error=str(error))
 
 
 def start_observer(

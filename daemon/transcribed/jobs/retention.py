@@ -14,8 +14,29 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
-_UNITS = {"m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
-_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([mhdw])\s*$")
+_DAY = 86400.0
+# Units a person reads one way only. A bare "m" is not among them: six months or six
+# minutes? Pruning with the wrong one forgets the whole duplicate memory.
+_UNITS = {
+    "min": 60.0,
+    "mins": 60.0,
+    "minute": 60.0,
+    "minutes": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+    "hours": 3600.0,
+    "d": _DAY,
+    "day": _DAY,
+    "days": _DAY,
+    "w": 7 * _DAY,
+    "week": 7 * _DAY,
+    "weeks": 7 * _DAY,
+    "mo": 30 * _DAY,
+    "month": 30 * _DAY,
+    "months": 30 * _DAY,
+}
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*$")
+_EXAMPLES = "like 90d, 12h, 30min, 2w or 6mo"
 
 # Finished jobs old enough, except one that an unfinished duplicate still waits on: its
 # disposal follows the original's transcript.
@@ -27,11 +48,21 @@ _PRUNABLE = (
 
 
 def parse_age(text: str) -> float:
-    """Seconds in an age like `90d`, `12h`, `30m` or `2w`; ValueError otherwise."""
-    match = _AGE.match(text)
+    """Seconds in an age like `90d`, `12h`, `30min`, `2w` or `6mo` (a month is 30 days);
+    ValueError, saying why, otherwise."""
+    match = _AGE.match(text.lower())
     if match is None:
-        raise ValueError(f"{text!r} is not an age like 90d, 12h, 30m or 2w")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+        raise ValueError(f"{text!r} is not an age {_EXAMPLES}")
+    number, unit = match.groups()
+    if unit == "m":
+        s = "" if float(number) == 1 else "s"
+        raise ValueError(
+            f"{text!r} is ambiguous: write {number}min for {number} minute{s} or {number}mo "
+            f"for {number} month{s}"
+        )
+    if unit not in _UNITS:
+        raise ValueError(f"{text!r} is not an age: {unit!r} is no unit; write one {_EXAMPLES}")
+    return float(number) * _UNITS[unit]
 
 
 def prune(database: Path, before: float, *, dry_run: bool = False) -> dict[str, int]:

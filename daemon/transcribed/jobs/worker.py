@@ -43,9 +43,11 @@ from transcribed.jobs.rules import Plan, Rules
 from transcribed.logs import get_logger
 from transcribed.model.pipeline import Recognizer, WordAligner, transcribe_stream
 from transcribed.model.speakers import SpeakerSource
+from transcribed.output.outbox import published_source, retract_earlier
 from transcribed.output.search_index import SearchIndex
 from transcribed.output.transcript import Request, SourceInfo, Transcript
 from transcribed.state.queue import LONGEST_WAIT_SECONDS, FailureKind, Job, JobQueue, JobState
+from transcribed.state.recheck import RecordingChanged, StillBeingWritten, check_unchanged
 from transcribed.state.workfolder import WorkFolder
 
 log = get_logger(__name__)
@@ -95,6 +97,9 @@ class Worker:
     max_attempts: int
     stop: threading.Event
     retry_seconds: float = 30.0
+    # A recording found changed (or still open for writing) waits this long before it is
+    # looked at again: its writer may not be done yet either.
+    settle_seconds: float = 3.0
     aligner: WordAligner | None = None
     diarizer: SpeakerSource | None = None  # speaker labels, where the folder's plan asks
     # When the worker last showed it is alive: each loop turn and each model batch.
@@ -256,6 +261,8 @@ class Worker:
         if isinstance(error, ShutdownRequested):
             self.jobs.requeue(job.id, 0, None, refund=True)
             log.info("job.requeued_for_shutdown", job=job.id)
+        elif isinstance(error, RecordingChanged | StillBeingWritten):
+            self._not_final_yet(job, error)
         elif isinstance(error, PermanentError):
             self._fail(job, str(error), FailureKind.UNREADABLE)
         elif isinstance(error, RecordingVanished):
@@ -277,6 +284,34 @@ class Worker:
             )
             self._retry_or_quarantine(job, f"{type(error).__name__}: {error}")
 
+    def _not_final_yet(self, job: Job, error: RecordingChanged | StillBeingWritten) -> None:
+        """Its writer was not done (docs/design.md I6): the job waits a settle window, and
+        becomes the new content when the bytes changed. Never the file's fault: no attempt
+        counts."""
+        if isinstance(error, RecordingChanged):
+            self.jobs.new_version(job.id, error.content, self.settle_seconds)
+            log.warning(
+                "job.recording_changed",
+                job=job.id,
+                bytes_before=job.size,
+                bytes_now=error.content.size,
+                hint="its writer was not done when it was taken: transcribed again, and its "
+                "transcript replaced",
+            )
+        else:  # each time it is still open, the wait doubles (up to the longest backoff)
+            delay = _backoff(self.settle_seconds, job.transient_failures + 1)
+            self.jobs.requeue(job.id, delay, str(error), refund=True, transient=True)
+            log.info("job.still_being_written", job=job.id, retry_in=delay)
+
+    def _recheck(self, job: Job) -> None:
+        """The work file still holds what was hashed (docs/design.md I6), or the job cannot
+        go on."""
+        try:
+            check_unchanged(self.work.file(job.work_name), job, self.jobs)
+        except FileNotFoundError:
+            self._check_work_folder()
+            raise RecordingVanished(self.work.vanished()) from None
+
     def _retry_later(self, job: Job, error: Exception) -> None:
         """Not the file's fault (disk full, I/O error, a folder gone): the attempt is refunded,
         and each consecutive time the wait doubles, up to 10 minutes."""
@@ -295,9 +330,7 @@ class Worker:
         relpath = os.fsdecode(job.relpath)
         plan = self.rules.plan(relpath)
         name = os.fsdecode(os.path.basename(job.relpath))
-        if not os.path.lexists(self.work.file(job.work_name)):
-            self._check_work_folder()
-            raise RecordingVanished(self.work.vanished())
+        self._recheck(job)  # a writer still at work: no model time spent on half a file
         request = Request(
             self.recognizer.info.id,
             plan.language,
@@ -313,9 +346,10 @@ class Worker:
             transcript = self._transcribe(job, plan, request, source, started)
         extra = {"disposal": self.destinations.disposer(plan.disposal).assurance.as_dict()}
         transcript = dataclasses.replace(transcript, extra=transcript.extra | extra)
+        self._recheck(job)  # the transcript names exactly the bytes it describes
         try:
             outbox = self.destinations.outbox(plan.formats)
-            outputs = outbox.publish(transcript, plan.output_relpath)
+            outputs = outbox.publish(transcript, plan.output_relpath, self._replaceable(job))
         except OSError as error:  # disk full, unwritable, I/O error: nothing lost, try later
             if error.errno in PERMANENT_ERRNOS:
                 raise
@@ -326,6 +360,7 @@ class Worker:
             audio_seconds=transcript.duration,
             processing_seconds=round(time.monotonic() - started, 3),
             language=transcript.language,
+            disposal=plan.disposal,
         )
         if self.search is not None:
             self.search.add_published(outputs, job.id)
@@ -337,6 +372,17 @@ class Worker:
             language=transcript.language,
             reused=twin is not None and "reused_from" in transcript.extra,
         )
+
+    def _replaceable(self, job: Job) -> tuple[str, ...]:
+        """The files this job published for an earlier version of its recording, which the
+        new transcript replaces; none while another recording of that name and content (a
+        duplicate that was disposed of) still counts on them as its transcript."""
+        if not job.versions or not job.outputs:
+            return ()
+        earlier = _published_sha256(job.outputs)
+        if earlier is None or self.jobs.shares_transcript(job, earlier):
+            return ()
+        return job.outputs
 
     def _transcribe(
         self, job: Job, plan: Plan, request: Request, source: SourceInfo, started: float
@@ -453,11 +499,21 @@ class Worker:
         failed_dir. A transcript published before a crash is taken back, so the name ends
         with its reason only; not one published for a recording that then vanished, nor one
         that another job of the same name and content published."""
+        if kind == FailureKind.VANISHED and (earlier := _quarantine_cut_short(job)):
+            error, kind = earlier
+        else:
+            self.jobs.record_failing(job.id, error, kind)
         plan = self.rules.plan(os.fsdecode(job.relpath))
         ours_alone = job.state != JobState.PUBLISHED and not self.jobs.shares_transcript(job)
+        name = display_name(os.path.basename(job.relpath))
+        retracted: list[Path] = []
         if job.sha256 is not None and ours_alone:
-            name = display_name(os.path.basename(job.relpath))
-            self.destinations.outbox(plan.formats).retract(plan.output_relpath, job.sha256, name)
+            outbox = self.destinations.outbox(plan.formats)
+            retracted += outbox.retract(plan.output_relpath, job.sha256, name)
+        if job.state != JobState.PUBLISHED:  # an earlier version's transcript, published once
+            retracted += retract_earlier(self._replaceable(job), name)
+        if self.search is not None:
+            self.search.forget_retracted(retracted)
         target = self.destinations.disposer(plan.disposal).quarantine(job, error)
         self.jobs.mark_failed(job.id, error, kind)
         log.warning(
@@ -471,11 +527,21 @@ class Worker:
         self.on_finished(self.jobs.get(job.id), "failed")
 
     def _dispose(self, job: Job) -> None:
-        disposer = self.destinations.disposer(self.rules.plan(os.fsdecode(job.relpath)).disposal)
+        if not self._transcript_on_disk(job):
+            return
+        disposer = self.destinations.disposer(self._policy(job))
         try:
             outcome = disposer.dispose(job)
         except RecordingVanished as error:
             self._fail_or_wait(job, str(error), FailureKind.VANISHED)
+            return
+        except RecordingChanged as changed:
+            self._not_final_yet(job, changed)
+            return
+        except StillBeingWritten as busy:
+            delay = _backoff(self.settle_seconds, job.disposal_failures + 1)
+            self.jobs.defer_disposal(job.id, delay, str(busy))
+            log.info("job.still_being_written", job=job.id, retry_in=delay)
             return
         except OSError as error:  # the transcript is safe; the original waits in the work folder
             delay = _backoff(self.retry_seconds, job.disposal_failures + 1)
@@ -496,6 +562,58 @@ class Worker:
             assurance=disposer.assurance.assurance,
         )
         self.on_finished(job, outcome)
+
+    def _transcript_on_disk(self, job: Job) -> bool:
+        """The disk decides (docs/design.md I6): an original goes only while the transcript it
+        counts on (its own, or for the same recording dropped again the first drop's) is on
+        disk and names its content. Otherwise it is transcribed again, and False."""
+        owner = self._transcript_owner(job)
+        name = display_name(os.path.basename(job.relpath))
+        if published_source(owner.outputs) == (job.sha256, name):
+            return True
+        outbox = self.destinations.outbox(self.rules.plan(os.fsdecode(job.relpath)).formats).root
+        if not outbox.is_dir():  # away (unmounted?), not emptied: wait for it, transcribe nothing
+            delay = _backoff(self.retry_seconds, job.disposal_failures + 1)
+            self.jobs.defer_disposal(job.id, delay, f"the outbox {outbox} is missing")
+            return False
+        self.jobs.transcribe_again(job.id, "its transcript is no longer in the outbox")
+        log.warning(
+            "job.transcript_missing",
+            job=job.id,
+            transcript_of=owner.id,
+            hint="the transcript was removed or replaced before the original was disposed of: "
+            "transcribed again, the original kept until then",
+        )
+        return False
+
+    def _transcript_owner(self, job: Job) -> Job:
+        """The job whose transcript is this one's: the first drop, for a same-name duplicate."""
+        if job.state == JobState.DUPLICATE and job.duplicate_of is not None:
+            return self.jobs.get(job.duplicate_of)
+        return job
+
+    def _policy(self, job: Job) -> str:
+        """The disposal policy the job's transcript records (the first drop's, for the same
+        recording dropped again), not today's config: a reload never shreds a recording whose
+        transcript promises it was kept."""
+        recorded = self._transcript_owner(job).disposal
+        return recorded or self.rules.plan(os.fsdecode(job.relpath)).disposal
+
+
+def _quarantine_cut_short(job: Job) -> tuple[str, FailureKind] | None:
+    """When the original is gone from the work folder because a quarantine that a crash cut
+    short had already moved it to the failed folder (its reason was recorded first): that
+    reason, not "vanished"."""
+    if job.failure_reason is None or job.failure_kind is None or job.disposed_to is None:
+        return None
+    if not os.path.lexists(job.disposed_to):
+        return None
+    return job.failure_reason, FailureKind(job.failure_kind)
+
+
+def _published_sha256(outputs: tuple[str, ...]) -> str | None:
+    source = published_source(outputs)
+    return source[0] if source is not None else None
 
 
 def _as_far_as_it_decodes(blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:

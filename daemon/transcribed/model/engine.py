@@ -1,6 +1,10 @@
 """The resident Qwen3-ASR model (transformers' native classes), loaded once and kept.
 
 Hides every ML type behind `ChunkText`: callers hand in 16 kHz float32 arrays and get text.
+The weights and modules are transformers'; the decoding is ours (`decoding.DecodeLoop` over
+`torch_backend.TorchBackend`): rows in KV slots, each ending on its own and replaced by a
+waiting chunk, a CUDA graph per step shape on a GPU. `generate` gives the same tokens (the
+suite checks it on the CPU) and is no longer called.
 """
 
 import math
@@ -10,35 +14,51 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
 
-from transcribed import faults
-from transcribed.errors import ModelError, ShutdownRequested, TransientError
+from transcribed.errors import ModelError, TransientError
 from transcribed.logs import get_logger
+from transcribed.model.decode_step import KvSlots, StepGraphs, TextParts
+from transcribed.model.decoding import (
+    LENGTH_STEP,
+    Answer,
+    DecodeLoop,
+    LoopCounters,
+    Row,
+    bucket_ladder,
+    length_ladder,
+    token_budget,
+)
+from transcribed.model.encoder import AudioEncoder, choose_attention
 from transcribed.model.model_files import checked_folder, first_line, load_processor
 from transcribed.model.raw_answer import MARKER, LanguageNames, parse_answer
-from transcribed.model.scoring import LANGUAGE_STEPS, language_confidence
+from transcribed.model.rows import ChunkFeed, run_chunks
+from transcribed.model.scoring import language_confidence
+from transcribed.model.torch_backend import TorchBackend
 from transcribed.output.transcript import ChunkText, ModelInfo
 
 log = get_logger(__name__)
 
-# Fast speech is ~4.5 tokens/s in English and ~6 characters/s in Chinese; 8 leaves headroom
-# without letting a repetition loop run for long. The overhead covers "language X<asr_text>".
-TOKENS_PER_SECOND = 8
-TOKEN_OVERHEAD = 24
+__all__ = [
+    "Engine",
+    "batch_ceiling",
+    "gpu_defaults",
+    "resolve_device",
+    "token_budget",
+    "why_no_cuda",
+]
 
-
-# Successful batches at a reduced size before trying twice the size again.
-_GROW_AFTER = 20
 # Share of the GPU memory free after loading that model calls may fill: the rest absorbs
 # fragmentation and what other programs on the GPU allocate later.
 _MEMORY_HEADROOM = 0.85
 MAX_GPU_BATCH = 256
-
-
-def token_budget(seconds: float) -> int:
-    """New tokens allowed for a chunk of this length (the default 512 would cut ~2 min)."""
-    return math.ceil(seconds * TOKENS_PER_SECOND) + TOKEN_OVERHEAD
+# Rows prefilled in one call at most on a GPU: enough to share the call's fixed cost, few
+# enough that its activations (~80 MB a 30 s row for 1.7B) stay small next to the cache.
+GPU_PREFILL_ROWS = 64
+# A step's logits per row: bf16 out of the head, fp32 for the log-probabilities, a temporary.
+_LOGIT_BYTES = 10
+# Prompt tokens allowed beyond the template and the audio: a context (hotwords) this long
+# still leaves a chunk its whole token budget.
+CONTEXT_ROOM = 128
 
 
 def batch_ceiling(free: int, fixed: int, per_chunk: int, cap: int = MAX_GPU_BATCH) -> int:
@@ -48,10 +68,29 @@ def batch_ceiling(free: int, fixed: int, per_chunk: int, cap: int = MAX_GPU_BATC
     return max(1, min(cap, int(usable // max(per_chunk, 1))))
 
 
-def batch_shapes(ceiling: int) -> list[int]:
-    """The batch sizes a compiled decoder is built for: powers of two, and the ceiling."""
-    sizes = {1 << power for power in range(ceiling.bit_length()) if 1 << power <= ceiling}
-    return sorted(sizes | {ceiling})
+# On a GPU: chunks each recording hands the model at once. Large enough that a recording's
+# rows fill a good part of the batch, small enough that it is decoded in seconds.
+GPU_BATCH_SIZE = 32
+
+
+def gpu_defaults(ceiling: int) -> tuple[int, int]:
+    """(batch_size, jobs_at_once) that keep a GPU with this batch ceiling full: the jobs'
+    batches together cover the ceiling three times (a recording's last batch is short, a
+    short recording has one chunk or two, and a recording that just started is still
+    decoding its first batch). Measured with `bench --stand-in h100-1.7b`: 32 x 24 kept the
+    modelled GPU 97% busy, 16 x 32 rows fewer per step (README, Performance)."""
+    jobs = math.ceil(3 * ceiling / GPU_BATCH_SIZE)
+    return GPU_BATCH_SIZE, max(4, min(32, jobs))
+
+
+def rows_that_fit(free: int, base: int, per_prefill_row: int, per_slot: int) -> tuple[int, int]:
+    """(rows decoded at once, rows prefilled at once) for `free` bytes: a prefill group
+    takes at most a third of what is usable (at most `GPU_PREFILL_ROWS` rows), and the KV
+    slots the rest."""
+    usable = free * _MEMORY_HEADROOM - base
+    group = max(1, min(GPU_PREFILL_ROWS, int(usable / 3 // max(per_prefill_row, 1))))
+    ceiling = batch_ceiling(free, base + group * per_prefill_row, per_slot)
+    return ceiling, min(group, ceiling)
 
 
 def why_no_cuda() -> tuple[str, str] | None:
@@ -89,15 +128,6 @@ def resolve_device(requested: str) -> torch.device:
     return device
 
 
-def attention_for(device: torch.device) -> str:
-    """FlashAttention 2 on a GPU when the package is installed, else PyTorch's SDPA."""
-    import importlib.util
-
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
-
-
 def announce_device(requested: str, chosen: torch.device) -> None:
     """Say loudly what `auto` chose: a CPU fallback is 50-100x slower and must not go unseen."""
     if requested != "auto":
@@ -129,31 +159,28 @@ class Engine:
         batch_size: int,
         *,
         chunk_seconds: float = 30.0,
-        static_cache: bool = False,
+        graphs: bool = False,
     ) -> None:
         self._model = model
         self._processor = processor
         self.info = info
         self.batch_size = batch_size  # chunks a recording gathers before it asks the model
         self._chunk_seconds = chunk_seconds
-        # Chunks per model call at most: `batch_size` on the CPU; on a GPU, what fits in the
-        # memory left free after loading (`fit_to_gpu_memory`), so merged calls of several
-        # recordings fill the GPU.
-        self.ceiling = batch_size
-        # The largest batch that fits right now: halved on out-of-memory and grown back
-        # after a run of successes, so one long-audio spike does not cost every later batch
-        # half its size, and a full GPU does not fail every batch first.
-        self._limit = batch_size
-        self._fits = 0
-        # A static KV cache lets transformers compile the decoding step (CUDA only); batches
-        # are padded to a few sizes (`batch_shapes`) so the compiled steps are reused.
-        self._static_cache = static_cache
-        self._eos_ids = _eos_ids(model)
+        self._graphs = graphs
         self._names = LanguageNames()
         self._marker_id = int(processor.tokenizer.convert_tokens_to_ids(MARKER))
-        # Benchmarks with random weights: write exactly this many tokens per audio second
-        # (a random model would stop at a random point) instead of up to the budget.
-        self.fixed_tokens_per_second: float | None = None
+        self._parts = TextParts.of(model)
+        self.encoder = AudioEncoder(
+            model.model.audio_tower,
+            model.model.multi_modal_projector,
+            choose_attention(model.device, model.dtype),
+        )
+        self.cache_length = self._cache_length()
+        self.memory: dict[str, float] = {}  # what `fit_to_gpu_memory` measured
+        # Rows decoded at once at most: `batch_size` on the CPU; on a GPU, what fits in the
+        # memory left free after loading (`fit_to_gpu_memory`).
+        self.ceiling = batch_size
+        self.loop = self._make_loop(batch_size, prefill_rows=batch_size)
 
     @classmethod
     def load(
@@ -164,7 +191,6 @@ class Engine:
         allow_download: bool,
         batch_size: int,
         chunk_seconds: float = 30.0,
-        compile_decoder: bool = False,
     ) -> "Engine":
         from transformers import Qwen3ASRForConditionalGeneration
         from transformers.utils import logging as transformers_logging
@@ -180,7 +206,8 @@ class Engine:
             network = Qwen3ASRForConditionalGeneration.from_pretrained(
                 folder,
                 dtype=dtype,
-                attn_implementation=attention_for(torch_device),
+                # The prefill's attention; the encoder's and the decode step's are ours.
+                attn_implementation="sdpa",
                 local_files_only=True,
             )
         except Exception as error:  # OSError, ValueError, RuntimeError (shapes), …
@@ -199,61 +226,92 @@ class Engine:
             dtype=info.dtype,
             seconds=round(time.monotonic() - started, 2),
         )
-        engine = cls(
-            network,
-            processor,
-            info,
-            batch_size,
-            chunk_seconds=chunk_seconds,
-            static_cache=compile_decoder,
-        )
-        if torch_device.type == "cuda":
+        cuda = torch_device.type == "cuda"
+        engine = cls(network, processor, info, batch_size, chunk_seconds=chunk_seconds, graphs=cuda)
+        if cuda:
             engine.fit_to_gpu_memory()
         return engine
 
+    def _make_loop(self, slots: int, prefill_rows: int) -> DecodeLoop:
+        """A decode loop over a KV cache of `slots` rows (the old cache is let go first)."""
+        fixed = None
+        if hasattr(self, "loop"):
+            fixed = self.loop.fixed_tokens_per_second
+            del self.loop
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        cache = KvSlots(
+            self._parts, slots, self.cache_length, self._model.dtype, self._model.device
+        )
+        backend = TorchBackend(
+            self._model,
+            self._processor,
+            self.encoder,
+            cache,
+            prefill_rows=min(prefill_rows, slots),
+            graphs=self._graphs,
+        )
+        return DecodeLoop(backend, fixed_tokens_per_second=fixed)
+
+    def _cache_length(self) -> int:
+        """Cache places a row needs at most: the prompt of a full-length chunk, room for a
+        context, and the chunk's whole token budget."""
+        silence = np.zeros(self._samples(), np.float32)
+        prompt = int(
+            self._processor.apply_transcription_request(audio=[silence])["input_ids"].shape[1]
+        )
+        needed = prompt + CONTEXT_ROOM + token_budget(self._chunk_seconds) + 2
+        return -(-needed // LENGTH_STEP) * LENGTH_STEP
+
     def fit_to_gpu_memory(self) -> None:
-        """Set the ceiling from the GPU memory free now. Two probe calls (one and two
-        full-length chunks) give a call's fixed cost and each chunk's; the KV cache for a
-        chunk's whole token budget is added by arithmetic rather than generated."""
-        device = self._model.device
+        """Set the ceiling from the GPU memory free now. Probe prefills of 8 and 16
+        full-length chunks give a prefill's fixed cost (the convolutions' slice among it,
+        which stops growing past ~4 chunks) and each row's; each row's KV slot and its
+        share of a step's logits are counted by arithmetic; then the cache is made for
+        the ceiling. A GPU that cannot prefill 16 chunks is probed with 1 and 2."""
+        probed = self._probe((8, 16)) or self._probe((1, 2))
+        self.loop = self._make_loop(1, prefill_rows=1)  # the probe's cache let go
+        if probed is None:
+            self.ceiling = 1
+            log.warning("model.batch_ceiling", ceiling=1, reason="out of memory while probing")
+            return
+        base, per_row = probed
+        slot = self._parts.kv_bytes_per_token(self._model.dtype) * self.cache_length
+        slot += _LOGIT_BYTES * int(self._model.config.get_text_config().vocab_size)
+        free, _total = torch.cuda.mem_get_info(self._model.device)
+        self.ceiling, prefill_rows = rows_that_fit(free, base, per_row, slot)
+        self.loop = self._make_loop(self.ceiling, prefill_rows)
+        self.memory = {
+            "free_mib": free >> 20,
+            "per_chunk_mib": round(slot / 2**20, 1),
+            "prefill_mib_per_chunk": round(per_row / 2**20, 1),
+            "prefill_fixed_mib": round(base / 2**20, 1),
+        }
+        log.info(
+            "model.batch_ceiling",
+            ceiling=self.ceiling,
+            prefill_rows=prefill_rows,
+            cache_tokens=self.cache_length,
+            encoder_attention=self.encoder.attention.name,
+            **self.memory,
+        )
+
+    def _probe(self, sizes: tuple[int, int]) -> tuple[int, int] | None:
+        """(fixed bytes, bytes per row) of a prefill, from the peaks of two probes; None
+        when they do not fit."""
+        few, many = sizes
+        self.loop = self._make_loop(many, prefill_rows=many)
         chunk = (0.05 * np.random.default_rng(0).standard_normal(self._samples())).astype(
             np.float32
         )
         try:
-            one, two = (self._probe_peak([chunk] * count) for count in (1, 2))
-        except torch.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            self.ceiling = self._limit = 1
-            log.warning("model.batch_ceiling", ceiling=1, reason="out of memory while probing")
-            return
-        marginal = max(two - one, 1)
-        per_chunk = marginal
-        if not self._static_cache:  # a static cache is allocated whole by the probe itself
-            per_chunk += self._kv_bytes_per_token() * token_budget(self._chunk_seconds)
-        free, _total = torch.cuda.mem_get_info(device)
-        self.ceiling = self._limit = batch_ceiling(free, max(one - marginal, 0), per_chunk)
-        log.info(
-            "model.batch_ceiling",
-            ceiling=self.ceiling,
-            free_mib=free >> 20,
-            per_chunk_mib=round(per_chunk / 2**20, 1),
-        )
-
-    def warm_up(self) -> None:
-        """Run full-length chunks through the model before the first recording: with a
-        static cache every batch shape once, so compiling happens now."""
-        chunk = np.zeros(self._samples(), np.float32)
-        chunk[::97] = 0.05  # not silence: the model is asked
-        shapes = batch_shapes(self._limit) if self._static_cache else [min(2, self._limit)]
-        for index, size in enumerate(reversed(shapes)):
-            # The first static call asks for a whole chunk's budget: transformers keeps the
-            # longest static cache it has made, so every later batch fits in that length.
-            full = self._static_cache and index == 0
-            tokens = token_budget(self._chunk_seconds) if full else 4
-            self._generate([chunk] * size, None, None, exact_tokens=tokens)
-
-    def _samples(self) -> int:
-        return int(self._chunk_seconds * 16_000)
+            low, high = self._probe_peak([chunk] * few), self._probe_peak([chunk] * many)
+        except TransientError:  # the loop's own recovery gave up: out of memory for one row
+            return None
+        if self.loop.counters.out_of_memory:  # rows were decoded fewer at a time than asked
+            return None
+        per_row = max((high - low) // (many - few), 1)
+        return max(low - few * per_row, 0), per_row
 
     def _probe_peak(self, audio: list[np.ndarray]) -> int:
         device = self._model.device
@@ -261,15 +319,59 @@ class Engine:
         torch.cuda.empty_cache()
         before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-        self._generate(audio, None, None, exact_tokens=8)
+        self._run_fixed(audio, tokens=2)
         torch.cuda.synchronize(device)
         return int(torch.cuda.max_memory_allocated(device) - before)
 
-    def _kv_bytes_per_token(self) -> int:
-        text = self._model.config.get_text_config()
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        per_layer = 2 * text.num_key_value_heads * head_dim * self._model.dtype.itemsize
-        return int(per_layer * text.num_hidden_layers)
+    def warm_up(self) -> None:
+        """On a GPU, run two full-length chunks through the model before the first
+        recording: the first step shapes are captured and the kernels loaded now. On a CPU
+        there is nothing to capture, and the model is slow: nothing."""
+        if not self.info.device.startswith("cuda"):
+            return
+        started = time.monotonic()
+        backend = self.loop._backend
+        steps = getattr(backend, "steps", None)
+        if isinstance(steps, StepGraphs):
+            lengths = length_ladder(self.cache_length)
+            steps.prepare(
+                [(rows, length) for rows in bucket_ladder(self.ceiling) for length in lengths]
+            )
+            log.info(
+                "decode.graphs_captured",
+                shapes=len(steps.shapes),
+                seconds=round(time.monotonic() - started, 1),
+                graphs=steps.graphs,
+            )
+        chunk = np.zeros(self._samples(), np.float32)
+        chunk[::97] = 0.05  # not silence: the model is asked
+        self._run_fixed([chunk] * min(2, self.ceiling), tokens=4)
+
+    def _run_fixed(self, audio: list[np.ndarray], tokens: int) -> None:
+        """Decode exactly `tokens` per row (probes and warm-up), whatever the settings."""
+        saved = self.loop.fixed_tokens_per_second
+        self.loop.fixed_tokens_per_second = tokens / (len(audio[0]) / 16_000)
+        try:
+            self.transcribe(audio)
+        finally:
+            self.loop.fixed_tokens_per_second = saved
+
+    def _samples(self) -> int:
+        return int(self._chunk_seconds * 16_000)
+
+    @property
+    def fixed_tokens_per_second(self) -> float | None:
+        """Benchmarks with random weights: each row writes exactly this many tokens per audio
+        second and has then ended (a random model would stop at a random point)."""
+        return self.loop.fixed_tokens_per_second
+
+    @fixed_tokens_per_second.setter
+    def fixed_tokens_per_second(self, value: float | None) -> None:
+        self.loop.fixed_tokens_per_second = value
+
+    @property
+    def counters(self) -> LoopCounters:
+        return self.loop.counters
 
     def transcribe(
         self,
@@ -278,95 +380,33 @@ class Engine:
         context: str | None = None,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> list[ChunkText]:
-        """Text for each 16 kHz chunk, in input order. Chunks are batched longest first so each
-        batch pads little; `should_stop` is checked between batches."""
-        order = sorted(range(len(chunks)), key=lambda index: -len(chunks[index]))
-        results: dict[int, ChunkText] = {}
-        while order:
-            if should_stop():
-                raise ShutdownRequested("stopping between model batches")
-            batch, order = order[: self._limit], order[self._limit :]
-            texts = self._generate_adaptive([chunks[i] for i in batch], language, context)
-            results.update(zip(batch, texts, strict=True))
-        return [results[index] for index in range(len(chunks))]
+        """Text for each 16 kHz chunk, in input order; `should_stop` is checked between
+        decoding steps."""
+        return run_chunks(self.loop, chunks, language, context, self._text, should_stop)
 
-    def _generate_adaptive(
-        self, audio: list[np.ndarray], language: str | None, context: str | None
-    ) -> list[ChunkText]:
-        """Generate; on CUDA out-of-memory halve the batch and retry; never lose the job."""
-        try:
-            faults.point("model.batch", f"{len(audio)} chunks")
-            texts = self._generate(audio, language, context)
-        except (torch.OutOfMemoryError, faults.InjectedOutOfMemory):
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            if len(audio) == 1:
-                raise TransientError("GPU out of memory even for a single chunk") from None
-            half = len(audio) // 2
-            self._limit, self._fits = min(self._limit, half), 0
-            log.warning("model.oom_split", batch=len(audio), into=half)
-            return self._generate_adaptive(audio[:half], language, context) + (
-                self._generate_adaptive(audio[half:], language, context)
-            )
-        self._fits += 1
-        if self._limit < self.ceiling and self._fits >= _GROW_AFTER:
-            self._limit, self._fits = min(self.ceiling, self._limit * 2), 0
-            log.info("model.batch_grown", batch=self._limit)
-        return texts
+    def run_rows(self, feed: ChunkFeed, should_stop: Callable[[], bool]) -> None:
+        """Decode rows from `feed` until it is dry and every row has ended, taking new rows
+        into the slots of those that end (in-flight refill)."""
+        from transcribed.model.rows import run_feed
 
-    @torch.inference_mode()
-    def _generate(
-        self,
-        audio: list[np.ndarray],
-        language: str | None,
-        context: str | None,
-        exact_tokens: int | None = None,
-    ) -> list[ChunkText]:
-        rows = len(audio)
-        if self._static_cache:  # pad with copies of the shortest chunk up to a compiled shape
-            shapes = batch_shapes(max(self._limit, rows))  # within the limit: no new OOM
-            shape = next(size for size in shapes if size >= rows)
-            audio = audio + [min(audio, key=len)] * (shape - rows)
-        inputs = self._processor.apply_transcription_request(
-            audio=audio,
-            language=language,  # forced: the processor pre-fills "language X<asr_text>"
-            prompt=[context] * len(audio) if context else None,
-            # Log-mel features are computed where the model runs (the GPU), not on the CPU.
-            processor_kwargs={"audio_kwargs": {"device": str(self._model.device)}},
-        ).to(self._model.device)
-        inputs["input_features"] = inputs["input_features"].to(self._model.dtype)
-        seconds = max(len(a) for a in audio) / 16_000
-        budget = token_budget(seconds)
-        length: dict[str, int] = {"max_new_tokens": budget}
-        if self.fixed_tokens_per_second and exact_tokens is None:
-            exact_tokens = max(1, math.ceil(seconds * self.fixed_tokens_per_second))
-        if exact_tokens is not None:
-            length = {"max_new_tokens": exact_tokens, "min_new_tokens": exact_tokens}
-        cache: dict[str, str] = {"cache_implementation": "static"} if self._static_cache else {}
-        recorder = _ChosenTokenScores()
-        generated = self._model.generate(
-            **inputs,
-            **length,
-            **cache,
-            do_sample=False,
-            logits_processor=LogitsProcessorList([recorder]),
-        )
-        new_tokens = generated[:rows, inputs["input_ids"].shape[1] :]
-        scores = recorder.per_row()[:rows] or [[] for _ in range(rows)]
-        return [
-            self._parse(row, scores[index], language, context)
-            for index, row in enumerate(new_tokens)
-        ]
+        run_feed(self.loop, feed, self._text, should_stop)
+
+    def _text(self, row: Row, answer: Answer) -> ChunkText:
+        return self._parse(answer.tokens, answer.scores, row.language, row.context, answer.ended)
 
     def _parse(
-        self, row: torch.Tensor, scores: list[float], forced: str | None, context: str | None = None
+        self,
+        ids: list[int],
+        scores: list[float],
+        forced: str | None,
+        context: str | None = None,
+        ended: bool = True,
     ) -> ChunkText:
-        ids = row.tolist()
         # Decoded once, special tokens skipped (`<asr_text>` is an ordinary token and stays);
         # the same parser reads a vLLM server's answer.
         return parse_answer(
-            self._processor.tokenizer.decode(row, skip_special_tokens=True),
-            ended=any(token in self._eos_ids for token in ids),
+            self._processor.tokenizer.decode(ids, skip_special_tokens=True),
+            ended=ended,
             confidence=None if forced else language_confidence(ids, scores, self._marker_id),
             forced=forced,
             context=context,
@@ -380,27 +420,3 @@ class Engine:
     def language_code(self, language: str | None) -> str | None:
         """ISO code for a language name or code the model knows; unknown names pass through."""
         return self._names.code(language)
-
-
-class _ChosenTokenScores(LogitsProcessor):  # type: ignore[misc]  # transformers is untyped here
-    """Keeps the log-probability of the greedy choice for the first few steps (the language
-    part of the output): one small tensor per step, no full score matrices."""
-
-    def __init__(self) -> None:
-        self._steps: list[torch.Tensor] = []
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if len(self._steps) < LANGUAGE_STEPS:
-            self._steps.append(torch.log_softmax(scores.float(), dim=-1).max(dim=-1).values)
-        return scores
-
-    def per_row(self) -> list[list[float]]:
-        if not self._steps:
-            return []
-        rows: list[list[float]] = torch.stack(self._steps, dim=1).cpu().tolist()
-        return rows
-
-
-def _eos_ids(model: Any) -> set[int]:
-    eos = model.generation_config.eos_token_id
-    return set(eos) if isinstance(eos, list | tuple) else {eos}

@@ -8,6 +8,7 @@ feature extractor, which need transformers). The weights themselves are loaded b
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,14 @@ from transcribed.settings import ModelSettings
 
 # safetensors itself refuses headers larger than this.
 _HEADER_LIMIT = 100 << 20
+# Qwen's repositories by name, with or without the organisation and the -hf suffix: only
+# Qwen/<name>-hf is the layout transformers loads correctly (the others, GBs, for nothing).
+_QWEN_NAME = re.compile(
+    r"(?:qwen/)?(qwen3-(?:asr-(?:1\.7b|0\.6b)|forcedaligner-0\.6b))(-hf)?", re.IGNORECASE
+)
+_CANONICAL = {
+    name.lower(): name for name in ("Qwen3-ASR-1.7B", "Qwen3-ASR-0.6B", "Qwen3-ForcedAligner-0.6B")
+}
 _PROCESSOR_CONFIGS = ("processor_config.json", "preprocessor_config.json")
 
 
@@ -25,6 +34,10 @@ class _Broken(Exception):
 
 def check_before_loading(settings: ModelSettings) -> None:
     """The model's and the aligner's files, checked before anything imports torch."""
+    if settings.engine == "local":
+        check_repository(settings.model)
+    if settings.aligner is not None:
+        check_repository(settings.aligner, "aligner")
     if settings.allow_download:
         return  # what is missing may yet be fetched: the loader checks after fetching
     if settings.engine == "local":  # under vLLM, `model` names what the servers serve
@@ -35,6 +48,34 @@ def check_before_loading(settings: ModelSettings) -> None:
         from transcribed.model.diarizer import diarizer_folder
 
         diarizer_folder(settings.diarizer, allow_download=False)
+
+
+def loadable_repository(model: str) -> str | None:
+    """The hub id of the checkpoint the daemon loads that `model` means, when `model` names
+    one of Qwen's in another form (no organisation, the original layout without -hf); None
+    for anything else (a folder, another repository, the right id)."""
+    match = _QWEN_NAME.fullmatch(model.strip())
+    if match is None or _is_folder(model):
+        return None
+    repository = f"Qwen/{_CANONICAL[match.group(1).lower()]}-hf"
+    return None if model == repository else repository
+
+
+def check_repository(model: str, setting: str = "model") -> None:
+    """Refuse a Qwen repository the daemon cannot load (before a download of GBs), naming
+    the one it can."""
+    if (meant := loadable_repository(model)) is None:
+        return
+    if "/" not in model:
+        why = "names no organisation"
+    elif not model.lower().endswith("-hf"):
+        why = "is the original qwen-asr layout, which transformers loads but turns into garbage"
+    else:
+        why = "is not spelt as on the hub"
+    raise ModelError(
+        f"{setting} = {model!r} {why}: set {setting} = {meant!r} and fetch it once while "
+        f"online: `hf download {meant}`"
+    )
 
 
 def checked_folder(
@@ -49,6 +90,7 @@ def checked_folder(
     checking it holds a complete checkpoint (with its tokenizer, for models that write text);
     for the recognizer, also that it is Qwen3-ASR in the layout transformers can use.
     ModelError says what is wrong and how to mend it, naming `setting`."""
+    check_repository(model, setting)
     folder = resolve_model_folder(model, allow_download, setting)
     try:
         config = _config(folder)
@@ -88,16 +130,24 @@ def check_layout(folder: Path, config: dict[str, Any] | None = None) -> None:
     garbage) and models that are not Qwen3-ASR."""
     config = _config(folder) if config is None else config
     if "thinker_config" in config or any(name.startswith("thinker.") for name in _names(folder)):
+        converted = f"Qwen/Qwen3-ASR-{_size_of(config)}-hf"
         raise ModelError(
             f"{folder} is the original qwen-asr checkpoint layout (thinker.* weights), which "
-            "transformers cannot use correctly. Use the converted checkpoint "
-            "Qwen/Qwen3-ASR-1.7B-hf (or Qwen/Qwen3-ASR-0.6B-hf)"
+            f"transformers cannot use correctly. Use the converted checkpoint {converted}: "
+            f"`hf download {converted}`"
         )
     if config.get("model_type") != "qwen3_asr":
         raise ModelError(
             f"{folder} holds a {config.get('model_type')!r} model, not Qwen3-ASR; "
-            "use Qwen/Qwen3-ASR-1.7B-hf"
+            "use Qwen/Qwen3-ASR-1.7B-hf (`hf download Qwen/Qwen3-ASR-1.7B-hf`)"
         )
+
+
+def _size_of(config: dict[str, Any]) -> str:
+    """0.6B or 1.7B, from the text model's width (1024 or 2048) in either layout."""
+    outer = config.get("thinker_config", config)
+    text = outer.get("text_config", {}) if isinstance(outer, dict) else {}
+    return "0.6B" if isinstance(text, dict) and text.get("hidden_size") == 1024 else "1.7B"
 
 
 def load_processor(folder: Path) -> Any:

@@ -9,19 +9,19 @@ own, and the language confidence they computed from their own scores.
 
 from transcribed.model.repetition import collapse_repetitions, remove_context_echo
 from transcribed.output.transcript import ChunkText
+from transcribed.settings.languages import QWEN3_ASR_LANGUAGES
 
 MARKER = "<asr_text>"
 
 
 class LanguageNames:
-    """ISO codes and English names of the languages Qwen3-ASR knows (transformers' table)."""
+    """ISO codes and English names of the languages Qwen3-ASR knows (the one table the
+    settings check against too)."""
 
     def __init__(self) -> None:
-        from transformers.models.qwen3_asr.processing_qwen3_asr import LANGUAGE_CODE_TO_NAME
-
-        self._code_to_name: dict[str, str] = dict(LANGUAGE_CODE_TO_NAME)
+        self._code_to_name: dict[str, str] = dict(QWEN3_ASR_LANGUAGES)
         self._name_to_code: dict[str, str] = {
-            name.lower(): code for code, name in LANGUAGE_CODE_TO_NAME.items()
+            name.lower(): code for code, name in QWEN3_ASR_LANGUAGES.items()
         }
 
     def name(self, language: str | None) -> str | None:

@@ -8,6 +8,7 @@ Its text is random; it proves structure, never words.
 """
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -197,15 +198,18 @@ FULL_SIZES: dict[str, tuple[dict[str, int], dict[str, int]]] = {
 _FULL_VOCAB = 151_936
 
 
-def build_full_size_checkpoint(folder: Path, size: str, seed: int = 0) -> Path:
+def build_full_size_checkpoint(folder: Path, size: str, seed: int = 0, device: str = "cpu") -> Path:
     """The full-size architecture (`1.7b` or `0.6b`) with random bf16 weights, for measuring
     speed without downloading anything. Its vocabulary is full size (the output layer costs
-    what the real one does); the tokenizer is the tiny one, so its text is meaningless."""
-    import torch
-    from transformers import Qwen3ASRForConditionalGeneration
+    what the real one does); the tokenizer is the tiny one, so its text is meaningless.
+    Built once: a folder that exists is complete (see `_built_once`). `device`: where the
+    random weights are drawn (a GPU draws 2 billion in a moment; a CPU takes a minute)."""
+    return _built_once(folder, lambda partial: _build_full_size(partial, size, seed, device))
 
-    if (folder / "config.json").is_file():
-        return folder  # built before: building takes a while
+
+def _build_full_size(folder: Path, size: str, seed: int, device: str) -> None:
+    import torch
+
     audio, text = FULL_SIZES[size]
     tokenizer = _tokenizer()
     config = _config(tokenizer, audio=audio, text=text | {"vocab_size": _FULL_VOCAB})
@@ -213,10 +217,69 @@ def build_full_size_checkpoint(folder: Path, size: str, seed: int = 0) -> Path:
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
-        model = Qwen3ASRForConditionalGeneration(config)
+        with torch.device(device):
+            model = _network_class()(config)
     finally:
         torch.set_default_dtype(previous)
     _save(folder, model, tokenizer, _CHAT_TEMPLATE)
+    del model
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()  # else the engine loaded next finds 4 GB less free
+
+
+def _network_class() -> Any:
+    from transformers import Qwen3ASRForConditionalGeneration
+
+    return Qwen3ASRForConditionalGeneration
+
+
+def build_synthetic(folder: Path, size: str, device: str = "cpu") -> Path:
+    """Random weights of `size`: `tiny` (seconds to build, for dry runs) or a published
+    architecture (`FULL_SIZES`), built once into `folder`."""
+    if size == "tiny":
+        return _built_once(folder, _build_tiny)
+    return build_full_size_checkpoint(folder, size, device=device)
+
+
+def _build_tiny(folder: Path) -> None:
+    build_tiny_checkpoint(folder)
+
+
+SYNTHETIC_SIZES = ("tiny", *sorted(FULL_SIZES))
+
+
+def synthetic_folder(size: str) -> Path:
+    """Where random weights of `size` are kept between runs: $XDG_CACHE_HOME/transcribed."""
+    import os
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "transcribed" / f"synthetic-{size}"
+
+
+def _complete(folder: Path) -> bool:
+    """A configuration and weights: what a finished build leaves."""
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+def _built_once(folder: Path, build: Callable[[Path], None]) -> Path:
+    """`folder` as `build` makes it, made in a temporary folder beside it and renamed when
+    complete: a build cut short (a killed run, a full disk) leaves no `folder` for the next
+    run to trust, only a partial one that the next run removes."""
+    import os
+    import shutil
+
+    if _complete(folder):
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)  # left by an older build that was cut short
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in folder.parent.glob(f".{folder.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    partial = folder.parent / f".{folder.name}.partial-{os.getpid()}"
+    try:
+        build(partial)
+        os.rename(partial, folder)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return folder
 
 
@@ -265,10 +328,12 @@ def build_tiny_diarizer(folder: Path, seed: int = 0) -> Path:
 
 def build_full_size_diarizer(folder: Path, seed: int = 0) -> Path:
     """The published Nemotron 3 Diarization architecture (transformers' defaults) with random
-    weights: what the diarizer costs, without downloading it."""
-    if (folder / "config.json").is_file():
-        return folder
-    return _build_diarizer(folder, seed, {}, {})
+    weights: what the diarizer costs, without downloading it. Built once, like the model."""
+
+    def build(partial: Path) -> None:
+        _build_diarizer(partial, seed, {}, {})
+
+    return _built_once(folder, build)
 
 
 def _build_diarizer(folder: Path, seed: int, audio: dict[str, int], head: dict[str, int]) -> Path:

@@ -9,12 +9,20 @@ indexed with the `trigram` tokenizer: any run of 3 or more characters is found i
 Shorter terms (a 2-character Chinese word such as 预算) fall back to LIKE over the same table.
 A query's terms must all occur in a transcript (not necessarily in one segment); every segment
 holding any of them is a hit.
+
+A damaged index repairs itself: whoever meets it (the daemon at start, the page, `transcribed
+search`) sets the file aside (renamed, never deleted) and builds it anew from the outbox, one
+process at a time (a lock file beside it). A rebuild marks the file as unfinished until its
+last transcript is in, so one cut short is finished by the next that looks.
 """
 
+import enum
+import fcntl
 import json
 import os
 import re
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -45,6 +53,24 @@ _SEGMENT_BITS = 20
 TRIGRAM = 3  # the shortest term the trigram index can answer by itself
 _MAX_JSON_BYTES = 64 * 1024 * 1024
 _ROWS_PER_TERM = 5000
+_BUILDING = 1  # PRAGMA user_version while a rebuild runs; 0 (any index before it) when done
+
+
+class IndexDamaged(sqlite3.DatabaseError):
+    """SQLite says the index file is not a sound database (it is then set aside and rebuilt)."""
+
+
+class IndexState(enum.Enum):
+    MISSING = "missing"
+    DAMAGED = "damaged"
+    UNFINISHED = "unfinished"  # a rebuild is running, or was cut short
+    SOUND = "sound"
+
+
+def is_damaged(error: sqlite3.Error) -> bool:
+    """SQLITE_CORRUPT or SQLITE_NOTADB, extended codes included (FTS5's CORRUPT_VTAB)."""
+    code = getattr(error, "sqlite_errorcode", None) or 0
+    return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
 @dataclass(frozen=True)
@@ -69,18 +95,106 @@ class SearchIndex:
         self._read_only = read_only
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        if self._read_only:
+    def _connect(self, *, read_only: bool | None = None) -> Iterator[sqlite3.Connection]:
+        """A connection for one call; IndexDamaged when SQLite finds the file unsound."""
+        try:
+            connection = self._open(self._read_only if read_only is None else read_only)
+            with closing(connection):
+                yield connection
+        except sqlite3.DatabaseError as error:
+            if is_damaged(error) and not isinstance(error, IndexDamaged):
+                raise IndexDamaged(f"the search index {self.path} is damaged: {error}") from error
+            raise
+
+    def _open(self, read_only: bool) -> sqlite3.Connection:
+        if read_only:
             uri = f"{self.path.absolute().as_uri()}?mode=ro"
-            connection = sqlite3.connect(uri, uri=True, timeout=30)
-        else:
-            connection = sqlite3.connect(self.path, timeout=30)
+            return sqlite3.connect(uri, uri=True, timeout=30)
+        connection = sqlite3.connect(self.path, timeout=30)
+        try:
             # A cache: losing the last commits to a power cut costs a rebuild, not data.
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.executescript(_SCHEMA)
-        with closing(connection):
-            yield connection
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def state(self) -> IndexState:
+        """Whether the index can be used as it is: a quick look (the schema and a row of each
+        table), not a full integrity check; deeper damage is found when a search meets it."""
+        if not self.path.exists():
+            return IndexState.MISSING
+        try:
+            with self._connect(read_only=True) as db:
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                db.execute("SELECT doc FROM transcripts LIMIT 1").fetchall()
+                db.execute("SELECT rowid, text FROM segments LIMIT 1").fetchall()
+        except IndexDamaged:
+            return IndexState.DAMAGED
+        except sqlite3.OperationalError as error:
+            if "no such table" in str(error):  # a file with no index in it yet
+                return IndexState.UNFINISHED
+            raise
+        return IndexState.UNFINISHED if version == _BUILDING else IndexState.SOUND
+
+    def repair(self, outbox: Path, database: Path) -> int | None:
+        """When the index is damaged, unfinished or missing: set a damaged one aside and build
+        it anew from `outbox` (job ids from the job `database`). Returns how many transcripts
+        were indexed, 0 when it needed nothing, None when another process is at it."""
+        with self._exclusive(wait=False) as mine:
+            if not mine:
+                return None
+            state = self.state()
+            if state is IndexState.SOUND:
+                return 0
+            if state is IndexState.DAMAGED:
+                self._set_aside()
+            return self._refill(outbox, published_job_ids(database))
+
+    @contextmanager
+    def _exclusive(self, *, wait: bool) -> Iterator[bool]:
+        """One rebuild at a time across processes: an flock on a file beside the index."""
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def rebuilding_elsewhere(self) -> bool:
+        """True while some process (this one included) holds the rebuild lock."""
+        try:
+            with self._exclusive(wait=False) as mine:
+                return not mine
+        except OSError:
+            return False
+
+    def _set_aside(self) -> Path:
+        """Rename the damaged file (and its WAL) out of the way: kept, never deleted."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+        number = 1
+        while aside.exists():
+            number += 1
+            aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{number}")
+        os.replace(self.path, aside)
+        wal = self.path.with_name(self.path.name + "-wal")
+        if wal.exists():
+            os.replace(wal, aside.with_name(aside.name + "-wal"))
+        self.path.with_name(self.path.name + "-shm").unlink(missing_ok=True)
+        log.warning(
+            "search.index_set_aside",
+            file=str(aside),
+            hint="the search index was damaged; it is being rebuilt from the outbox",
+        )
+        return aside
 
     def add(self, json_path: Path, job_id: int | None) -> None:
         """Index the published transcript at `json_path` (replacing an older copy of it)."""
@@ -102,25 +216,48 @@ class SearchIndex:
                 hint="`transcribed search --rebuild` brings the index up to date",
             )
 
+    def forget_retracted(self, removed: Sequence[Path]) -> None:
+        """The daemon's call after taking a transcript back (its job failed for good): its
+        passages are no longer found. Never raises, as `add_published`."""
+        for json_path in (path for path in removed if path.suffix == ".json"):
+            try:
+                self.remove(json_path)
+            except sqlite3.Error as error:
+                log.warning("search.not_forgotten", path=str(json_path), error=str(error))
+
     def remove(self, json_path: Path) -> bool:
         """Forget one transcript; False when it was not indexed."""
         with self._connect() as db, db:
             return self._delete(db, os.fsencode(json_path))
 
     def rebuild(self, outbox: Path, job_ids: dict[bytes, int]) -> int:
-        """Index every published transcript below `outbox` anew; `job_ids` maps JSON paths
-        (bytes) to their jobs. Returns how many transcripts were indexed."""
+        """Index every published transcript below `outbox` anew (a damaged file is set aside
+        first); `job_ids` maps JSON paths (bytes) to their jobs. Returns how many transcripts
+        were indexed. Waits while another process rebuilds it."""
+        with self._exclusive(wait=True):
+            if self.state() is IndexState.DAMAGED:
+                self._set_aside()
+            return self._refill(outbox, job_ids)
+
+    def _refill(self, outbox: Path, job_ids: dict[bytes, int]) -> int:
+        """Empty the index and add every transcript, each in its own transaction, so the
+        daemon's own additions never wait long; marked unfinished until the last is in."""
         count = 0
-        with self._connect() as db, db:
-            db.execute("DELETE FROM segments")
-            db.execute("DELETE FROM transcripts")
+        with self._connect(read_only=False) as db:
+            db.execute(f"PRAGMA user_version = {_BUILDING}")
+            with db:
+                db.execute("DELETE FROM segments")
+                db.execute("DELETE FROM transcripts")
             for json_path in _published_json(outbox):
                 try:
                     transcript = _read_transcript(json_path)
                 except (OSError, ValueError):
                     continue  # not one of ours, or unreadable: nothing to find in it
-                self._insert(db, json_path, job_ids.get(os.fsencode(json_path)), transcript)
+                with db:
+                    self._insert(db, json_path, job_ids.get(os.fsencode(json_path)), transcript)
                 count += 1
+            db.execute("PRAGMA user_version = 0")
+        log.info("search.index_rebuilt", transcripts=count)
         return count
 
     def search(self, query: str, limit: int = 200) -> list[Hit]:

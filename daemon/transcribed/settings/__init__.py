@@ -7,6 +7,7 @@ for a misspelt name, the setting it probably meant.
 import difflib
 import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -23,7 +24,13 @@ from pydantic_settings import (
 
 from transcribed.errors import ConfigError
 from transcribed.logs import get_logger
+from transcribed.settings import paths
+from transcribed.settings.access import state_access_problem
 from transcribed.settings.folders import Disposal, FolderRule, Format
+from transcribed.settings.languages import language_code
+from transcribed.settings.modes import file_mode, number_mode
+from transcribed.settings.paths import AbsolutePath
+from transcribed.settings.programs import check_programs as check_programs  # re-exported
 from transcribed.settings.web import WebSettings
 
 log = get_logger(__name__)
@@ -104,7 +111,7 @@ class _Base(BaseSettings):
 
 
 StateDir = Annotated[
-    Path,
+    AbsolutePath,
     Field(
         default_factory=_default_state_dir,
         description="Local folder for the job database (never on a network share).",
@@ -123,10 +130,16 @@ class StateSettings(_Base):
         return self.state_dir / DATABASE_NAME
 
 
+class StatusSettings(StateSettings):
+    """`status` also looks into the inbox, when it is known, while no daemon runs."""
+
+    inbox: AbsolutePath | None = Field(default=None, description="Folder watched for recordings.")
+
+
 class RetrySettings(StateSettings):
     """`jobs retry` also puts the recording back into the inbox."""
 
-    inbox: Path = Field(description="Folder watched for recordings.")
+    inbox: AbsolutePath = Field(description="Folder watched for recordings.")
 
 
 class ModelSettings(_Base):
@@ -140,7 +153,9 @@ class ModelSettings(_Base):
     )
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N.")
     language: str | None = Field(
-        default=None, description="Force a language (ISO code or name); default detects it."
+        default=None,
+        description="Force a language (ISO code or English name, e.g. en, zh, German); "
+        "default detects it.",
     )
     max_duration_seconds: float = Field(
         default=12 * 3600, gt=0, description="Longer recordings fail permanently."
@@ -169,13 +184,14 @@ class ModelSettings(_Base):
         default=8,
         ge=1,
         le=256,
-        description="Chunks each recording gathers per model call. On a GPU, calls merged "
-        "across recordings grow up to what free GPU memory holds.",
+        description="Chunks each recording hands the model at once; the model decodes the "
+        "chunks of every recording together, up to what free GPU memory holds. On a GPU, "
+        "unset: 32.",
     )
     compile: bool = Field(
         default=False,
-        description="Static KV cache and a compiled decoding step (CUDA only): faster once "
-        "warm; every batch shape is compiled at start, which takes minutes.",
+        description="No longer used (kept so older configs load): on a GPU every decoding "
+        "step is captured as a CUDA graph anyway.",
     )
     decode_timeout_seconds: float = Field(
         default=600.0,
@@ -186,7 +202,8 @@ class ModelSettings(_Base):
         default=8192, ge=256, description="Address-space limit of the decoder child process."
     )
     output_mode: int = Field(
-        default=0o640, description="Permission bits of transcripts, octal (e.g. 0640)."
+        default=0o640,
+        description='Permission bits of transcripts, octal in quotes as chmod takes them: "0640".',
     )
     formats: list[Format] = Field(
         default=["txt", "json"],
@@ -207,11 +224,11 @@ class ModelSettings(_Base):
         description='vLLM servers sharing the work (engine = "vllm"), e.g. '
         '["https://gpu1:8000", "https://gpu2:8000"].',
     )
-    vllm_api_key_file: Path | None = Field(
+    vllm_api_key_file: AbsolutePath | None = Field(
         default=None,
         description="File holding the servers' API key (their --api-key); never logged.",
     )
-    vllm_ca_file: Path | None = Field(
+    vllm_ca_file: AbsolutePath | None = Field(
         default=None,
         description="PEM file of the CA the servers' certificates must chain to (pins it); "
         "default: the system's trusted CAs.",
@@ -245,8 +262,17 @@ class ModelSettings(_Base):
     @field_validator("output_mode", mode="before")
     @classmethod
     def _octal_mode(cls, value: object) -> object:
-        # "0640" from TOML strings or the environment means octal, as in chmod.
-        return int(value, 8) if isinstance(value, str) else value
+        return file_mode(value)
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, value: str | None) -> str | None:
+        return None if value is None else language_code(value)
+
+    @field_validator("model", "aligner", "diarizer")
+    @classmethod
+    def _model_folder(cls, value: str | None) -> str | None:
+        return None if value is None else paths.model_folder(value)
 
     @field_validator("device")
     @classmethod
@@ -278,12 +304,16 @@ class Settings(StateSettings, ModelSettings):
 
     model_config = SettingsConfigDict(extra="forbid")
 
-    inbox: Path = Field(description="Folder watched for recordings (may be a Samba/NFS share).")
-    outbox: Path = Field(description="Folder where transcripts are written, mirroring subfolders.")
-    archive_dir: Path | None = Field(
+    inbox: AbsolutePath = Field(
+        description="Folder watched for recordings (may be a Samba/NFS share)."
+    )
+    outbox: AbsolutePath = Field(
+        description="Folder where transcripts are written, mirroring subfolders."
+    )
+    archive_dir: AbsolutePath | None = Field(
         default=None, description="Where originals go after transcription (disposal = move)."
     )
-    failed_dir: Path = Field(
+    failed_dir: AbsolutePath = Field(
         description="Where recordings that can never be transcribed go, with <name>.error.json."
     )
     disposal: Disposal = Field(
@@ -291,6 +321,14 @@ class Settings(StateSettings, ModelSettings):
     )
     settle_seconds: float = Field(
         default=3.0, gt=0, description="A file must stay unchanged this long before it is taken."
+    )
+    settle_seconds_unseen: float = Field(
+        default=120.0,
+        gt=0,
+        description="A file whose writers this machine cannot see (a network mount written "
+        "from elsewhere, or another user's file without CAP_LEASE) must stay unchanged this "
+        "long: recorders pause up to a minute between writes (ffmpeg's Opus at 24 kb/s: 53 "
+        "s) and NFS clients cache file attributes for up to 60 s.",
     )
     rescan_seconds: float = Field(
         default=120.0, gt=0, description="Full rescan of the inbox every this many seconds."
@@ -316,7 +354,8 @@ class Settings(StateSettings, ModelSettings):
         ge=1,
         le=32,
         description="Recordings transcribed at once: each has its own decoder process, and "
-        "their chunks share model batches.",
+        "the model decodes their chunks together. On a GPU, unset: enough to fill its batch "
+        "ceiling three times over (24 at 256).",
     )
     max_attempts: int = Field(
         default=3, ge=1, description="Tries before a recording is quarantined in failed_dir."
@@ -345,7 +384,7 @@ class Settings(StateSettings, ModelSettings):
     hook_timeout_seconds: float = Field(
         default=60.0, gt=0, description="A hook still running after this long is killed."
     )
-    metrics_file: Path | None = Field(
+    metrics_file: AbsolutePath | None = Field(
         default=None,
         description="Prometheus textfile (e.g. /var/lib/node_exporter/textfile/"
         "transcribed.prom), rewritten atomically; off by default.",
@@ -399,6 +438,11 @@ def load_settings(config_path: Path | None, kind: type[SettingsT], **overrides: 
     if unknown := [key for key in values if key not in Settings.model_fields]:
         where = f" in {path}" if path else ""
         raise ConfigError(_lines([_unknown(key, Settings.model_fields, where) for key in unknown]))
+    if (number := number_mode(values.get("output_mode"))) is not None:
+        raise ConfigError(_lines([f"{number} (in {path})"]))
+    if path is not None:
+        values = paths.in_file(values, path.absolute().parent)
+    overrides = {name: paths.from_here(value) for name, value in overrides.items()}
     _warn_about_unknown_variables()
     try:
         return _reading(kind, values)(**overrides)
@@ -419,7 +463,30 @@ def read_config_file(path: Path | None) -> dict[str, Any]:
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:  # TOML is UTF-8
-        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+        hint = _toml_hint(path, str(error))
+        raise ConfigError(f"config file {path} is not valid TOML: {error}{hint}") from None
+
+
+_ERROR_LINE = re.compile(r"\(at line (\d+), column \d+\)")
+_LEADING_ZERO = re.compile(r"^\s*([\w.-]+)\s*=\s*([+-]?0\d+)\s*(#.*)?$")
+
+
+def _toml_hint(path: Path, message: str) -> str:
+    """What people mean by the TOML mistakes they make most: `output_mode = 0640` (TOML
+    numbers cannot start with 0) gets the quoted form."""
+    where = _ERROR_LINE.search(message)
+    if where is None:
+        return ""
+    try:
+        line = path.read_text(errors="replace").splitlines()[int(where.group(1)) - 1]
+    except (OSError, IndexError):
+        return ""
+    if (number := _LEADING_ZERO.match(line)) is None:
+        return ""
+    key, digits = number.group(1), number.group(2)
+    if key == "output_mode":  # a mode: octal, as chmod takes it
+        return f'; a TOML number cannot start with 0: write {key} = "{digits}" in quotes'
+    return f"; a TOML number cannot start with 0: write {key} = {int(digits)}"
 
 
 def _reading(kind: type[SettingsT], values: dict[str, Any]) -> type[SettingsT]:
@@ -470,15 +537,24 @@ def _problem(problem: Any, path: Path | None, in_file: set[str], overrides: set[
     loc = problem["loc"]
     if not loc:  # a check across several settings
         return str(problem["msg"]).removeprefix("Value error, ")
-    name, field = str(loc[0]), ".".join(str(part) for part in loc)
+    name, field = str(loc[0]), _field(loc)
     if problem["type"] == "missing":
         where = f"in {path}" if path else "in a config file (--config)"
         return f"{field} is required: set {ENV_PREFIX}{name.upper()} or {name} {where}"
     if problem["type"] == "extra_forbidden" and name == "folders":
         rule = f" in [[folders]] rule {int(loc[1]) + 1}"
         return _unknown(str(loc[-1]), FolderRule.model_fields, rule, "key")
+    if problem["type"] == "extra_forbidden" and name == "web":
+        return _unknown(str(loc[-1]), WebSettings.model_fields, " in [web]", "key")
     message = str(problem["msg"]).removeprefix("Value error, ")
     return f"{field}: {message} (from {_origin(name, path, in_file, overrides)})"
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    """`formats.1`, `web.port`; a [[folders]] rule by its number, as the file shows it."""
+    if len(loc) >= 3 and loc[0] == "folders" and isinstance(loc[1], int):
+        return f"[[folders]] rule {loc[1] + 1}: " + ".".join(str(part) for part in loc[2:])
+    return ".".join(str(part) for part in loc)
 
 
 def _origin(name: str, path: Path | None, in_file: set[str], overrides: set[str]) -> str:
@@ -539,15 +615,31 @@ def _folder_lines(problems: list[str]) -> str:
 
 def _state_dir_problem(state_dir: Path) -> str | None:
     """The state folder is made when missing (as systemd's StateDirectory= would)."""
+    if (denied := state_access_problem(state_dir)) is not None:
+        return f"state_dir: {denied}"
     if not state_dir.exists():
         try:
-            state_dir.mkdir(parents=True, mode=0o750)
+            _make_durable(state_dir)
         except OSError as error:
             return (
                 f"state_dir: cannot create {state_dir}: {error.strerror}; create it or "
                 "point state_dir elsewhere"
             )
     return _folder_problem("state_dir", state_dir)
+
+
+def _make_durable(folder: Path) -> None:
+    """`mkdir -p`, each new folder fsynced into its parent: a power cut must not take the
+    job database away with a folder whose name never reached the disk."""
+    for path in reversed([folder, *folder.parents]):
+        if path.exists():
+            continue
+        path.mkdir(mode=0o750 if path == folder else 0o777)
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _folder_problem(name: str, folder: Path) -> str | None:

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from transcribed.settings.languages import language_code
+
 MAX_CONTEXT_BYTES = 4096  # the model's prompt is for a glossary, not a document
 
 Format = Literal["txt", "json", "srt", "vtt", "tsv"]
@@ -43,3 +45,8 @@ class FolderRule(BaseModel):
     @classmethod
     def _relative(cls, value: str | None) -> str | None:
         return None if value is None else _relative_folder(value)
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, value: str | None) -> str | None:
+        return None if value is None else language_code(value)

@@ -5,9 +5,10 @@ describes both; the daemon itself ignores this table.
 """
 
 import ipaddress
-from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from transcribed.settings.paths import AbsolutePath
 
 PASSWORD_SCHEME = "scrypt"  # noqa: S105  (the name of a hash function, not a secret)
 
@@ -28,7 +29,7 @@ class WebSettings(BaseModel):
         default=None,
         description="Hash of the page's password, made by `transcribed web-password`.",
     )
-    token_file: Path | None = Field(
+    token_file: AbsolutePath | None = Field(
         default=None,
         description="A file whose content (a long random token) also opens the page.",
     )
@@ -39,10 +40,23 @@ class WebSettings(BaseModel):
     uploads_per_hour: int = Field(
         default=60, ge=1, description="Uploads one client address may make per hour."
     )
-    tls_certfile: Path | None = Field(
+    tls_certfile: AbsolutePath | None = Field(
         default=None, description="Serve HTTPS with this certificate (PEM); with tls_keyfile."
     )
-    tls_keyfile: Path | None = Field(default=None, description="The certificate's private key.")
+    tls_keyfile: AbsolutePath | None = Field(
+        default=None, description="The certificate's private key."
+    )
+    trusted_proxies: tuple[str, ...] = Field(
+        default=(),
+        description="Reverse proxies (addresses or networks, e.g. 127.0.0.1) whose "
+        "X-Forwarded-For and X-Forwarded-Proto headers name the real client; none by default.",
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="A request's whole header (and a form's body) must arrive within this.",
+    )
 
     @field_validator("password_hash")
     @classmethod
@@ -51,6 +65,18 @@ class WebSettings(BaseModel):
             not value.startswith(f"{PASSWORD_SCHEME}$") or value.count("$") != 5
         ):
             raise ValueError("is not a hash made by `transcribed web-password`")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (e.g. 127.0.0.1, 10.0.0.0/8)"
+                ) from None
         return value
 
     @model_validator(mode="after")

@@ -4,23 +4,22 @@ Every change goes through one SQLite transaction (the daemon's own locking appli
 retry never moves a file out of the failed folder before its copy is back in the inbox.
 """
 
+import contextlib
+import errno
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from transcribed.errors import ConfigError
-from transcribed.files.durable import (
-    fsync_dir,
-    link_or_copy_no_overwrite,
-    make_folders,
-    unique_name,
-)
+from transcribed.files.durable import fsync_dir, temp_name
+from transcribed.files.folders import link_free_name, open_below
 from transcribed.files.names import REASON_SUFFIX, display_name
 from transcribed.servers import engine_status
 from transcribed.settings import StateSettings
+from transcribed.state.backlog import SIZE_SAMPLE, backlog
 from transcribed.state.instance import Holder, holder
 from transcribed.state.queue import Job, JobQueue, JobState, is_damaged
 
@@ -61,19 +60,26 @@ def open_queue(settings: StateSettings) -> JobQueue:
 # --- status ---------------------------------------------------------------------------------
 
 
-def status_line(counts: dict[str, int]) -> str:
-    """One line for `systemctl status`: what is waiting, running, finished and failed."""
+def status_line(counts: dict[str, int], awaiting_disposal: int | None = None) -> str:
+    """One line for `systemctl status`: what is waiting, running, finished and failed.
+    `awaiting_disposal`: originals transcribed and waiting to be disposed of (published jobs
+    and same-name duplicates of transcribed ones), when known; else the published ones."""
+    published = counts.get("published", 0)
+    disposing = published if awaiting_disposal is None else awaiting_disposal
     waiting = counts.get("queued", 0) + counts.get("claiming", 0) + counts.get("duplicate", 0)
-    finished = counts.get("done", 0) + counts.get("published", 0)
-    return (
-        f"{waiting} queued, {counts.get('running', 0)} running, {finished} done,"
+    waiting -= disposing - published  # same-name duplicates only wait to be disposed of
+    line = (
+        f"{waiting} queued, {counts.get('running', 0)} running, {counts.get('done', 0)} done,"
         f" {counts.get('failed', 0)} failed"
     )
+    if disposing:  # transcribed; the original not yet disposed of
+        line += f", {disposing} waiting for disposal"
+    return line
 
 
 def service_status(jobs: JobQueue) -> str:
     """The STATUS= line for systemd: the counts, the running job's progress, the last result."""
-    parts = [status_line(jobs.counts())]
+    parts = [status_line(jobs.counts(), len(jobs.awaiting_disposal()))]
     speed = _job_speed(jobs, time.time())
     for job in jobs.in_state(JobState.RUNNING)[:1]:
         percent = _running(job, time.time(), speed)["percent"]
@@ -84,10 +90,20 @@ def service_status(jobs: JobQueue) -> str:
     return "; ".join(parts)
 
 
-def daemon_status(settings: StateSettings, jobs: JobQueue) -> dict[str, Any]:
+def daemon_status(
+    settings: StateSettings,
+    jobs: JobQueue,
+    look_into_inbox: Callable[[], list[dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
     """`status_report` for the daemon of `settings`: whether it runs (its lock), and with
-    the vLLM engine how many of its servers are up. What `status` and the page both show."""
-    report = status_report(jobs, daemon=holder(settings.state_dir))
+    the vLLM engine how many of its servers are up. What `status` and the page both show.
+    While no daemon runs, what waits in the inbox is what `look_into_inbox` finds there
+    (the daemon's own record of it may be stale), when it is given."""
+    running = holder(settings.state_dir)
+    report = status_report(jobs, daemon=running)
+    if running is None and look_into_inbox is not None:
+        report["waiting"] = look_into_inbox()
+        report["waiting_seen_in"] = "inbox"
     if (servers := engine_status.read(settings.state_dir)) is not None:
         report["engine_servers"] = servers
         report["summary"] += f"; {engine_status.summary(servers)}"
@@ -101,20 +117,24 @@ def status_report(
     daemon (instance.holder), None when none runs."""
     now = time.time() if now is None else now
     counts = jobs.counts()
+    awaiting = jobs.awaiting_disposal()
     recordings, audio, busy = jobs.finished_since(now - _HOUR)
     queued = jobs.in_state(JobState.QUEUED)
     speed = _job_speed(jobs, now)
+    running = [_running(job, now, speed) for job in jobs.in_state(JobState.RUNNING)]
     return {
-        "summary": status_line(counts),
+        "summary": status_line(counts, len(awaiting)),
         "daemon": _daemon(daemon, now),
         "counts": counts,
-        "running": [_running(job, now, speed) for job in jobs.in_state(JobState.RUNNING)],
+        "running": running,
         "queued": [_brief(job) | {"waiting_for_retry": bool(job.error)} for job in queued],
         "waiting": [
             {"file": display_name(relpath), "reason": reason, "since": round(since)}
             for relpath, reason, since in jobs.waiting()
         ],
-        "backlog": _backlog(jobs, now),
+        "waiting_seen_in": "daemon",
+        "backlog": _backlog(jobs, now, queued, running),
+        "disposal": _disposal(awaiting),
         "failed": [_failed(job) for job in jobs.listing(JobState.FAILED, _FAILED_SHOWN)],
         "last_hour": {
             "recordings": recordings,
@@ -180,15 +200,31 @@ def _running(job: Job, now: float, speed: float | None = None) -> dict[str, Any]
     }
 
 
-def _backlog(jobs: JobQueue, now: float) -> dict[str, Any]:
-    """How much is waiting, and when it should be done at the pace of the last hour."""
-    waiting_bytes, count = jobs.backlog_bytes()
-    finished_bytes, first_started = jobs.throughput_since(now - _HOUR)
-    pace = finished_bytes / (now - first_started) if first_started and now > first_started else 0
+def _backlog(
+    jobs: JobQueue, now: float, queued: list[Job], running: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """How much audio is waiting, and when it should be done at the last hour's pace."""
+    finished = jobs.finished_jobs(now - _HOUR)
+    known = {job.id: job for job in (*finished, *jobs.listing(JobState.DONE, SIZE_SAMPLE))}
+    return backlog(queued, running, finished, known.values())
+
+
+_DISPOSED = {"move": "archived", "delete": "deleted", "shred": "shredded"}
+
+
+def _disposal(published: list[Job]) -> dict[str, Any]:
+    """Originals whose transcript is published and which wait to be disposed of: how many, by
+    the policy each transcript records, and the last error when a disposal failed."""
+    by_policy: dict[str, int] = {}
+    for job in published:
+        policy = job.disposal or "move"
+        by_policy[policy] = by_policy.get(policy, 0) + 1
+    failing = [job for job in published if job.disposal_failures and job.error]
+    last = max(failing, key=lambda job: job.updated, default=None)
     return {
-        "recordings": count,
-        "bytes": waiting_bytes,
-        "eta_seconds": round(waiting_bytes / pace) if pace > 0 and count else None,
+        "waiting": len(published),
+        "by_policy": by_policy,
+        "last_error": last.error if last is not None else None,
     }
 
 
@@ -211,11 +247,9 @@ def render_status(report: dict[str, Any]) -> str:
         retrying = sum(job["waiting_for_retry"] for job in queued)
         note = f" ({retrying} waiting to retry after an error)" if retrying else ""
         lines.append(f"  queued   {len(queued)}: {names}{note}")
-    if (eta := report["backlog"]["eta_seconds"]) is not None:
-        lines.append(f"  backlog  about {_clock(eta)} to clear at the last hour's pace")
-    for waiting in report["waiting"]:
-        since = time.strftime("%Y-%m-%d %H:%M", time.localtime(waiting["since"]))
-        lines.append(f"  waiting  {waiting['file']}: {waiting['reason']} (not taken since {since})")
+    lines += _render_disposal(report["disposal"])
+    lines += _render_backlog(report["backlog"])
+    lines += _render_waiting(report["waiting"], report.get("waiting_seen_in") == "inbox")
     for job in report["failed"]:
         lines.append(f"  failed   #{job['id']} {job['file']}: {job['reason']}")
         if job["moved_to"]:
@@ -233,6 +267,39 @@ def render_status(report: dict[str, Any]) -> str:
     else:
         lines.append("  last hour: nothing finished")
     return "\n".join(lines)
+
+
+def _render_disposal(disposal: dict[str, Any]) -> list[str]:
+    """ "3 waiting to be archived (last error: …)": transcribed, the original still here."""
+    if not disposal["waiting"]:
+        return []
+    kinds = "/".join(_DISPOSED.get(policy, policy) for policy in sorted(disposal["by_policy"]))
+    error = f" (last error: {disposal['last_error']})" if disposal["last_error"] else ""
+    return [f"  disposal {disposal['waiting']} waiting to be {kinds}{error}"]
+
+
+def _render_backlog(backlog: dict[str, Any]) -> list[str]:
+    if (eta := backlog["eta_seconds"]) is None:
+        return []
+    audio = backlog["audio_seconds"]
+    of = f" ({_clock(audio)} of audio)" if audio else ""
+    return [f"  backlog  about {_clock(eta)} to clear{of}"]
+
+
+_WAITING_SHOWN = 20
+
+
+def _render_waiting(waiting: list[dict[str, Any]], seen_in_inbox: bool) -> list[str]:
+    """Each file with its reason; looked at in the inbox itself (no daemon runs), the time
+    is when the file last changed, else since when the daemon has not taken it."""
+    lines = []
+    for item in waiting[:_WAITING_SHOWN]:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(item["since"]))
+        note = f"changed {when}" if seen_in_inbox else f"not taken since {when}"
+        lines.append(f"  waiting  {item['file']}: {item['reason']} ({note})")
+    if len(waiting) > _WAITING_SHOWN:
+        lines.append(f"           … and {len(waiting) - _WAITING_SHOWN} more (--json lists all)")
+    return lines
 
 
 def _render_daemon(daemon: dict[str, Any]) -> str:
@@ -299,36 +366,125 @@ def render_jobs(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# A retry that has held its job this long was cut short (a crash): another may take over.
+RETRY_TAKEOVER_SECONDS = 600.0
+
+
 def retry(jobs: JobQueue, inbox: Path, job_id: int) -> Path:
-    """Put a failed job's original back into the inbox (under its old name) and forget the
-    failure; the daemon picks it up as a new arrival. Returns where the file now is."""
-    job = _get(jobs, job_id)
+    """Put a failed job's original back into the inbox (under its old name, or a free variant)
+    and forget the failure; the daemon picks it up as a new arrival. Returns where the file now
+    is. The job is claimed in the database first, so two retries never both put it back; the
+    copy enters the inbox through folder descriptors that never follow a symlink (anyone who
+    can write to the share could plant one); nothing is forgotten or removed before the copy
+    is durable in the inbox."""
+    job = _get_failed(jobs, job_id)
+    if jobs.begin_retry(job_id, RETRY_TAKEOVER_SECONDS) is None:
+        raise OperatorError(
+            f"job {job_id} is being put back into the inbox by another retry right now; "
+            "see `transcribed jobs list` in a moment"
+        )
+    try:
+        placed = _copy_back(job, inbox)
+    except BaseException:
+        jobs.abandon_retry(job_id)
+        raise
+    jobs.finish_retry(job_id, os.fsencode(placed))
+    _remove_failed_copy(Path(job.disposed_to or ""))
+    return inbox / placed
+
+
+def _get_failed(jobs: JobQueue, job_id: int) -> Job:
+    try:
+        job = jobs.get(job_id)
+    except KeyError:
+        raise OperatorError(_not_found(jobs, job_id)) from None
     if job.state != JobState.FAILED:
-        raise OperatorError(f"job {job_id} is {job.state}; only failed jobs can be retried")
-    quarantined = Path(job.disposed_to) if job.disposed_to else None
-    if quarantined is None or not os.path.isfile(quarantined):
+        raise OperatorError(f"job {job_id} is {job.state}: only failed jobs can be retried")
+    if not job.disposed_to or not os.path.isfile(job.disposed_to):
         raise OperatorError(
             f"the failed file of job {job_id} is no longer at "
             f"{display_name(job.disposed_to or '?')}; copy the recording into the inbox "
             f"yourself, then `transcribed jobs forget {job_id}`"
         )
-    relpath = Path(os.fsdecode(job.relpath))
-    folder = make_folders(inbox, relpath.parent)
-    target = unique_name(folder, relpath.name)
-    # The copy in the inbox is durable before anything is removed: at any crash point the
-    # recording exists at least once.
-    link_or_copy_no_overwrite(quarantined, target)
-    fsync_dir(folder)
-    jobs.forget(job_id)
-    quarantined.unlink()
+    return job
+
+
+def _not_found(jobs: JobQueue, job_id: int) -> str:
+    """No such job: say where a job that was retried went."""
+    went = jobs.retried_as(job_id)
+    if went is None:
+        return f"no job {job_id} (see `transcribed jobs list`)"
+    relpath, later = went
+    name = display_name(relpath)
+    if later is None:
+        return f"job {job_id} was put back into the inbox as {name}; it has not been taken yet"
+    return (
+        f"job {job_id} was put back into the inbox as {name}: it is job {later.id} now "
+        f"({later.state})"
+    )
+
+
+def _copy_back(job: Job, inbox: Path) -> str:
+    """A durable copy of the failed original in its inbox folder; its inbox-relative path."""
+    relpath = PurePosixPath(os.fsdecode(job.relpath))
+    try:
+        folder_fd = open_below(inbox, relpath.parent, create=True)
+    except OSError as error:
+        raise OperatorError(_unsafe_folder(job.id, relpath.parent, error)) from None
+    try:
+        temp = temp_name(relpath.name)
+        try:
+            _copy_into(Path(job.disposed_to or ""), folder_fd, temp)
+            placed = link_free_name(folder_fd, temp, relpath.name)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp, dir_fd=folder_fd)
+    finally:
+        os.close(folder_fd)
+    return str(relpath.parent / placed) if relpath.parent.parts else placed
+
+
+def _unsafe_folder(job_id: int, folder: PurePosixPath, error: OSError) -> str:
+    if error.errno in (errno.ELOOP, errno.ENOTDIR):
+        return (
+            f"cannot put job {job_id} back: {display_name(str(folder))} in the inbox is a "
+            "symbolic link or not a folder, and is never followed; move it away and retry"
+        )
+    return f"cannot put job {job_id} back into {display_name(str(folder))}: {error.strerror}"
+
+
+def _copy_into(source: Path, folder_fd: int, name: str) -> None:
+    """Copy `source` (never through a symlink) to a new file `name` in `folder_fd`, fsynced."""
+    src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        dst = os.open(name, flags, 0o640, dir_fd=folder_fd)
+        try:
+            while block := os.read(src, 1 << 20):
+                view = memoryview(block)
+                while view:
+                    view = view[os.write(dst, view) :]
+            os.fsync(dst)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
+
+def _remove_failed_copy(quarantined: Path) -> None:
+    quarantined.unlink(missing_ok=True)
     quarantined.with_name(quarantined.name + REASON_SUFFIX).unlink(missing_ok=True)
     fsync_dir(quarantined.parent)
-    return target
 
 
 def forget(jobs: JobQueue, job_id: int) -> Job:
     """Drop a done or failed job's row; its files stay where they are."""
-    _get(jobs, job_id)
+    job = _get(jobs, job_id)
+    if job.state not in (JobState.DONE, JobState.FAILED):
+        raise OperatorError(
+            f"job {job_id} is {job.state}; only done or failed jobs can be forgotten "
+            "(see `transcribed status` for when it finishes)"
+        )
     try:
         return jobs.forget(job_id)
     except ValueError as error:

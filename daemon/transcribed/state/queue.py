@@ -16,7 +16,7 @@ States and what each guarantees:
   failed    -> permanently failed; the original is in failed_dir with a reason file (or, when
                it vanished from the work folder, the reason file alone says so).
 
-The disk is the truth and this database its index (DESIGN I5): `reconcile` compares the two.
+The disk is the truth and this database its index (docs/design.md I5): `reconcile` compares the two.
 Waits are wall-clock times in the database, so a clock that was far ahead and is corrected
 would hold jobs for as long: a wait further away than the longest backoff counts as due.
 """
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transcribed import faults
+from transcribed.files.content import Content, Fingerprint
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -68,6 +69,22 @@ CREATE TABLE IF NOT EXISTS waiting (
     reason  TEXT NOT NULL,
     since   REAL NOT NULL
 );
+-- on_done / on_failed calls not run yet: kept with the job so a stop or a crash loses none.
+CREATE TABLE IF NOT EXISTS hook_calls (
+    id          INTEGER PRIMARY KEY,
+    job         INTEGER NOT NULL,
+    event       TEXT    NOT NULL,
+    environment TEXT    NOT NULL,  -- JSON: what the hook learns (paths and figures, no text)
+    created     REAL    NOT NULL
+);
+-- Failed jobs put back into the inbox by `jobs retry`: which name and content each became,
+-- so a second `jobs retry` of the old number can say where the recording is now.
+CREATE TABLE IF NOT EXISTS retried (
+    job     INTEGER PRIMARY KEY,
+    relpath BLOB NOT NULL,
+    sha256  TEXT,
+    at      REAL NOT NULL
+);
 """
 
 
@@ -94,6 +111,19 @@ _ADDED_COLUMNS = {
     "disposal_started": "REAL",
     "progress_at": "REAL",  # running: when progress was last written (a stalled job shows)
     "language": "TEXT",  # published: the main language, for `jobs list`
+    # The work file's fingerprint when it was hashed (size is the column above): compared
+    # before publishing and before disposing, so bytes a paused writer added later are seen.
+    "mtime_ns": "INTEGER",
+    "ctime_ns": "INTEGER",
+    # Times the recording was found changed after it was taken (and transcribed again).
+    "versions": "INTEGER NOT NULL DEFAULT 0",
+    # The disposal policy its transcript records: the one the original is disposed of by.
+    "disposal": "TEXT",
+    # `jobs retry` has begun putting this failed job back (a second retry waits for it).
+    "retry_started": "REAL",
+    # Why the job is being failed, recorded before its original is moved to the failed folder:
+    # a crash between the move and `mark_failed` must not turn it into "vanished".
+    "failure_reason": "TEXT",
 }
 
 
@@ -155,6 +185,20 @@ class Job:
     disposal_started: float | None = None
     progress_at: float | None = None
     not_before: float = 0.0
+    mtime_ns: int | None = None
+    ctime_ns: int | None = None
+    versions: int = 0
+    disposal: str | None = None
+    retry_started: float | None = None
+    failure_reason: str | None = None
+    created: float = 0.0  # when it was claimed (wall clock)
+
+    @property
+    def fingerprint(self) -> Fingerprint | None:
+        """The work file as it was when hashed (None before the claim finished)."""
+        if self.size is None or self.mtime_ns is None or self.ctime_ns is None:
+            return None
+        return Fingerprint(self.size, self.mtime_ns, self.ctime_ns)
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:
@@ -230,10 +274,14 @@ class JobQueue:
     # --- claims ---------------------------------------------------------------------------
 
     def begin_claim(self, relpath: bytes, work_name: str) -> int:
-        """Record the intent to move `relpath` to `work_name` before the rename happens."""
+        """Record the intent to move `relpath` to `work_name` before the rename happens. Its
+        number is new: never one a retried job had (`jobs retry 33` twice must not find
+        another recording under 33)."""
         now = self._now()
         cursor = self._db.execute(
-            "INSERT INTO jobs (state, relpath, work_name, created, updated) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO jobs (id, state, relpath, work_name, created, updated) VALUES ("
+            " 1 + MAX(COALESCE((SELECT MAX(id) FROM jobs), 0),"
+            "         COALESCE((SELECT MAX(job) FROM retried), 0)), ?, ?, ?, ?, ?)",
             (JobState.CLAIMING, relpath, work_name, now, now),
         )
         assert cursor.lastrowid is not None
@@ -252,7 +300,7 @@ class JobQueue:
             )
             return self.begin_claim(relpath, work_name)
 
-    def finish_claim(self, job_id: int, sha256: str, size: int) -> Job:
+    def finish_claim(self, job_id: int, content: Content) -> Job:
         """The file is in the work folder and hashed: queue it, or, when the same name with
         the same content is already live, mark it a duplicate that adds nothing (or, when
         that one is a transcript indexed from the disk whose original was missing, this file
@@ -264,36 +312,87 @@ class JobQueue:
                 (job_id, JobState.CLAIMING),
             ).fetchone()
             if claim is not None:
-                job_id = self._queue_claimed(db, job_id, claim, sha256, size)
+                job_id = self._queue_claimed(db, job_id, claim, content)
         job = self.get(job_id)
         faults.point(f"db.{job.state}")
         return job
 
     def _queue_claimed(
-        self, db: sqlite3.Connection, job_id: int, claim: sqlite3.Row, sha256: str, size: int
+        self, db: sqlite3.Connection, job_id: int, claim: sqlite3.Row, content: Content
     ) -> int:
         original = db.execute(
             # Only "?" placeholders are interpolated into the statement.
             f"SELECT id, work_name FROM jobs WHERE sha256 = ? AND relpath = ? AND id != ?"  # noqa: S608
             f" AND state IN ({_marks(_LIVE)}) ORDER BY id LIMIT 1",
-            (sha256, claim["relpath"], job_id, *_LIVE),
+            (content.sha256, claim["relpath"], job_id, *_LIVE),
         ).fetchone()
         now = self._now()
         if original is not None and original["work_name"].startswith(INDEXED_PREFIX):
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             db.execute(
-                "UPDATE jobs SET state = ?, work_name = ?, size = ?, updated = ?, not_before = 0"
+                "UPDATE jobs SET state = ?, work_name = ?, updated = ?, not_before = 0"
                 " WHERE id = ?",
-                (JobState.PUBLISHED, claim["work_name"], size, now, original["id"]),
+                (JobState.PUBLISHED, claim["work_name"], now, original["id"]),
             )
+            self._set_content(db, original["id"], content)
             return int(original["id"])
         state = JobState.DUPLICATE if original else JobState.QUEUED
         db.execute(
-            "UPDATE jobs SET state = ?, sha256 = ?, size = ?, duplicate_of = ?, updated = ?,"
-            " not_before = ? WHERE id = ?",
-            (state, sha256, size, original["id"] if original else None, now, now, job_id),
+            "UPDATE jobs SET state = ?, duplicate_of = ?, updated = ?, not_before = ? WHERE id = ?",
+            (state, original["id"] if original else None, now, now, job_id),
         )
+        self._set_content(db, job_id, content)
         return job_id
+
+    @staticmethod
+    def _set_content(db: sqlite3.Connection, job_id: int, content: Content) -> None:
+        db.execute(
+            "UPDATE jobs SET sha256 = ?, size = ?, mtime_ns = ?, ctime_ns = ? WHERE id = ?",
+            (
+                content.sha256,
+                content.size,
+                content.fingerprint.mtime_ns,
+                content.fingerprint.ctime_ns,
+                job_id,
+            ),
+        )
+
+    def record_fingerprint(self, job_id: int, content: Content) -> None:
+        """The work file was touched but its bytes are what was hashed (a chmod, a `touch`):
+        remember the new fingerprint, so it is not hashed again next time."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET mtime_ns = ?, ctime_ns = ? WHERE id = ? AND sha256 = ?",
+                (
+                    content.fingerprint.mtime_ns,
+                    content.fingerprint.ctime_ns,
+                    job_id,
+                    content.sha256,
+                ),
+            )
+
+    def new_version(self, job_id: int, content: Content, delay: float) -> None:
+        """The recording changed after it was taken (a writer that paused was not done): the
+        job is now about the new content. It is transcribed again after `delay` (its writer
+        may not be done yet either), its published files replaced when the new transcript is
+        published; an attempt counted for the old content is given back. Never disposed of
+        meanwhile: it is no longer published."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = ?, duplicate_of = NULL, request = NULL, not_before = ?,"
+                " attempts = MAX(0, attempts - (state = ?)), versions = versions + 1,"
+                " error = ?, updated = ? WHERE id = ?",
+                (
+                    JobState.QUEUED,
+                    self._now() + delay,
+                    JobState.RUNNING,
+                    "changed after it was taken (its writer was not done): transcribed again",
+                    self._now(),
+                    job_id,
+                ),
+            )
+            self._set_content(db, job_id, content)
+        faults.point("db.new_version")
 
     def abandon_claim(self, job_id: int) -> None:
         """The rename never happened: forget the intent."""
@@ -372,12 +471,15 @@ class JobQueue:
         audio_seconds: float,
         processing_seconds: float,
         language: str | None = None,
+        disposal: str | None = None,
     ) -> None:
-        """The transcript files are durable; disposal of the original may start."""
+        """The transcript files are durable; disposal of the original may start, by the
+        `disposal` policy the transcript records."""
         self._set(
             job_id,
             JobState.PUBLISHED,
             outputs=json.dumps(outputs),
+            disposal=disposal,
             error=None,
             audio_seconds=audio_seconds,
             processing_seconds=processing_seconds,
@@ -439,6 +541,13 @@ class JobQueue:
         """The original has been disposed of (verified); nothing is left to do for this file."""
         self._set(job_id, JobState.DONE)
 
+    def record_failing(self, job_id: int, error: str, kind: FailureKind) -> None:
+        """The job is about to fail for good with `error`: said before its original moves."""
+        self._db.execute(
+            "UPDATE jobs SET failure_reason = ?, failure_kind = ? WHERE id = ?",
+            (error, kind, job_id),
+        )
+
     def mark_failed(self, job_id: int, error: str, kind: FailureKind) -> None:
         """Permanently failed; the original has been moved to failed_dir (or vanished)."""
         self._db.execute(
@@ -448,12 +557,13 @@ class JobQueue:
         )
         faults.point("db.failed")
 
-    def shares_transcript(self, job: Job) -> bool:
-        """Another job of the same name and content is published or done: the transcript
-        under that name is its too (the outbox gives one name and content one transcript)."""
+    def shares_transcript(self, job: Job, sha256: str | None = None) -> bool:
+        """Another job of the same name and content (`sha256`, else the job's own) is
+        published or done: the transcript under that name is its too (the outbox gives one
+        name and content one transcript)."""
         row = self._db.execute(
             "SELECT 1 FROM jobs WHERE id != ? AND relpath = ? AND sha256 = ? AND state IN (?, ?)",
-            (job.id, job.relpath, job.sha256, JobState.PUBLISHED, JobState.DONE),
+            (job.id, job.relpath, sha256 or job.sha256, JobState.PUBLISHED, JobState.DONE),
         ).fetchone()
         return row is not None
 
@@ -469,14 +579,22 @@ class JobQueue:
         """Originals that may be disposed of now: their own transcript is durable (published),
         or they are the same name and content as one whose transcript is; minus those
         waiting after a failure."""
+        return self._awaiting_disposal(due=True)
+
+    def awaiting_disposal(self) -> list[Job]:
+        """Every original that only waits to be disposed of (due now or after a failure)."""
+        return self._awaiting_disposal(due=False)
+
+    def _awaiting_disposal(self, *, due: bool) -> list[Job]:
         now = self._now()
         rows = self._db.execute(
             "SELECT j.* FROM jobs j LEFT JOIN jobs o ON o.id = j.duplicate_of"  # noqa: S608
-            f" WHERE {_due('j.')} AND (j.state = ?"
+            f" WHERE ({_due('j.')} OR NOT ?) AND (j.state = ?"
             "   OR (j.state = ? AND o.state IN (?, ?) AND o.relpath = j.relpath))"
             " ORDER BY j.id",
             (
                 *_due_args(now),
+                due,
                 JobState.PUBLISHED,
                 JobState.DUPLICATE,
                 JobState.PUBLISHED,
@@ -484,6 +602,23 @@ class JobQueue:
             ),
         )
         return [_job(row) for row in rows]
+
+    def transcribe_again(self, job_id: int, reason: str) -> None:
+        """Its transcript is no longer on disk, or no longer names its content (removed by
+        hand, or replaced by a newer version of a recording it shared): before the original
+        may go, it is transcribed again, as a job of its own."""
+        self._db.execute(
+            "UPDATE jobs SET state = ?, duplicate_of = NULL, request = NULL, not_before = 0,"
+            " error = ?, updated = ? WHERE id = ? AND state IN (?, ?)",
+            (
+                JobState.QUEUED,
+                reason,
+                self._now(),
+                job_id,
+                JobState.DUPLICATE,
+                JobState.PUBLISHED,
+            ),
+        )
 
     def release_duplicates(self) -> int:
         """Duplicates whose wait is over go back to the queue: those whose job failed or was
@@ -594,6 +729,71 @@ class JobQueue:
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         return job
 
+    def begin_retry(self, job_id: int, stale_after: float) -> Job | None:
+        """Claim a failed job for `jobs retry`, so two retries of one job never both put it
+        back: None when another retry holds it (begun less than `stale_after` seconds ago;
+        an older one was cut short and is taken over)."""
+        now = self._now()
+        rows = self._db.execute(
+            "UPDATE jobs SET retry_started = ? WHERE id = ? AND state = ?"
+            " AND (retry_started IS NULL OR retry_started < ?) RETURNING *",
+            (now, job_id, JobState.FAILED, now - stale_after),
+        ).fetchall()
+        return _job(rows[0]) if rows else None
+
+    def abandon_retry(self, job_id: int) -> None:
+        """The retry could not put the recording back: it stays failed, free to retry."""
+        self._db.execute("UPDATE jobs SET retry_started = NULL WHERE id = ?", (job_id,))
+
+    def finish_retry(self, job_id: int, relpath: bytes) -> None:
+        """The recording is back in the inbox as `relpath`: forget the failed job, and remember
+        where it went (for a later `jobs retry` of the same number)."""
+        with self._transaction() as db:
+            job = self.get(job_id)
+            db.execute(
+                "INSERT OR REPLACE INTO retried (job, relpath, sha256, at) VALUES (?, ?, ?, ?)",
+                (job_id, relpath, job.sha256, self._now()),
+            )
+            db.execute("UPDATE jobs SET duplicate_of = NULL WHERE duplicate_of = ?", (job_id,))
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def retried_as(self, job_id: int) -> tuple[bytes, Job | None] | None:
+        """For a job that `jobs retry` put back: the inbox path it got, and the job that took
+        it in since (None while it waits in the inbox); None for a job never retried."""
+        row = self._db.execute(
+            "SELECT relpath, sha256, at FROM retried WHERE job = ?", (job_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        later = self._db.execute(
+            "SELECT * FROM jobs WHERE relpath = ? AND sha256 IS ? AND created >= ?"
+            " ORDER BY id LIMIT 1",
+            (row["relpath"], row["sha256"], row["at"]),
+        ).fetchone()
+        return bytes(row["relpath"]), (_job(later) if later is not None else None)
+
+    # --- hooks ----------------------------------------------------------------------------
+
+    def add_hook_call(self, job_id: int, event: str, environment: dict[str, str]) -> None:
+        """Keep a hook call until it has run: a stop or a crash before then loses none."""
+        self._db.execute(
+            "INSERT INTO hook_calls (job, event, environment, created) VALUES (?, ?, ?, ?)",
+            (job_id, event, json.dumps(environment), self._now()),
+        )
+
+    def hook_calls(self, limit: int = 100) -> list[tuple[int, int, str, dict[str, str]]]:
+        """(call, job, event, environment) of the hook calls not run yet, oldest first."""
+        rows = self._db.execute(
+            "SELECT id, job, event, environment FROM hook_calls ORDER BY id LIMIT ?", (limit,)
+        )
+        return [
+            (row["id"], row["job"], row["event"], json.loads(row["environment"])) for row in rows
+        ]
+
+    def hook_call_done(self, call_id: int) -> None:
+        """The call ran (or was given up, and logged): forget it."""
+        self._db.execute("DELETE FROM hook_calls WHERE id = ?", (call_id,))
+
     def listing(self, state: JobState | None = None, limit: int = 50) -> list[Job]:
         """The newest jobs first, optionally in one state."""
         if state is None:
@@ -614,6 +814,13 @@ class JobQueue:
         ).fetchone()
         return int(row["n"]), float(row["audio"]), float(row["busy"])
 
+    def finished_jobs(self, since: float) -> list[Job]:
+        """The jobs whose transcript was published since `since` (for the backlog's pace)."""
+        rows = self._db.execute(
+            "SELECT * FROM jobs WHERE finished >= ? AND audio_seconds IS NOT NULL", (since,)
+        )
+        return [_job(row) for row in rows]
+
     def backlog_bytes(self) -> tuple[int, int]:
         """(bytes, recordings) of the jobs waiting to be transcribed or running."""
         row = self._db.execute(
@@ -621,15 +828,6 @@ class JobQueue:
             (JobState.QUEUED, JobState.RUNNING, JobState.CLAIMING),
         ).fetchone()
         return int(row["bytes"]), int(row["n"])
-
-    def throughput_since(self, since: float) -> tuple[int, float | None]:
-        """(bytes published since `since`, when the earliest of those jobs started)."""
-        row = self._db.execute(
-            "SELECT TOTAL(size) AS bytes, MIN(started) AS first FROM jobs"
-            " WHERE finished >= ? AND audio_seconds IS NOT NULL",
-            (since,),
-        ).fetchone()
-        return int(row["bytes"]), row["first"]
 
     def last_finished(self) -> Job | None:
         """The job whose transcript was published, or which failed, most recently."""

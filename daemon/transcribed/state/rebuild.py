@@ -1,4 +1,4 @@
-"""Rebuilding the job database from the disk, which is the truth (DESIGN I5).
+"""Rebuilding the job database from the disk, which is the truth (docs/design.md I5).
 
 Published transcripts name their source's content (the JSON's `source.sha256`) and what the
 model was asked (`request`), and failed recordings lie in failed_dir beside their reason
@@ -7,7 +7,6 @@ twice and `status` agrees with the disk. The work folder's files are claimed aga
 daemon's reconcile at its next start (their names carry their inbox paths).
 """
 
-import hashlib
 import os
 import time
 import uuid
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from transcribed.files.content import hash_file
 from transcribed.files.names import REASON_SUFFIX
 from transcribed.output.outbox import WRITERS, read_json_object
 from transcribed.output.transcript import request_key
@@ -81,13 +81,13 @@ def _published(outbox: Path) -> Iterator[Job]:
 def _failed(failed_dir: Path) -> Iterator[Job]:
     for reason in _walk(failed_dir, REASON_SUFFIX):
         original = reason.with_name(reason.name.removesuffix(REASON_SUFFIX))
-        sha256, size = _hash(original) if original.is_file() else (None, None)
+        content = hash_file(original) if original.is_file() else None
         data = read_json_object(reason) or {}
         yield _finished(
             JobState.FAILED,
             original.relative_to(failed_dir),
-            sha256=sha256,
-            size=size,
+            sha256=content.sha256 if content else None,
+            size=content.size if content else None,
             error=str(data.get("error") or "failed (reason file unreadable)"),
             disposed_to=str(original),
             finished=reason.stat().st_mtime,
@@ -129,13 +129,3 @@ def _request(data: dict[str, Any]) -> str | None:
     if isinstance(model, dict) and isinstance(request, dict) and model.get("id"):
         return request_key(str(model["id"]), request)
     return None
-
-
-def _hash(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-            size += len(block)
-    return digest.hexdigest(), size

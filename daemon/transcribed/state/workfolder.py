@@ -2,7 +2,7 @@
 
 Claimed recordings are renamed into `<inbox>/.transcribed-work/` (same filesystem: atomic).
 A work file's name carries the recording's inbox path (`<token>.<escaped path>`), so the disk
-alone says what each file is, even when the job database is lost (DESIGN I5).
+alone says what each file is, even when the job database is lost (docs/design.md I5).
 
 The inbox can be renamed, removed, replaced or remounted under a running daemon. Then the
 paths we use point elsewhere, or nowhere: nothing is claimed, transcribed or disposed of until
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from transcribed.errors import ConfigError
-from transcribed.files.durable import NAME_MAX
+from transcribed.files.durable import NAME_MAX, fsync_dir
 from transcribed.files.names import display_name
 from transcribed.logs import get_logger
 
@@ -62,8 +62,12 @@ class WorkFolder:
         if inbox_id is None:
             raise ConfigError(f"inbox {self.inbox} is not an existing folder")
         _check_ours(self.path)
-        with contextlib.suppress(FileExistsError):
+        try:
             os.mkdir(self.path, 0o700)
+        except FileExistsError:
+            pass
+        else:  # durable before anything is claimed into it: a claim fsyncs only its folders
+            fsync_dir(self.inbox)
         _check_ours(self.path)
         work_id = _Identity.of(self.path, follow=False)
         assert work_id is not None  # _check_ours: a real folder

@@ -2,11 +2,14 @@
 
 Built from Starlette (routing, signed-cookie sessions), Jinja2 (templates that escape
 everything) and served by uvicorn. Every response carries a strict Content-Security-Policy:
-the page loads its own style sheet and script and nothing else, from nowhere else.
+the page loads its own style sheet and script and nothing else, from nowhere else; error
+answers (404, 429, a 500 from a bug) carry it too.
 """
 
 import logging
+import os
 import socket
+import sqlite3
 from importlib import resources
 from typing import Any
 from urllib.parse import urlencode
@@ -23,19 +26,25 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from transcribed.errors import ConfigError
 from transcribed.logs import get_logger
 from transcribed.output.search_index import clock
 from transcribed.settings import Settings
+from transcribed.settings.access import state_access_problem, user_name
+from transcribed.settings.web import WebSettings, is_loopback
+from transcribed.web.addresses import WILDCARDS, page_urls
 from transcribed.web.auth import (
-    SESSION_USER,
     Credentials,
+    Sessions,
     Verdict,
     check_listening,
+    logged_in,
     session_secret,
     verdict,
 )
+from transcribed.web.connections import ConnectionCount, guarded_protocol, uvicorn_options
 from transcribed.web.upload import remove_stale_uploads
 from transcribed.web.views import Views, when
 
@@ -88,9 +97,10 @@ class Gate:
     """Lets a request through, sends it to the login page, or refuses it (`web_auth.verdict`);
     a POST from another site's page (an Origin that is not ours) is refused outright."""
 
-    def __init__(self, app: ASGIApp, login_required: bool) -> None:
+    def __init__(self, app: ASGIApp, login_required: bool, sessions: Sessions) -> None:
         self.app = app
         self.login_required = login_required
+        self.sessions = sessions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -100,7 +110,7 @@ class Gate:
         client = scope.get("client")
         decision = verdict(
             self.login_required,
-            bool(scope["session"].get(SESSION_USER)),
+            logged_in(scope["session"], self.sessions),
             client[0] if client else None,
             headers.get("host", ""),
             scope["path"],
@@ -151,8 +161,17 @@ def templates() -> jinja2.Environment:
     return environment
 
 
+class Page(Starlette):
+    """The app, with the security headers outside everything, Starlette's own error handling
+    included: a 500 from a bug carries them as every other answer does."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack())
+
+
 def build_app(settings: Settings, credentials: Credentials) -> Starlette:
-    views = Views(settings, credentials, templates())
+    sessions = Sessions(settings.web.session_hours * 3600)
+    views = Views(settings, credentials, templates(), sessions)
     static = resources.files("transcribed.web") / "static"
     routes = [
         Route("/", views.status),
@@ -171,7 +190,7 @@ def build_app(settings: Settings, credentials: Credentials) -> Starlette:
         Mount("/static", StaticFiles(directory=str(static)), name="static"),
     ]
     middleware = [
-        Middleware(SecurityHeaders),
+        *_proxy_headers(settings.web),
         Middleware(
             SessionMiddleware,
             secret_key=session_secret(),
@@ -180,7 +199,7 @@ def build_app(settings: Settings, credentials: Credentials) -> Starlette:
             same_site="lax",
             https_only=settings.web.tls_certfile is not None,
         ),
-        Middleware(Gate, login_required=credentials.required),
+        Middleware(Gate, login_required=credentials.required, sessions=sessions),
     ]
 
     async def error_page(request: Request, error: Exception) -> Response:
@@ -194,9 +213,54 @@ def build_app(settings: Settings, credentials: Credentials) -> Starlette:
             detail=error.detail,
         )
 
-    return Starlette(
-        routes=routes, middleware=middleware, exception_handlers={HTTPException: error_page}
+    async def failure_page(request: Request, error: Exception) -> Response:
+        """A bug: one line in the log (uvicorn adds the traceback), a plain page for people."""
+        log.error("web.failed", path=request.url.path, error=type(error).__name__)
+        return PlainTextResponse(
+            "Something went wrong on the page's side; its log says what.", status_code=500
+        )
+
+    async def cannot_read(request: Request, error: Exception) -> Response:
+        """Files this process may not read (the page started as the wrong user, or the
+        state folder's permissions changed under it): say so, instead of a bare 500."""
+        log.error("web.cannot_read", error=str(error))
+        return views.render(
+            request,
+            "error.html",
+            status_code=503,
+            here="",
+            status=503,
+            detail=_unreadable(settings, error),
+        )
+
+    handlers: dict[Any, Any] = {
+        HTTPException: error_page,
+        PermissionError: cannot_read,
+        sqlite3.OperationalError: cannot_read,
+        Exception: failure_page,
+    }
+    return Page(routes=routes, middleware=middleware, exception_handlers=handlers)
+
+
+def _unreadable(settings: Settings, error: Exception) -> str:
+    if (denied := state_access_problem(settings.state_dir)) is not None:
+        return denied.with_command(["web"])
+    if isinstance(error, sqlite3.OperationalError):
+        return f"the job database cannot be read ({error}); see the page's log"
+    me = user_name(os.geteuid())
+    return (
+        f"the page (running as user {me}) may not read what it needs: {error}; start it "
+        "as the daemon's user"
     )
+
+
+def _proxy_headers(web: WebSettings) -> list[Middleware]:
+    """Behind a trusted reverse proxy, the client is the one its X-Forwarded-For names (the
+    last address the proxies did not add themselves), and the scheme its X-Forwarded-Proto;
+    from any other peer those headers are ignored."""
+    if not web.trusted_proxies:
+        return []
+    return [Middleware(ProxyHeadersMiddleware, trusted_hosts=list(web.trusted_proxies))]
 
 
 def serve(settings: Settings) -> int:
@@ -206,15 +270,20 @@ def serve(settings: Settings) -> int:
     if removed := remove_stale_uploads(settings.inbox):
         log.info("web.stale_uploads_removed", files=removed)
     web = settings.web
+    protocol = guarded_protocol(
+        web.header_timeout_seconds, ConnectionCount(web.trusted_proxies), SECURITY_HEADERS
+    )
     config: dict[str, Any] = {
         "host": web.host,
         "port": web.port,
         "log_config": None,  # our structlog setup, not uvicorn's
         "access_log": False,  # URLs carry search words and file names: not for the log
         "server_header": False,
-        "proxy_headers": False,  # the client address is the socket's, never a header's
-        "limit_concurrency": 64,
+        # The client address is the socket's; behind [web] trusted_proxies, the app reads
+        # the one the proxy passes (`_proxy_headers`), never from anyone else.
+        "proxy_headers": False,
         "timeout_graceful_shutdown": 5,
+        **uvicorn_options(protocol),
     }
     if web.tls_certfile is not None:
         config |= {"ssl_certfile": str(web.tls_certfile), "ssl_keyfile": str(web.tls_keyfile)}
@@ -228,12 +297,41 @@ def serve(settings: Settings) -> int:
     # uvicorn's start-up chatter adds nothing to web.listening; its warnings and errors stay.
     logging.getLogger("uvicorn").setLevel(logging.WARNING)
     listening = _listen(web.host, web.port)
-    host, port = listening.getsockname()[:2]
-    scheme = "https" if web.tls_certfile is not None else "http"
-    log.info("web.listening", url=f"{scheme}://{_bracketed(host)}:{port}/")
+    _announce(web, listening.getsockname()[1], _dual_stack(listening))
     server = uvicorn.Server(uvicorn.Config(build_app(settings, credentials), **config))
     server.run(sockets=[listening])
     return 0
+
+
+def _dual_stack(listening: socket.socket) -> bool:
+    """An IPv6 socket that takes IPv4 connections too."""
+    if listening.family != socket.AF_INET6:
+        return False
+    return listening.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+
+
+def _announce(web: WebSettings, port: int, dual_stack: bool = True) -> None:
+    """Where to open the page, in the log and on stdout: on all addresses, the URLs other
+    machines (a phone on the LAN) can open, and a warning when a password would cross the
+    network in plain text."""
+    scheme = "https" if web.tls_certfile is not None else "http"
+    here, others = page_urls(scheme, web.host, port, dual_stack)
+    log.info("web.listening", url=here, lan_urls=others)
+    if others:
+        print("The page is open to other machines at:", *others, sep="\n  ", flush=True)
+    elif web.host in WILDCARDS:
+        print(f"No network address found: the page is at {here} on this machine", flush=True)
+    if scheme == "http" and not is_loopback(web.host):
+        log.warning(
+            "web.plain_http",
+            hint="the password and the session cookie cross the network unencrypted: set "
+            "[web] tls_certfile and tls_keyfile, or serve the page through an HTTPS proxy",
+        )
+        print(
+            "Warning: logins here travel over plain HTTP: anyone on the network can read the "
+            "password. Set [web] tls_certfile and tls_keyfile (or use an HTTPS reverse proxy).",
+            flush=True,
+        )
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -251,7 +349,3 @@ def _listen(host: str, port: int) -> socket.socket:
         ) from None
     listening.set_inheritable(True)
     return listening
-
-
-def _bracketed(host: str) -> str:
-    return f"[{host}]" if ":" in host else host

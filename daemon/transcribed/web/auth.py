@@ -11,12 +11,13 @@ import base64
 import getpass
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import stat
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -157,23 +158,110 @@ class RateLimit:
         return events
 
 
-@dataclass
-class LoginGuard:
-    """Failed logins: a few per client address in 15 minutes, and a ceiling for all clients
-    together, so guessing from many addresses is slow too."""
+# Wrong guesses a client may make before it has to wait; then each wait doubles.
+FREE_FAILURES = 5
+FIRST_DELAY_SECONDS = 2.0
+LONGEST_DELAY_SECONDS = 900.0
+_FORGET_FAILURES_AFTER = 86400.0  # a client quiet this long starts afresh
+_CLIENTS_TRACKED = 10_000  # memory bound: the longest-quiet clients are forgotten first
 
-    per_client: RateLimit = field(default_factory=lambda: RateLimit(5, 900.0))
-    everyone: RateLimit = field(default_factory=lambda: RateLimit(50, 900.0))
+
+@dataclass
+class _Failures:
+    count: int = 0
+    last: float = 0.0
+    wait_until: float = 0.0
+
+
+@dataclass
+class LoginThrottle:
+    """Wrong passwords, counted per client (`client_key`): after `FREE_FAILURES`, each further
+    try must wait twice as long as the one before (2 s, 4 s, 8 s … up to 15 minutes). Only the
+    client that guessed waits: there is no ceiling for all clients together, so strangers'
+    guesses from any number of addresses never lock out the person who has the password."""
+
+    clock: Callable[[], float] = time.monotonic
+    _clients: dict[str, _Failures] = field(default_factory=dict)
 
     def retry_after(self, client: str) -> float:
-        return max(self.per_client.retry_after(client), self.everyone.retry_after("*"))
+        """Seconds until `client` may try again; 0 when it may now."""
+        failures = self._clients.get(client)
+        return max(0.0, failures.wait_until - self.clock()) if failures else 0.0
 
-    def failed(self, client: str) -> None:
-        self.per_client.record(client)
-        self.everyone.record("*")
+    def failed(self, client: str) -> float:
+        """Count a wrong guess; returns how long `client` must now wait (0 for a free one)."""
+        now = self.clock()
+        failures = self._clients.pop(client, None)
+        if failures is None or now - failures.last > _FORGET_FAILURES_AFTER:
+            failures = _Failures()
+        failures.count += 1
+        failures.last = now
+        beyond = failures.count - FREE_FAILURES
+        if beyond >= 0:
+            delay = min(LONGEST_DELAY_SECONDS, FIRST_DELAY_SECONDS * 2.0 ** min(beyond, 20))
+            failures.wait_until = now + delay
+        self._clients[client] = failures  # re-inserted: the dict stays in order of last failure
+        while len(self._clients) > _CLIENTS_TRACKED:
+            del self._clients[next(iter(self._clients))]
+        return max(0.0, failures.wait_until - now)
 
     def succeeded(self, client: str) -> None:
-        self.per_client.clear(client)
+        self._clients.pop(client, None)
+
+
+def client_key(host: str) -> str:
+    """Whom a limit counts: the address, except that an IPv6 client counts as its /64 (one
+    machine commonly holds a whole /64 and may pick any address in it)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+def in_networks(host: str, networks: tuple[str, ...]) -> bool:
+    """True when `host` is one of `networks` (addresses or networks, as [web] trusted_proxies)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(net, strict=False) for net in networks)
+
+
+@dataclass
+class Sessions:
+    """The logins this page process opened and has not closed. The signed cookie carries a
+    random session id, and only an id listed here opens the page: logging out ends the session
+    on the server, so a copy of the cookie (one sniffed on plain HTTP) opens nothing after.
+    Kept in memory, like the cookie-signing key: a restart ends every login anyway, and the
+    page writes nothing for it."""
+
+    lifetime_seconds: float
+    clock: Callable[[], float] = time.monotonic
+    limit: int = 1000  # open logins at most; the oldest is closed to make room
+    _expiry: dict[str, float] = field(default_factory=dict)
+
+    def open(self) -> str:
+        now = self.clock()
+        self._expiry = {key: end for key, end in self._expiry.items() if end > now}
+        while len(self._expiry) >= self.limit:
+            del self._expiry[next(iter(self._expiry))]
+        session_id = secrets.token_urlsafe(32)
+        self._expiry[session_id] = now + self.lifetime_seconds
+        return session_id
+
+    def is_open(self, session_id: object) -> bool:
+        if not isinstance(session_id, str):
+            return False
+        return self._expiry.get(session_id, 0.0) > self.clock()
+
+    def close(self, session_id: object) -> None:
+        if isinstance(session_id, str):
+            self._expiry.pop(session_id, None)
 
 
 def csrf_token(session: MutableMapping[str, Any]) -> str:
@@ -190,11 +278,21 @@ def csrf_ok(session: MutableMapping[str, Any], presented: str | None) -> bool:
     return hmac.compare_digest(expected.encode(), presented.encode())
 
 
-def start_session(session: MutableMapping[str, Any]) -> None:
+def start_session(session: MutableMapping[str, Any], sessions: Sessions) -> None:
     """After a login: a fresh session (no fixation) with a fresh CSRF token."""
     session.clear()
-    session[SESSION_USER] = True
+    session[SESSION_USER] = sessions.open()
     csrf_token(session)
+
+
+def end_session(session: MutableMapping[str, Any], sessions: Sessions) -> None:
+    """Logging out: the session is closed on the server, and the cookie emptied."""
+    sessions.close(session.get(SESSION_USER))
+    session.clear()
+
+
+def logged_in(session: Mapping[str, Any], sessions: Sessions) -> bool:
+    return sessions.is_open(session.get(SESSION_USER))
 
 
 class Verdict(Enum):

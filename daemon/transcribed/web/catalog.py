@@ -10,6 +10,7 @@ import json
 import os
 import sqlite3
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -18,12 +19,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from transcribed.files.names import display_name
-from transcribed.output.outbox import PARAGRAPH_PAUSE_SECONDS
-from transcribed.output.search_index import SearchIndex
-from transcribed.output.transcript import join_texts
+from transcribed.logs import get_logger
+from transcribed.output.outbox import txt_paragraphs
+from transcribed.output.search_index import Hit, IndexDamaged, IndexState, SearchIndex
+from transcribed.output.transcript import Segment
 from transcribed.settings import Settings
 from transcribed.state import overview
 from transcribed.state.queue import Job, JobQueue, JobState
+
+log = get_logger(__name__)
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -31,6 +35,11 @@ _MAX_TRANSCRIPT_BYTES = 64 * 1024 * 1024
 _DAY = 86400.0
 LISTED = 1000  # the newest jobs the transcripts list looks through
 FORMATS = ("txt", "json", "srt", "vtt", "tsv")
+REBUILDING = (
+    "The search index is being rebuilt from the transcripts in the outbox; until it is done, "
+    "search may miss some of them."
+)
+_REPAIR_PAUSE_SECONDS = 60.0  # after a repair failed (the folder not writable, say)
 
 
 class NotAvailable(Exception):
@@ -70,10 +79,81 @@ class Listed:
     language: str | None
 
 
+class IndexRepair:
+    """The page's part in the search index's self-repair: a damaged index (or a rebuild cut
+    short) is rebuilt in a background thread, one at a time, while the pages go on without
+    it. The page's unit may write the state folder, where the index lives."""
+
+    def __init__(self, index: SearchIndex, settings: Settings) -> None:
+        self.index = index
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._failed_at = -_REPAIR_PAUSE_SECONDS
+
+    def note(self) -> str | None:
+        """A line for the page while the index cannot be fully used (starting a repair when
+        it needs one); None when it can, or when there is none yet."""
+        state = self.index.state()
+        if state in (IndexState.SOUND, IndexState.MISSING):
+            return None
+        if state is IndexState.DAMAGED or not self.index.rebuilding_elsewhere():
+            self.start()
+        return REBUILDING
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            if time.monotonic() - self._failed_at < _REPAIR_PAUSE_SECONDS:
+                return
+            self._thread = threading.Thread(target=self._run, name="index-repair", daemon=True)
+            self._thread.start()
+
+    def wait(self, timeout: float) -> None:
+        """For tests and shutdown: until the repair running now (if any) ends."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            self.index.repair(self.settings.outbox, self.settings.database)
+        except (OSError, sqlite3.Error) as error:
+            self._failed_at = time.monotonic()
+            log.warning(
+                "search.repair_failed",
+                error=f"{type(error).__name__}: {error}",
+                hint="run `transcribed search --rebuild` as the service's user",
+            )
+
+
 class Catalog:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.search_index = SearchIndex(settings.search_database, read_only=True)
+        self.index_repair = IndexRepair(self.search_index, settings)
+
+    def search(self, query: str) -> tuple[list[Hit], str | None]:
+        """The hits for `query`, and a note when the index is being rebuilt meanwhile."""
+        note = self.index_repair.note()
+        try:
+            return self.search_index.search(query), note
+        except IndexDamaged:  # found by the search itself: deeper than the quick look
+            self.index_repair.start()
+            return [], REBUILDING
+        except sqlite3.OperationalError:  # a fresh file a rebuild has not filled yet
+            return [], note or REBUILDING
+
+    def languages(self) -> dict[int, str | None]:
+        """Each indexed job's main language; none while the index cannot be read."""
+        try:
+            return self.search_index.known_jobs()
+        except IndexDamaged:
+            self.index_repair.start()
+        except sqlite3.Error:
+            pass
+        return {}
 
     @contextmanager
     def jobs(self) -> Iterator[JobQueue]:
@@ -108,7 +188,7 @@ class Catalog:
         self, folder: str | None, language: str | None, state: JobState | None
     ) -> list[Listed]:
         """The newest jobs, filtered: folder '' is the inbox's top level."""
-        languages = self.search_index.known_jobs()
+        languages = self.languages()
         with self.jobs() as jobs:
             rows = jobs.listing(state, LISTED)
         listed = [
@@ -188,16 +268,20 @@ def _folder(job: Job) -> str:
     return display_name(os.path.dirname(job.relpath))
 
 
-def paragraphs(data: dict[str, Any]) -> list[str]:
-    """The transcript's text in paragraphs, split where the speaker paused (as the .txt)."""
-    found: list[list[str]] = [[]]
-    for segment in segments(data):
-        if not segment["text"]:
-            continue
-        if segment["pause_before"] >= PARAGRAPH_PAUSE_SECONDS and found[-1]:
-            found.append([])
-        found[-1].append(segment["text"])
-    return [join_texts(texts) for texts in found if texts]
+def paragraphs(data: dict[str, Any]) -> list[tuple[str | None, str]]:
+    """The transcript's paragraphs as the .txt has them: (the speaker label it starts with,
+    or None; its text), by the outbox's own rule."""
+    return txt_paragraphs(
+        Segment(
+            start=shown["start"],
+            end=shown["end"],
+            text=shown["text"],
+            language=shown["language"],
+            pause_before=shown["pause_before"],
+            speaker=shown["speaker"],
+        )
+        for shown in segments(data)
+    )
 
 
 def segments(data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -218,6 +302,7 @@ def segments(data: dict[str, Any]) -> list[dict[str, Any]]:
                 "end": _number(raw.get("end")),
                 "text": str(raw.get("text") or ""),
                 "language": _text(raw.get("language")),
+                "speaker": _text(raw.get("speaker")),
                 "pause_before": _number(raw.get("pause_before")),
                 "no_speech": bool(raw.get("no_speech")),
                 "truncated": bool(raw.get("truncated")),

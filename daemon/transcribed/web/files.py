@@ -3,12 +3,14 @@ ranges (the player seeks with them). Each takes a descriptor `web_catalog` opene
 it with pread and closes it when the response is done or abandoned."""
 
 import os
+import re
 from collections.abc import Iterator
 from urllib.parse import quote
 
 from starlette.responses import Response, StreamingResponse
 
 _BLOCK = 256 * 1024
+_NOT_PLAIN_ASCII = re.compile(r'[^\x20-\x7e]|["\\%;]')
 TEXT_TYPES = {
     "txt": "text/plain; charset=utf-8",
     "json": "application/json; charset=utf-8",
@@ -62,8 +64,12 @@ def playable(fd: int, suffix: str, range_header: str | None) -> Response:
 
 
 def _disposition(name: str) -> str:
-    ascii_name = name.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_")
-    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
+    """`filename=` for old clients: printable ASCII only (a control character in a header
+    makes the server drop the connection); `filename*` (RFC 5987): the real name in UTF-8,
+    bytes that are not UTF-8 (surrogates from the file system) replaced by U+FFFD."""
+    fallback = _NOT_PLAIN_ASCII.sub("_", name) or "transcript"
+    real = "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(real, safe='')}"
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:

@@ -6,6 +6,7 @@ Every POST checks the session's CSRF token first. Templates escape everything th
 file names, reasons and transcript text are all untrusted.
 """
 
+import math
 import os
 import sqlite3
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
+import anyio
 import jinja2
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -32,12 +34,15 @@ from transcribed.settings import Settings
 from transcribed.state import overview
 from transcribed.state.queue import Job, JobState
 from transcribed.web.auth import (
-    SESSION_USER,
     Credentials,
-    LoginGuard,
+    LoginThrottle,
     RateLimit,
+    Sessions,
+    client_key,
     csrf_ok,
     csrf_token,
+    end_session,
+    logged_in,
     start_session,
 )
 from transcribed.web.catalog import (
@@ -62,6 +67,8 @@ log = get_logger(__name__)
 _FORM_BYTES = 64 * 1024  # logins and buttons: nothing larger is a real form
 _FOLLOWED = 20  # recordings one follow page tracks
 _FINAL = (JobState.DONE, JobState.FAILED)
+LISTED_ON_STATUS = 50  # queued (and waiting) files the status page names; the rest are counted
+_LARGEST_ID = 2**63 - 1  # SQLite's largest integer: a larger id names no job
 
 
 @dataclass
@@ -69,8 +76,9 @@ class Views:
     settings: Settings
     credentials: Credentials
     templates: jinja2.Environment
+    sessions: Sessions
     catalog: Catalog = field(init=False)
-    logins: LoginGuard = field(default_factory=LoginGuard)
+    logins: LoginThrottle = field(default_factory=LoginThrottle)
     uploads: RateLimit = field(init=False)
 
     def __post_init__(self) -> None:
@@ -88,7 +96,7 @@ class Views:
         flashes = [] if template.startswith("_") else request.session.pop("flash", [])
         html = page.render(
             csrf=csrf_token(request.session),
-            logged_in=bool(request.session.get(SESSION_USER)),
+            logged_in=logged_in(request.session, self.sessions),
             login_required=self.credentials.required,
             flashes=flashes if isinstance(flashes, list) else [],
             **context,
@@ -115,7 +123,12 @@ class Views:
                 request, "status.html", here="status", report=None, note=str(missing)
             )
         return self.live_or_page(
-            request, "status.html", "_status.html", here="status", report=report, note=None
+            request,
+            "status.html",
+            "_status.html",
+            here="status",
+            report=_bounded(report, ("queued", "waiting"), LISTED_ON_STATUS),
+            note=None,
         )
 
     # --- transcripts ----------------------------------------------------------------------
@@ -151,6 +164,7 @@ class Views:
     def job(self, request: Request) -> Response:
         job = self._job(request)
         context: dict[str, Any] = {"here": "transcripts", "job": job, "name": _name(job)}
+        context["same_as"] = self._same_recording(job)
         context |= self._transcript_context(job)
         context["original"] = self.catalog.has_original(job)
         return self.live_or_page(request, "job.html", "_job_state.html", **context)
@@ -191,7 +205,7 @@ class Views:
 
     async def retry(self, request: Request) -> Response:
         await self.checked_form(request)
-        job_id = int(request.path_params["job"])
+        job_id = _job_id(request)
         since = time.time()
         try:
             target = overview.retry(overview.open_queue(self.settings), self.settings.inbox, job_id)
@@ -205,15 +219,35 @@ class Views:
 
     def _job(self, request: Request) -> Job:
         try:
-            return self.catalog.job(int(request.path_params["job"]))
+            return self.catalog.job(_job_id(request))
         except (KeyError, NotAvailable):
             raise HTTPException(404, "no such job") from None
+
+    def _same_recording(self, job: Job) -> dict[str, Any] | None:
+        """For a copy of a recording dropped before: that one's name, whether it had this
+        name too (the copy then adds nothing), and the job whose transcript to open (the
+        copy's own when it has one)."""
+        original: Job | None = None
+        if job.duplicate_of is not None:
+            try:
+                original = self.catalog.job(job.duplicate_of)
+            except (KeyError, NotAvailable, sqlite3.Error):
+                original = None
+        name = _name(original) if original is not None else self._reused_from(job)
+        if name is None:
+            return None
+        return {
+            "name": name,
+            "job": original.id if original is not None else None,
+            "same_name": original is not None and original.relpath == job.relpath,
+            "transcript": job.id if job.outputs else (original.id if original else None),
+        }
 
     # --- search ---------------------------------------------------------------------------
 
     def search(self, request: Request) -> Response:
         query = request.query_params.get("q", "").strip()[:200]
-        hits = self.catalog.search_index.search(query) if query else []
+        hits, note = self.catalog.search(query) if query else ([], self.catalog.index_repair.note())
         terms = query_terms(query)
         groups: dict[tuple[int | None, str], list[Any]] = {}
         linked: dict[tuple[int | None, str], bool] = {}
@@ -233,6 +267,7 @@ class Views:
             groups=groups,
             count=len(hits),
             indexed=self.catalog.search_index.path.exists(),
+            note=note,
         )
 
     def _still_published(self, hit: Hit) -> bool:
@@ -265,7 +300,7 @@ class Views:
         client = _client(request)
         try:
             folder, name = self._upload_target(request)
-            self._admit_upload(request, client)
+            self._admit_upload(request, client_key(client))
             since = time.time()
             relpath, size = await receive(
                 request.stream(),
@@ -340,7 +375,7 @@ class Views:
                 "job": job,
                 "final": job.state in _FINAL,
                 "percent": _percent(job),
-                "reused_from": self._reused_from(job),
+                "same_as": self._same_recording(job),
             }
         card["in_inbox"] = self._still_in_inbox(relpath)
         return card
@@ -377,38 +412,39 @@ class Views:
     async def login(self, request: Request) -> Response:
         form = await self.checked_form(request)
         client = _client(request)
-        wait = self.logins.retry_after(client)
-        if wait:
+        if wait := self.logins.retry_after(client_key(client)):
             log.warning("web.login_refused", client=client, retry_in=round(wait))
-            response = self.render(
-                request,
-                "login.html",
-                status_code=429,
-                here="login",
-                next=_local(form.get("next")),
-                error=f"Too many failed logins. Try again in {clock(wait)}.",
-            )
-            response.headers["Retry-After"] = str(int(wait) + 1)
-            return response
+            return self._login_again(request, form, 429, _wait_line(wait), wait)
         if not self.credentials.check(form.get("password", "")):
-            self.logins.failed(client)
-            log.warning("web.login_failed", client=client)
-            return self.render(
-                request,
-                "login.html",
-                status_code=401,
-                here="login",
-                next=_local(form.get("next")),
-                error="That is not the password or the access token.",
-            )
-        self.logins.succeeded(client)
-        start_session(request.session)
+            wait = self.logins.failed(client_key(client))
+            log.warning("web.login_failed", client=client, retry_in=round(wait))
+            error = "That is not the password or the access token."
+            if wait:
+                error += " " + _wait_line(wait)
+            return self._login_again(request, form, 401, error, wait)
+        self.logins.succeeded(client_key(client))
+        start_session(request.session, self.sessions)
         log.info("web.login", client=client)
         return RedirectResponse(_local(form.get("next")), status_code=303)
 
+    def _login_again(
+        self, request: Request, form: dict[str, str], status: int, error: str, wait: float
+    ) -> Response:
+        response = self.render(
+            request,
+            "login.html",
+            status_code=status,
+            here="login",
+            next=_local(form.get("next")),
+            error=error,
+        )
+        if wait:
+            response.headers["Retry-After"] = str(int(wait) + 1)
+        return response
+
     async def logout(self, request: Request) -> Response:
         await self.checked_form(request)
-        request.session.clear()
+        end_session(request.session, self.sessions)
         return RedirectResponse("/login" if self.credentials.required else "/", status_code=303)
 
     async def checked_form(self, request: Request) -> dict[str, str]:
@@ -418,19 +454,53 @@ class Views:
             "",
         ):
             raise HTTPException(415, "send the form as the page does")
-        body = b""
-        async for block in request.stream():
-            body += block
-            if len(body) > _FORM_BYTES:
-                raise HTTPException(413, "form too large")
+        body = await self._small_body(request)
         form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
         if not csrf_ok(request.session, form.get("csrf")):
             raise HTTPException(403, "the page's security token is missing or stale: reload")
         return form
 
+    async def _small_body(self, request: Request) -> bytes:
+        """A form's body, which must arrive within the header deadline as its header did: a
+        client sending it a byte at a time would otherwise hold its connection for ever."""
+        body = b""
+        with anyio.move_on_after(self.settings.web.header_timeout_seconds) as deadline:
+            async for block in request.stream():
+                body += block
+                if len(body) > _FORM_BYTES:
+                    raise HTTPException(413, "form too large")
+        if deadline.cancelled_caught:
+            raise HTTPException(408, "the form took too long to arrive: send it again")
+        return body
+
 
 def _name(job: Job) -> str:
     return display_name(os.path.basename(job.relpath))
+
+
+def _job_id(request: Request) -> int:
+    """The job id in the path; 404 for one no job can have (the route takes digits only)."""
+    job_id = int(request.path_params["job"])
+    if not 0 < job_id <= _LARGEST_ID:
+        raise HTTPException(404, "no such job")
+    return job_id
+
+
+def _bounded(report: dict[str, Any], keys: tuple[str, ...], shown: int) -> dict[str, Any]:
+    """The report with at most `shown` items in each list of `keys`, and `<key>_more`: how
+    many were left out (the page stays small, whatever the backlog)."""
+    bounded = dict(report)
+    for key in keys:
+        items = report.get(key) or []
+        bounded[key] = items[:shown]
+        bounded[f"{key}_more"] = max(0, len(items) - shown)
+    return bounded
+
+
+def _wait_line(wait: float) -> str:
+    """Rounded up: 1.2 s left reads "0:02", never "0:00"."""
+    seconds = max(1, math.ceil(wait))
+    return f"Too many failed logins from this address: try again in {clock(seconds)}."
 
 
 def _percent(job: Job) -> int | None:

@@ -70,7 +70,10 @@
     const status = document.querySelector(".copied");
     let text;
     if (button.dataset.copyTarget) {
-      text = document.querySelector(button.dataset.copyTarget).innerText;
+      // As the .txt has it: the paragraphs a blank line apart, a newline at the end.
+      const target = document.querySelector(button.dataset.copyTarget);
+      const paragraphs = [...target.querySelectorAll("[data-paragraph]")].map((p) => p.textContent);
+      text = paragraphs.length ? paragraphs.join("\n\n") + "\n" : "";
     } else {
       const response = await fetch(button.dataset.copyUrl, { credentials: "same-origin" });
       text = await response.text();
