@@ -293,3 +293,42 @@ def test_a_long_streamed_call_that_progresses_is_not_taken_for_a_hung_one() -> N
         thread.join(5)
     assert len(model.loops) < 6 and time.monotonic() - started > 0.5  # long calls
     assert max(seen) < 0.3, max(seen)
+
+
+class Gated(Streaming):
+    """A row engine that, after its first rows, waits for `gate` before it takes more."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started, self.gate = threading.Event(), threading.Event()
+        self.seen: list[float] = []
+
+    def run_rows(self, feed, should_stop) -> None:
+        taken = 0
+        while rows := feed.take(self.ceiling):
+            taken += len(rows)
+            self.seen += [float(row.audio[0]) for row in rows]
+            self.started.set()
+            self.gate.wait(10)
+            for row in rows:
+                feed.done(row, ChunkText(f"chunk {float(row.audio[0]):g}", None, False))
+        self.loops.append(taken)
+
+
+def test_chunks_sent_one_at_a_time_join_a_running_decode_loop_and_called_off_ones_do_not() -> None:
+    """The window's `submit` into the streamed decode loop: a chunk sent while the loop runs
+    is one of its rows, and one cancelled before the loop takes it never reaches the model."""
+    model = Gated()
+    shared, stop, thread = serving(model)
+    try:
+        with shared.job():
+            first = shared.submit(labelled(1))
+            assert model.started.wait(10)
+            dropped, kept = shared.submit(labelled(2)), shared.submit(labelled(3))
+            assert dropped.cancel()
+            model.gate.set()
+            assert first.result(10).text == "chunk 1" and kept.result(10).text == "chunk 3"
+    finally:
+        stop.set()
+        thread.join(5)
+    assert model.seen == [1, 3] and model.loops == [2] and not model.calls
