@@ -44,3 +44,15 @@ def test_starting_a_command_imports_no_model_stack() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == ""
+
+
+def test_help_names_the_docs_pages_and_each_exists() -> None:
+    """`transcribed --help` ends with where the long answers are; a page renamed or removed
+    would send the reader nowhere."""
+    shown = build_parser().format_help()
+    pages = [
+        line.split()[0] for line in shown.splitlines() if line.startswith("  ") and ".md" in line
+    ]
+    assert "docs/service.md" in pages and "docs/failures.md" in pages
+    project = Path(__file__).parents[2]
+    assert [page for page in pages if not (project / page).is_file()] == []

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Folders
-from support.engine_servers import make_certificates
+from support.engine_servers import OddServer, answers, make_certificates, response
 from support.vllm_server import FakeVllm, TinyModel
 from transcribed.commands.doctor import Finding, diagnose
 from transcribed.host import isolation
@@ -78,3 +78,28 @@ def test_a_wrong_key_an_unpinned_ca_and_an_open_network_fail(
     assert [(f.check, f.level) for f in findings if f.check == "network"] == [("network", "fail")]
     unpinned = _engine_findings(folders, servers, vllm_ca_file=None)
     assert "TLS certificate is not valid" in str([f.message for f in unpinned])
+
+
+@pytest.mark.parametrize(
+    "listing",
+    [
+        response(b"<html>It works!</html>", headers={"Content-Type": "text/html"}),
+        response(b"garbage", headers={"Content-Encoding": "gzip"}),
+    ],
+)
+def test_a_server_answering_something_else_is_a_finding_not_a_traceback(
+    folders: Folders, listing: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found on main: a 200 that is not JSON (or not decodable) crashed `doctor`."""
+    monkeypatch.setattr(isolation, "probe", lambda address: errno.EPERM)
+    odd = OddServer().start()
+    odd.listing = answers(listing)
+    (folders.state / "urls").write_text(odd.url)
+    (folders.state / "api.key").write_text("k3y\n")
+    (folders.state / "api.key").chmod(0o600)
+    try:
+        findings = _engine_findings(folders, folders.state, vllm_ca_file=None)
+    finally:
+        odd.stop()
+    [server] = [f for f in findings if f.check == "engine" and odd.url in f.message]
+    assert server.level == "fail"

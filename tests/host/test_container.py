@@ -14,6 +14,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,10 +96,14 @@ def service_venv() -> Path:
     (site / "dependencies.pth").write_text(DEPENDENCIES + "\n")
     ignore = shutil.ignore_patterns("__pycache__")
     shutil.copytree(PROJECT / "daemon" / "transcribed", site / "transcribed", ignore=ignore)
-    script = venv / "bin" / "transcribed"  # what pip makes of [project.scripts]
+    # What pip makes of [project.scripts]; the decoder child imports it, hence the guard.
+    module, _, function = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"][
+        "scripts"
+    ]["transcribed"].partition(":")
+    script = venv / "bin" / "transcribed"
     script.write_text(
-        f"#!{venv}/bin/python\nimport sys\nfrom transcribed.cli import main\n"
-        'if __name__ == "__main__":\n    sys.exit(main())\n'  # the decoder child imports it
+        f"#!{venv}/bin/python\nimport sys\nfrom {module} import {function}\n"
+        f'if __name__ == "__main__":\n    sys.exit({function}())\n'
     )
     script.chmod(0o755)
     return venv

@@ -3,6 +3,7 @@ exactly its own results back; an out-of-memory batch is halved and nothing fails
 
 import threading
 import time
+from concurrent.futures import Future
 
 import numpy as np
 import pytest
@@ -98,6 +99,49 @@ def test_a_chunk_that_breaks_a_merged_call_fails_only_its_own_job() -> None:
         thread.join(5)
     assert isinstance(results[2], RuntimeError)
     assert results[1] == ["chunk 101", "chunk 102"] and results[3] == ["chunk 301"]
+
+
+def test_chunks_sent_one_at_a_time_by_several_recordings_share_calls() -> None:
+    """`submit` (the pipeline's window): each chunk as it is cut, merged with the chunks every
+    other recording has waiting, and each answer back to its own Future."""
+    model = Recording()
+    shared, stop, thread = serving(model)
+    answers: dict[int, list[Future[ChunkText]]] = {}
+
+    def job(number: int) -> None:
+        with shared.job():
+            answers[number] = [shared.submit(labelled(number * 100 + i)) for i in range(6)]
+            for answer in answers[number]:
+                answer.result(10)
+
+    threads = [threading.Thread(target=job, args=(number,)) for number in (1, 2, 3)]
+    try:
+        for each in threads:
+            each.start()
+        for each in threads:
+            each.join(30)
+    finally:
+        stop.set()
+        thread.join(5)
+    for number, sent in answers.items():
+        assert [a.result().text for a in sent] == [f"chunk {number * 100 + i}" for i in range(6)]
+    assert shared.merged_calls > 0 and max(model.calls) > 1
+
+
+def test_a_chunk_called_off_before_the_model_takes_it_is_dropped() -> None:
+    model = Recording()
+    stop = threading.Event()
+    shared = SharedRecognizer(model, stop)  # no model thread yet: nothing is taken
+    dropped, kept = shared.submit(labelled(1)), shared.submit(labelled(2))
+    assert dropped.cancel()
+    thread = threading.Thread(target=shared.serve)
+    thread.start()
+    try:
+        assert kept.result(10).text == "chunk 2"
+    finally:
+        stop.set()
+        thread.join(5)
+    assert model.calls == [1]
 
 
 def test_stopping_ends_waiting_jobs_with_shutdown_not_an_error() -> None:
@@ -249,3 +293,42 @@ def test_a_long_streamed_call_that_progresses_is_not_taken_for_a_hung_one() -> N
         thread.join(5)
     assert len(model.loops) < 6 and time.monotonic() - started > 0.5  # long calls
     assert max(seen) < 0.3, max(seen)
+
+
+class Gated(Streaming):
+    """A row engine that, after its first rows, waits for `gate` before it takes more."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started, self.gate = threading.Event(), threading.Event()
+        self.seen: list[float] = []
+
+    def run_rows(self, feed, should_stop) -> None:
+        taken = 0
+        while rows := feed.take(self.ceiling):
+            taken += len(rows)
+            self.seen += [float(row.audio[0]) for row in rows]
+            self.started.set()
+            self.gate.wait(10)
+            for row in rows:
+                feed.done(row, ChunkText(f"chunk {float(row.audio[0]):g}", None, False))
+        self.loops.append(taken)
+
+
+def test_chunks_sent_one_at_a_time_join_a_running_decode_loop_and_called_off_ones_do_not() -> None:
+    """The window's `submit` into the streamed decode loop: a chunk sent while the loop runs
+    is one of its rows, and one cancelled before the loop takes it never reaches the model."""
+    model = Gated()
+    shared, stop, thread = serving(model)
+    try:
+        with shared.job():
+            first = shared.submit(labelled(1))
+            assert model.started.wait(10)
+            dropped, kept = shared.submit(labelled(2)), shared.submit(labelled(3))
+            assert dropped.cancel()
+            model.gate.set()
+            assert first.result(10).text == "chunk 1" and kept.result(10).text == "chunk 3"
+    finally:
+        stop.set()
+        thread.join(5)
+    assert model.seen == [1, 3] and model.loops == [2] and not model.calls

@@ -1,91 +1,203 @@
-"""With an engine of many servers, a recording's next batch is decoded while its last one is
-with the servers; results stay in order and the same as one batch at a time."""
+"""A recording keeps a window of chunks in flight (issue 24): each chunk goes out as soon as it
+is cut, the next as soon as one returns, never more than the window at once; decoding goes
+on meanwhile, and the transcript is the same, in order, however the answers arrive."""
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, InvalidStateError
 
 import numpy as np
+import pytest
 
+from transcribed.audio.chunking import plan_chunks
+from transcribed.errors import ShutdownRequested
 from transcribed.model.pipeline import transcribe_stream
 from transcribed.output.transcript import ChunkText, ModelInfo, SourceInfo
 
 RATE = 16000
 
 
-class SlowServers:
-    """A narrow fake `Recognizer`: each call takes 0.3 s; notes what happened when."""
+class Servers:
+    """A narrow fake `StreamingRecognizer`: the n-th chunk sent is answered on a timer thread
+    after `delay(n)` seconds, with a text made from its samples; notes what happened when."""
 
     info = ModelInfo("servers", "vllm", "auto")
     batch_size = 2
 
-    def __init__(self, concurrent: bool) -> None:
-        self.concurrent = concurrent
+    def __init__(self, window: int = 2, delay: object = lambda label: 0.2) -> None:
+        self._window = window
+        self.delay = delay
         self.log: list[str] = []
+        self.out = 0
+        self.most_out = 0
+        self.samples_sent = 0
         self._lock = threading.Lock()
 
-    def transcribe(self, chunks, language=None, context=None, should_stop=lambda: False):
-        self._note(f"call {len(chunks)}")
-        time.sleep(0.3)
-        self._note("answered")
-        return [ChunkText(f"n{round(float(c[0]) * 1000)}", "en", False) for c in chunks]
+    @property
+    def window(self) -> int:
+        return self._window
 
-    def _note(self, what: str) -> None:
+    def submit(
+        self, chunk: np.ndarray, language: str | None = None, context: str | None = None
+    ) -> "Future[ChunkText]":
+        answer: Future[ChunkText] = Future()
+        with self._lock:
+            number = sum(line.startswith("sent") for line in self.log)
+            self.out += 1
+            self.most_out = max(self.most_out, self.out)
+            self.samples_sent += len(chunk)
+            self.log.append(f"sent #{number}")
+
+        def answered() -> None:
+            with self._lock:
+                self.out -= 1
+                self.log.append(f"answered #{number}")
+            with contextlib.suppress(InvalidStateError):  # called off meanwhile
+                answer.set_result(_text(chunk))
+
+        timer = threading.Timer(self.delay(number), answered)  # type: ignore[operator]
+        timer.daemon = True
+        timer.start()
+        return answer
+
+    def transcribe(self, chunks, language=None, context=None, should_stop=lambda: False):
+        raise AssertionError("a streaming recognizer gets chunks one at a time")
+
+    def note(self, what: str) -> None:
         with self._lock:
             self.log.append(what)
 
 
-def _blocks(model: SlowServers) -> Iterator[np.ndarray]:
-    """Eight 5-second chunks' worth of audio, one chunk a block, each marked by its value."""
-    for index in range(8):
-        model._note(f"decoded {index}")
+class Lists:
+    """The same answers from a recognizer that only takes lists, on the caller's thread."""
+
+    info = ModelInfo("lists", "cpu", "float32")
+    batch_size = 3
+
+    def transcribe(self, chunks, language=None, context=None, should_stop=lambda: False):
+        return [_text(chunk) for chunk in chunks]
+
+
+def _text(chunk: np.ndarray) -> ChunkText:
+    return ChunkText(f"n{round(float(np.abs(chunk).max()) * 1000)}-{len(chunk)}", "en", False)
+
+
+def _blocks(model: object, count: int = 8) -> Iterator[np.ndarray]:
+    """`count` 5-second chunks' worth of audio, one chunk a block, each marked by its value."""
+    for index in range(count):
+        if isinstance(model, Servers):
+            model.note(f"decoded {index}")
         block = np.full(5 * RATE, 0.05 + index / 1000, np.float32)
         block[::7] *= -1  # not silent
         yield block
 
 
-def _run(model: SlowServers) -> list[tuple[float, float, str]]:
+def _run(model: object, count: int = 8, **options: object) -> list[tuple[float, float, str]]:
     transcript = transcribe_stream(
-        _blocks(model), SourceInfo("a.wav", "0" * 64, 1), model, chunk_seconds=5, language=None
+        _blocks(model, count),
+        SourceInfo("a.wav", "0" * 64, 1),
+        model,  # type: ignore[arg-type]
+        chunk_seconds=5,
+        language=None,
+        **options,  # type: ignore[arg-type]
     )
     return [(s.start, s.end, s.text) for s in transcript.segments]
 
 
-def test_decoding_goes_on_while_a_batch_is_with_the_servers() -> None:
-    overlapped, serial = SlowServers(concurrent=True), SlowServers(concurrent=False)
-    assert _run(overlapped) == _run(serial)
-    first_answer = overlapped.log.index("answered")
-    assert overlapped.log.index("decoded 3") < first_answer  # the next batch, meanwhile
-    assert serial.log.index("decoded 3") > serial.log.index("answered")
+def test_decoding_goes_on_while_chunks_are_out_and_the_window_is_kept() -> None:
+    servers = Servers(window=3)
+    assert _run(servers) == _run(Lists())
+    assert servers.log.index("decoded 2") < servers.log.index("answered #0")
+    assert servers.most_out == 3
 
 
-class ChangingShare(SlowServers):
-    """The vLLM engine's batch size changes as other recordings start and end: here, on
-    every read."""
+def test_the_next_chunk_goes_out_as_soon_as_one_returns_not_when_all_have() -> None:
+    """Found on main: a recording sent a batch and waited for its slowest chunk."""
+    slow_first = Servers(window=2, delay=lambda number: 1.0 if number == 0 else 0.05)
+    _run(slow_first, count=6)
+    log = slow_first.log
+    assert log.index("sent #2") < log.index("answered #0")  # #1 returned: #2 went out
+    assert log.index("sent #3") < log.index("answered #0")
+
+
+def test_answers_out_of_order_make_the_same_transcript_in_order() -> None:
+    backwards = Servers(window=8, delay=lambda number: 0.05 * (8 - number))
+    assert _run(backwards) == _run(Lists())
+    assert backwards.log.index("answered #7") < backwards.log.index("answered #0")
+
+
+class ChangingWindow(Servers):
+    """The vLLM engine's window changes as other recordings start and end: here, on every
+    read."""
 
     def __init__(self) -> None:
-        super().__init__(concurrent=True)
+        super().__init__(delay=lambda number: 0.02 * (number % 3))
         self._sizes = iter([3, 1, 4, 2, 5, 1, 3] * 10)
 
-    @property  # type: ignore[override]
-    def batch_size(self) -> int:
+    @property
+    def window(self) -> int:
         return next(self._sizes)
 
 
-def test_a_batch_size_that_changes_mid_batch_sends_every_chunk_once() -> None:
-    """Chunks arriving several at a time (the diarizer's steps do): none lost, none twice."""
+def test_a_window_that_changes_sends_every_chunk_once() -> None:
+    changing = ChangingWindow()
+    assert _run(changing, count=12) == _run(Lists(), count=12)
+    assert changing.samples_sent == 12 * 5 * RATE  # every sample once
 
-    def run(model: SlowServers) -> list[tuple[float, float, str]]:
-        blocks = []
-        for index in range(4):
-            block = np.full(15 * RATE, 0.05 + index / 1000, np.float32)
-            block[::7] *= -1  # not silent
-            blocks.append(block)
-        transcript = transcribe_stream(
-            iter(blocks), SourceInfo("a.wav", "0" * 64, 1), model, chunk_seconds=5, language=None
-        )
-        return [(s.start, s.end, s.text) for s in transcript.segments]
 
-    steady = run(SlowServers(concurrent=False))
-    assert len(steady) >= 12  # 60 s in chunks of at most 5 s
-    assert run(ChangingShare()) == steady
+def test_a_truncated_answer_is_sent_again_in_halves_meanwhile() -> None:
+    class Truncating(Servers):
+        def submit(self, chunk, language=None, context=None):
+            if len(chunk) < 20 * RATE:
+                return super().submit(chunk, language, context)
+            answer: Future[ChunkText] = Future()
+            answer.set_result(ChunkText("cut off", "en", truncated=True))
+            self.note(f"sent whole {len(chunk)}")
+            return answer
+
+    model = Truncating(window=4)
+    audio = np.full(30 * RATE, 0.05, np.float32)
+    audio[::7] *= -1  # not silent
+    halves = plan_chunks(audio, RATE, 15 + 1)
+    transcript = transcribe_stream(
+        iter([audio]),
+        SourceInfo("a.wav", "0" * 64, 1),
+        model,
+        chunk_seconds=30,
+        language=None,
+    )
+    assert [s.text for s in transcript.segments] == [_text(audio[a:b]).text for a, b in halves]
+    assert not any(s.truncated for s in transcript.segments)
+    assert transcript.segments[0].end == transcript.segments[1].start
+
+
+def test_a_failed_chunk_fails_the_recording_and_the_rest_is_called_off() -> None:
+    class Failing(Servers):
+        def __init__(self) -> None:
+            super().__init__(window=4, delay=lambda number: 0.3)
+            self.answers: list[Future[ChunkText]] = []
+
+        def submit(self, chunk, language=None, context=None):
+            if len(self.answers) == 1:
+                answer: Future[ChunkText] = Future()
+                answer.set_exception(RuntimeError("every server rejected it"))
+                return answer
+            self.answers.append(super().submit(chunk, language, context))
+            return self.answers[-1]
+
+    failing = Failing()
+    with pytest.raises(RuntimeError, match="every server rejected it"):
+        _run(failing)
+    assert failing.answers[0].cancelled()  # still out when #1 failed: not waited for
+
+
+def test_a_stop_while_chunks_are_out_ends_the_wait() -> None:
+    forever = Servers(window=2, delay=lambda number: 60.0)
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(ShutdownRequested):
+        _run(forever, should_stop=stop.is_set)
+    assert time.monotonic() - started < 5

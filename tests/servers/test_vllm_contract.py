@@ -173,7 +173,9 @@ def test_answers_parse_and_carry_what_the_daemon_needs(
         chunks = [_pcm16_noise(seconds, seed) for seed, seconds in enumerate([2.0, 6.5, 0.8])]
         detected = engine.transcribe(chunks)
         forced = engine.transcribe(chunks[:1], language="de", context="Haushalt, Quartal")
-        answer = engine.pool.submit("/v1/chat/completions", engine.request(chunks[0], None, None))
+        answer = engine.pool.submit(
+            "/v1/chat/completions", engine.request(chunks[0], None, None), lambda raw: raw
+        )
         raw = answer.result(timeout=120)
     finally:
         engine.pool.close()

@@ -61,29 +61,30 @@ def test_key_and_ca_files_are_checked_and_the_key_never_shown(tmp_path: Path) ->
     assert "s3cret" not in repr(made) and made.api_key == "s3cret"  # type: ignore[attr-defined]
 
 
-def test_each_recording_sends_enough_to_keep_every_server_full() -> None:
+def test_each_recording_keeps_enough_in_flight_to_keep_every_server_full() -> None:
     two = ModelSettings(engine="vllm", vllm_servers=["https://a:1", "https://b:1"])
-    assert recording_batch(two, jobs_at_once=4) == 64  # 2 x 2 servers x 64 / 4 recordings
+    assert recording_batch(two, jobs_at_once=4) == 48  # 1.5 x 2 servers x 64 / 4 recordings
     assert recording_batch(two.model_copy(update={"batch_size": 100}), 4) == 100
     eight = two.model_copy(update={"vllm_servers": [f"https://s{n}:1" for n in range(8)]})
-    assert recording_batch(eight, jobs_at_once=1) == 256  # at most
+    assert recording_batch(eight, jobs_at_once=1) == 768  # all of it, for one recording
 
 
 def test_the_last_recordings_of_a_backlog_take_the_whole_share() -> None:
-    """Fewer recordings running: each sends more at once, so the servers stay full to the end."""
+    """Fewer recordings running: each keeps more in flight, so the servers stay full to the
+    end."""
     two = ModelSettings(engine="vllm", vllm_servers=["https://a:1", "https://b:1"])
     pool = ServerPool(pool_settings(two))  # not started: no server is asked anything
     engine = RemoteEngine(pool, recording_batch(two, 4), threading.Event())
     with contextlib.ExitStack() as running:
         for _ in range(4):
             running.enter_context(engine.job())
-        assert engine.batch_size == 64  # 256 in flight wanted, 4 recordings
+        assert engine.window == 48  # 192 in flight wanted, 4 recordings
         running.enter_context(engine.job())
-        assert engine.batch_size == 64  # never below the share of a full house
+        assert engine.window == 48  # never below the share of a full house
     with engine.job(), engine.job():
-        assert engine.batch_size == 128
+        assert engine.window == 96
     with engine.job():
-        assert engine.batch_size == 256
+        assert engine.window == 192
     pool.close()
 
 

@@ -224,14 +224,15 @@ VERB = Verb(
         argument(
             "--simulate-servers",
             metavar="K,K,…",
-            help="measure the dispatcher instead: simulated vLLM servers (no GPU, no CPU), "
-            "e.g. 1,2,4,8; reports how busy the daemon keeps them",
+            help="measure the dispatcher instead: K stand-in vLLM servers (each its own "
+            "process, next to no CPU), e.g. 1,2,4,8; reports what the daemon achieves with "
+            "them beside its own ceiling (stand-ins of unbounded capacity)",
         ),
         argument(
             "--server-speed",
             type=float,
             default=5.0,
-            help="each simulated request's speed in audio seconds per second (5: a 30 s chunk "
+            help="each stand-in request's speed in audio seconds per second (5: a 30 s chunk "
             "takes 6 s; capacity = speed x vllm_max_in_flight)",
         ),
         argument("--scratch", type=Path, help="folder for the backlog (default: a temp one)"),

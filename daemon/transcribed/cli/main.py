@@ -72,12 +72,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+# Where the long answers are: the pages of the checkout (/opt/transcribed/ under the system
+# unit), named as the units' Documentation= lines name them.
+DOCUMENTATION = """\
+Documentation, in the checkout (/opt/transcribed/ under the system unit):
+  README.md                  what it is, trying it in two minutes, installing
+  docs/service.md            running it under systemd; upgrade, uninstall, watching it
+  docs/configuration.md      every setting: default, environment variable, reload
+  docs/failures.md           what happens when something fails
+  docs/commands.md           every command
+  docs/page.md               the web page, on the LAN and on phones
+  docs/transcript-format.md  every field of the transcript files"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="transcribed",
         description="Private, local transcription: recordings dropped into an inbox folder become "
         "transcripts in an outbox folder, on a Qwen3-ASR model on this machine. "
         "Nothing is sent anywhere.",
+        epilog=DOCUMENTATION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     # --config and --log-level go before the command or after it: `transcribed --config x

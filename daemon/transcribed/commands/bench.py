@@ -27,9 +27,9 @@ With a diarizer configured, every recording also gets speaker labels, as in the 
 time spent in the diarizer (features and model) and its load are reported on their own.
 
 With `engine = "vllm"` the same backlog goes to the configured servers, and the same table
-comes out. `simulate_pool` measures the dispatcher itself: K simulated servers of known
-capacity (`pool_sim`: answers take a set time per audio second and no CPU), and how much of
-their capacity the daemon's own pipeline keeps busy for K = 1, 2, 4, 8.
+comes out. `pool_bench.simulate_pool` measures the dispatcher itself, against stand-in
+servers of known capacity that cost next to nothing (`stand_in`), beside the daemon's own
+ceiling, for K = 1, 2, 4, 8.
 """
 
 import contextlib
@@ -41,6 +41,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,7 +55,7 @@ from transcribed.jobs.worker import Decoder
 from transcribed.loops.supervisor import Supervisor
 from transcribed.model.batching import SharedModel, SharedRecognizer
 from transcribed.model.decoding import Row
-from transcribed.model.pipeline import Recognizer
+from transcribed.model.pipeline import Recognizer, StreamingRecognizer
 from transcribed.model.rows import ChunkFeed, RowEngine
 from transcribed.output.transcript import ChunkText, ModelInfo
 from transcribed.settings import ModelSettings, Settings
@@ -115,12 +116,11 @@ class BenchReport:
 
 class TimedRecognizer:
     """Counts the seconds during which at least one model call runs (the vLLM engine takes
-    calls from several recordings at once; their overlap is counted once)."""
+    chunks from several recordings at once; their overlap is counted once)."""
 
     def __init__(self, model: Recognizer) -> None:
         self._model = model
         self.info: ModelInfo = model.info
-        self.concurrent = getattr(model, "concurrent", False)
         self.ceiling = int(getattr(model, "ceiling", model.batch_size))
         self.seconds = 0.0
         self.rows = 0
@@ -196,23 +196,57 @@ class _Counted:
         self._feed.failed(row, error)
 
 
+class TimedStreams(TimedRecognizer):
+    """`TimedRecognizer` for a `StreamingRecognizer` (the vLLM engine): a chunk counts from
+    when it is sent until its answer is in."""
+
+    def __init__(self, model: StreamingRecognizer) -> None:
+        super().__init__(model)  # type: ignore[arg-type]  # it transcribes lists too
+        self._streams = model
+
+    @property
+    def window(self) -> int:
+        return self._streams.window
+
+    def submit(
+        self, chunk: np.ndarray, language: str | None = None, context: str | None = None
+    ) -> "Future[ChunkText]":
+        self._count(+1)
+        self.rows += 1
+        answer = self._streams.submit(chunk, language, context)
+        answer.add_done_callback(lambda _answer: self._count(-1))
+        return answer
+
+
 def timed(model: Recognizer) -> TimedRecognizer:
-    return TimedRows(model) if isinstance(model, RowEngine) else TimedRecognizer(model)
+    if isinstance(model, RowEngine):
+        return TimedRows(model)
+    if isinstance(model, StreamingRecognizer):  # the vLLM engine
+        return TimedStreams(model)
+    return TimedRecognizer(model)
 
 
 class PassThrough:
     """The workers' shared model for an engine that batches for itself (vLLM servers):
-    every job's calls go straight through, from many threads at once."""
+    every job's chunks go straight through, from many threads at once."""
 
-    def __init__(self, model: Recognizer, stop: threading.Event) -> None:
+    def __init__(self, model: StreamingRecognizer, stop: threading.Event) -> None:
         self._model = model
         self._stop = stop
-        self.info = model.info
-        self.concurrent = True
+        self.info = model.info  # type: ignore[attr-defined]
 
     @property
     def batch_size(self) -> int:
-        return self._model.batch_size
+        return self._model.window
+
+    @property
+    def window(self) -> int:
+        return self._model.window
+
+    def submit(
+        self, chunk: np.ndarray, language: str | None = None, context: str | None = None
+    ) -> "Future[ChunkText]":
+        return self._model.submit(chunk, language, context)
 
     def transcribe(
         self,
@@ -221,10 +255,11 @@ class PassThrough:
         context: str | None = None,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> list[ChunkText]:
-        return self._model.transcribe(chunks, language, context, should_stop)
+        answers = [self.submit(chunk, language, context) for chunk in chunks]
+        return [answer.result() for answer in answers]
 
     def job(self) -> contextlib.AbstractContextManager[None]:
-        return _job_of(self._model)
+        return _job_of(self._model)  # type: ignore[arg-type]
 
     def serve(self) -> None:
         self._stop.wait()
@@ -241,7 +276,10 @@ def _job_of(model: Recognizer) -> contextlib.AbstractContextManager[None]:
 
 
 def _shared(model: Recognizer, stop: threading.Event, batches_itself: bool) -> SharedModel:
-    return PassThrough(model, stop) if batches_itself else SharedRecognizer(model, stop)
+    if batches_itself:
+        assert isinstance(model, StreamingRecognizer)
+        return PassThrough(model, stop)
+    return SharedRecognizer(model, stop)
 
 
 class NoModel:

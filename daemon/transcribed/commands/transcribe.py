@@ -154,6 +154,7 @@ def _measured(
     for block in blocks:
         if not told and decoder.expected_seconds:
             progress.update(task, total=decoder.expected_seconds, audio=_audio(0, decoder))
+            progress.refresh()  # shown now: a short file may be done before the next redraw
             told = True
         yield block
 

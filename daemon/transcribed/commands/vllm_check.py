@@ -54,7 +54,7 @@ def _server(client: httpx.Client, url: str, model: str, keyed: bool) -> Finding:
     try:
         listing = client.get(url + MODELS_PATH)
         version = _version(client, url)
-    except httpx.TransportError as error:
+    except httpx.HTTPError as error:  # unreachable, reset, a bad Content-Encoding…
         if "CERTIFICATE_VERIFY_FAILED" in str(error):
             return Finding(
                 "engine",
@@ -80,7 +80,16 @@ def _server(client: httpx.Client, url: str, model: str, keyed: bool) -> Finding:
         )
     if listing.status_code != 200:
         return Finding("engine", "fail", f"{name} answered HTTP {listing.status_code}", "")
-    return _serves(name, url, listing.json(), model, version)
+    try:
+        served = listing.json()
+    except ValueError:
+        return Finding(
+            "engine",
+            "fail",
+            f"{name} answered GET {MODELS_PATH} with something that is not JSON",
+            "is a proxy or another program answering at that address instead of vLLM?",
+        )
+    return _serves(name, url, served, model, version)
 
 
 def _serves(name: str, url: str, listing: Any, model: str, version: str | None) -> Finding:
@@ -92,7 +101,7 @@ def _serves(name: str, url: str, listing: Any, model: str, version: str | None) 
             f"{name} serves {', '.join(served) or 'nothing'}, not {model}",
             f"set model to the name the server serves, or serve {model} there",
         )
-    roots = [str(entry.get("root", "")) for entry in listing.get("data", [])]
+    roots = [str(entry.get("root", "")) for entry in listing["data"] if isinstance(entry, dict)]
     looks_asr = any("qwen3-asr" in t.lower().replace("_", "-") for t in [model, *roots])
     level: Level = "ok" if looks_asr else "warn"
     notes = [] if looks_asr else ["its name does not say Qwen3-ASR"]
@@ -113,9 +122,12 @@ def _serves(name: str, url: str, listing: Any, model: str, version: str | None) 
 
 def _version(client: httpx.Client, url: str) -> str | None:
     response = client.get(url + "/version")
-    if response.status_code != 200:
+    try:
+        answer = response.json() if response.status_code == 200 else None
+    except ValueError:
         return None
-    return str(response.json().get("version")) if response.content else None
+    version = answer.get("version") if isinstance(answer, dict) else None
+    return str(version)[:40] if version is not None else None
 
 
 def _too_old(version: str) -> bool:

@@ -1,9 +1,9 @@
 """Batching across recordings: several jobs run at once and their chunks share model calls.
 
 Each job runs the ordinary per-recording pipeline on its own thread, with its own decoder
-process decoding and resampling ahead (`concurrent`: a job's batch is transcribed while its
-next one is decoded). Its calls to the model go to `SharedRecognizer`, which runs them on the
-single model thread and hands each job back exactly its own results.
+process decoding and resampling ahead. It keeps a window of chunks in flight (`submit`, one
+chunk at a time, the next sent as soon as one is answered) with `SharedRecognizer`, which
+runs them on the single model thread and hands each job back exactly its own results.
 
 With the resident engine (`rows.RowEngine`) a model call never closes: every chunk any job
 is waiting on is a row of the decode loop, up to the batch ceiling, and as rows end their
@@ -19,6 +19,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -59,10 +60,23 @@ class _Request:
     taken: bool = False
     done: threading.Event = field(default_factory=threading.Event)
     answered: dict[int, ChunkText] = field(default_factory=dict)
+    # `submit`'s: the one chunk's answer (a cancelled one is dropped before it runs).
+    answer: "Future[ChunkText] | None" = None
+    owner: int = field(default_factory=threading.get_ident)  # the job thread that sent it
 
     @property
     def key(self) -> tuple[str | None, str | None]:
         return self.language, self.context
+
+    def settle(self, error: BaseException | None) -> None:
+        self.error = error
+        self.done.set()
+        if self.answer is None or self.answer.done():
+            return
+        if error is not None:
+            self.answer.set_exception(error)
+        else:
+            self.answer.set_result(self.results[0])
 
     def rows(self) -> list[Row]:
         return [
@@ -73,10 +87,6 @@ class _Request:
 
 class SharedRecognizer:
     """A `Recognizer` many job threads call at once; `serve` runs the model on one thread."""
-
-    # Each job hands its batch over and decodes its next one meanwhile: the model finds a
-    # second batch of every job ready as the first ends.
-    concurrent = True
 
     def __init__(self, model: Recognizer, stop: threading.Event) -> None:
         self._model = model
@@ -102,6 +112,11 @@ class SharedRecognizer:
 
     # --- job threads --------------------------------------------------------------------
 
+    @property
+    def window(self) -> int:
+        """Chunks each recording keeps waiting for the model (`StreamingRecognizer`)."""
+        return self.batch_size
+
     @contextlib.contextmanager
     def job(self) -> Iterator[None]:
         """Brackets one job's transcription: while it runs, the model thread may wait a
@@ -114,6 +129,19 @@ class SharedRecognizer:
             with self._changed:
                 self._active_jobs -= 1
                 self._changed.notify_all()
+
+    def submit(
+        self, chunk: np.ndarray, language: str | None = None, context: str | None = None
+    ) -> "Future[ChunkText]":
+        """Queue one chunk for the model thread, which merges it with every job's waiting
+        chunks; the Future gives its text. Cancelled before the model takes it, it is
+        dropped."""
+        answer: Future[ChunkText] = Future()
+        request = _Request([chunk], language, context, answer=answer)
+        with self._changed:
+            self._pending.append(request)
+            self._changed.notify_all()
+        return answer
 
     def transcribe(
         self,
@@ -145,8 +173,7 @@ class SharedRecognizer:
                 self._run(batch)
         with self._changed:
             for request in self._pending:
-                request.error = ShutdownRequested("stopping")
-                request.done.set()
+                request.settle(ShutdownRequested("stopping"))
             self._pending.clear()
 
     def busy_for(self) -> float:
@@ -166,6 +193,7 @@ class SharedRecognizer:
         any). Waits briefly for more while that is short of the ceiling and other jobs are
         still decoding toward their next call."""
         with self._changed:
+            self._pending = [r for r in self._pending if not _given_up(r)]
             if not self._pending:
                 self._changed.wait(0.5)
                 return []
@@ -179,8 +207,9 @@ class SharedRecognizer:
         return isinstance(self._model, RowEngine)
 
     def _take_requests(self, chunks: int, any_key: bool) -> list[_Request]:
-        """Waiting requests, oldest first, up to `chunks` chunks (at least one request).
-        Call with the lock held."""
+        """Waiting requests, oldest first, up to `chunks` chunks (at least one request);
+        those given up (a cancelled `submit`) are dropped. Call with the lock held."""
+        self._pending = [r for r in self._pending if not _given_up(r)]
         key = self._pending[0].key if self._pending else None
         batch: list[_Request] = []
         for request in list(self._pending):
@@ -188,15 +217,23 @@ class SharedRecognizer:
                 continue
             if batch and len(request.chunks) > chunks:
                 break
-            batch.append(request)
             request.taken = True
             self._pending.remove(request)
-            chunks -= len(request.chunks)
+            if _starts(request):
+                batch.append(request)
+                chunks -= len(request.chunks)
         return batch
 
     def _worth_waiting(self) -> bool:
+        """While a call is not full and some running job may still send chunks: one that
+        waits in `transcribe` cannot, nor can one whose window is all waiting here."""
         waiting_chunks = sum(len(request.chunks) for request in self._pending)
-        return waiting_chunks < self.ceiling and len(self._pending) < self._active_jobs
+        per_job: dict[int, int] = {}
+        for request in self._pending:
+            more = self.window if request.answer is None else len(request.chunks)
+            per_job[request.owner] = per_job.get(request.owner, 0) + more
+        done_sending = sum(count >= self.window for count in per_job.values())
+        return waiting_chunks < self.ceiling and done_sending < self._active_jobs
 
     def _run(self, batch: list[_Request]) -> None:
         self._busy_since = time.monotonic()
@@ -263,8 +300,16 @@ class SharedRecognizer:
 
 def _finish(batch: list[_Request], error: BaseException | None = None) -> None:
     for request in batch:
-        request.error = error
-        request.done.set()
+        request.settle(error)
+
+
+def _given_up(request: _Request) -> bool:
+    return request.answer is not None and request.answer.cancelled()
+
+
+def _starts(request: _Request) -> bool:
+    """Taken by the model thread: from now on its answer can no longer be cancelled."""
+    return request.answer is None or request.answer.set_running_or_notify_cancel()
 
 
 class _Feed:

@@ -2,16 +2,18 @@
 
 import dataclasses
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from transcribed.audio.chunking import SILENCE_RMS, StreamChunker, plan_chunks
 from transcribed.audio.formats import SAMPLE_RATE
 from transcribed.audio.pauses import PauseTracker
+from transcribed.errors import ShutdownRequested
 from transcribed.model.speakers import SpeakerStream, SpeakerTrack
 from transcribed.output.transcript import (
     ChunkText,
@@ -42,8 +44,8 @@ class Recognizer(Protocol):
 
     @property
     def batch_size(self) -> int:
-        """Chunks per model call: how many the pipeline gathers before calling (asked again
-        before each call: the vLLM engine's grows as fewer recordings share its servers)."""
+        """Chunks per model call: how many the pipeline gathers before calling a recognizer
+        that is not a `StreamingRecognizer`."""
 
     def transcribe(
         self,
@@ -52,6 +54,24 @@ class Recognizer(Protocol):
         context: str | None = None,
         should_stop: Callable[[], bool] = ...,
     ) -> list[ChunkText]: ...
+
+
+@runtime_checkable
+class StreamingRecognizer(Protocol):
+    """A recognizer that takes chunks one at a time, from any thread, as they are cut, and
+    answers each when it is done: the vLLM servers (`RemoteEngine`), or the resident model
+    behind its model thread (`SharedRecognizer`), which merges the chunks waiting from every
+    recording into its batches."""
+
+    @property
+    def window(self) -> int:
+        """Chunks a recording keeps in flight (asked again before each one is sent: the
+        vLLM engine's share follows the recordings running)."""
+
+    def submit(
+        self, chunk: np.ndarray, language: str | None = None, context: str | None = None
+    ) -> "Future[ChunkText]":
+        """Start on `chunk`; cancelling the Future gives it up if it has not started."""
 
 
 def transcribe_stream(
@@ -71,39 +91,38 @@ def transcribe_stream(
 ) -> Transcript:
     """A complete transcript of audio arriving as 16 kHz mono float32 blocks.
 
-    Chunks go to the model a batch at a time while decoding continues, so memory holds one
-    batch of chunks (two with an engine of many servers), not the recording: a 12-hour file
-    needs no more than a 1-minute one. With `speakers` (a diarizer stream) the audio reaches
-    the chunker once the diarizer has judged it, chunks end at changes of speaker, and
-    segments are labelled. `on_progress` hears the seconds of audio transcribed after each
-    batch.
+    Each chunk goes to the model as soon as it is cut, while decoding continues, and the
+    recording keeps a window of chunks in flight: the next is sent as soon as one returns.
+    Memory holds that window, not the recording: a 12-hour file needs no more than a
+    1-minute one. A recognizer that only takes lists (not a `StreamingRecognizer`) gets its
+    `batch_size` chunks at a time. With `speakers` (a diarizer stream) the audio reaches the
+    chunker once the diarizer has judged it, chunks end at changes of speaker, and segments
+    are labelled. `on_progress` hears the seconds of audio transcribed, in order.
     """
     started = time.monotonic() if started is None else started
     chunker = StreamChunker(SAMPLE_RATE, chunk_seconds)
     track = SpeakerTrack(speakers, max_speakers) if speakers is not None else None
-    pending: list[tuple[int, np.ndarray]] = []
     segments: list[Segment] = []
     pauses = PauseTracker()
-    flight = _Flight(recognizer, language, context, should_stop)
+    window = _Window(_streaming(recognizer, should_stop), language, context, should_stop)
+
+    def finish(done: list[Recognized]) -> None:
+        for found, piece in done:
+            segments.extend(_finish(found, [piece], aligner, pauses, track))
+            on_progress(segments[-1].end)
+
     try:
         for block in blocks:
-            pending += (
-                chunker.feed(*track.feed(block)) if track is not None else chunker.feed(block)
-            )
-            # The size is read once per batch: the vLLM engine's changes while other
-            # recordings start and end, and `send` may wait for the last batch meanwhile.
-            while len(pending) >= (size := recognizer.batch_size):
-                batch, pending = pending[:size], pending[size:]
-                for found, sent in flight.send(batch):
-                    segments += _finish(found, sent, aligner, pauses, track)
-                    on_progress(segments[-1].end)
-        if track is not None:
-            pending += chunker.feed(*track.finish())
-        pending += chunker.finish()
-        for found, batch in [*flight.send(pending), *flight.drain()]:
-            segments += _finish(found, batch, aligner, pauses, track)
+            cut = chunker.feed(*track.feed(block)) if track is not None else chunker.feed(block)
+            for piece in cut:
+                finish(window.send(piece))
+            finish(window.done())
+        last = chunker.feed(*track.finish()) if track is not None else []
+        for piece in [*last, *chunker.finish()]:
+            finish(window.send(piece))
+        finish(window.drain())
     finally:
-        flight.close()
+        window.close()
     duration = segments[-1].end if segments else 0.0
     spoken = any(segment.text for segment in segments)
     language = main_language(tuple(segments))
@@ -124,52 +143,219 @@ def transcribe_stream(
     )
 
 
-Recognized = tuple[list[Segment], list[tuple[int, np.ndarray]]]
+Piece = tuple[int, np.ndarray]  # a chunk and its first sample's position in the recording
+Recognized = tuple[list[Segment], Piece]
+_POLL_SECONDS = 0.2  # how often a wait for answers looks at `should_stop` (the heartbeat)
 
 
-class _Flight:
-    """Hands batches to the recognizer. With one that takes calls from many threads at once
-    (`concurrent`: the vLLM servers), a batch is transcribed on a helper thread while the
-    next is decoded, so the job's decoder is not idle while the servers work; else each
-    batch is transcribed where it is sent. Results come back in order."""
+class _Sink(Protocol):
+    """Where the window sends chunks: a `StreamingRecognizer`, or `_Batched` around one
+    that takes lists."""
+
+    @property
+    def window(self) -> int: ...
+
+    def submit(
+        self, chunk: np.ndarray, language: str | None = None, context: str | None = None
+    ) -> "Future[ChunkText]": ...
+
+    def flush(self) -> None: ...
+
+
+class _Direct:
+    """A `StreamingRecognizer` as a sink: chunks go out as they are sent."""
+
+    def __init__(self, recognizer: StreamingRecognizer) -> None:
+        self._recognizer = recognizer
+        self.submit = recognizer.submit
+
+    @property
+    def window(self) -> int:
+        return max(1, self._recognizer.window)
+
+    def flush(self) -> None:
+        """Nothing waits here: every chunk is on its way."""
+
+
+class _Batched:
+    """A recognizer that transcribes lists on the caller's thread (the resident model used
+    directly, by `transcribe`): chunks are gathered into lists of its `batch_size`, run when
+    one is full or when the pipeline waits for an answer."""
+
+    def __init__(self, recognizer: Recognizer, should_stop: Callable[[], bool]) -> None:
+        self._recognizer = recognizer
+        self._should_stop = should_stop
+        self._waiting: list[tuple[np.ndarray, str | None, str | None, Future[ChunkText]]] = []
+
+    @property
+    def window(self) -> int:
+        return max(1, self._recognizer.batch_size)
+
+    def submit(
+        self, chunk: np.ndarray, language: str | None = None, context: str | None = None
+    ) -> "Future[ChunkText]":
+        answer: Future[ChunkText] = Future()
+        self._waiting.append((chunk, language, context, answer))
+        if len(self._waiting) >= self.window:
+            self.flush()
+        return answer
+
+    def flush(self) -> None:
+        """Run what waits, one call per language and context (a recording has one)."""
+        while self._waiting:
+            _, language, context, _ = self._waiting[0]
+            same = [w for w in self._waiting if (w[1], w[2]) == (language, context)]
+            self._waiting = [w for w in self._waiting if (w[1], w[2]) != (language, context)]
+            try:
+                texts = self._recognizer.transcribe(
+                    [w[0] for w in same], language, context, should_stop=self._should_stop
+                )
+            except BaseException as error:
+                for *_, answer in same:
+                    answer.set_exception(error)
+                continue
+            for (*_, answer), text in zip(same, texts, strict=True):
+                answer.set_result(text)
+
+
+def _streaming(recognizer: Recognizer, should_stop: Callable[[], bool]) -> _Sink:
+    if isinstance(recognizer, StreamingRecognizer):
+        return _Direct(recognizer)
+    return _Batched(recognizer, should_stop)
+
+
+@dataclasses.dataclass(eq=False)
+class _InFlight:
+    """A piece sent to the model: one answer, or two once a truncated one is retried in
+    halves (`halves`: their bounds within the piece)."""
+
+    piece: Piece
+    answers: list["Future[ChunkText]"]
+    halves: list[tuple[int, int]] | None = None
+
+
+class _Window:
+    """A recording's chunks in flight, in order. `send` waits while `window` of them are
+    unanswered and sends the next as soon as one is answered; finished pieces come back in
+    order, however the answers arrive. Silent chunks skip the model (it tends to invent text
+    for silence); a chunk whose text hit the token budget is sent again in two halves (cut at
+    a quiet point), once."""
 
     def __init__(
         self,
-        recognizer: Recognizer,
+        sink: _Sink,
         language: str | None,
         context: str | None,
         should_stop: Callable[[], bool],
     ) -> None:
-        self._recognizer, self._language, self._context = recognizer, language, context
+        self._sink, self._language, self._context = sink, language, context
         self._should_stop = should_stop
-        self._helper = (
-            ThreadPoolExecutor(1, "transcribe")
-            if getattr(recognizer, "concurrent", False)
-            else None
-        )
-        self._in_flight: tuple[Future[list[Segment]], list[tuple[int, np.ndarray]]] | None = None
+        self._pieces: deque[_InFlight] = deque()
 
-    def send(self, batch: list[tuple[int, np.ndarray]]) -> list[Recognized]:
-        """Batches done by now, oldest first (this one too when there is no helper)."""
-        if self._helper is None:
-            return [(self._recognize(batch), batch)]
-        done = self.drain()
-        self._in_flight = (self._helper.submit(self._recognize, list(batch)), list(batch))
-        return done
+    def send(self, piece: Piece) -> list[Recognized]:
+        """Send `piece` once the window has room; the pieces finished by now, in order."""
+        finished = self.done()
+        limit = self._sink.window
+        # Answered pieces held behind a slow one are bounded too: memory stays two windows.
+        while (busy := self._unanswered()) and (
+            len(busy) >= limit or len(self._pieces) >= 2 * limit
+        ):
+            self._wait(busy if len(busy) >= limit else self._unanswered(self._pieces[0]))
+            finished += self.done()
+        _start, chunk = piece
+        if _is_silent(chunk):
+            answers = [_answered(ChunkText("", None, False, no_speech=True))]
+        else:
+            answers = [self._sink.submit(chunk, self._language, self._context)]
+        self._pieces.append(_InFlight(piece, answers))
+        return finished + self.done()
+
+    def done(self) -> list[Recognized]:
+        """The pieces at the front whose answers are all in, in order. A failed answer
+        anywhere fails the recording at once: the rest is not waited for."""
+        for flight in self._pieces:
+            for answer in flight.answers:
+                if answer.done():
+                    _raise_error(answer)
+        finished = []
+        while self._pieces and all(answer.done() for answer in self._pieces[0].answers):
+            head = self._pieces[0]
+            if self._retry_in_halves(head):
+                break
+            self._pieces.popleft()
+            finished.append((self._segments(head), head.piece))
+        return finished
 
     def drain(self) -> list[Recognized]:
-        if self._in_flight is None:
-            return []
-        future, batch = self._in_flight
-        self._in_flight = None
-        return [(future.result(), batch)]
-
-    def _recognize(self, batch: list[tuple[int, np.ndarray]]) -> list[Segment]:
-        return _recognize(batch, self._recognizer, self._language, self._context, self._should_stop)
+        """Every piece, once all are answered."""
+        finished = self.done()
+        while self._pieces:
+            self._wait(self._unanswered(self._pieces[0]))
+            finished += self.done()
+        return finished
 
     def close(self) -> None:
-        if self._helper is not None:  # after an error: a batch still out is left to end
-            self._helper.shutdown(wait=False, cancel_futures=True)
+        """After an error or a stop: what has not started need not run."""
+        for flight in self._pieces:
+            for answer in flight.answers:
+                answer.cancel()
+
+    def _unanswered(self, *only: _InFlight) -> list["Future[ChunkText]"]:
+        return [a for flight in only or self._pieces for a in flight.answers if not a.done()]
+
+    def _wait(self, answers: list["Future[ChunkText]"]) -> None:
+        """Until one of `answers` is in (and raise its error), looking at `should_stop`."""
+        if not answers:
+            return
+        self._sink.flush()
+        while True:
+            if self._should_stop():
+                raise ShutdownRequested("stopping while chunks were with the model")
+            done, _ = wait(answers, _POLL_SECONDS, return_when=FIRST_COMPLETED)
+            if done:
+                for answer in done:
+                    _raise_error(answer)
+                return
+
+    def _retry_in_halves(self, flight: _InFlight) -> bool:
+        """Send a truncated piece again in halves (True), once, when it is long enough."""
+        chunk = flight.piece[1]
+        if flight.halves is not None or len(chunk) < 2 * _MIN_RETRY_SAMPLES:
+            return False
+        if not _result(flight.answers[0]).truncated:
+            return False
+        flight.halves = plan_chunks(chunk, SAMPLE_RATE, len(chunk) / 2 / SAMPLE_RATE + 1)
+        flight.answers = [
+            self._sink.submit(chunk[a:b], self._language, self._context) for a, b in flight.halves
+        ]
+        return True
+
+    def _segments(self, flight: _InFlight) -> list[Segment]:
+        start, chunk = flight.piece
+        if flight.halves is None:
+            return [_segment(start, chunk, _result(flight.answers[0]))]
+        return [
+            _segment(start + a, chunk[a:b], _result(answer))
+            for (a, b), answer in zip(flight.halves, flight.answers, strict=True)
+        ]
+
+
+def _answered(text: ChunkText) -> "Future[ChunkText]":
+    answer: Future[ChunkText] = Future()
+    answer.set_result(text)
+    return answer
+
+
+def _raise_error(answer: "Future[ChunkText]") -> None:
+    if answer.cancelled():  # the engine is closing: its requests were called off
+        raise ShutdownRequested("the engine stopped while chunks were with it")
+    if (error := answer.exception()) is not None:
+        raise error
+
+
+def _result(answer: "Future[ChunkText]") -> ChunkText:
+    _raise_error(answer)
+    return answer.result()
 
 
 def _finish(
@@ -204,58 +390,6 @@ def _finish(
     if track is not None:
         track.forget_before(finished[-1].end)
     return finished
-
-
-def _recognize(
-    pieces: list[tuple[int, np.ndarray]],
-    recognizer: Recognizer,
-    language: str | None,
-    context: str | None,
-    should_stop: Callable[[], bool],
-) -> list[Segment]:
-    """Segments for consecutive pieces: silent ones skip the model; a piece whose text hit the
-    token budget is transcribed again in two halves (cut at a quiet point), once."""
-    silent = [_is_silent(chunk) for _, chunk in pieces]
-    spoken = [piece for piece, quiet in zip(pieces, silent, strict=True) if not quiet]
-    texts = iter(
-        recognizer.transcribe(
-            [c for _, c in spoken], language=language, context=context, should_stop=should_stop
-        )
-        if spoken
-        else []
-    )
-    segments: list[Segment] = []
-    for (start, chunk), quiet in zip(pieces, silent, strict=True):
-        if quiet:
-            segments.append(_segment(start, chunk, ChunkText("", None, False, no_speech=True)))
-            continue
-        text = next(texts)
-        if text.truncated and len(chunk) >= 2 * _MIN_RETRY_SAMPLES:
-            segments += _retry_in_halves(start, chunk, recognizer, language, context, should_stop)
-        else:
-            segments.append(_segment(start, chunk, text))
-    return segments
-
-
-def _retry_in_halves(
-    start: int,
-    chunk: np.ndarray,
-    recognizer: Recognizer,
-    language: str | None,
-    context: str | None,
-    should_stop: Callable[[], bool],
-) -> list[Segment]:
-    """A truncated chunk (usually a loop, or very dense speech) gets a second chance in two
-    pieces, each with its own budget; a piece still truncated stays flagged."""
-    halves = plan_chunks(chunk, SAMPLE_RATE, len(chunk) / 2 / SAMPLE_RATE + 1)
-    parts = [chunk[a:b] for a, b in halves]
-    texts = recognizer.transcribe(
-        parts, language=language, context=context, should_stop=should_stop
-    )
-    return [
-        _segment(start + a, part, text)
-        for (a, _b), part, text in zip(halves, parts, texts, strict=True)
-    ]
 
 
 def _is_silent(chunk: np.ndarray) -> bool:

@@ -2,8 +2,9 @@
 
 The running daemon rewrites a small JSON file in its state folder whenever a server goes
 down or comes back (atomically: a reader never sees half of it); `status` reads it and
-shows the summary line, "1 of 2 engine servers up". The file names the daemon's process, so
-one left behind by a daemon that is no longer running is not shown.
+shows the summary line, "1 of 2 engine servers up", with the reason each server that is
+down is down (the page shows the same line). The file names the daemon's process, so one left
+behind by a daemon that is no longer running is not shown.
 """
 
 import contextlib
@@ -14,11 +15,18 @@ from pathlib import Path
 from typing import Any
 
 FILE_NAME = "engine-servers.json"
+_REASON_CHARS = 200
 
 
 def summary(servers: list[dict[str, Any]]) -> str:
-    """`1 of 2 engine servers up`."""
-    return f"{sum(bool(s['up']) for s in servers)} of {len(servers)} engine servers up"
+    """`1 of 2 engine servers up (https://b:8000: HTTP 503: …)`: why each down one is."""
+    line = f"{sum(bool(s['up']) for s in servers)} of {len(servers)} engine servers up"
+    reasons = [
+        f"{server['url']}: {str(server.get('problem') or 'down')[:_REASON_CHARS]}"
+        for server in servers
+        if not server["up"]
+    ]
+    return f"{line} ({'; '.join(reasons)})" if reasons else line
 
 
 def write(state_dir: Path, servers: list[dict[str, Any]]) -> None:

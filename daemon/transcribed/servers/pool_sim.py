@@ -1,19 +1,11 @@
-"""Servers that speak the part of vLLM's OpenAI-compatible API the daemon uses, for measuring
-the dispatcher without GPUs: `transcribed bench --simulate-servers`.
-
-A simulated server answers a chunk after `seconds of audio / speed` seconds, asleep (no CPU),
-and counts how busy it was: the time-integral of its requests in flight. With the daemon
-holding at most `max_in_flight` requests on each server, `speed * max_in_flight` is the
-server's capacity in seconds of audio per second, and busy / (max_in_flight * wall) is how
-much of it the daemon used. The tests' fake vLLM server builds on the same HTTP plumbing
-(`ApiServer`) with the tiny real model behind it.
-
-    python -m transcribed.servers.pool_sim --servers 4 --speed 5   # prints one JSON line of URLs
+"""A server that speaks the part of vLLM's OpenAI-compatible API the daemon uses, on threads
+(`ApiServer`): the HTTP plumbing of the tests' fake vLLM server, which puts the tiny real
+model behind it, and of simple simulated servers (`timed_answer`: answers after `seconds of
+audio / speed`, asleep). It parses every request, so it is not what the benchmark measures
+against: `stand_in` is, a process per server that costs next to nothing.
 """
 
-import argparse
 import json
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -183,32 +175,3 @@ def timed_answer(model: str, speed: float) -> Answer:
         return chat_answer(model, "language English<asr_text>hello", "stop", tokens)
 
     return answer
-
-
-def serve(count: int, speed: float, model: str, host: str = "127.0.0.1") -> list[ApiServer]:
-    """`count` simulated servers on free ports, each on its own thread."""
-    servers = [ApiServer((host, 0), model, timed_answer(model, speed)) for _ in range(count)]
-    for server in servers:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    return servers
-
-
-def fetch_stats(url: str) -> dict[str, Any]:
-    import httpx
-
-    return dict(httpx.get(url + "/sim/stats", timeout=10, trust_env=False).json())
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--servers", type=int, default=1)
-    parser.add_argument("--speed", type=float, default=5.0, help="audio seconds per second")
-    parser.add_argument("--model", default="simulated")
-    args = parser.parse_args()
-    servers = serve(args.servers, args.speed, args.model)
-    print(json.dumps([server.url for server in servers]), flush=True)
-    sys.stdin.read()  # until the parent closes our stdin (or dies)
-
-
-if __name__ == "__main__":
-    main()

@@ -248,9 +248,9 @@ class ModelSettings(_Base):
         default=8,
         ge=1,
         le=256,
-        description="Chunks each recording hands the model at once; the model decodes the "
-        "chunks of every recording together, up to what free GPU memory holds. On a GPU, "
-        "unset: 32.",
+        description="Chunks each recording keeps in flight (its window: each is sent as it is "
+        "cut, the next as soon as one is answered); the model decodes the chunks of every "
+        "recording together, up to what free GPU memory holds. On a GPU, unset: 32.",
     )
     compile: Annotated[bool, Doc(Group.MODEL)] = Field(
         default=False,
@@ -341,7 +341,8 @@ class ModelSettings(_Base):
     vllm_timeout_seconds: Annotated[float, Doc(Group.SERVERS)] = Field(
         default=300.0,
         gt=0,
-        description="A request with no answer this long is given up and sent to another server.",
+        description="One deadline for a request's whole exchange (sending the chunk, the "
+        "server's work, reading its answer): past it the chunk goes to another server.",
     )
     vllm_connect_seconds: Annotated[float, Doc(Group.SERVERS)] = Field(
         default=5.0, gt=0, description="A server not accepting a connection this fast is down."
