@@ -228,8 +228,8 @@ def install_as_the_service_page_says(box: Container) -> None:
     box.ok("install", "-D", "-m", "0640", "-g", "transcribed",
            "/opt/transcribed/config/transcribed.toml", CONFIG)  # fmt: skip
     # The editor's part: the tiny model, on the CPU.
-    box.ok("sed", "-i", "-e", f's|^model = .*|model = "{TINY_MODEL}"|',
-           "-e", 's|^device = .*|device = "cpu"|', CONFIG)  # fmt: skip
+    box.ok("sed", "-i", "-e", f's|^#* *model = .*|model = "{TINY_MODEL}"|',
+           "-e", 's|^#* *device = .*|device = "cpu"|', CONFIG)  # fmt: skip
     doctor = box.inside("runuser", "-u", "transcribed", "--", CLI, "doctor", "--config", CONFIG)
     assert "fail" not in [line.split()[0] for line in doctor.stdout.splitlines() if line], (
         doctor.stdout + doctor.stderr
