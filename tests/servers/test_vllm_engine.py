@@ -115,3 +115,6 @@ def test_a_pool_whose_thread_died_is_a_health_problem() -> None:
         stop.set()
         supervisor.join(10)
         engine.pool.close()
+    # Its session closed too, not left to the garbage collector (an unclosed-session warning
+    # that surfaced in whichever test ran next).
+    assert engine.pool._client is not None and engine.pool._client.closed

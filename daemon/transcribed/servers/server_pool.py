@@ -200,8 +200,9 @@ class ServerPool:
 
     def close(self) -> None:
         self._closed.set()
-        if not self._thread.is_alive():  # never started (or already closed)
+        if not self._thread.is_alive():  # never started, already closed, or its loop died
             if not self._loop.is_running() and not self._loop.is_closed():
+                self._close_client_here()
                 self._loop.close()
             return
         with contextlib.suppress(Exception):  # a wedged loop still stops below
@@ -210,6 +211,13 @@ class ServerPool:
         self._thread.join(10)
         if not self._thread.is_alive():
             self._loop.close()
+
+    def _close_client_here(self) -> None:
+        """A loop that died with its tasks and session open: end them on this thread, so
+        nothing is left to the garbage collector."""
+        if self._client is not None and not self._client.closed:
+            with contextlib.suppress(Exception):
+                self._loop.run_until_complete(self._stop())
 
     def submit(
         self, path: str, body: bytes | dict[str, Any], read: Callable[[Any], T]
