@@ -26,13 +26,13 @@ from transcribed.model.decoding import (
     Row,
     bucket_ladder,
     length_ladder,
-    token_budget,
 )
 from transcribed.model.encoder import AudioEncoder, choose_attention
 from transcribed.model.model_files import checked_folder, first_line, load_processor
 from transcribed.model.raw_answer import MARKER, LanguageNames, parse_answer
 from transcribed.model.rows import ChunkFeed, run_chunks
 from transcribed.model.scoring import language_confidence
+from transcribed.model.token_budget import token_budget
 from transcribed.model.torch_backend import TorchBackend
 from transcribed.output.transcript import ChunkText, ModelInfo
 
