@@ -42,6 +42,6 @@ def check_model_files(settings: ModelSettings) -> None:
 def check_device(device: str) -> None:
     """A GPU asked for but not usable is refused before anything starts (and logs)."""
     if device.startswith("cuda"):
-        from transcribed.model.engine import resolve_device
+        from transcribed.model.device import resolve_device
 
         resolve_device(device)

@@ -234,7 +234,7 @@ def _model(settings: Settings) -> Iterator[Finding]:
             continue  # the vLLM servers hold the model
         try:
             if name == "diarizer":
-                from transcribed.model.diarizer import diarizer_folder
+                from transcribed.model.model_files import diarizer_folder
 
                 folder = diarizer_folder(model, allow_download=False)
             else:
@@ -251,7 +251,7 @@ def _model(settings: Settings) -> Iterator[Finding]:
 def _gpu(settings: Settings) -> Iterator[Finding]:
     import torch
 
-    from transcribed.model.engine import why_no_cuda
+    from transcribed.model.device import why_no_cuda
 
     if settings.device == "cpu":
         yield Finding("gpu", "ok", "device = cpu: the GPU is not used (slow for real models)")
