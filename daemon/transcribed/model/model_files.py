@@ -32,15 +32,16 @@ class _Broken(Exception):
     """One file of the model folder is missing or incomplete (the reason, without the name)."""
 
 
-def check_before_loading(settings: ModelSettings) -> None:
-    """The model's and the aligner's files, checked before anything imports torch."""
-    if settings.engine == "local":
+def check_before_loading(settings: ModelSettings, *, model_on_disk: bool) -> None:
+    """The model's and the aligner's files, checked before anything imports torch; the
+    model's only when it is on disk here (`model_on_disk`: not when servers hold it)."""
+    if model_on_disk:
         check_repository(settings.model)
     if settings.aligner is not None:
         check_repository(settings.aligner, "aligner")
     if settings.allow_download:
         return  # what is missing may yet be fetched: the loader checks after fetching
-    if settings.engine == "local":  # under vLLM, `model` names what the servers serve
+    if model_on_disk:  # otherwise `model` names what the servers serve
         checked_folder(settings.model, allow_download=False)
     if settings.aligner is not None:
         checked_folder(settings.aligner, allow_download=False, recognizer=False, setting="aligner")
