@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {"audio"},
     {"model"},
     {"servers"},
+    {"engines"},
     {"state"},
     {"intake"},
     {"disposal"},
@@ -35,7 +36,16 @@ LAYERS: list[set[str]] = [
     {"__main__"},
 ]
 RANK = {room: rank for rank, rooms in enumerate(LAYERS) for room in rooms}
-TOP_LEVEL_MODULES = {"__init__", "__main__", "service", "errors", "logs", "faults", "backoff"}
+TOP_LEVEL_MODULES = {
+    "__init__",
+    "__main__",
+    "service",
+    "engines",
+    "errors",
+    "logs",
+    "faults",
+    "backoff",
+}
 
 
 def room_of(module: str) -> str:

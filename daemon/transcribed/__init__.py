@@ -11,6 +11,7 @@ How a recording travels, and the room (subpackage) for each step:
     audio/     decodes any container in a child process; chunks at pauses; memory budget
     model/     the resident Qwen3-ASR (local engine), batching, aligner, speakers, scores
     servers/   the other engine: chunks sent to a pool of vLLM servers
+    engines    the engine kinds by name (`settings.engine`): what each needs and makes
     output/    the transcript and its files (txt, json, srt, vtt, tsv), the outbox, search
     disposal/  the original archived, deleted or shredded, once its transcript is durable
     host/      what ties the daemon to the machine: systemd notify, hooks, metrics, network

@@ -24,6 +24,7 @@ from types import FrameType
 from transcribed.audio.decoder import ChildDecoder, DecoderPool
 from transcribed.audio.memory import pin_mmap_threshold
 from transcribed.disposal.disposer import Disposer
+from transcribed.engines import engine_kind
 from transcribed.errors import ConfigError
 from transcribed.files.content import ignore_lease_breaks
 from transcribed.files.durable import remove_stale_temps
@@ -48,12 +49,11 @@ from transcribed.jobs.worker import Decoder, Worker
 from transcribed.logs import get_logger
 from transcribed.loops.supervisor import Supervisor
 from transcribed.model.aligner import Aligner
-from transcribed.model.batching import SerializedAligner, SharedModel, SharedRecognizer
+from transcribed.model.batching import SerializedAligner, SharedModel
 from transcribed.model.diarizer import Diarizer
-from transcribed.model.engine import Engine, gpu_defaults
+from transcribed.model.engine import gpu_defaults
 from transcribed.output.outbox import Outbox
 from transcribed.output.search_index import SearchIndex
-from transcribed.servers import engine_status
 from transcribed.settings import (
     ModelSettings,
     Settings,
@@ -101,21 +101,14 @@ def make_outbox(
     )
 
 
-# With a pool of servers as the engine, this many worker threads share each decoder process:
-# a recording waiting for its last answers needs no decoder, and the servers want requests
-# from more recordings at once than there are cores to decode them. Each recording still
-# sends batches sized for `jobs_at_once` recordings, so host memory for requests is at most
-# this many times what it would be without the sharing.
-REMOTE_WORKERS_PER_DECODER = 2
-
-
 def worker_decoders(settings: ModelSettings, jobs_at_once: int) -> list[Decoder]:
-    """One decoder each for the transcription workers: its own process per worker with the
-    local engine; with the vLLM engine, more workers sharing `jobs_at_once` processes."""
-    if settings.engine != "vllm":
+    """One decoder each for the transcription workers: its own process per worker, or (with
+    an engine kind whose workers share them) more workers sharing `jobs_at_once` processes."""
+    sharing = engine_kind(settings).workers_per_decoder
+    if sharing == 1:
         return [make_decoder(settings) for _ in range(jobs_at_once)]
     pool = DecoderPool([make_decoder(settings) for _ in range(jobs_at_once)])
-    return [pool.lease() for _ in range(jobs_at_once * REMOTE_WORKERS_PER_DECODER)]
+    return [pool.lease() for _ in range(jobs_at_once * sharing)]
 
 
 def make_worker(
@@ -348,24 +341,13 @@ def load_aligner(settings: ModelSettings) -> Aligner | None:
     return Aligner.load(settings.aligner, settings.device, allow_download=settings.allow_download)
 
 
-def load_engine(settings: ModelSettings, model: str | None = None) -> Engine:
-    """The model `settings` ask for (or `model` instead), warmed up."""
-    engine = Engine.load(
-        model or settings.model,
-        settings.device,
-        allow_download=settings.allow_download,
-        batch_size=settings.batch_size,
-        chunk_seconds=settings.chunk_seconds,
-    )
-    engine.warm_up()
-    return engine
-
-
 def fit_to_ceiling(settings: Settings, model: SharedModel) -> Settings:
     """On a GPU, `batch_size` and `jobs_at_once` left unset follow from the batch ceiling
     measured at load (`engine.gpu_defaults`): enough recordings at once to keep it full."""
     ceiling = getattr(model, "ceiling", None)
-    if settings.engine != "local" or ceiling is None or not model.info.device.startswith("cuda"):
+    if not engine_kind(settings).sized_by_ceiling or ceiling is None:
+        return settings
+    if not model.info.device.startswith("cuda"):
         return settings
     batch, jobs = gpu_defaults(int(ceiling))
     chosen = {"batch_size": batch, "jobs_at_once": jobs}
@@ -381,17 +363,7 @@ def fit_to_ceiling(settings: Settings, model: SharedModel) -> Settings:
 def load_shared_model(settings: Settings, stop: threading.Event) -> SharedModel:
     """What the workers share: the resident model behind one model thread, or the pool of
     vLLM servers (whose state the status file in state_dir tells `transcribed status`)."""
-    if settings.engine == "local":
-        engine_status.clear(settings.state_dir)
-        return SharedRecognizer(load_engine(settings), stop)
-    from transcribed.servers.vllm_engine import RemoteEngine, recording_batch
-
-    return RemoteEngine.connect(
-        settings,
-        recording_batch(settings, settings.jobs_at_once),
-        stop,
-        on_change=lambda servers: engine_status.write(settings.state_dir, servers),
-    )
+    return engine_kind(settings).shared(settings, stop)
 
 
 class Daemon:
@@ -403,7 +375,10 @@ class Daemon:
         self._lock.acquire()  # before anything is recovered, requeued or cleaned
         self._work = WorkFolder(settings.inbox)
         self._work.open()
-        check_isolation(settings.require_offline, servers_only=settings.engine == "vllm")
+        check_isolation(
+            settings.require_offline,
+            servers_only=engine_kind(settings).network == "servers_only",
+        )
         pin_mmap_threshold()
         self._config_path = config_path
         self._reload = threading.Event()
@@ -559,8 +534,8 @@ class Daemon:
         """Tell systemd how things stand; ping its watchdog only when every part is healthy."""
         try:
             if time.monotonic() >= self._status_due:
-                servers = getattr(self._model, "summary", None)  # the vLLM engine's
-                self.notifier.status(service_status(health) + (f"; {servers()}" if servers else ""))
+                servers = engine_kind(self.settings).summary(self._model)
+                self.notifier.status(service_status(health) + (f"; {servers}" if servers else ""))
                 self._status_due = time.monotonic() + STATUS_SECONDS
                 self._write_metrics(health)
             health.ping()

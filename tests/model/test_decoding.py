@@ -15,9 +15,9 @@ from transcribed.model.decoding import (
     Row,
     bucket_ladder,
     length_ladder,
-    token_budget,
 )
 from transcribed.model.engine import Engine
+from transcribed.model.token_budget import token_budget
 
 SECONDS = [2, 7, 1, 5, 3, 0.5, 4, 6, 2.5]
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from transcribed.cli.shared import check_device, check_model_files, offline_unless, print_result
 from transcribed.cli.verb import JSON, Verb, argument
+from transcribed.engines import ENGINES, engine_kind
 from transcribed.errors import ConfigError
 from transcribed.settings import ModelSettings, load_settings
 
@@ -32,7 +33,7 @@ def bench(args: argparse.Namespace) -> int:
         check_model_files(settings)
     check_device(settings.device)
     offline_unless(settings.allow_download)
-    if settings.engine == "vllm" and args.synthetic_weights:
+    if not engine_kind(settings).model_on_disk and args.synthetic_weights:
         raise ConfigError("--synthetic-weights is for the local engine: the servers hold theirs")
     from transcribed.commands import bench
 
@@ -110,16 +111,14 @@ def _gpu_sizes(args: argparse.Namespace, settings: ModelSettings, ceiling: int) 
 def _bench_engine(
     settings: ModelSettings, args: argparse.Namespace, per_second: float | None
 ) -> "Engine | RemoteEngine":
-    if settings.engine == "vllm":
+    kind = engine_kind(settings)
+    if not kind.model_on_disk:  # the servers': sized for the jobs the bench runs at once
         import threading
 
-        from transcribed.servers.vllm_engine import RemoteEngine, recording_batch
+        from transcribed.servers.vllm_engine import recording_batch
 
-        remote = RemoteEngine.connect(
-            settings,
-            recording_batch(settings, args.jobs_at_once or DEFAULT_BENCH_JOBS),
-            threading.Event(),
-        )
+        window = recording_batch(settings, args.jobs_at_once or DEFAULT_BENCH_JOBS)
+        remote = kind.recognizer(settings, window, threading.Event())
         remote.fixed_tokens_per_second = args.tokens_per_second
         return remote
     from transcribed.model.engine import Engine
@@ -218,7 +217,7 @@ VERB = Verb(
         argument("--device", help="auto | cpu | cuda | cuda:N (default: from config)"),
         argument(
             "--engine",
-            choices=["local", "vllm"],
+            choices=sorted(ENGINES),
             help="the resident model, or the configured vLLM servers (default: from config)",
         ),
         argument(

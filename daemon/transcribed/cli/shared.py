@@ -34,14 +34,15 @@ def offline_unless(allowed: bool) -> None:
 
 
 def check_model_files(settings: ModelSettings) -> None:
+    from transcribed.engines import engine_kind
     from transcribed.model.model_files import check_before_loading
 
-    check_before_loading(settings)
+    check_before_loading(settings, model_on_disk=engine_kind(settings).model_on_disk)
 
 
 def check_device(device: str) -> None:
     """A GPU asked for but not usable is refused before anything starts (and logs)."""
     if device.startswith("cuda"):
-        from transcribed.model.engine import resolve_device
+        from transcribed.model.device import resolve_device
 
         resolve_device(device)

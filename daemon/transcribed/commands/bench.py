@@ -26,7 +26,7 @@ times, standing for a CPU S times faster than this one.
 With a diarizer configured, every recording also gets speaker labels, as in the daemon; the
 time spent in the diarizer (features and model) and its load are reported on their own.
 
-With `engine = "vllm"` the same backlog goes to the configured servers, and the same table
+With the vLLM engine the same backlog goes to the configured servers, and the same table
 comes out. `pool_bench.simulate_pool` measures the dispatcher itself, against stand-in
 servers of known capacity that cost next to nothing (`stand_in`), beside the daemon's own
 ceiling, for K = 1, 2, 4, 8.
@@ -51,6 +51,7 @@ import soundfile
 
 from transcribed.commands.backlog import SOURCE_RATE, speechlike
 from transcribed.commands.backlog import write_backlog as write_backlog  # pool_bench's too
+from transcribed.engines import engine_kind
 from transcribed.jobs.worker import Decoder
 from transcribed.loops.supervisor import Supervisor
 from transcribed.model.batching import SharedModel, SharedRecognizer
@@ -526,6 +527,7 @@ def _model_run(
     import torch
 
     from transcribed.model.decoding import LoopCounters
+    from transcribed.servers.vllm_engine import RemoteEngine
 
     cuda = torch.cuda.is_available() and engine.info.device.startswith("cuda")
     if cuda:
@@ -541,12 +543,12 @@ def _model_run(
         clock,
         jobs_at_once,
         diarizer,
-        batches_itself=settings.engine == "vllm",
+        batches_itself=engine_kind(settings).concurrent,
         on_started=samples.start,
     )
     samples.stop()
-    if settings.engine == "vllm":
-        engine.pool.close()  # type: ignore[union-attr]  # the RemoteEngine's
+    if isinstance(engine, RemoteEngine):
+        engine.pool.close()
     return _Measured(
         wall=wall,
         model_seconds=clock.seconds,

@@ -14,6 +14,7 @@ from pathlib import Path
 from transcribed.commands.findings import Finding as Finding  # its callers' name for it
 from transcribed.commands.findings import Level
 from transcribed.disposal.assurance import assess
+from transcribed.engines import engine_kind
 from transcribed.errors import ConfigError, ModelError
 from transcribed.files.filesystems import NETWORK, filesystem_type
 from transcribed.host.isolation import (
@@ -230,11 +231,11 @@ def _model(settings: Settings) -> Iterator[Finding]:
 
     models = (("model", settings.model), ("aligner", settings.aligner))
     for name, model in (*models, ("diarizer", settings.diarizer)):
-        if model is None or (name == "model" and settings.engine == "vllm"):
-            continue  # the vLLM servers hold the model
+        if model is None or (name == "model" and not engine_kind(settings).model_on_disk):
+            continue  # the servers hold the model
         try:
             if name == "diarizer":
-                from transcribed.model.diarizer import diarizer_folder
+                from transcribed.model.model_files import diarizer_folder
 
                 folder = diarizer_folder(model, allow_download=False)
             else:
@@ -251,13 +252,16 @@ def _model(settings: Settings) -> Iterator[Finding]:
 def _gpu(settings: Settings) -> Iterator[Finding]:
     import torch
 
-    from transcribed.model.engine import why_no_cuda
+    from transcribed.model.device import why_no_cuda
 
     if settings.device == "cpu":
         yield Finding("gpu", "ok", "device = cpu: the GPU is not used (slow for real models)")
         return
-    if settings.engine == "vllm" and settings.aligner is None and settings.diarizer is None:
-        yield Finding("gpu", "ok", 'engine = "vllm": the model runs on the servers\' GPUs')
+    local = "gpu" in engine_kind(settings).checks
+    if not local and settings.aligner is None and settings.diarizer is None:
+        yield Finding(
+            "gpu", "ok", f'engine = "{settings.engine}": the model runs on the servers\' GPUs'
+        )
         return
     if (reason := why_no_cuda()) is not None:  # the words `run` refuses device = "cuda" with
         problem, remedy = reason
@@ -288,14 +292,14 @@ def _gpu(settings: Settings) -> Iterator[Finding]:
 
 
 def _engine(settings: Settings) -> Iterator[Finding]:
-    if settings.engine == "vllm":
+    if "servers" in engine_kind(settings).checks:
         from transcribed.commands.vllm_check import check_engine
 
         yield from check_engine(settings)
 
 
 def _network(settings: Settings) -> Iterator[Finding]:
-    if settings.engine == "vllm":
+    if engine_kind(settings).network == "servers_only":
         yield from _servers_only(settings)
         return
     problem = isolation_problem()

@@ -42,6 +42,7 @@ from transcribed.commands.bench import (
     _transcribe_backlog,
     write_backlog,
 )
+from transcribed.engines import VLLM
 from transcribed.settings import ModelSettings
 
 TARGET = 0.90  # of min(K x capacity, the daemon's ceiling)
@@ -187,7 +188,7 @@ def _measure(
     name = f"servers-{count}-{'unbounded' if speed == _UNBOUNDED else speed}"
     with stand_ins(count, speed) as urls:
         pooled = settings.model_copy(
-            update={"engine": "vllm", "vllm_servers": urls, "model": _MODEL}
+            update={"engine": VLLM.name, "vllm_servers": urls, "model": _MODEL}
         )
         engine = RemoteEngine.connect(
             pooled, recording_batch(pooled, jobs_at_once), threading.Event()

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from transcribed.audio.memory import pin_mmap_threshold
+from transcribed.engines import engine_kind
 from transcribed.errors import TranscribedError
 from transcribed.files.content import hash_file
 from transcribed.files.names import display_name
@@ -30,7 +31,6 @@ from transcribed.servers.vllm_engine import RemoteEngine
 from transcribed.service import (
     load_aligner,
     load_diarizer,
-    load_engine,
     make_decoder,
     make_outbox,
 )
@@ -172,10 +172,8 @@ def _audio(seconds: float, decoder: "ChildDecoder") -> str:
 
 
 def _recognizer(settings: ModelSettings) -> "Engine | RemoteEngine":
-    """The resident model, or with engine = "vllm" the configured servers."""
-    if settings.engine == "vllm":
-        return RemoteEngine.connect(settings, settings.batch_size, threading.Event())
-    return load_engine(settings)
+    """The resident model, or the configured servers: what the engine kind makes."""
+    return engine_kind(settings).recognizer(settings, settings.batch_size, threading.Event())
 
 
 def _source(path: Path) -> SourceInfo:

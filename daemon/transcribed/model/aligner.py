@@ -40,7 +40,7 @@ class Aligner:
     def load(cls, model: str, device: str, *, allow_download: bool) -> "Aligner":
         from transformers import Qwen3ASRForTokenClassification
 
-        from transcribed.model.engine import resolve_device
+        from transcribed.model.device import resolve_device
         from transcribed.model.model_files import checked_folder, first_line, load_processor
 
         torch_device = resolve_device(device)

@@ -30,14 +30,11 @@ from transcribed import faults
 from transcribed.errors import ShutdownRequested, TransientError
 from transcribed.logs import get_logger
 from transcribed.model.slot_rows import Ended, SlotRows
+from transcribed.model.token_budget import token_budget
 
 log = get_logger(__name__)
 
 SAMPLE_RATE = 16_000
-# Fast speech is ~4.5 tokens/s in English and ~6 characters/s in Chinese; 8 leaves headroom
-# without letting a repetition loop run for long. The overhead covers "language X<asr_text>".
-TOKENS_PER_SECOND = 8
-TOKEN_OVERHEAD = 24
 # Refill once this share of the slots is free: each refill pauses the steps for a prefill,
 # whose fixed cost (~1,700 operations launched from Python) is then shared by many rows.
 REFILL_SHARE = 8
@@ -45,11 +42,6 @@ REFILL_SHARE = 8
 LENGTH_STEP = 128
 # Successful refills at a reduced size before trying twice the size again.
 GROW_AFTER = 20
-
-
-def token_budget(seconds: float) -> int:
-    """New tokens allowed for a chunk of this length (the default 512 would cut ~2 min)."""
-    return int(np.ceil(seconds * TOKENS_PER_SECOND)) + TOKEN_OVERHEAD
 
 
 def bucket_ladder(ceiling: int) -> list[int]:

@@ -13,11 +13,9 @@ moment run as one batch; the speaker caches are stacked for it and split again a
 """
 
 import copy
-import json
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,11 +23,12 @@ import torch
 
 from transcribed.errors import ModelError, TransientError
 from transcribed.logs import get_logger
+from transcribed.model.device import resolve_device
+from transcribed.model.model_files import diarizer_folder
 from transcribed.model.speakers import FRAME_SAMPLES
 
 log = get_logger(__name__)
 
-MODEL_TYPE = "nemotron3_diarization"
 _RATE = 16_000
 _MODE = "offline-schedule"  # the streaming mode registered for the offline chunk sizes
 
@@ -84,8 +83,6 @@ class Diarizer:
     @classmethod
     def load(cls, model: str, device: str, *, allow_download: bool) -> "Diarizer":
         from transformers import AutoModelForAudioFrameClassification, AutoProcessor
-
-        from transcribed.model.engine import resolve_device
 
         _check_transformers()
         torch_device = resolve_device(device)
@@ -318,32 +315,6 @@ def _check_transformers() -> None:
         raise ModelError(
             f"speaker labels need a newer transformers than {transformers.__version__} "
             "(5.24 is tested): pip install -U transformers"
-        )
-
-
-def diarizer_folder(model: str, allow_download: bool) -> Path:
-    """The diarizer's local folder, its weights complete and its config a diarizer's: what
-    `run` checks before loading, and `doctor` too."""
-    from transcribed.model.model_files import checked_folder
-
-    folder = checked_folder(
-        model, allow_download, recognizer=False, tokenizer=False, setting="diarizer"
-    )
-    _check_config(folder)
-    return folder
-
-
-def _check_config(folder: Any) -> None:
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as error:
-        raise ModelError(
-            f"the diarizer folder {folder} has no readable config.json; is it a model folder?"
-        ) from error
-    if config.get("model_type") != MODEL_TYPE:
-        raise ModelError(
-            f"the diarizer folder {folder} holds a {config.get('model_type')!r} model, not a "
-            "speaker diarizer; use nvidia/Nemotron-3-Diarization"
         )
 
 

@@ -26,13 +26,14 @@ from transcribed.model.decoding import (
     Row,
     bucket_ladder,
     length_ladder,
-    token_budget,
 )
+from transcribed.model.device import announce_device, resolve_device, why_no_cuda
 from transcribed.model.encoder import AudioEncoder, choose_attention
 from transcribed.model.model_files import checked_folder, first_line, load_processor
 from transcribed.model.raw_answer import MARKER, LanguageNames, parse_answer
 from transcribed.model.rows import ChunkFeed, run_chunks
 from transcribed.model.scoring import language_confidence
+from transcribed.model.token_budget import token_budget
 from transcribed.model.torch_backend import TorchBackend
 from transcribed.output.transcript import ChunkText, ModelInfo
 
@@ -91,61 +92,6 @@ def rows_that_fit(free: int, base: int, per_prefill_row: int, per_slot: int) -> 
     group = max(1, min(GPU_PREFILL_ROWS, int(usable / 3 // max(per_prefill_row, 1))))
     ceiling = batch_ceiling(free, base + group * per_prefill_row, per_slot)
     return ceiling, min(group, ceiling)
-
-
-def why_no_cuda() -> tuple[str, str] | None:
-    """Why torch cannot use a CUDA GPU here, and what to do; None when it can."""
-    if torch.version.cuda is None:
-        return (
-            f"this torch ({torch.__version__}) is a CPU-only build",
-            "install a CUDA build of torch: `pip install --force-reinstall torch` (PyPI's Linux "
-            "wheels are CUDA builds) or the command for your CUDA version from "
-            "https://pytorch.org/get-started/locally/",
-        )
-    if not torch.cuda.is_available():
-        return (
-            f"no usable CUDA GPU was found (torch {torch.__version__}, CUDA {torch.version.cuda})",
-            "check that the NVIDIA driver is loaded and `nvidia-smi` works",
-        )
-    return None
-
-
-def resolve_device(requested: str) -> torch.device:
-    """`auto` picks the first GPU when CUDA works, else the CPU; `cuda` without one is an error."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and (reason := why_no_cuda()) is not None:
-        problem, remedy = reason
-        raise ModelError(
-            f"device = {requested!r} but {problem}: {remedy}; or set device = 'auto' or 'cpu' "
-            "to run without a GPU"
-        )
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ModelError(
-            f"device = {requested!r} but only {torch.cuda.device_count()} GPU(s) exist"
-        )
-    return device
-
-
-def announce_device(requested: str, chosen: torch.device) -> None:
-    """Say loudly what `auto` chose: a CPU fallback is 50-100x slower and must not go unseen."""
-    if requested != "auto":
-        log.info("device.chosen", device=str(chosen), requested=requested)
-    elif chosen.type == "cuda":
-        log.info("device.chosen", device=str(chosen), requested="auto", gpu=_gpu_name(chosen))
-    else:
-        log.warning(
-            "device.cpu_fallback",
-            requested="auto",
-            hint="no usable CUDA GPU: transcription runs on the CPU, far slower. Check "
-            "`nvidia-smi` and `transcribed doctor`; set device = 'cuda' to refuse to run "
-            "without a GPU (systemd then retries)",
-        )
-
-
-def _gpu_name(device: torch.device) -> str:
-    return str(torch.cuda.get_device_name(device))
 
 
 class Engine:

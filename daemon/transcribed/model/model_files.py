@@ -32,21 +32,20 @@ class _Broken(Exception):
     """One file of the model folder is missing or incomplete (the reason, without the name)."""
 
 
-def check_before_loading(settings: ModelSettings) -> None:
-    """The model's and the aligner's files, checked before anything imports torch."""
-    if settings.engine == "local":
+def check_before_loading(settings: ModelSettings, *, model_on_disk: bool) -> None:
+    """The model's and the aligner's files, checked before anything imports torch; the
+    model's only when it is on disk here (`model_on_disk`: not when servers hold it)."""
+    if model_on_disk:
         check_repository(settings.model)
     if settings.aligner is not None:
         check_repository(settings.aligner, "aligner")
     if settings.allow_download:
         return  # what is missing may yet be fetched: the loader checks after fetching
-    if settings.engine == "local":  # under vLLM, `model` names what the servers serve
+    if model_on_disk:  # otherwise `model` names what the servers serve
         checked_folder(settings.model, allow_download=False)
     if settings.aligner is not None:
         checked_folder(settings.aligner, allow_download=False, recognizer=False, setting="aligner")
     if settings.diarizer is not None:
-        from transcribed.model.diarizer import diarizer_folder
-
         diarizer_folder(settings.diarizer, allow_download=False)
 
 
@@ -269,3 +268,30 @@ def _size(size: int) -> str:
         if size >= scale:
             return f"{size / scale:,.1f} {unit}"
     return f"{size} bytes"
+
+
+DIARIZER_TYPE = "nemotron3_diarization"  # the one speaker diarizer supported
+
+
+def diarizer_folder(model: str, allow_download: bool) -> Path:
+    """The diarizer's local folder, its weights complete and its config a diarizer's: what
+    `run` checks before loading, and `doctor` too."""
+    folder = checked_folder(
+        model, allow_download, recognizer=False, tokenizer=False, setting="diarizer"
+    )
+    _check_diarizer_config(folder)
+    return folder
+
+
+def _check_diarizer_config(folder: Any) -> None:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as error:
+        raise ModelError(
+            f"the diarizer folder {folder} has no readable config.json; is it a model folder?"
+        ) from error
+    if config.get("model_type") != DIARIZER_TYPE:
+        raise ModelError(
+            f"the diarizer folder {folder} holds a {config.get('model_type')!r} model, not a "
+            "speaker diarizer; use nvidia/Nemotron-3-Diarization"
+        )

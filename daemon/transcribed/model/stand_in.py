@@ -50,10 +50,10 @@ from transcribed.model.decoding import (
     First,
     LoopCounters,
     Row,
-    token_budget,
 )
 from transcribed.model.rows import ChunkFeed, run_chunks, run_feed
 from transcribed.model.synthetic import FULL_SIZES
+from transcribed.model.token_budget import token_budget
 from transcribed.output.transcript import ChunkText, ModelInfo
 
 _VOCAB = 151_936

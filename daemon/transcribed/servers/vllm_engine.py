@@ -29,9 +29,9 @@ import numpy as np
 from transcribed.audio.formats import SAMPLE_RATE
 from transcribed.errors import ConfigError, ShutdownRequested
 from transcribed.logs import get_logger
-from transcribed.model.engine import token_budget
 from transcribed.model.raw_answer import MARKER, LanguageNames, parse_answer
 from transcribed.model.scoring import language_confidence
+from transcribed.model.token_budget import token_budget
 from transcribed.output.transcript import ChunkText, ModelInfo
 from transcribed.servers.chat_answer import check_transcription, read_reply
 from transcribed.servers.chat_request import audio_part, placeholder, wav_base64, with_audio
