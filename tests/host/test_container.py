@@ -38,6 +38,7 @@ PYTHON = "/opt/transcribed/.venv/bin/python"
 TINY_MODEL = "/opt/transcribed-models/tiny-asr"
 # The dependencies (torch, transformers, …) the tests' own venv holds.
 DEPENDENCIES = sysconfig.get_path("purelib")
+DEPENDENCIES_INSIDE = "/opt/transcribed-dependencies"
 
 
 def cache() -> Path:
@@ -83,17 +84,17 @@ def debian_root() -> Path:
     return root
 
 
-def service_venv() -> Path:
-    """The venv the service runs (step 1 of docs/service.md), made in seconds: a venv of the
-    host's Debian python (the container has the same one) holding this checkout's code, that
-    finds its dependencies in the venv running these tests (the same Python ABI), which the
-    container sees read-only at the same path. Installing torch again would cost minutes."""
-    venv = cache() / "service-venv"
-    shutil.rmtree(venv, ignore_errors=True)
+def service_venv(opt: Path) -> None:
+    """The venv the service runs (step 1 of docs/service.md), made in seconds in the root's
+    /opt/transcribed: a venv of the host's Debian python (the container has the same one)
+    holding this checkout's code, that finds its dependencies in the venv running these tests
+    (the same Python ABI), which the container sees read-only at DEPENDENCIES_INSIDE (outside
+    /tmp and /root, which the unit's hardening hides). Installing torch again costs minutes."""
+    venv = opt / ".venv"
     made = run(HOST_PYTHON, "-m", "venv", "--without-pip", venv)
     assert made.returncode == 0, made.stdout + made.stderr
     [site] = (venv / "lib").glob("python3*/site-packages")
-    (site / "dependencies.pth").write_text(DEPENDENCIES + "\n")
+    (site / "dependencies.pth").write_text(DEPENDENCIES_INSIDE + "\n")
     ignore = shutil.ignore_patterns("__pycache__")
     shutil.copytree(PROJECT / "daemon" / "transcribed", site / "transcribed", ignore=ignore)
     # What pip makes of [project.scripts]; the decoder child imports it, hence the guard.
@@ -102,14 +103,13 @@ def service_venv() -> Path:
     ]["transcribed"].partition(":")
     script = venv / "bin" / "transcribed"
     script.write_text(
-        f"#!{venv}/bin/python\nimport sys\nfrom {module} import {function}\n"
+        f"#!{PYTHON}\nimport sys\nfrom {module} import {function}\n"
         f'if __name__ == "__main__":\n    sys.exit({function}())\n'
     )
     script.chmod(0o755)
-    return venv
 
 
-def prepare(root: Path, venv: Path) -> None:
+def prepare(root: Path) -> None:
     """/opt/transcribed as the service page leaves it: the checkout's config and units, the
     venv, and (step 3's stand-in) the tiny model."""
     opt = root / "opt" / "transcribed"
@@ -117,11 +117,11 @@ def prepare(root: Path, venv: Path) -> None:
     opt.mkdir(parents=True)
     for folder in ("config", "systemd"):
         shutil.copytree(PROJECT / folder, opt / folder)
-    (opt / ".venv").symlink_to(venv)
+    service_venv(opt)
     model = root / TINY_MODEL.lstrip("/")
     if not (model / "config.json").exists():
         shutil.rmtree(model, ignore_errors=True)
-        build = run(venv / "bin" / "python", "-m", "transcribed.model.synthetic", model)
+        build = run(sys.executable, "-m", "transcribed.model.synthetic", model)
         assert build.returncode == 0, build.stderr
         assert run("chmod", "-R", "a+rX", model.parent).returncode == 0  # as the page says
 
@@ -129,14 +129,14 @@ def prepare(root: Path, venv: Path) -> None:
 class Container:
     """A booted container: `inside` runs a command in all its namespaces (nsenter)."""
 
-    def __init__(self, root: Path, venv: Path, shared: Path, recordings: Path) -> None:
+    def __init__(self, root: Path, shared: Path, recordings: Path) -> None:
         # /srv/recordings is a folder of this host's, not the overlay: on an overlay whose
         # layers are on different filesystems, a file's st_dev is not its folder's, and the
         # daemon rightly refuses to claim a recording it cannot rename atomically.
         command = [
             "systemd-nspawn", "-b", "--register=no", "--keep-unit", "--private-network",
             "--volatile=overlay", "--console=passive", "-D", str(root),
-            f"--bind-ro={venv}", f"--bind-ro={DEPENDENCIES}", f"--bind-ro={shared}:/mnt/host",
+            f"--bind-ro={DEPENDENCIES}:{DEPENDENCIES_INSIDE}", f"--bind-ro={shared}:/mnt/host",
             f"--bind={recordings}:/srv/recordings",
         ]  # fmt: skip
         self.shared = shared
@@ -206,12 +206,11 @@ def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
     if not HOST_PYTHON.exists() or sys.version_info < (3, 11):
         cannot(f"{HOST_PYTHON} (Debian's python3) is needed for the service's venv")
     root = debian_root()
-    venv = service_venv()
-    prepare(root, venv)
+    prepare(root)
     shared, recordings = tmp_path_factory.mktemp("shared"), tmp_path_factory.mktemp("srv")
     for folder in (shared, recordings):
         folder.chmod(0o755)  # as /srv is: the service's user goes through it
-    box = Container(root, venv, shared, recordings)
+    box = Container(root, shared, recordings)
     try:
         box.boot()
         yield box
