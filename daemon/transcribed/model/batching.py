@@ -323,6 +323,9 @@ class _Feed:
 
     def take(self, count: int) -> list[Row]:
         if len(self._rows) < count:
+            # Answered requests leave: the loop may run for a whole recording, and each holds
+            # its chunk's audio (memory would grow with the recording's length).
+            self._requests = self.unfinished()
             for request in self._shared.taken_for_stream(count - len(self._rows)):
                 self._requests.append(request)
                 self._rows += request.rows()
