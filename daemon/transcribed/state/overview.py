@@ -169,6 +169,10 @@ def _job_speed(jobs: JobQueue, now: float) -> float | None:
 
 
 _CAUTION = 0.8  # of a job's pace, for the progress shown between its confirmed batches
+# Before a job's first answer the pace is the last hour's, other recordings': a job's first
+# chunks, sent as they are cut, may well come back slower than that (seen: 9.8 s confirmed
+# where 0.8 of that pace had shown 11.6 s).
+_FIRST_CAUTION = 0.5
 
 
 def _running(job: Job, now: float, speed: float | None = None) -> dict[str, Any]:
@@ -177,11 +181,13 @@ def _running(job: Job, now: float, speed: float | None = None) -> dict[str, Any]
     never past the length the header claims. A little under, so that a batch confirmed later
     than its pace predicted moves the figure forward, never back."""
     confirmed, expected = job.progress_seconds or 0.0, job.expected_seconds
+    caution = _FIRST_CAUTION  # another job's pace, until this one's first answer
     if confirmed and job.started and job.progress_at and job.progress_at - job.started >= 1:
         speed = confirmed / (job.progress_at - job.started)  # this job's own pace so far
+        caution = _CAUTION
     done = confirmed
     if speed and expected and job.progress_at is not None:
-        estimate = confirmed + max(0.0, now - job.progress_at) * speed * _CAUTION
+        estimate = confirmed + max(0.0, now - job.progress_at) * speed * caution
         done = max(confirmed, min(estimate, expected * 0.99))
     fraction = min(1.0, done / expected) if expected else None
     elapsed = now - job.started if job.started else None
