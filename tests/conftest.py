@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from support import warm_start
 from transcribed.files.content import Content, Fingerprint, ignore_lease_breaks
 from transcribed.model.synthetic import (
     build_tiny_aligner,
@@ -27,6 +28,12 @@ from transcribed.state.workfolder import WorkFolder
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach for the network
 ignore_lease_breaks()  # the intake driven in-process probes files for writers, as the daemon
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_daemon_left_behind() -> Iterator[None]:
+    yield
+    warm_start.kill_leftovers()
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from support import warm_start
+
 CLI = [sys.executable, "-m", "transcribed"]
 NET_GUARD = Path(__file__).parents[1] / "netguard"  # sitecustomize that fails any remote connect
 # Without the capabilities that let root read anything, root is held to the permission bits
@@ -44,6 +46,10 @@ class Daemon:
         self.log_path = log_path
         self._readies_before = self._readies()
         env = {**env, "PYTHONPATH": f"{NET_GUARD}:{env.get('PYTHONPATH', '')}"}
+        self.process: subprocess.Popen[bytes] | warm_start.WarmProcess
+        if warm_start.enabled() and not prefix:  # a prefix execs: it needs a program to run
+            self.process = warm_start.WarmProcess(["run", *args], env, log_path, umask)
+            return
         with log_path.open("a") as log:
             self.process = subprocess.Popen(
                 [*prefix, *CLI, "run", *args],
