@@ -17,7 +17,7 @@ from transcribed.backoff import backoff
 from transcribed.errors import RecordingVanished
 from transcribed.files.names import display_name
 from transcribed.jobs.destinations import Destinations
-from transcribed.jobs.fate import Fate
+from transcribed.jobs.fate import Fate, fate_of
 from transcribed.jobs.rules import Rules
 from transcribed.logs import get_logger
 from transcribed.loops.supervisor import Heartbeat, Loop
@@ -50,16 +50,7 @@ class Disposals:
     @property
     def fate(self) -> Fate:
         """What becomes of a job whose disposal fails, under the settings of now."""
-        return Fate(
-            self.jobs,
-            self.rules,
-            self.destinations,
-            self.max_attempts,
-            self.retry_seconds,
-            self.settle_seconds,
-            self.on_finished,
-            self.search,
-        )
+        return fate_of(self)
 
     def loop(self, idle_seconds: float, stall_seconds: float) -> Loop:
         """How the disposal thread runs: a sweep when a worker published something, or

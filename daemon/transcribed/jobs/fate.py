@@ -18,6 +18,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from transcribed.backoff import backoff
 from transcribed.errors import (
@@ -46,6 +47,35 @@ PERMANENT_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EINVAL, errno.ENOTDIR, e
 
 def _nothing(job: Job, outcome: str) -> None:
     pass
+
+
+class FailureSettings(Protocol):
+    """What a loop that can fail jobs holds: the worker's and the disposal thread's."""
+
+    jobs: JobQueue
+    rules: Rules
+    destinations: Destinations
+    max_attempts: int
+    retry_seconds: float
+    settle_seconds: float
+    search: SearchIndex | None
+
+    @property  # a callable field reads as a method: read-only
+    def on_finished(self) -> Callable[[Job, str], None]: ...
+
+
+def fate_of(loop: FailureSettings) -> "Fate":
+    """A loop's `Fate` under its settings of now (a reload reaches it at once)."""
+    return Fate(
+        loop.jobs,
+        loop.rules,
+        loop.destinations,
+        loop.max_attempts,
+        loop.retry_seconds,
+        loop.settle_seconds,
+        loop.on_finished,
+        loop.search,
+    )
 
 
 @dataclass

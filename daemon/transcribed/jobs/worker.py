@@ -27,7 +27,7 @@ from transcribed.backoff import backoff
 from transcribed.errors import PermanentError, RecordingVanished, TransientError
 from transcribed.files.names import display_name
 from transcribed.jobs.destinations import Destinations
-from transcribed.jobs.fate import PERMANENT_ERRNOS, Fate
+from transcribed.jobs.fate import PERMANENT_ERRNOS, Fate, fate_of
 from transcribed.jobs.rules import Plan, Rules
 from transcribed.jobs.versions import replaceable
 from transcribed.logs import get_logger
@@ -104,16 +104,7 @@ class Worker:
     @property
     def fate(self) -> Fate:
         """What becomes of a job that fails here, under the settings of now."""
-        return Fate(
-            self.jobs,
-            self.rules,
-            self.destinations,
-            self.max_attempts,
-            self.retry_seconds,
-            self.settle_seconds,
-            self.on_finished,
-            self.search,
-        )
+        return fate_of(self)
 
     def step(self) -> bool:
         """Process the next due job; False when idle (or while the inbox is not the folder
