@@ -38,7 +38,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
-import random
 import ssl
 import threading
 import time
@@ -124,7 +123,7 @@ class Server:
     outstanding: int = 0
     failures: int = 0  # in a row
     problem: str | None = "not checked yet"
-    probe_wait: float = PROBE_SECONDS[0]
+    probes_failed: int = 0  # in a row, while down: the next probe's wait doubles with them
     next_check: float = 0.0
     answered: int = 0
     version: str | None = None
@@ -406,7 +405,7 @@ class ServerPool:
     def _answered(self, server: Server) -> None:
         server.answered += 1
         server.failures = 0
-        server.probe_wait = PROBE_SECONDS[0]  # it works: a later fall is probed soon again
+        server.probes_failed = 0  # it works: a later fall is probed soon again
 
     def _failed(self, server: Server, problem: str, at_once: bool = False) -> None:
         server.failures += 1
@@ -424,7 +423,10 @@ class ServerPool:
             server.failures = 0
             server.next_check = time.monotonic() + HEALTH_SECONDS
         else:
-            server.next_check = time.monotonic() + _jitter(server.probe_wait)
+            # The first probe a second after the fall; each failed one doubles the wait, to
+            # 30 s; jitter spreads the probes of servers that fell together.
+            wait = backoff(server.probes_failed + 1, *PROBE_SECONDS, jitter=0.2)
+            server.next_check = time.monotonic() + wait
         if told:
             self._tell()
         if not changed:
@@ -479,7 +481,7 @@ class ServerPool:
         if server.up:
             self._failed(server, problem, at_once=True)
         else:
-            server.probe_wait = min(server.probe_wait * 2, PROBE_SECONDS[1])
+            server.probes_failed += 1
             self._mark(server, up=False, problem=problem)
 
     async def _health_problem(self, server: Server) -> str | None:
@@ -586,7 +588,3 @@ def served_models(listing: Any) -> list[str]:
         return [str(entry["id"]) for entry in listing["data"]]
     except (KeyError, TypeError, IndexError):
         return []
-
-
-def _jitter(seconds: float) -> float:
-    return seconds * random.uniform(0.8, 1.2)
