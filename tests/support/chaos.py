@@ -125,13 +125,8 @@ class Campaign:
 
     def _stop(self) -> None:
         daemon, self.daemon = self.daemon, None
-        if daemon is None or daemon.process.poll() is not None:
-            return
-        try:
-            assert daemon.stop(60) == 0, daemon.tail()
-        finally:
-            if daemon.process.poll() is None:  # never leave a daemon behind a failed test
-                daemon.kill()
+        if daemon is not None:
+            daemon.stop_cleanly()
 
     def _alive(self) -> Daemon:
         assert self.daemon is not None

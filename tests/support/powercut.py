@@ -238,13 +238,8 @@ class Campaign:
     def _stop(self) -> None:
         self.copier.stop()
         daemon, self.daemon = self.daemon, None
-        if daemon is None or daemon.process.poll() is not None:
-            return
-        try:
-            assert daemon.stop(60) == 0, daemon.tail()
-        finally:
-            if daemon.process.poll() is None:
-                daemon.kill()
+        if daemon is not None:
+            daemon.stop_cleanly()
 
     def _cut_once(self, drops: int) -> None:
         moment = self.rng.choice(list(self.moments))
