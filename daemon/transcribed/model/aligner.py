@@ -41,11 +41,17 @@ class Aligner:
         from transformers import Qwen3ASRForTokenClassification
 
         from transcribed.model.device import resolve_device
-        from transcribed.model.model_files import checked_folder, first_line, load_processor
+        from transcribed.model.model_files import (
+            checked_folder,
+            first_line,
+            load_processor,
+            quiet_loading,
+        )
 
         torch_device = resolve_device(device)
         folder = checked_folder(model, allow_download, recognizer=False, setting="aligner")
         dtype = torch.bfloat16 if torch_device.type == "cuda" else torch.float32
+        quiet_loading()
         started = time.monotonic()
         processor = load_processor(folder)
         try:

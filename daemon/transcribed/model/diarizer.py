@@ -24,7 +24,7 @@ import torch
 from transcribed.errors import ModelError, TransientError
 from transcribed.logs import get_logger
 from transcribed.model.device import resolve_device
-from transcribed.model.model_files import diarizer_folder
+from transcribed.model.model_files import diarizer_folder, quiet_loading
 from transcribed.model.speakers import FRAME_SAMPLES
 
 log = get_logger(__name__)
@@ -91,6 +91,7 @@ class Diarizer:
         # highest, and bf16 rounding can reorder close scores; the model is small (99 M
         # parameters), so full precision costs the GPU little.
         dtype = torch.float32
+        quiet_loading()
         started = time.monotonic()
         try:
             processor = AutoProcessor.from_pretrained(folder, local_files_only=True)

@@ -29,7 +29,12 @@ from transcribed.model.decoding import (
 )
 from transcribed.model.device import announce_device, resolve_device, why_no_cuda
 from transcribed.model.encoder import AudioEncoder, choose_attention
-from transcribed.model.model_files import checked_folder, first_line, load_processor
+from transcribed.model.model_files import (
+    checked_folder,
+    first_line,
+    load_processor,
+    quiet_loading,
+)
 from transcribed.model.raw_answer import MARKER, LanguageNames, parse_answer
 from transcribed.model.rows import ChunkFeed, run_chunks
 from transcribed.model.scoring import language_confidence
@@ -139,9 +144,8 @@ class Engine:
         chunk_seconds: float = 30.0,
     ) -> "Engine":
         from transformers import Qwen3ASRForConditionalGeneration
-        from transformers.utils import logging as transformers_logging
 
-        transformers_logging.disable_progress_bar()  # bars would garble the JSON log lines
+        quiet_loading()
         torch_device = resolve_device(device)
         announce_device(device, torch_device)
         folder = checked_folder(model, allow_download)  # what `doctor` checks, too

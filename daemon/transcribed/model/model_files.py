@@ -149,6 +149,14 @@ def _size_of(config: dict[str, Any]) -> str:
     return "0.6B" if isinstance(text, dict) and text.get("hidden_size") == 1024 else "1.7B"
 
 
+def quiet_loading() -> None:
+    """No progress bars while weights load: they would garble the JSON log lines. Said to
+    transformers directly: HF_HUB_DISABLE_PROGRESS_BARS is read once, when it is imported."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
 def load_processor(folder: Path) -> Any:
     """The model's processor (tokenizer, feature extractor, chat template)."""
     from transformers import AutoProcessor
