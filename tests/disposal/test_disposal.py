@@ -1,17 +1,21 @@
 """Move, delete, shred and quarantine: byte-identical, repeatable, never through a link."""
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import hashed
 from transcribed.disposal.disposer import Disposer, shred
-from transcribed.errors import RecordingVanished
+from transcribed.errors import FolderUnusable, RecordingVanished
 from transcribed.state.queue import Job, JobQueue
+from transcribed.state.recheck import RecordingChanged
 from transcribed.state.workfolder import WorkFolder
 
 
@@ -184,3 +188,67 @@ def test_an_original_whose_writers_cannot_be_seen_is_kept_a_while_after_its_clai
         disposer.dispose(job)
     assert work.names() != []
     assert disposer.dispose(dataclasses.replace(job, created=job.created - 61)) == "deleted"
+
+
+@contextlib.contextmanager
+def _immutable(path: Path) -> Iterator[None]:
+    """`chattr +i`: what denies even root a write or an unlink (the tests run as root)."""
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+        pytest.skip("chattr +i is not supported here")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+@pytest.mark.parametrize("policy", ["delete", "shred"])
+def test_a_disposal_that_failed_before_it_began_compares_the_recording_again(
+    tmp_path: Path, policy: str
+) -> None:
+    """Found by the adversary: a shred whose file could not be opened (or a delete whose
+    unlink failed) was taken for begun, and the next try shredded without comparing: bytes a
+    writer added meanwhile were shredded with no transcript."""
+    jobs, job, work = _job(tmp_path, b"a.wav", b"the first seconds")
+    disposer = Disposer(jobs, work, policy, None, tmp_path)
+    source = work.file(job.work_name)
+    with _immutable(source if policy == "shred" else work.path), pytest.raises(OSError):
+        disposer.dispose(jobs.get(job.id))
+    with source.open("ab") as writer:  # the writer goes on, then the file can be disposed of
+        writer.write(b" and the rest, never transcribed")
+    with pytest.raises(RecordingChanged):
+        disposer.dispose(jobs.get(job.id))
+    assert source.read_bytes() == b"the first seconds and the rest, never transcribed"
+
+
+@pytest.mark.parametrize("policy", ["delete", "shred"])
+def test_a_recording_taken_away_after_a_failed_disposal_is_not_called_erased(
+    tmp_path: Path, policy: str
+) -> None:
+    """Found by the adversary: after a shred that could not open the file, someone moved it
+    out; the job became done as `already-disposed`, its JSON saying "overwritten"."""
+    jobs, job, work = _job(tmp_path, b"a.wav", b"recording")
+    disposer = Disposer(jobs, work, policy, None, tmp_path)
+    source = work.file(job.work_name)
+    with _immutable(source if policy == "shred" else work.path), pytest.raises(OSError):
+        disposer.dispose(jobs.get(job.id))
+    source.rename(tmp_path / "rescued.wav")
+    with pytest.raises(RecordingVanished):
+        disposer.dispose(jobs.get(job.id))
+
+
+def test_a_move_without_an_archive_any_more_waits_with_its_reason(tmp_path: Path) -> None:
+    """Found by the adversary: published under `move`, then a reload to `delete` dropped
+    archive_dir; an assertion stopped the whole disposal sweep. Now that job waits, said."""
+    jobs, job, work = _job(tmp_path, b"a.wav", b"recording")
+    disposer = Disposer(jobs, work, "move", None, tmp_path)
+    with pytest.raises(FolderUnusable, match="archive_dir is no longer set"):
+        disposer.dispose(job)
+    assert work.file(job.work_name).read_bytes() == b"recording"
+
+
+def test_shred_says_a_file_is_immutable_rather_than_blame_its_owner(tmp_path: Path) -> None:
+    path = tmp_path / "ours.wav"
+    path.write_bytes(b"recording")
+    with _immutable(path), pytest.raises(PermissionError, match="read-only or immutable"):
+        shred(path)
+    assert path.read_bytes() == b"recording"

@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import stat
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
@@ -68,22 +69,38 @@ class Disposer:
         source = self._work.file(job.work_name)
         if not os.path.lexists(source):
             return self._already_disposed(job)
-        # A move can always look again (the original stays until its copy is verified); a
-        # delete or shred that began has overwritten or unlinked what it looked at.
-        if self._policy == "move" or job.disposal_started is None:
+        # Compared again before every try, until the first byte is overwritten: a move keeps
+        # the original until its copy is verified, and an unlink is all or nothing, so while
+        # the file is there nothing was done to it. Only a shred that began changed it itself.
+        if self._policy != "shred" or job.disposal_started is None:
             check_unchanged(source, job, self._jobs, hold_unseen=self._hold_unseen)
         if self._policy == "move":
-            assert self._archive is not None
-            self._move(job, source, self._archive)
+            self._move(job, source, self._archive_for(job))
             return "moved"
-        self._jobs.record_disposal_start(job.id)
         if self._policy == "shred":
-            shred(source)
+            shred(source, begins=lambda: self._jobs.record_disposal_start(job.id))
             return "shredded"
-        source.unlink()
+        self._jobs.record_disposal_start(job.id)
+        try:
+            source.unlink()
+        except OSError:
+            self._jobs.forget_disposal_start(job.id)  # nothing was deleted: never say it was
+            raise
         faults.point("disposal.unlinked")
         fsync_dir(self._work.path)
         return "deleted"
+
+    def _archive_for(self, job: Job) -> Path:
+        """The archive a moved original goes to. Gone from the settings by a reload after the
+        transcript recorded `move`: this original waits (the others go on)."""
+        if self._archive is None:
+            raise FolderUnusable(
+                errno.ENOENT,
+                f'the transcript of job {job.id} records disposal = "move" but archive_dir '
+                "is no longer set: set it again and reload; the original waits in the work "
+                "folder",
+            )
+        return self._archive
 
     def quarantine(self, job: Job, error: str) -> Path:
         """Move a permanently failed original to failed_dir beside `<name>.error.json`.
@@ -216,25 +233,23 @@ def _same_bytes(first: Path, second: Path) -> bool:
                 return True
 
 
-def shred(path: Path) -> None:
+def shred(path: Path, begins: Callable[[], None] = lambda: None) -> None:
     """Overwrite a single-link regular file through a validated descriptor, fsync, unlink.
+    `begins` is called just before the first byte is overwritten: until then the file is
+    untouched, and a try that failed earlier (it could not be opened) changed nothing.
 
     Never the `shred` command: it follows symlinks and `-f` chmods the target. What this
     cannot promise (SSDs, copy-on-write filesystems, snapshots) is in docs/how-it-works.md.
     """
     try:
         fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except PermissionError:
-        raise PermissionError(
-            errno.EACCES,
-            "cannot shred a recording the service user may not write to (it belongs to "
-            f"user {os.stat(path).st_uid}): make recordings writable by it (Samba: "
-            '"create mask = 0660" with its group), or use disposal = "delete"',
-        ) from None
+    except PermissionError as error:
+        raise PermissionError(error.errno, _cannot_write(path)) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
             raise OSError(f"refusing to shred {path}: not a single-link regular file")
+        begins()
         remaining = info.st_size
         while remaining:
             written = os.write(fd, os.urandom(min(remaining, _BLOCK)))
@@ -248,6 +263,20 @@ def shred(path: Path) -> None:
     finally:
         os.close(fd)
     fsync_dir(path.parent)
+
+
+def _cannot_write(path: Path) -> str:
+    owner = os.stat(path).st_uid
+    if owner == os.geteuid():  # ours, yet not writable: made read-only or immutable
+        return (
+            f"cannot shred {path.name}: it is read-only or immutable (`lsattr`, `chattr -i`) "
+            'even for the service user; make it writable, or use disposal = "delete"'
+        )
+    return (
+        "cannot shred a recording the service user may not write to (it belongs to "
+        f"user {owner}): make recordings writable by it (Samba: "
+        '"create mask = 0660" with its group), or use disposal = "delete"'
+    )
 
 
 def _now() -> str:

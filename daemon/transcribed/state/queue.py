@@ -434,6 +434,10 @@ class JobQueue:
             (self._now(), job_id),
         )
 
+    def forget_disposal_start(self, job_id: int) -> None:
+        """The step recorded as about to happen failed without changing the work file."""
+        self._db.execute("UPDATE jobs SET disposal_started = NULL WHERE id = ?", (job_id,))
+
     def mark_done(self, job_id: int) -> None:
         """The original has been disposed of (verified); nothing is left to do for this file."""
         self._set(job_id, JobState.DONE)
