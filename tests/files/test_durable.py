@@ -3,11 +3,14 @@
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from transcribed.files.durable import NAME_MAX, fit_name
+from support.powerfs import PowerFS, require_powerfs
+from transcribed.files.durable import NAME_MAX, fit_name, link_or_copy_no_overwrite
+from transcribed.files.folders import link_free_name
 
 
 def test_a_long_name_is_cut_on_a_character_boundary_to_leave_room() -> None:
@@ -51,3 +54,44 @@ def test_another_users_file_is_copied_where_the_kernel_refuses_a_hard_link(tmp_p
     assert done.returncode == 0, done.stderr
     assert target.read_bytes() == source.read_bytes()
     assert not os.path.samefile(source, target)
+
+
+@pytest.fixture(params=["renames that cannot replace", "plain renames only"])
+def no_links(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A mounted folder whose filesystem refuses hard links (EPERM), as vfat, exFAT and many
+    shares do (the test filesystem with its links switched off); then perhaps renames that
+    must not replace, too (EINVAL, as NFS)."""
+    require_powerfs()
+    with PowerFS(tmp_path / "disk") as disk:
+        disk.ask("links off")
+        if request.param == "plain renames only":
+            disk.ask("noreplace off")
+        yield disk.root
+
+
+def test_a_filesystem_without_hard_links_still_takes_names_without_replacing(
+    no_links: Path, tmp_path: Path
+) -> None:
+    """Found by the adversary: an archive, failed folder or inbox there never worked (the
+    copy's last step was a hard link): 'Operation not permitted' for ever, said as a
+    permission problem. A name is now taken by a rename that cannot replace."""
+    (no_links / "probe").write_bytes(b"")
+    with pytest.raises(PermissionError):
+        os.link(no_links / "probe", no_links / "probe-2")  # the premise: no links here
+    (no_links / "probe").unlink()
+    source = tmp_path / "recording.wav"
+    source.write_bytes(b"the recording")
+    link_or_copy_no_overwrite(source, no_links / "recording.wav")
+    assert (no_links / "recording.wav").read_bytes() == b"the recording"
+    with pytest.raises(FileExistsError):
+        link_or_copy_no_overwrite(source, no_links / "recording.wav")
+    temp = no_links / ".upload.tmp"
+    temp.write_bytes(b"another recording")
+    folder = os.open(no_links, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert link_free_name(folder, temp.name, "recording.wav") == "recording-2.wav"
+    finally:
+        os.close(folder)
+    assert sorted(path.name for path in no_links.iterdir()) == ["recording-2.wav", "recording.wav"]
+    assert (no_links / "recording.wav").read_bytes() == b"the recording"
+    assert (no_links / "recording-2.wav").read_bytes() == b"another recording"

@@ -18,6 +18,9 @@ Control commands, one line each over the Unix socket, answered with one JSON lin
                          everything is made durable first, like a clean shutdown)
   sync                   make everything durable (as if it had been on the disk for long)
   stats                  counters: operations, fsyncs, cuts, nodes
+  links off              refuse hard links from now on (EPERM), as vfat, exFAT and many
+                         shares do
+  noreplace off          refuse renames that must not replace (EINVAL), as NFS does
   quit                   unmount and exit
 Locks (flock, POSIX) are left to the kernel, which keeps them per mount.
 """
@@ -54,6 +57,8 @@ class Operations(pyfuse3.Operations):
     def __init__(self, volume: Volume) -> None:
         super().__init__()
         self.volume = volume
+        self.links = True  # `links off`: a filesystem without hard links
+        self.noreplace = True  # `noreplace off`: nor renames that cannot replace
         self.handles: dict[int, Handle] = {}
         self.next_fh = 1
 
@@ -184,10 +189,14 @@ class Operations(pyfuse3.Operations):
 
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         self.volume.alive()
+        if flags and not self.noreplace:
+            raise fail(errno.EINVAL)
         self.volume.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
         self.volume.alive()
+        if not self.links:
+            raise fail(errno.EPERM)
         return self._entry(self.volume.link(inode, new_parent_inode, new_name))
 
     # --- files ---------------------------------------------------------------------------
@@ -356,6 +365,10 @@ class Server:
             pyfuse3.terminate()
             if verb == "remount":
                 await self.remounted.wait()
+        elif verb == "links" and words[1:] == ["off"]:
+            self.operations.links = False
+        elif verb == "noreplace" and words[1:] == ["off"]:
+            self.operations.noreplace = False
         elif verb == "stats":
             return {"ok": True, "counts": dict(volume.counts), "nodes": len(volume.nodes)}
         else:

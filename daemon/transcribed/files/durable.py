@@ -1,10 +1,12 @@
 """Durable file operations: a file or rename only counts once it is fsynced, folder included."""
 
 import contextlib
+import ctypes
 import errno
 import os
 import re
 import secrets
+import threading
 from pathlib import Path
 
 from transcribed import faults
@@ -85,8 +87,56 @@ def publish_bytes(target: Path, data: bytes, *, mode: int = 0o640, label: str = 
 
 
 # A hard link cannot be made: another filesystem; another user's file that we may not write
-# (fs.protected_hardlinks, on by default); a filesystem without links; too many links.
-_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK})
+# (fs.protected_hardlinks, on by default); a filesystem without links (vfat, exFAT, many
+# shares); too many links.
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS})
+_AT_FDCWD = -100  # "relative to the working directory", for the *at() calls
+_RENAME_NOREPLACE = 1  # linux/fs.h
+_libc = ctypes.CDLL(None, use_errno=True)
+# Where neither a link nor a rename that cannot replace works, a name is checked and taken
+# under this lock: that covers this daemon's own threads, never another writer.
+_TAKING = threading.Lock()
+
+
+def take_name(temp: str | Path, name: str | Path, dir_fd: int | None = None) -> bool:
+    """Give the finished file `temp` the name `name` unless that exists; False when it does.
+    Never replaces another file: a hard link (then `temp` goes); where the filesystem has no
+    links, a rename that cannot replace (renameat2 RENAME_NOREPLACE). With `dir_fd`, both
+    names are relative to that folder."""
+    fds = {"src_dir_fd": dir_fd, "dst_dir_fd": dir_fd}
+    try:
+        os.link(temp, name, follow_symlinks=False, **fds)
+    except FileExistsError:
+        return False
+    except OSError as error:
+        if error.errno not in _NO_LINK:
+            raise
+        return _rename_no_replace(temp, name, dir_fd)
+    os.unlink(temp, dir_fd=dir_fd)
+    return True
+
+
+def _rename_no_replace(temp: str | Path, name: str | Path, dir_fd: int | None) -> bool:
+    folder = _AT_FDCWD if dir_fd is None else dir_fd
+    if _libc.renameat2(folder, os.fsencode(temp), folder, os.fsencode(name), _RENAME_NOREPLACE):
+        number = ctypes.get_errno()
+        if number == errno.EEXIST:
+            return False
+        if number not in (errno.EINVAL, errno.ENOSYS):  # EINVAL: flags this fs cannot do
+            raise OSError(number, os.strerror(number), os.fsdecode(name))
+        with _TAKING:
+            if _exists(name, dir_fd):
+                return False
+            os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    return True
+
+
+def _exists(name: str | Path, dir_fd: int | None) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def link_or_copy_no_overwrite(source: Path, target: Path) -> None:
@@ -105,7 +155,8 @@ def link_or_copy_no_overwrite(source: Path, target: Path) -> None:
     temp = target.parent / temp_name(target.name)
     try:
         _copy_fsynced(source, temp)
-        os.link(temp, target)
+        if not take_name(temp, target):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
     finally:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()

@@ -9,7 +9,7 @@ import errno
 import os
 from pathlib import Path, PurePosixPath
 
-from transcribed.files.durable import fit_name
+from transcribed.files.durable import fit_name, take_name
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -63,11 +63,8 @@ def link_free_name(folder_fd: int, temp: str, name: str) -> str:
     while True:
         suffix = f".{extension}" if dot else ""
         candidate = name if number == 1 else fit_name(stem, f"-{number}{suffix}")
-        try:
-            os.link(temp, candidate, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
-        except FileExistsError:
+        if not take_name(temp, candidate, folder_fd):
             number += 1
             continue
-        os.unlink(temp, dir_fd=folder_fd)
         os.fsync(folder_fd)
         return candidate

@@ -7,18 +7,23 @@ name, and taking a name is atomic, so jobs publishing at once never share one.
 """
 
 import contextlib
-import errno
 import itertools
 import json
 import os
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from transcribed import faults
-from transcribed.files.durable import check_outside, fit_name, fsync_dir, make_folders, write_temp
+from transcribed.files.durable import (
+    check_outside,
+    fit_name,
+    fsync_dir,
+    make_folders,
+    take_name,
+    write_temp,
+)
 from transcribed.output.subtitles import render_srt, render_tsv, render_vtt
 from transcribed.output.transcript import Segment, Transcript, join_texts
 
@@ -160,7 +165,7 @@ class Outbox:
             )
             if standing == "ours":
                 os.replace(json_temp, target)  # from an attempt a crash cut short
-            elif standing == "taken" or not _take_name(json_temp, target):
+            elif standing == "taken" or not take_name(json_temp, target):
                 continue  # another recording's, or taken by another job a moment ago
             faults.point("outbox.json.published", target.name)
             return candidate
@@ -219,36 +224,13 @@ class Outbox:
         """`ours` (the stem's JSON is this recording's), `free` (none of its files exist, a
         subtitle named with this language included), or `taken`. Only `ours` may be replaced:
         a free name can be taken by another job the next moment, so it is taken with
-        `_take_name`, never by replacing."""
+        `take_name`, never by replacing."""
         marker = folder / f"{stem}.json"
         if os.path.lexists(marker):
             found = read_json_object(marker)
             return "ours" if found is not None and _owner_of(found) == owner else "taken"
         files = self._targets(folder, stem, language)
         return "taken" if any(os.path.lexists(path) for _extension, path in files) else "free"
-
-
-# Filesystems without hard links (some network shares) cannot take a name with one link:
-# there the name is checked and taken under a lock, which covers this daemon's own jobs (the
-# only ones writing this outbox: one daemon per inbox).
-_NO_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS})
-_TAKING = threading.Lock()
-
-
-def _take_name(temp: Path, target: Path) -> bool:
-    """Give `temp` the name `target` unless it exists (atomically); False when it does."""
-    with _TAKING:
-        try:
-            os.link(temp, target, follow_symlinks=False)
-        except FileExistsError:
-            return False
-        except OSError as error:
-            if error.errno not in _NO_LINKS or os.path.lexists(target):
-                raise
-            os.replace(temp, target)
-            return True
-        temp.unlink()
-        return True
 
 
 @dataclass(frozen=True)

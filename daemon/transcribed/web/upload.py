@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 import anyio
 
 from transcribed.files.durable import fit_name
+from transcribed.files.folders import link_free_name
 from transcribed.files.names import display_name, is_candidate
 from transcribed.logs import get_logger
 
@@ -82,7 +83,7 @@ async def receive(
         fd = os.open(temp, _NEW_FILE, 0o640, dir_fd=folder_fd)
         try:
             size = await _copy(body, fd, limit)
-            final = await anyio.to_thread.run_sync(_link_free_name, folder_fd, temp, name)
+            final = await anyio.to_thread.run_sync(link_free_name, folder_fd, temp, name)
         finally:
             os.close(fd)
             _remove(temp, folder_fd)
@@ -126,22 +127,6 @@ def _write_all(fd: int, block: bytes) -> None:
     view = memoryview(block)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def _link_free_name(folder_fd: int, temp: str, name: str) -> str:
-    """Give the finished temp file `name`, or `stem-2.ext`… for the first free one."""
-    stem, _dot, extension = name.rpartition(".")
-    number = 1
-    while True:
-        candidate = name if number == 1 else fit_name(stem, f"-{number}.{extension}")
-        try:
-            os.link(temp, candidate, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
-        except FileExistsError:
-            number += 1
-            continue
-        os.unlink(temp, dir_fd=folder_fd)
-        os.fsync(folder_fd)
-        return candidate
 
 
 def _remove(temp: str, folder_fd: int) -> None:
