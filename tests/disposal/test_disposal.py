@@ -252,3 +252,18 @@ def test_shred_says_a_file_is_immutable_rather_than_blame_its_owner(tmp_path: Pa
     with _immutable(path), pytest.raises(PermissionError, match="read-only or immutable"):
         shred(path)
     assert path.read_bytes() == b"recording"
+
+
+def test_an_original_is_never_moved_through_a_link_below_the_archive(tmp_path: Path) -> None:
+    """Found by the adversary (I3): `archive/evil` a link to another folder; the original of
+    inbox/evil/q.wav was archived there. Now it waits in the work folder, the reason said."""
+    jobs, job, work = _job(tmp_path, b"evil/q.wav", b"recording")
+    archive, elsewhere = tmp_path / "archive", tmp_path / "elsewhere"
+    archive.mkdir()
+    elsewhere.mkdir()
+    (archive / "evil").symlink_to(elsewhere)
+    disposer = Disposer(jobs, work, "move", archive, tmp_path)
+    with pytest.raises(FolderUnusable, match="symbolic link"):
+        disposer.dispose(job)
+    assert list(elsewhere.iterdir()) == []
+    assert work.file(job.work_name).read_bytes() == b"recording"

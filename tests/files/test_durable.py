@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from support.powerfs import PowerFS, require_powerfs
-from transcribed.files.durable import NAME_MAX, fit_name, link_or_copy_no_overwrite
+from transcribed.errors import FolderUnusable
+from transcribed.files.durable import (
+    NAME_MAX,
+    fit_name,
+    link_or_copy_no_overwrite,
+    make_folders,
+)
 from transcribed.files.folders import link_free_name
 
 
@@ -95,3 +101,16 @@ def test_a_filesystem_without_hard_links_still_takes_names_without_replacing(
     assert sorted(path.name for path in no_links.iterdir()) == ["recording-2.wav", "recording.wav"]
     assert (no_links / "recording.wav").read_bytes() == b"the recording"
     assert (no_links / "recording-2.wav").read_bytes() == b"another recording"
+
+
+def test_a_symbolic_link_below_a_destination_is_not_followed(tmp_path: Path) -> None:
+    """Found by the adversary (I3): `outbox/team` made a link to another folder, and the
+    transcripts of inbox/team/ were written there (so were originals, below the archive)."""
+    root, elsewhere = tmp_path / "outbox", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    (root / "team").symlink_to(elsewhere)
+    with pytest.raises(FolderUnusable, match="symbolic link"):
+        make_folders(root, Path("team/2026"))
+    assert list(elsewhere.iterdir()) == []
+    assert make_folders(root, Path("other/2026")) == root / "other/2026"

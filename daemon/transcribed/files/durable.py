@@ -195,7 +195,9 @@ def unique_name(directory: Path, name: str, reserve: int = 0, companion: str = "
 
 
 def make_folders(root: Path, relative: Path) -> Path:
-    """Create `root/relative` folder by folder, fsyncing each parent that gained an entry."""
+    """Create `root/relative` folder by folder, fsyncing each parent that gained an entry.
+    A symbolic link on the way is refused (I3): whoever can write below the outbox or the
+    archive could otherwise send transcripts and originals anywhere the daemon may write."""
     folder = root
     for part in relative.parts:
         child = folder / part
@@ -203,7 +205,12 @@ def make_folders(root: Path, relative: Path) -> Path:
             child.mkdir(mode=0o750)
             fsync_dir(folder)
         except FileExistsError:
-            pass
+            if child.is_symlink():
+                raise FolderUnusable(
+                    errno.ELOOP,
+                    f"{child} is a symbolic link, which the daemon does not follow: make it "
+                    "a folder (what waits for it goes on by itself)",
+                ) from None
         folder = child
     return folder
 
