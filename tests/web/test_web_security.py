@@ -435,6 +435,14 @@ def test_an_oversized_upload_is_refused_and_leaves_nothing(client, site):
     assert visible(site.settings.inbox) == [], "no temp file left behind"
 
 
+def test_an_empty_upload_is_refused_at_once(client, site):
+    """Found by the adversary: a 0-byte upload was taken (200), then waited an hour in the
+    inbox as "still arriving" before it failed."""
+    refused = upload(client, token(client, "/upload"), "empty.wav", b"")
+    assert refused.status_code == 400 and "empty" in refused.json()["error"]
+    assert visible(site.settings.inbox) == [], "nothing left behind"
+
+
 @pytest.mark.parametrize(
     ("name", "folder"),
     [

@@ -93,13 +93,16 @@ async def receive(
 
 
 async def _copy(body: AsyncIterator[bytes], fd: int, limit: int) -> int:
-    """All of `body` into `fd`, fsynced; TooLarge as soon as it passes `limit` bytes."""
+    """All of `body` into `fd`, fsynced; TooLarge as soon as it passes `limit` bytes,
+    UploadRefused when there was nothing."""
     size = 0
     async for block in body:
         size += len(block)
         if size > limit:
             raise TooLarge(f"the file is larger than the {limit // (1024 * 1024)} MiB allowed")
         await anyio.to_thread.run_sync(_write_all, fd, block)
+    if not size:  # in the inbox it would wait an hour as "still arriving", then fail
+        raise UploadRefused("the file is empty: choose the recording itself")
     await anyio.to_thread.run_sync(os.fsync, fd)
     return size
 
