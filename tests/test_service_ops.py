@@ -2,16 +2,20 @@
 isolation at start, and the loud CPU fallback. Real daemon, real config file, real hooks."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
 
 from support.recordings import write_soundfile
 from support.running import CLI, Daemon, cli, events
@@ -27,6 +31,47 @@ def drop(inbox: Path, name: str, seed: int, seconds: float = 2) -> None:
 
 def logged(daemon: Daemon, event: str) -> list[dict]:
     return [e for e in events(daemon.log_path) if e["event"] == event]
+
+
+class _Opened(FileSystemEventHandler):
+    """Set once `path` is opened by anyone (inotify's IN_OPEN)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.event = path, threading.Event()
+
+    def on_opened(self, event: FileSystemEvent) -> None:
+        if Path(os.fsdecode(event.src_path)) == self.path:
+            self.event.set()
+
+
+def test_a_reload_asked_for_while_the_daemon_starts_is_kept_for_it(folders, tiny_model, tmp_path):
+    """Found by the adversary: a SIGHUP in the daemon's first second (after it had read the
+    config, before its own handlers) ended it. Now the new config is read once it is ready."""
+    config = tmp_path / "config.toml"
+    config.write_text('formats = ["txt", "json"]\n')
+    env = folders.env(
+        tiny_model,
+        TRANSCRIBED_SETTLE_SECONDS="0.3",
+        TRANSCRIBED_TEST_FAULTS="daemon.starting=sleep3",  # the config read, the rest to come
+    )
+    opened = _Opened(config)
+    observer = Observer()
+    observer.schedule(opened, str(tmp_path))
+    observer.start()
+    daemon = Daemon(env, tmp_path / "daemon.log", args=("--config", str(config)))
+    try:
+        assert opened.event.wait(30), "the daemon reads its config"
+        config.write_text('formats = ["txt", "json", "srt"]\n')
+        daemon.process.send_signal(signal.SIGHUP)  # while it sleeps after reading it
+        daemon.wait_ready()
+        daemon.wait_for(lambda: bool(logged(daemon, "config.reloaded")), 30)
+        assert logged(daemon, "config.reloaded")[0]["changed"] == ["formats"]
+        drop(folders.inbox, "after.wav", seed=2)
+        daemon.wait_for(lambda: (folders.outbox / "after.srt").exists(), 60)
+    finally:
+        observer.stop()
+        observer.join(10)
+        assert daemon.stop() == 0
 
 
 def test_sighup_applies_a_new_config_and_rejects_an_invalid_one(folders, tiny_model, tmp_path):

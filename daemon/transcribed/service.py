@@ -369,7 +369,12 @@ def load_shared_model(settings: Settings, stop: threading.Event) -> SharedModel:
 class Daemon:
     """Runs until SIGTERM/SIGINT; then stops intake, lets the current job finish or requeue."""
 
-    def __init__(self, settings: Settings, config_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        config_path: Path | None = None,
+        reloads_asked: list[int] | None = None,  # SIGHUPs that came before our handler
+    ) -> None:
         check_folders(settings)
         self._lock = InstanceLock(settings.state_dir)
         self._lock.acquire()  # before anything is recovered, requeued or cleaned
@@ -391,6 +396,8 @@ class Daemon:
         self.stop = threading.Event()
         # Before the long model load: a SIGTERM or SIGHUP then is handled, not fatal.
         self._install_signal_handlers()
+        if reloads_asked:  # during the start, before this handler: the main loop reloads
+            self._reload.set()
         ignore_lease_breaks()  # before the intake probes a file for writers (files.content)
         lost = _no_database(settings.database)  # before opening it makes one
         self._jobs = open_job_database(settings)

@@ -1,7 +1,9 @@
 """`transcribed run`: the daemon in the foreground (what the systemd unit starts)."""
 
 import argparse
+import signal
 
+from transcribed import faults
 from transcribed.cli.shared import check_device, check_model_files, offline_unless
 from transcribed.cli.verb import Verb
 from transcribed.settings import Settings, check_folders, check_programs, load_settings
@@ -9,7 +11,12 @@ from transcribed.settings.access import check_state_access
 
 
 def run(args: argparse.Namespace) -> int:
+    # A reload asked for while the daemon starts (before its own handlers, seconds away) is
+    # kept for it, not fatal: SIGHUP's default action ends the process.
+    reloads: list[int] = []
+    signal.signal(signal.SIGHUP, lambda signum, _frame: reloads.append(signum))
     settings = load_settings(args.config, Settings)
+    faults.point("daemon.starting")
     check_state_access(settings.state_dir)
     check_folders(settings)
     check_programs(settings)
@@ -18,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     offline_unless(settings.allow_download)
     from transcribed.service import Daemon
 
-    return Daemon(settings, args.config).run()
+    return Daemon(settings, args.config, reloads_asked=reloads).run()
 
 
 def settings_help() -> str:
