@@ -502,6 +502,7 @@ class Daemon:
             restart=not self.notifier.watchdog_seconds,
         )
         self._loops.intake.rescan()  # files that arrived while we were not running
+        self._lock.ready()
         log.info("daemon.ready", inbox=str(self.settings.inbox), counts=self._jobs.counts())
         health = JobQueue(self.settings.database)
         self.notifier.ready(service_status(health))
@@ -546,6 +547,7 @@ class Daemon:
                 self._status_due = time.monotonic() + STATUS_SECONDS
                 self._write_metrics(health)
             health.ping()
+            self._lock.beat()  # for `status`: the daemon answers
         except sqlite3.Error as error:
             log.warning("health.database", error=str(error))
             return

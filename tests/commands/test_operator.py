@@ -4,7 +4,9 @@ doctor and config show, each run as the real CLI in a subprocess."""
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -86,6 +88,19 @@ def test_status_jobs_retry_and_forget_while_the_daemon_runs(folders, tiny_model,
         drop(folders, "good-again.wav", seed=1)
         daemon.wait_for(lambda: (folders.outbox / "good-again.json").exists(), 60)
         assert cli("jobs", "forget", "9999", env=env).returncode == 1
+
+        # Found by the adversary: a daemon stopped (SIGSTOP) or hung was shown as running.
+        # Its beat is its lock file's mtime: set back here instead of waiting 90 s.
+        assert status(env)["daemon"]["silent_seconds"] is None
+        daemon.process.send_signal(signal.SIGSTOP)
+        try:
+            long_ago = time.time() - 300
+            os.utime(folders.state / "daemon.lock", (long_ago, long_ago))
+            assert status(env)["daemon"]["silent_seconds"] >= 300
+            said = cli("status", env=env).stdout
+            assert "but silent for 5:0" in said and "stopped or hung" in said
+        finally:
+            daemon.process.send_signal(signal.SIGCONT)
     finally:
         assert daemon.stop() == 0
 

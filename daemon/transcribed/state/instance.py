@@ -21,20 +21,29 @@ LOCK_NAME = "daemon.lock"
 # A `status` that peeks at the lock holds it shared for an instant: a daemon starting at that
 # moment tries again for this long before it believes another daemon runs.
 _ACQUIRE_SECONDS = 2.0
+# The running daemon touches its lock file this often (its mtime is the beat): a daemon that
+# holds the lock but has not beaten for SILENT_SECONDS is stopped (SIGSTOP) or hung. Seldom
+# enough that a quiet server's disk may sleep between beats.
+BEAT_SECONDS = 30.0
+SILENT_SECONDS = 3 * BEAT_SECONDS
 
 
 @dataclass(frozen=True)
 class Holder:
-    """The daemon that holds the lock: its process id and when it started (wall clock)."""
+    """The daemon that holds the lock: its process id, when it started and when it last
+    showed it was alive (wall clock)."""
 
     pid: int | None
     since: float | None
+    alive_at: float | None = None
+    ready: bool = False  # past its start (the model loaded): from then on it beats
 
 
 class InstanceLock:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / LOCK_NAME
         self._fd: int | None = None
+        self._beaten = 0.0  # monotonic
 
     def acquire(self) -> None:
         """Hold the lock or raise ConfigError naming the daemon that holds it."""
@@ -49,9 +58,25 @@ class InstanceLock:
                     os.close(fd)
                     raise ConfigError(_held_message(self.path, holder(self.path.parent))) from None
                 time.sleep(0.1)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "since": time.time()}).encode(), 0)
         self._fd = fd
+        self._since = time.time()
+        self._write(ready=False)
+
+    def _write(self, ready: bool) -> None:
+        assert self._fd is not None
+        who = {"pid": os.getpid(), "since": self._since, "ready": ready}
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, json.dumps(who).encode(), 0)
+
+    def ready(self) -> None:
+        """The start is over (a long model load included): from now on the daemon beats."""
+        self._write(ready=True)
+
+    def beat(self) -> None:
+        """Say the daemon is alive (from its main loop): at most every BEAT_SECONDS."""
+        if self._fd is not None and time.monotonic() - self._beaten >= BEAT_SECONDS:
+            os.utime(self._fd)
+            self._beaten = time.monotonic()
 
     def release(self) -> None:
         if self._fd is not None:
@@ -81,7 +106,8 @@ def holder(state_dir: Path) -> Holder | None:
 def _read_holder(fd: int) -> Holder:
     with contextlib.suppress(OSError, ValueError, AttributeError):
         data = json.loads(os.pread(fd, 4096, 0))
-        return Holder(int(data["pid"]), float(data["since"]))
+        alive_at = os.fstat(fd).st_mtime
+        return Holder(int(data["pid"]), float(data["since"]), alive_at, bool(data.get("ready")))
     return Holder(None, None)
 
 

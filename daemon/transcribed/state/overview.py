@@ -20,7 +20,7 @@ from transcribed.files.names import REASON_SUFFIX, display_name
 from transcribed.servers import engine_status
 from transcribed.settings import StateSettings
 from transcribed.state.backlog import SIZE_SAMPLE, backlog
-from transcribed.state.instance import Holder, holder
+from transcribed.state.instance import SILENT_SECONDS, Holder, holder
 from transcribed.state.queue import Job, JobQueue, JobState, is_damaged
 
 _HOUR = 3600.0
@@ -148,12 +148,16 @@ def status_report(
 def _daemon(holder: Holder | None, now: float) -> dict[str, Any]:
     if holder is None:
         return {"running": False}
-    since = holder.since
+    since, alive_at = holder.since, holder.alive_at
     return {
         "running": True,
         "pid": holder.pid,
         "since": round(since) if since else None,
         "up_seconds": round(now - since) if since else None,
+        # Not beaten for long: stopped (SIGSTOP, a debugger) or hung; status says so.
+        "silent_seconds": round(now - alive_at)
+        if holder.ready and alive_at and now - alive_at > SILENT_SECONDS
+        else None,
     }
 
 
@@ -312,7 +316,13 @@ def _render_daemon(daemon: dict[str, Any]) -> str:
     if not daemon["running"]:
         return "  daemon   not running (nothing is being transcribed; start it to go on)"
     since = time.strftime("%Y-%m-%d %H:%M", time.localtime(daemon["since"] or 0))
-    return f"  daemon   running (PID {daemon['pid']}, since {since})"
+    line = f"  daemon   running (PID {daemon['pid']}, since {since})"
+    if daemon.get("silent_seconds"):
+        line += (
+            f", but silent for {_clock(daemon['silent_seconds'])}: stopped or hung "
+            "(`systemctl status transcribed`; `kill -CONT` if it was stopped)"
+        )
+    return line
 
 
 def _progress(job: dict[str, Any]) -> str:
