@@ -190,6 +190,21 @@ def test_an_original_whose_writers_cannot_be_seen_is_kept_a_while_after_its_clai
     assert disposer.dispose(dataclasses.replace(job, created=job.created - 61)) == "deleted"
 
 
+def test_a_claim_made_while_the_clock_was_far_ahead_is_not_held_until_it_catches_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the adversary: where writers cannot be seen, an original claimed while the
+    clock was a day ahead waited for the clock to catch up (a day) before its disposal."""
+    import transcribed.state.recheck as recheck
+
+    jobs, job, work = _job(tmp_path, b"tr.wav", b"recording bytes")
+    monkeypatch.setattr(recheck, "open_for_writing", lambda fd: None)
+    disposer = Disposer(jobs, work, "delete", None, tmp_path, hold_unseen=60)
+    with pytest.raises(recheck.StillBeingWritten):  # a minute ahead: held, as ever
+        disposer.dispose(dataclasses.replace(job, created=job.created + 60))
+    assert disposer.dispose(dataclasses.replace(job, created=job.created + 86400)) == "deleted"
+
+
 @contextlib.contextmanager
 def _immutable(path: Path) -> Iterator[None]:
     """`chattr +i`: what denies even root a write or an unlink (the tests run as root)."""

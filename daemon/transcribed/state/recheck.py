@@ -10,6 +10,7 @@ the job the new version (transcribed again); a writer that still holds it open m
 import os
 import time
 
+from transcribed.backoff import LONGEST_WAIT_SECONDS
 from transcribed.files.content import Content, Fingerprint, hash_descriptor, open_for_writing
 from transcribed.files.filesystems import sees_every_writer
 from transcribed.state.queue import Job, JobQueue
@@ -45,6 +46,14 @@ _HELD = (
 )
 
 
+def _claimed_within(job: Job, seconds: float) -> bool:
+    """Whether `job` was claimed less than `seconds` ago. A claim further in the future than
+    any wait (the clock was far ahead then, and was corrected) is not waited out: the clock
+    may take days to catch up."""
+    since = time.time() - job.created
+    return -LONGEST_WAIT_SECONDS <= since < seconds
+
+
 def check_unchanged(
     path: os.PathLike[str] | str, job: Job, jobs: JobQueue, *, hold_unseen: float = 0.0
 ) -> None:
@@ -62,7 +71,7 @@ def check_unchanged(
         if writers:
             raise StillBeingWritten
         unseen = writers is None or not sees_every_writer(info.st_dev)
-        if unseen and time.time() < job.created + hold_unseen:
+        if unseen and _claimed_within(job, hold_unseen):
             raise StillBeingWritten(_HELD)
         if Fingerprint.of(info) == job.fingerprint:
             return
