@@ -58,7 +58,9 @@ class WarmProcess:
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path, umask: int) -> None:
         self.args = args
         self._process = _fork_server().Process(
-            target=_run_cli, args=(args, env, str(log_path), umask), name="transcribed"
+            target=_run_cli,
+            args=(args, env, str(log_path), umask, os.getcwd()),
+            name="transcribed",
         )
         self._process.start()
         self.pid: int = self._process.pid  # type: ignore[assignment]
@@ -97,8 +99,10 @@ def kill_leftovers() -> None:
     _started.clear()
 
 
-def _run_cli(args: list[str], env: dict[str, str], log_path: str, umask: int) -> None:
-    """In the fork: become `python -m transcribed ARGS` with this environment."""
+def _run_cli(args: list[str], env: dict[str, str], log_path: str, umask: int, cwd: str) -> None:
+    """In the fork: become `python -m transcribed ARGS` with this environment, in the folder
+    the test was in (as a subprocess would be, not the fork server's)."""
+    os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
     os.umask(umask)
