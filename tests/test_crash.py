@@ -51,6 +51,7 @@ MOVE_STEPS = [
     "db.failed",
 ]
 SHRED_STEPS = ["shred.overwritten", "disposal.unlinked", "db.done"]
+DELETE_STEPS = ["disposal.unlinked", "db.done"]
 
 
 def _drop(inbox: Path, staging: Path, round_number: int) -> dict[str, str]:
@@ -75,7 +76,11 @@ def _drop(inbox: Path, staging: Path, round_number: int) -> dict[str, str]:
 
 @pytest.mark.parametrize(
     ("policy", "steps"),
-    [("move", CLAIM_STEPS + PUBLISH_STEPS + MOVE_STEPS), ("shred", SHRED_STEPS)],
+    [
+        ("move", CLAIM_STEPS + PUBLISH_STEPS + MOVE_STEPS),
+        ("shred", SHRED_STEPS),
+        ("delete", DELETE_STEPS),
+    ],
 )
 def test_a_crash_after_any_step_loses_nothing_and_duplicates_nothing(
     policy: str, steps: list[str], folders, tiny_model, tmp_path
@@ -112,7 +117,7 @@ def test_a_crash_after_any_step_loses_nothing_and_duplicates_nothing(
         outcome = check_final(folders, dropped, frozenset(unreadable))
         assert outcome["failed"] == len(unreadable), "only the unreadable files failed"
     else:
-        _check_shredded(folders, dropped, unreadable)
+        _check_erased(folders, dropped, unreadable, policy)
     assert not list(folders.outbox.rglob(".*.tmp")), "stale temp files are cleaned at start"
     assert not any("Traceback" in str(event) for event in events(log))
 
@@ -121,15 +126,15 @@ def _pending(folders) -> list[Path]:
     return [path for path in folders.inbox.rglob("*") if path.is_file()]
 
 
-def _check_shredded(folders, dropped: dict[str, str], unreadable: set[str]) -> None:
-    """Each readable recording has one transcript and is gone; junk is failed, never shredded."""
+def _check_erased(folders, dropped: dict[str, str], unreadable: set[str], policy: str) -> None:
+    """Each readable recording has one transcript and is gone; junk is failed, never erased."""
     check_i1_i2(folders, dropped)
     transcripts = visible_transcripts(folders.outbox)
     by_name = transcripts_by_name(folders.outbox)
     failed = {digest(p) for p in folders.failed.iterdir() if not p.name.endswith(".json")}
     for name, sha in dropped.items():  # each dropped name its own transcript (I2)
         assert (sha in failed) if name in unreadable else len(by_name[name, sha]) == 1, name
-    expected = assess("shred", folders.inbox)
+    expected = assess(policy, folders.inbox)
     for paths in transcripts.values():  # the JSON says what shredding achieved here
         for path in paths:
             assert json.loads(path.read_text())["disposal"] == expected.as_dict()
