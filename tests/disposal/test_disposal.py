@@ -14,6 +14,7 @@ import pytest
 from conftest import hashed
 from transcribed.disposal.disposer import Disposer, shred
 from transcribed.errors import FolderUnusable, RecordingVanished
+from transcribed.files.content import hash_file
 from transcribed.state.queue import Job, JobQueue
 from transcribed.state.recheck import RecordingChanged
 from transcribed.state.workfolder import WorkFolder
@@ -282,3 +283,35 @@ def test_an_original_is_never_moved_through_a_link_below_the_archive(tmp_path: P
         disposer.dispose(job)
     assert list(elsewhere.iterdir()) == []
     assert work.file(job.work_name).read_bytes() == b"recording"
+
+
+def test_a_move_that_made_nothing_leaves_no_start_for_a_later_shred(tmp_path: Path) -> None:
+    """Found by the adversary: a move refused by the archive (immutable) had recorded its
+    start; the recording then changed, was published again under `shred`, and the shred took
+    that stale start for its own: the newest bytes were shredded without a comparison."""
+    jobs, job, work = _job(tmp_path, b"a.wav", b"recording")
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    with _immutable(archive), pytest.raises(OSError):
+        Disposer(jobs, work, "move", archive, tmp_path).dispose(job)
+    assert jobs.get(job.id).disposal_started is None, "nothing was made: nothing began"
+    # A move that did begin (a crash after its link), then the recording changed: the new
+    # version starts with no disposal begun, and a shred compares it before every try.
+    jobs.record_disposal_target(job.id, str(archive / "a.wav"))
+    jobs.record_disposal_start(job.id)
+    source = work.file(job.work_name)
+    source.write_bytes(b"recording, and more")
+    jobs.new_version(job.id, hash_file(source), delay=0)
+    assert jobs.get(job.id).disposal_started is None
+    source.write_bytes(b"recording, and more, and the rest")
+    with pytest.raises(RecordingChanged):
+        Disposer(jobs, work, "shred", None, tmp_path).dispose(jobs.get(job.id))
+
+
+def test_a_shred_never_takes_a_moves_start_for_its_own(tmp_path: Path) -> None:
+    jobs, job, work = _job(tmp_path, b"a.wav", b"recording")
+    jobs.record_disposal_target(job.id, str(tmp_path / "archive" / "a.wav"))
+    jobs.record_disposal_start(job.id)
+    work.file(job.work_name).write_bytes(b"recording, and more")
+    with pytest.raises(RecordingChanged):
+        Disposer(jobs, work, "shred", None, tmp_path).dispose(jobs.get(job.id))

@@ -72,7 +72,7 @@ class Disposer:
         # Compared again before every try, until the first byte is overwritten: a move keeps
         # the original until its copy is verified, and an unlink is all or nothing, so while
         # the file is there nothing was done to it. Only a shred that began changed it itself.
-        if self._policy != "shred" or job.disposal_started is None:
+        if not self._shred_began(job):
             check_unchanged(source, job, self._jobs, hold_unseen=self._hold_unseen)
         if self._policy == "move":
             self._move(job, source, self._archive_for(job))
@@ -89,6 +89,11 @@ class Disposer:
         faults.point("disposal.unlinked")
         fsync_dir(self._work.path)
         return "deleted"
+
+    def _shred_began(self, job: Job) -> bool:
+        """A shred of this content overwrote bytes already: a start recorded under `shred`
+        with no move target (a move's start, from before a new version, is no shred's)."""
+        return self._policy == "shred" and job.disposal_started is not None and not job.disposed_to
 
     def _archive_for(self, job: Job) -> Path:
         """The archive a moved original goes to. Gone from the settings by a reload after the
@@ -151,7 +156,12 @@ class Disposer:
             self._jobs.record_disposal_target(job.id, str(target))
             self._jobs.record_disposal_start(job.id)
             faults.point("disposal.linking")
-            link_or_copy_no_overwrite(source, target)
+            try:
+                link_or_copy_no_overwrite(source, target)
+            except OSError:
+                if not os.path.lexists(target):  # nothing was made: nothing has begun
+                    self._jobs.forget_disposal_start(job.id)
+                raise
             faults.point("disposal.linked")
         if not (os.path.samefile(target, source) or self._copied(target, source, job, of_job)):
             # A copy of other bytes (the recording changed while it was copied): not a copy

@@ -277,6 +277,7 @@ class JobQueue:
         with self._transaction() as db:
             db.execute(
                 "UPDATE jobs SET state = ?, duplicate_of = NULL, request = NULL, not_before = ?,"
+                " disposal_started = NULL,"  # no disposal of the new content has begun
                 " attempts = MAX(0, attempts - (state = ?)), versions = versions + 1,"
                 " error = ?, updated = ? WHERE id = ?",
                 (
