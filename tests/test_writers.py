@@ -7,7 +7,9 @@ content and the final content archived or disposed of; an empty file is still ar
 recording dropped again after its transcript was removed gets a transcript again.
 """
 
+import contextlib
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +22,7 @@ from support.invariants import digest
 from support.powerfs import PowerFS, require_powerfs
 from support.recordings import write_soundfile
 from support.running import Daemon, cli, events
+from transcribed.settings import DATABASE_NAME
 
 pytestmark = pytest.mark.slow
 
@@ -250,3 +253,55 @@ def test_a_writer_on_a_fuse_mount_is_waited_for_as_one_that_cannot_be_seen(
         transcript = _the_transcript(folders.outbox)
         assert transcript["source"]["sha256"] == digest(source)
         assert [digest(path) for path in folders.archive.iterdir()] == [digest(source)]
+
+
+def test_a_file_put_back_after_a_swap_never_replaces_the_one_that_took_its_name(
+    folders, tiny_model, tmp_path
+) -> None:
+    """Found by the adversary: a sync tool renamed a new version onto `a.wav` twice while it
+    was being claimed. The claim saw the swap and put the file it had moved back with a
+    plain rename, over the third version, which was lost. Now both are transcribed."""
+    versions = [
+        write_soundfile(tmp_path / f"v{number}.wav", 2, 16000, "PCM_16", seed=number)
+        for number in (1, 2, 3)
+    ]
+    kept = {digest(version) for version in versions[1:]}
+    env = _env(
+        folders,
+        tiny_model,
+        "move",
+        # The two moments the sync tool strikes in, widened from microseconds to seconds.
+        TRANSCRIBED_TEST_FAULTS="claim.renaming~a.wav@1=sleep3;claim.renamed~a.wav@1=sleep3",
+    )
+    daemon = Daemon(env, tmp_path / "daemon.log")
+    work = folders.inbox / ".transcribed-work"
+    try:
+        daemon.wait_ready()
+        versions[0].rename(folders.inbox / "a.wav")
+        daemon.wait_for(lambda: _claiming(folders.state), 30)  # asleep before its rename
+        versions[1].rename(folders.inbox / "a.wav")  # v1 replaced: the user's own doing
+        daemon.wait_for(lambda: not (folders.inbox / "a.wav").exists(), 30)  # v2 moved in
+        versions[2].rename(folders.inbox / "a.wav")  # while the claim is asleep after it
+        daemon.wait_for(lambda: _settled(env, 2) and not any(work.iterdir()), 60)
+    finally:
+        assert daemon.stop() == 0
+    assert {digest(path) for path in folders.archive.iterdir()} == kept
+    assert {_the_source(path) for path in folders.outbox.glob("*.json")} == kept
+    assert [e["now"] for e in events(tmp_path / "daemon.log") if e["event"] == _PUT_BACK] == [
+        "a-2.wav"
+    ]
+
+
+_PUT_BACK = "intake.put_back_renamed"
+
+
+def _claiming(state: Path) -> bool:
+    """Whether a claim is under way (its row written, its rename not yet done)."""
+    with contextlib.closing(
+        sqlite3.connect(f"file:{state / DATABASE_NAME}?mode=ro", uri=True)
+    ) as db:
+        return db.execute("SELECT 1 FROM jobs WHERE state = 'claiming'").fetchone() is not None
+
+
+def _the_source(transcript: Path) -> str:
+    return str(json.loads(transcript.read_text())["source"]["sha256"])

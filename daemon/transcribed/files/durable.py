@@ -98,27 +98,32 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _TAKING = threading.Lock()
 
 
-def take_name(temp: str | Path, name: str | Path, dir_fd: int | None = None) -> bool:
+def take_name(
+    temp: str | Path, name: str | Path, dir_fd: int | None = None, temp_dir_fd: int | None = None
+) -> bool:
     """Give the finished file `temp` the name `name` unless that exists; False when it does.
     Never replaces another file: a hard link (then `temp` goes); where the filesystem has no
-    links, a rename that cannot replace (renameat2 RENAME_NOREPLACE). With `dir_fd`, both
-    names are relative to that folder."""
-    fds = {"src_dir_fd": dir_fd, "dst_dir_fd": dir_fd}
+    links, a rename that cannot replace (renameat2 RENAME_NOREPLACE). With `dir_fd`, `name`
+    is relative to that folder, and so is `temp` unless `temp_dir_fd` says where it is."""
+    source_fd = dir_fd if temp_dir_fd is None else temp_dir_fd
     try:
-        os.link(temp, name, follow_symlinks=False, **fds)
+        os.link(temp, name, follow_symlinks=False, src_dir_fd=source_fd, dst_dir_fd=dir_fd)
     except FileExistsError:
         return False
     except OSError as error:
         if error.errno not in _NO_LINK:
             raise
-        return _rename_no_replace(temp, name, dir_fd)
-    os.unlink(temp, dir_fd=dir_fd)
+        return _rename_no_replace(temp, name, source_fd, dir_fd)
+    os.unlink(temp, dir_fd=source_fd)
     return True
 
 
-def _rename_no_replace(temp: str | Path, name: str | Path, dir_fd: int | None) -> bool:
+def _rename_no_replace(
+    temp: str | Path, name: str | Path, source_fd: int | None, dir_fd: int | None
+) -> bool:
+    source = _AT_FDCWD if source_fd is None else source_fd
     folder = _AT_FDCWD if dir_fd is None else dir_fd
-    if _libc.renameat2(folder, os.fsencode(temp), folder, os.fsencode(name), _RENAME_NOREPLACE):
+    if _libc.renameat2(source, os.fsencode(temp), folder, os.fsencode(name), _RENAME_NOREPLACE):
         number = ctypes.get_errno()
         if number == errno.EEXIST:
             return False
@@ -127,7 +132,7 @@ def _rename_no_replace(temp: str | Path, name: str | Path, dir_fd: int | None) -
         with _TAKING:
             if _exists(name, dir_fd):
                 return False
-            os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.rename(temp, name, src_dir_fd=source_fd, dst_dir_fd=dir_fd)
     return True
 
 

@@ -53,9 +53,10 @@ def stat_below(root: Path, relpath: str) -> os.stat_result:
         os.close(parent_fd)
 
 
-def link_free_name(folder_fd: int, temp: str, name: str) -> str:
+def link_free_name(folder_fd: int, temp: str, name: str, temp_dir_fd: int | None = None) -> str:
     """Give the finished file `temp` the name `name`, or `stem-2.ext`… for the first free one,
-    never replacing a file; the temp name is removed and the folder fsynced. Returns the name."""
+    never replacing a file; the temp name is removed and the folder fsynced. Returns the name.
+    `temp` is in the folder `temp_dir_fd` when given (on the same filesystem)."""
     stem, dot, extension = name.rpartition(".")
     if not dot:
         stem, extension = name, ""
@@ -63,7 +64,7 @@ def link_free_name(folder_fd: int, temp: str, name: str) -> str:
     while True:
         suffix = f".{extension}" if dot else ""
         candidate = name if number == 1 else fit_name(stem, f"-{number}{suffix}")
-        if not take_name(temp, candidate, folder_fd):
+        if not take_name(temp, candidate, folder_fd, temp_dir_fd):
             number += 1
             continue
         os.fsync(folder_fd)

@@ -28,7 +28,7 @@ from transcribed.backoff import Backoff
 from transcribed.files.content import hash_descriptor, open_for_writing
 from transcribed.files.durable import fsync_dir
 from transcribed.files.filesystems import sees_every_writer
-from transcribed.files.folders import open_below, stat_below
+from transcribed.files.folders import link_free_name, open_below, stat_below
 from transcribed.files.names import display_name
 from transcribed.intake.completeness import incomplete_reason
 from transcribed.intake.hashing import LARGE_FILE_BYTES, LargeFileHasher, finish_claim_logged
@@ -345,8 +345,13 @@ class Intake:
             faults.point("claim.renamed", name)
             moved = os.stat(target, dir_fd=work_fd, follow_symlinks=False)
             if (moved.st_dev, moved.st_ino) != (info.st_dev, info.st_ino):
-                # Swapped between our checks and the rename: put it back untouched.
-                os.rename(target, name, src_dir_fd=work_fd, dst_dir_fd=parent_fd)
+                # Swapped between our checks and the rename: put it back untouched, never over
+                # a file that took the name meanwhile (a sync tool renaming onto it again).
+                back = link_free_name(parent_fd, target, name, temp_dir_fd=work_fd)
+                if back != name:
+                    log.warning(
+                        "intake.put_back_renamed", file=display_name(name), now=display_name(back)
+                    )
                 return False
             os.fsync(work_fd)
             os.fsync(parent_fd)
