@@ -200,8 +200,8 @@ def test_a_database_error_puts_back_only_this_workers_job(
     assert theirs.state == JobState.RUNNING and theirs.attempts == 1  # left to its worker
 
 
-def _fails_once(method):
-    failures = iter([sqlite3.OperationalError("disk I/O error")])
+def _fails_once(method, times: int = 1):
+    failures = iter([sqlite3.OperationalError("disk I/O error")] * times)
 
     def wrapped(*args, **kwargs):
         if (error := next(failures, None)) is not None:
@@ -209,6 +209,27 @@ def _fails_once(method):
         return method(*args, **kwargs)
 
     return wrapped
+
+
+def test_a_put_back_that_could_not_be_written_is_tried_again_until_it_is(
+    setup, disposals, folders, monkeypatch
+) -> None:
+    """Found by the adversary: with the state disk full, the put-back of a job cut short
+    failed once and was never tried again: the job stayed "running" for good, and the
+    worker's heartbeat hid it. Now it is owed, and tried before anything else each turn."""
+    worker, jobs, work = setup
+    make = lambda path: write_soundfile(path, 2, 16000, "PCM_16", "FLAC")  # noqa: E731
+    mine = _claim(jobs, work, "mine.flac", make)
+    monkeypatch.setattr(jobs, "mark_published", _fails_once(jobs.mark_published))
+    monkeypatch.setattr(jobs, "requeue", _fails_once(jobs.requeue))
+    monkeypatch.setattr(jobs, "recover_running", _fails_once(jobs.recover_running, times=3))
+    worker.retry_seconds = 0.05
+    loops = worker.loop("worker-0", 0.05, 3600), disposals.loop(0.05, 3600)
+    with supervised(*loops, stop=worker.stop):
+        deadline = time.monotonic() + 60
+        while jobs.get(mine).state != JobState.DONE and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert jobs.get(mine).state == JobState.DONE and jobs.get(mine).attempts == 1
 
 
 def test_a_queued_job_whose_recording_vanished_fails_with_a_reason_and_wedges_nothing(

@@ -100,6 +100,7 @@ class Worker:
     search: SearchIndex | None = None  # full-text index of what is published (never fails a job)
     _progress_written: float = 0.0
     _last_job: int | None = None  # the job this worker last started (put back on a failure)
+    _put_back_owed: int | None = None  # a put-back that could not be written yet
 
     @property
     def fate(self) -> Fate:
@@ -109,6 +110,7 @@ class Worker:
     def step(self) -> bool:
         """Process the next due job; False when idle (or while the inbox is not the folder
         we opened: nothing can be read there)."""
+        self._settle_put_back()  # before any other job: raises while it still cannot be written
         if self.work.problem() is not None:
             return False
         if not self.decoder.reserve(timeout=0.5):  # shared processes all busy: no job yet
@@ -143,9 +145,16 @@ class Worker:
     def put_back_job(self) -> None:
         """After a failed turn: the job it cut short goes back, its attempt refunded (the
         failure was in our own bookkeeping; the job's own failures meet their fate in
-        `_process`). Only this worker's job: the others' are still being transcribed."""
+        `_process`). Only this worker's job: the others' are still being transcribed. Owed
+        until it is written (a full disk): each later turn tries again before anything else."""
         if self._last_job is not None:
-            self.jobs.recover_running(refund=True, job_id=self._last_job)
+            self._put_back_owed, self._last_job = self._last_job, None
+        self._settle_put_back()
+
+    def _settle_put_back(self) -> None:
+        if self._put_back_owed is not None:
+            self.jobs.recover_running(refund=True, job_id=self._put_back_owed)
+            self._put_back_owed = None
 
     # --- one job --------------------------------------------------------------------------
 
