@@ -57,6 +57,16 @@ def test_missing_and_invalid_values_are_explained_without_a_traceback(
     assert "(from environment TRANSCRIBED_DEVICE)" in message
 
 
+@pytest.mark.parametrize("key", ["settle_seconds", "decode_timeout_seconds", "retry_seconds"])
+def test_an_infinite_wait_is_refused(folders, tmp_path, key: str) -> None:
+    """Found by the adversary: `inf` was taken ("no timeout"), and no wait can be that long
+    (Event.wait and Connection.poll raise OverflowError on it)."""
+    config = _write_config(tmp_path / "c.toml", folders)
+    config.write_text(config.read_text() + f"{key} = inf\n")
+    with pytest.raises(ConfigError, match=f"{key}: .*finite"):
+        load_settings(config, Settings)
+
+
 def test_move_needs_an_archive(folders, tmp_path) -> None:
     config = tmp_path / "c.toml"
     config.write_text(

@@ -119,7 +119,11 @@ def _holds_tables(field: FieldInfo) -> bool:
 
 
 class _Base(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    # allow_inf_nan: `inf` reads as "never" but nothing can wait that long (Event.wait and
+    # Connection.poll raise OverflowError): every number must be finite.
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -25,7 +25,7 @@ def _relative_folder(value: str) -> str:
 class FolderRule(BaseModel):
     """One `[[folders]]` entry of the config file."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     path: Annotated[str, Doc(example="team-china")] = Field(
         description="Inbox subfolder the rule applies to (and everything below)."

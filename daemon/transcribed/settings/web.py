@@ -18,7 +18,7 @@ PASSWORD_SCHEME = "scrypt"  # noqa: S105  (the name of a hash function, not a se
 class WebSettings(BaseModel):
     """`[web]` in the config file (or TRANSCRIBED_WEB as JSON)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     host: str = Field(
         default="127.0.0.1",
