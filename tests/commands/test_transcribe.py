@@ -54,6 +54,12 @@ def test_outputs_are_all_named_made_where_asked_and_never_silently_redone(
     assert "talk.wav -> talk.txt" in forced.stderr
     assert (outbox / "talk.txt").read_text() != "corrected by hand\n"
 
+    # Found by the adversary: a link the user named failed with a bare ELOOP error.
+    (tmp_path / "shortcut.wav").symlink_to(talk)
+    linked = _transcribe(env, "--outbox", str(tmp_path / "linked"), str(tmp_path / "shortcut.wav"))
+    assert linked.returncode == 0, linked.stderr
+    assert (tmp_path / "linked" / "talk.txt").exists()
+
 
 def test_the_progress_bar_counts_audio_not_files(tiny_model, tmp_path) -> None:
     """At a terminal the bar shows the audio done of the file's length (a 25-minute file

@@ -6,6 +6,7 @@ file whose transcript is already there is not transcribed again unless asked: th
 run's files may have been edited since.
 """
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -91,7 +92,9 @@ def transcribe_files(
             for number, path in enumerate(files, 1):
                 label = f"[{number}/{len(files)}] {display_name(path.name)}"
                 task = progress.add_task(label, total=None, audio="")
-                failures += not _one_file(tools, path, outbox_dir or path.parent, progress, task)
+                # A link the user names is followed (their own command; the daemon never does).
+                source = Path(os.path.realpath(path)) if path.is_symlink() else path
+                failures += not _one_file(tools, source, outbox_dir or path.parent, progress, task)
                 progress.remove_task(task)
     finally:
         tools.decoder.close()
