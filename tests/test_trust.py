@@ -117,7 +117,7 @@ def test_an_inbox_renamed_mid_job_strands_nothing_and_is_reopened(
     assert failed["file"] == "first.wav" and failed["kind"] == "vanished"
     assert "vanished from the work folder" in failed["reason"]
     assert report["counts"] == {"done": 1, "failed": 1}  # no leaked claiming rows
-    assert report["daemon"] == {"running": True} | {
+    assert report["daemon"] == {"running": True, "silent_seconds": None} | {
         key: report["daemon"][key] for key in ("pid", "since", "up_seconds")
     }
     assert not (folders.archive / "first.wav").exists()
