@@ -27,9 +27,9 @@ def test_a_long_jobs_progress_moves_every_few_seconds(folders, tiny_model, tmp_p
         TRANSCRIBED_JOBS_AT_ONCE="1",
         TRANSCRIBED_CHUNK_SECONDS="10",
         TRANSCRIBED_BATCH_SIZE="3",
-        # Each model call takes 3 s more: a GPU working through a long recording, slowed down
+        # Each model call takes 6 s more: a GPU working through a long recording, slowed down
         # so that the test sees a batch end only every few seconds.
-        TRANSCRIBED_TEST_FAULTS="model.batch=sleep3",
+        TRANSCRIBED_TEST_FAULTS="model.batch=sleep6",
     )
     daemon = Daemon(env, tmp_path / "daemon.log")
     try:
