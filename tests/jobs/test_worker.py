@@ -189,15 +189,21 @@ def test_a_database_error_puts_back_only_this_workers_job(
     # the worker's loop, which backs off and puts the job back.
     for method in ("mark_published", "requeue"):
         monkeypatch.setattr(jobs, method, _fails_once(getattr(jobs, method)))
+    _run_until_done(worker, disposals, jobs, mine)
+    assert jobs.get(mine).state == JobState.DONE and jobs.get(mine).attempts == 1  # refunded
+    theirs = jobs.get(elsewhere)
+    assert theirs.state == JobState.RUNNING and theirs.attempts == 1  # left to its worker
+
+
+def _run_until_done(worker, disposals, jobs: JobQueue, job_id: int) -> None:
+    """The worker's and the disposal thread's loops, supervised, until the job is done (60 s
+    at most), retrying after a failed turn at once."""
     worker.retry_seconds = 0.05
     loops = worker.loop("worker-0", 0.05, 3600), disposals.loop(0.05, 3600)
     with supervised(*loops, stop=worker.stop):
         deadline = time.monotonic() + 60
-        while jobs.get(mine).state != JobState.DONE and time.monotonic() < deadline:
+        while jobs.get(job_id).state != JobState.DONE and time.monotonic() < deadline:
             time.sleep(0.05)
-    assert jobs.get(mine).state == JobState.DONE and jobs.get(mine).attempts == 1  # refunded
-    theirs = jobs.get(elsewhere)
-    assert theirs.state == JobState.RUNNING and theirs.attempts == 1  # left to its worker
 
 
 def _fails_once(method, times: int = 1):
@@ -223,12 +229,7 @@ def test_a_put_back_that_could_not_be_written_is_tried_again_until_it_is(
     monkeypatch.setattr(jobs, "mark_published", _fails_once(jobs.mark_published))
     monkeypatch.setattr(jobs, "requeue", _fails_once(jobs.requeue))
     monkeypatch.setattr(jobs, "recover_running", _fails_once(jobs.recover_running, times=3))
-    worker.retry_seconds = 0.05
-    loops = worker.loop("worker-0", 0.05, 3600), disposals.loop(0.05, 3600)
-    with supervised(*loops, stop=worker.stop):
-        deadline = time.monotonic() + 60
-        while jobs.get(mine).state != JobState.DONE and time.monotonic() < deadline:
-            time.sleep(0.05)
+    _run_until_done(worker, disposals, jobs, mine)
     assert jobs.get(mine).state == JobState.DONE and jobs.get(mine).attempts == 1
 
 
