@@ -3,6 +3,7 @@ is cut, the next as soon as one returns, never more than the window at once; dec
 on meanwhile, and the transcript is the same, in order, however the answers arrive."""
 
 import contextlib
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import pytest
 
 from transcribed.audio.chunking import plan_chunks
 from transcribed.errors import ShutdownRequested
-from transcribed.model.pipeline import transcribe_stream
+from transcribed.model.pipeline import StreamProgress, transcribe_stream
 from transcribed.output.transcript import ChunkText, ModelInfo, SourceInfo
 
 RATE = 16000
@@ -201,3 +202,18 @@ def test_a_stop_while_chunks_are_out_ends_the_wait() -> None:
     with pytest.raises(ShutdownRequested):
         _run(forever, should_stop=stop.is_set)
     assert time.monotonic() - started < 5
+
+
+def test_progress_says_where_the_next_answer_reaches_and_answers_never_fall_short_of_it() -> None:
+    """`status` moves its estimate toward `next_at_least` between answers (issue 20's CI: an
+    estimate from the pace alone overshot the next answer, and progress moved back)."""
+    heard: list[StreamProgress] = []
+    jumbled = Servers(window=3, delay=lambda number: 0.05 * ((number * 7) % 4 + 1))
+    _run(jumbled, count=10, on_progress=heard.append)
+    first, last = heard[0], heard[-1]
+    assert first.done == 0 and 4 < (first.next_at_least or 0) <= 5, "the first chunk sent"
+    assert last == StreamProgress(50.0, None), "all answered, none with the model"
+    for before, after in itertools.pairwise(heard):
+        assert after.done >= before.done
+        if before.next_at_least is not None and after.done > before.done:
+            assert after.done >= before.next_at_least, (before, after)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from transcribed.audio.memory import pin_mmap_threshold
-from transcribed.model.pipeline import transcribe_stream
+from transcribed.model.pipeline import StreamProgress, transcribe_stream
 from transcribed.model.speakers import FRAME_SAMPLES, SpeakerStream, SpeakerTrack
 from transcribed.output.transcript import (
     ChunkText,
@@ -268,8 +268,8 @@ def test_memory_stays_flat_through_a_three_hour_recording() -> None:
         for _ in range(HOURS * 60):
             yield from _blocks(minute, 4 * RATE)
 
-    def progress(seconds: float) -> None:
-        if seconds >= 20 * 60 and not early:
+    def progress(now: StreamProgress) -> None:
+        if now.done >= 20 * 60 and not early:
             early.append(_peak_mib())
 
     Path("/proc/self/clear_refs").write_text("5")  # the peak restarts from here

@@ -1,6 +1,7 @@
 """The backlog's ETA: audio seconds over busy seconds, the running jobs' own estimates
 included. Real SQLite, a clock the test moves."""
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,24 @@ def test_without_any_finished_job_the_eta_is_unknown_not_invented(jobs, clock) -
     report = status_report(jobs, now=NOW)
     assert report["backlog"]["eta_seconds"] is None
     assert "backlog" not in render_status(report)
+
+
+def test_progress_between_answers_nears_the_next_answer_and_never_passes_it(jobs, clock) -> None:
+    """`status` moves a running job's figure on at its pace between model answers, toward
+    where the next answer reaches at least: an answer later than the pace predicted never
+    makes the figure move back (seen in CI when the estimate followed the pace alone)."""
+    job = _queued(jobs, "long.wav", 10 * MB)
+    assert jobs.next_job() is not None
+    clock.now = NOW + 30
+    jobs.record_progress(job, 30.0, 900.0, 60.0)  # 1 s of audio a second; 30 s more in flight
+
+    def shown(at: float) -> float:
+        return status_report(jobs, now=at)["running"][0]["audio_done_seconds"]
+
+    looks = [shown(NOW + 30 + seconds) for seconds in (0, 5, 10, 20, 40, 80, 160, 600)]
+    assert looks[0] == 30 and all(a < b for a, b in itertools.pairwise(looks[:6])), looks
+    assert looks[1] > 33, "far from the next answer, it moves at about the job's pace"
+    assert looks[-1] < 60, "however late the answer is, the figure stays short of it"
+    clock.now = NOW + 630
+    jobs.record_progress(job, 60.0, 900.0, None)  # answered; nothing with the model now
+    assert shown(NOW + 640) == shown(NOW + 700) == 60 >= looks[-1]

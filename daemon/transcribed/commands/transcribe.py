@@ -24,7 +24,7 @@ from transcribed.errors import TranscribedError
 from transcribed.files.content import hash_file
 from transcribed.files.names import display_name
 from transcribed.logs import get_logger
-from transcribed.model.pipeline import transcribe_stream
+from transcribed.model.pipeline import StreamProgress, transcribe_stream
 from transcribed.output.outbox import Outbox
 from transcribed.output.search_index import clock
 from transcribed.output.transcript import SourceInfo
@@ -162,8 +162,11 @@ def _measured(
         yield block
 
 
-def _moved(decoder: "ChildDecoder", progress: Progress, task: TaskID) -> Callable[[float], None]:
-    def moved(seconds: float) -> None:
+def _moved(
+    decoder: "ChildDecoder", progress: Progress, task: TaskID
+) -> Callable[[StreamProgress], None]:
+    def moved(transcribed: StreamProgress) -> None:
+        seconds = transcribed.done
         progress.update(task, completed=seconds, audio=_audio(seconds, decoder))
 
     return moved

@@ -32,7 +32,7 @@ from transcribed.jobs.rules import Plan, Rules
 from transcribed.jobs.versions import replaceable
 from transcribed.logs import get_logger
 from transcribed.loops.supervisor import Heartbeat, Loop
-from transcribed.model.pipeline import Recognizer, WordAligner, transcribe_stream
+from transcribed.model.pipeline import Recognizer, StreamProgress, WordAligner, transcribe_stream
 from transcribed.model.speakers import SpeakerSource
 from transcribed.output.search_index import SearchIndex
 from transcribed.output.transcript import Request, SourceInfo, Transcript
@@ -99,6 +99,7 @@ class Worker:
     wake_disposals: threading.Event | None = None
     search: SearchIndex | None = None  # full-text index of what is published (never fails a job)
     _progress_written: float = 0.0
+    _written_next: float | None = None  # the last `next_at_least` written for `status`
     _last_job: int | None = None  # the job this worker last started (put back on a failure)
     _put_back_owed: int | None = None  # a put-back that could not be written yet
 
@@ -256,7 +257,7 @@ class Worker:
             else None,
             max_speakers=plan.max_speakers,
             should_stop=self._beat_and_check_stop,
-            on_progress=lambda seconds: self._record_progress(job, seconds),
+            on_progress=lambda progress: self._record_progress(job, progress),
             started=started,
         )
         extra: dict[str, object] = {"request": request.as_json()}
@@ -302,15 +303,21 @@ class Worker:
         for block in blocks:
             if not announced:
                 announced = True
-                self.jobs.record_progress(job.id, 0.0, self.decoder.expected_seconds)
+                self._written_next = None
+                self.jobs.record_progress(job.id, 0.0, self.decoder.expected_seconds, None)
             yield block
 
-    def _record_progress(self, job: Job, seconds: float) -> None:
-        """At most every PROGRESS_SECONDS: progress is for people, not worth an fsync a batch."""
+    def _record_progress(self, job: Job, progress: StreamProgress) -> None:
+        """At most every PROGRESS_SECONDS (progress is for people, not worth an fsync a
+        batch), but at once when the model takes a chunk and had none: until then `status`
+        has nothing its estimate may move toward."""
         now = time.monotonic()
-        if now - self._progress_written >= PROGRESS_SECONDS:
-            self._progress_written = now
-            self.jobs.record_progress(job.id, seconds, self.decoder.expected_seconds)
+        first_sent = self._written_next is None and progress.next_at_least is not None
+        if first_sent or now - self._progress_written >= PROGRESS_SECONDS:
+            self._progress_written, self._written_next = now, progress.next_at_least
+            self.jobs.record_progress(
+                job.id, progress.done, self.decoder.expected_seconds, progress.next_at_least
+            )
 
     def _beat_and_check_stop(self) -> bool:
         """Called between model batches: proof of progress, and the chance to stop."""

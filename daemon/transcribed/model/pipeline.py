@@ -6,7 +6,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from datetime import UTC, datetime
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -29,6 +29,15 @@ from transcribed.output.transcript import (
 )
 
 _MIN_RETRY_SAMPLES = 5 * SAMPLE_RATE  # halves shorter than this are not worth a retry
+
+
+class StreamProgress(NamedTuple):
+    """How far a recording's transcription has come, in seconds of its audio."""
+
+    done: float  # transcribed, from the start: every chunk up to here is answered
+    # The end of the oldest chunk still with the model (None when none is): the next answer
+    # confirms at least this much, so an estimate between answers may approach it, not pass.
+    next_at_least: float | None
 
 
 class WordAligner(Protocol):
@@ -86,7 +95,7 @@ def transcribe_stream(
     speakers: SpeakerStream | None = None,
     max_speakers: int | None = None,
     should_stop: Callable[[], bool] = lambda: False,
-    on_progress: Callable[[float], None] = lambda seconds: None,
+    on_progress: Callable[[StreamProgress], None] = lambda progress: None,
     started: float | None = None,
 ) -> Transcript:
     """A complete transcript of audio arriving as 16 kHz mono float32 blocks.
@@ -97,7 +106,8 @@ def transcribe_stream(
     1-minute one. A recognizer that only takes lists (not a `StreamingRecognizer`) gets its
     `batch_size` chunks at a time. With `speakers` (a diarizer stream) the audio reaches the
     chunker once the diarizer has judged it, chunks end at changes of speaker, and segments
-    are labelled. `on_progress` hears the seconds of audio transcribed, in order.
+    are labelled. `on_progress` hears how far it has come whenever that changes: a chunk
+    answered, or one sent while none was with the model.
     """
     started = time.monotonic() if started is None else started
     chunker = StreamChunker(SAMPLE_RATE, chunk_seconds)
@@ -105,11 +115,16 @@ def transcribe_stream(
     segments: list[Segment] = []
     pauses = PauseTracker()
     window = _Window(_streaming(recognizer, should_stop), language, context, should_stop)
+    reported = StreamProgress(0.0, None)
 
     def finish(done: list[Recognized]) -> None:
+        nonlocal reported
         for found, piece in done:
             segments.extend(_finish(found, [piece], aligner, pauses, track))
-            on_progress(segments[-1].end)
+        now = StreamProgress(segments[-1].end if segments else 0.0, window.next_at_least())
+        if now != reported:
+            reported = now
+            on_progress(now)
 
     try:
         for block in blocks:
@@ -269,6 +284,13 @@ class _Window:
             answers = [self._sink.submit(chunk, self._language, self._context)]
         self._pieces.append(_InFlight(piece, answers))
         return finished + self.done()
+
+    def next_at_least(self) -> float | None:
+        """The end of the oldest piece still in flight, in seconds (None: none is)."""
+        if not self._pieces:
+            return None
+        start, chunk = self._pieces[0].piece
+        return (start + len(chunk)) / SAMPLE_RATE
 
     def done(self) -> list[Recognized]:
         """The pieces at the front whose answers are all in, in order. A failed answer

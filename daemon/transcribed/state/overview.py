@@ -6,6 +6,7 @@ retry never moves a file out of the failed folder before its copy is back in the
 
 import contextlib
 import errno
+import math
 import os
 import sqlite3
 import time
@@ -172,30 +173,20 @@ def _job_speed(jobs: JobQueue, now: float) -> float | None:
     return audio / busy if busy > 0 and audio > 0 else None
 
 
-# Of a job's pace, for the progress shown between its confirmed batches. 0.8 overshot the
-# next confirmation twice in CI (47.8 s shown, then 44.9 confirmed): a batch can take longer
-# than the job's average. An estimate still; the fix is to cap it at the audio in flight.
-_CAUTION = 0.5
-# Before a job's first answer the pace is the last hour's, other recordings': a job's first
-# chunks, sent as they are cut, may well come back slower than that (seen: 9.8 s confirmed
-# where 0.8 of that pace had shown 11.6 s).
-_FIRST_CAUTION = 0.5
-
-
 def _running(job: Job, now: float, speed: float | None = None) -> dict[str, Any]:
-    """Progress is confirmed after each model batch (minutes of audio apart); in between it
-    moves on at a little under the job's own pace (before its first batch: the last hour's),
-    never past the length the header claims. A little under, so that a batch confirmed later
-    than its pace predicted moves the figure forward, never back."""
+    """Progress is confirmed when the model answers a chunk (up to minutes of audio apart);
+    in between it moves on at the job's own pace (before its first answer: the last
+    hour's), toward where the next answer will reach at least, and slows as it nears it,
+    never passing it: a confirmation later than the pace predicted moves the figure forward,
+    never back."""
     confirmed, expected = job.progress_seconds or 0.0, job.expected_seconds
-    caution = _FIRST_CAUTION  # another job's pace, until this one's first answer
     if confirmed and job.started and job.progress_at and job.progress_at - job.started >= 1:
         speed = confirmed / (job.progress_at - job.started)  # this job's own pace so far
-        caution = _CAUTION
     done = confirmed
-    if speed and expected and job.progress_at is not None:
-        estimate = confirmed + max(0.0, now - job.progress_at) * speed * caution
-        done = max(confirmed, min(estimate, expected * 0.99))
+    if speed and job.progress_next_seconds is not None and job.progress_at is not None:
+        done = _toward(confirmed, job.progress_next_seconds, (now - job.progress_at) * speed)
+        if expected:  # a header that claims less than the audio holds
+            done = max(confirmed, min(done, expected * 0.99))
     fraction = min(1.0, done / expected) if expected else None
     elapsed = now - job.started if job.started else None
     eta = None
@@ -203,7 +194,8 @@ def _running(job: Job, now: float, speed: float | None = None) -> dict[str, Any]
         eta = round(elapsed * (1 - fraction) / fraction)
     since_progress = now - job.progress_at if job.progress_at is not None else None
     return _brief(job) | {
-        "audio_done_seconds": round(done, 1),
+        # An estimate is shown rounded down: never the next answer's figure before it comes.
+        "audio_done_seconds": round(done, 1) if done == confirmed else math.floor(done * 10) / 10,
         "audio_confirmed_seconds": round(confirmed, 1),
         "audio_expected_seconds": round(expected, 1) if expected else None,
         "percent": round(100 * fraction) if fraction is not None else None,
@@ -211,6 +203,15 @@ def _running(job: Job, now: float, speed: float | None = None) -> dict[str, Any]
         "eta_seconds": eta,
         "stalled": since_progress is not None and since_progress > STALLED_SECONDS,
     }
+
+
+def _toward(confirmed: float, bound: float, paced: float) -> float:
+    """`confirmed` moved on by `paced` seconds, but bent so that it approaches `bound`
+    without reaching it: almost linear while far, then ever slower."""
+    gap = bound - confirmed
+    if gap <= 0 or paced <= 0:
+        return confirmed
+    return confirmed + gap * -math.expm1(-paced / gap)
 
 
 def _backlog(

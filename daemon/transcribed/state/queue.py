@@ -92,6 +92,7 @@ class Job:
     incomplete: str | None = None
     disposal_started: float | None = None
     progress_at: float | None = None
+    progress_next_seconds: float | None = None
     not_before: float = 0.0
     mtime_ns: int | None = None
     ctime_ns: int | None = None
@@ -310,7 +311,8 @@ class JobQueue:
         with self._transaction() as db:
             rows = db.execute(
                 "UPDATE jobs SET state = ?, attempts = attempts + 1, updated = ?, started = ?,"  # noqa: S608
-                " progress_seconds = 0, expected_seconds = NULL, progress_at = ?"
+                " progress_seconds = 0, expected_seconds = NULL, progress_at = ?,"
+                " progress_next_seconds = NULL"
                 " WHERE id = (SELECT id FROM jobs WHERE state = ?"
                 f" AND {_due()} ORDER BY {_TURN}, id LIMIT 1)"
                 " RETURNING *",
@@ -354,12 +356,20 @@ class JobQueue:
             faults.point("db.duplicate")
         return _job(row) if row is not None else None
 
-    def record_progress(self, job_id: int, done: float, expected: float | None) -> None:
-        """Audio seconds transcribed so far, for `transcribed status`; not a durable step."""
+    def record_progress(
+        self,
+        job_id: int,
+        done: float,
+        expected: float | None,
+        next_at_least: float | None = None,
+    ) -> None:
+        """Audio seconds transcribed so far, the length the header claims, and where the
+        next answer will reach at least (`StreamProgress`), for `transcribed status`; not a durable
+        step."""
         self._db.execute(
-            "UPDATE jobs SET progress_seconds = ?, expected_seconds = ?, progress_at = ?"
-            " WHERE id = ?",
-            (done, expected, self._now(), job_id),
+            "UPDATE jobs SET progress_seconds = ?, expected_seconds = ?, progress_at = ?,"
+            " progress_next_seconds = ? WHERE id = ?",
+            (done, expected, self._now(), next_at_least, job_id),
         )
 
     def mark_published(

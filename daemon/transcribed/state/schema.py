@@ -113,10 +113,16 @@ def _before_versions(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS jobs_by_finished ON jobs(finished)")
 
 
+def _progress_next(db: sqlite3.Connection) -> None:
+    """Step 2: where a running job's next model answer reaches at least (`StreamProgress`): the
+    progress `status` estimates between answers moves toward it, never past it."""
+    db.execute("ALTER TABLE jobs ADD COLUMN progress_next_seconds REAL")
+
+
 Step = Callable[[sqlite3.Connection], None]
 
 # Step N takes a database from version N-1 to N.
-STEPS: Sequence[Step] = (_before_versions,)
+STEPS: Sequence[Step] = (_before_versions, _progress_next)
 LATEST = len(STEPS)
 
 
