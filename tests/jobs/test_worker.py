@@ -10,11 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from support.recordings import write_soundfile
 from support.supervised import supervised
 from transcribed.audio.decoder import ChildDecoder
 from transcribed.disposal.disposer import Disposer
+from transcribed.errors import PermanentError
 from transcribed.files.content import hash_file
 from transcribed.jobs.destinations import Destinations
 from transcribed.jobs.disposals import Disposals
@@ -327,6 +329,51 @@ def test_a_failure_while_quarantining_does_not_wedge_the_queue(
     assert worker.step()
     assert jobs.get(poison).state == JobState.FAILED  # spent: quarantined, not run again
     assert (folders.failed / "poison.flac.error.json").is_file()
+
+
+def test_a_failure_the_failed_folder_cannot_take_waits_and_is_never_transcribed_again(
+    setup, folders, monkeypatch
+) -> None:
+    """An adversary's finding: with failed_dir unusable, each start transcribed the recording
+    again, counted attempts past max_attempts, logged a traceback, and the reason that
+    reached the failed folder at last was the stale "(then: ...)" chain."""
+    worker, jobs, work = setup
+    job_id = _claim(jobs, work, "bad.flac", lambda p: write_soundfile(p, 1, 16000, "PCM_16"))
+    runs: list[int] = []
+
+    def unreadable(job, started) -> None:
+        runs.append(job.id)
+        raise PermanentError("not audio: no stream found")
+
+    monkeypatch.setattr(worker, "_transcribe_and_publish", unreadable)
+    folders.failed.rmdir()
+    folders.failed.write_text("not a folder")
+    with capture_logs() as logs:
+        for _ in range(2 * worker.max_attempts):
+            jobs._db.execute("UPDATE jobs SET not_before = 0 WHERE id = ?", (job_id,))
+            assert worker.step()
+    job = jobs.get(job_id)
+    assert runs == [job_id], "decided once; only the move was tried again"
+    assert (job.state, job.attempts) == (JobState.QUEUED, 1)
+    assert job.error is not None and job.error.startswith("not audio: no stream found (waiting")
+    assert job.error.count("waiting") == 1
+    waits = [entry for entry in logs if entry["event"] == "job.cannot_quarantine"]
+    assert len(waits) == 2 * worker.max_attempts
+    assert not [entry for entry in logs if "exc_info" in entry], "no traceback: a folder's fault"
+
+    folders.failed.unlink()
+    folders.failed.mkdir()
+    jobs._db.execute("UPDATE jobs SET not_before = 0 WHERE id = ?", (job_id,))
+    assert worker.step()
+    job = jobs.get(job_id)
+    assert (job.state, job.attempts, job.error) == (
+        JobState.FAILED,
+        1,
+        "not audio: no stream found",
+    )
+    reason = json.loads((folders.failed / "bad.flac.error.json").read_text())
+    assert (reason["error"], reason["attempts"]) == ("not audio: no stream found", 1)
+    assert runs == [job_id]
 
 
 def _raises(error: Exception):

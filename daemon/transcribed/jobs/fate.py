@@ -12,6 +12,7 @@ fails waits, its transcript safe, and is never run again as a job. Nothing can h
 the head of the queue.
 """
 
+import dataclasses
 import errno
 import os
 import sqlite3
@@ -115,9 +116,15 @@ class Fate:
                 self.jobs.requeue(job.id, delay, "interrupted by a restart", refund=False)
                 log.info("recover.requeued", job=job.id, attempts=job.attempts, retry_in=delay)
 
-    def spent(self, job: Job) -> None:
-        """Started with its attempts spent: quarantining it failed last time."""
-        self._fail_or_wait(job, job.error or "gave up", FailureKind.GAVE_UP)
+    def quarantine_owed(self, job: Job) -> None:
+        """Started though its failure was decided: moving it to the failed folder failed
+        last time (`failure_reason` set; or, in a database from before that column, its
+        attempts spent). Only the move is tried again: the attempt this start counted is
+        given back first."""
+        self.jobs.give_back_attempt(job.id)
+        job = dataclasses.replace(job, attempts=job.attempts - 1)
+        reason = job.failure_reason or job.error or "gave up"
+        self._fail_or_wait(job, reason, FailureKind(job.failure_kind or FailureKind.GAVE_UP))
 
     def attempt_failed(self, job: Job, error: Exception) -> None:
         """Decide a failed attempt's fate. A database error is ours, not the job's: it goes to
@@ -129,6 +136,8 @@ class Fate:
             self._classify(job, error)
         except sqlite3.Error:
             raise
+        except OSError as problem:  # a folder's fault (failed_dir a file, a link, full)
+            self._quarantine_waits(job, str(error), problem)
         except Exception as secondary:
             log.exception("job.failure_not_recorded", job=job.id, error=str(secondary))
             delay = backoff(job.attempts, self.retry_seconds)
@@ -242,13 +251,30 @@ class Fate:
         except sqlite3.Error:
             raise
         except Exception as secondary:
-            log.error("job.cannot_quarantine", job=job.id, error=str(secondary))
             if job.state in (JobState.RUNNING, JobState.QUEUED):
-                delay = backoff(job.attempts, self.retry_seconds)
-                self.jobs.requeue(job.id, delay, error, refund=False)
+                self._quarantine_waits(job, error, secondary)
             else:  # published, or a duplicate: never back to the queue to be run again
+                log.error("job.cannot_quarantine", job=job.id, error=str(secondary))
                 delay = backoff(job.disposal_failures + 1, self.retry_seconds)
                 self.jobs.defer_disposal(job.id, delay, error)
+
+    def _quarantine_waits(self, job: Job, error: str, problem: Exception) -> None:
+        """Failed for good, but its original cannot go to the failed folder now (the folder
+        is missing, a file, a link, full): not the recording's fault. It waits in the queue,
+        the wait doubling, and its next start only tries the move again (`failure_reason`,
+        recorded before the move, says so), so it is never transcribed again meanwhile and
+        its attempts stay what they were. The reason stays the recording's own."""
+        reason = self.jobs.get(job.id).failure_reason or error
+        delay = backoff(job.transient_failures + 1, self.retry_seconds)
+        waiting = f"{reason} (waiting to be moved to the failed folder: {problem})"
+        self.jobs.requeue(job.id, delay, waiting, refund=False, transient=True)
+        log.error(
+            "job.cannot_quarantine",
+            job=job.id,
+            error=str(problem),
+            retry_in=delay,
+            hint=advice(problem) if isinstance(problem, OSError) else None,
+        )
 
     def _fail(self, job: Job, error: str, kind: FailureKind) -> None:
         """Failed for good: the original (or, when it vanished, a reason file alone) goes to

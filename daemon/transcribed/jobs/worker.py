@@ -163,8 +163,8 @@ class Worker:
         name = display_name(job.relpath)
         log.info("job.started", job=job.id, file=name, attempt=job.attempts)
         started = time.monotonic()
-        if job.attempts > self.max_attempts:  # spent; quarantining it failed last time
-            self.fate.spent(job)
+        if job.failure_reason is not None or job.attempts > self.max_attempts:
+            self.fate.quarantine_owed(job)  # its failure is decided: only the move is owed
             return
         try:
             with self.job_scope():

@@ -279,6 +279,7 @@ class JobQueue:
             db.execute(
                 "UPDATE jobs SET state = ?, duplicate_of = NULL, request = NULL, not_before = ?,"
                 " disposal_started = NULL,"  # no disposal of the new content has begun
+                " failure_reason = NULL,"  # nor is its failure decided
                 " attempts = MAX(0, attempts - (state = ?)), versions = versions + 1,"
                 " error = ?, updated = ? WHERE id = ?",
                 (
@@ -416,6 +417,10 @@ class JobQueue:
                 job_id,
             ),
         )
+
+    def give_back_attempt(self, job_id: int) -> None:
+        """Un-count the attempt `next_job` counted: this start was no try at the recording."""
+        self._db.execute("UPDATE jobs SET attempts = attempts - 1 WHERE id = ?", (job_id,))
 
     def recover_running(self, *, refund: bool, job_id: int | None = None) -> int:
         """Attempts that were cut short go back to the queue: every running one (at start), or
