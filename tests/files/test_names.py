@@ -56,3 +56,11 @@ def test_display_name_escapes_newlines_control_chars_and_invalid_utf8() -> None:
     shown = display_name(b"evil\nname\x1b[31m\xff.wav")
     assert "\n" not in shown and "\x1b" not in shown
     assert shown == "evil\\x0aname\\x1b[31m\\xff.wav"
+
+
+def test_display_name_escapes_what_would_make_a_name_read_otherwise() -> None:
+    """An adversary's finding: a right-to-left override made `jobs list` show
+    "report_exe.jpg" for a file whose name ends in ".exe"; a line separator split a row."""
+    assert display_name("report_\u202egpj.exe") == "report_\\u202egpj.exe"
+    assert display_name("a\u2028b\u2067c\u200fd.wav") == "a\\u2028b\\u2067c\\u200fd.wav"
+    assert display_name("Grüße - 会議 ✓.wav") == "Grüße - 会議 ✓.wav", "the rest shown as it is"

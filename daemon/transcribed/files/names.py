@@ -72,11 +72,20 @@ def not_a_recording(relpath: str) -> str | None:
     return f"not a recording: {display_name(suffix)} is not an audio extension"
 
 
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Control characters, and the invisible ones that change how the text around them reads:
+# bidirectional overrides and marks ("report_<U+202E>gpj.exe" shows as "report_exe.jpg")
+# and the Unicode line and paragraph separators.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 
 
 def display_name(path: str | bytes) -> str:
-    """A printable, one-line rendering of a file name: invalid UTF-8 and control chars escaped."""
+    """A printable, one-line rendering of a file name that reads as it is: invalid UTF-8,
+    control characters and bidirectional controls escaped."""
     raw = path if isinstance(path, bytes) else os.fsencode(path)
     text = raw.decode("utf-8", errors="backslashreplace")
-    return _UNPRINTABLE.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+    return _UNPRINTABLE.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
