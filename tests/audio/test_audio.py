@@ -127,3 +127,17 @@ def test_float_audio_that_is_mostly_damage_fails_with_a_reason(tmp_path, decoder
     damage = dict.fromkeys(range(0, 264_600, 10), np.nan)  # every tenth sample
     with pytest.raises(PermanentError, match="NaN, infinite or absurdly large"):
         decoder.decode(_float_wav_with(tmp_path / "garbage.wav", damage))
+
+
+def test_a_name_that_is_not_utf8_decodes_with_either_library(tmp_path, decoder) -> None:
+    """An adversary's finding: `transcribe caf\\xe9.wav` failed ("surrogates not allowed"):
+    libsndfile and FFmpeg take UTF-8 text, and a Linux name may be any bytes."""
+    made = {
+        "flac": write_soundfile(tmp_path / "a.flac", 2, 16000, "PCM_16", "FLAC"),
+        "m4a": write_pyav(tmp_path / "a.m4a", 2, 16000, "aac"),
+    }
+    for suffix, path in made.items():
+        odd = Path(os.fsdecode(b"caf\xe9-" + suffix.encode() + b"." + suffix.encode()))
+        path.rename(tmp_path / odd)
+        audio = decoder.decode(tmp_path / odd)
+        assert abs(len(audio) / SAMPLE_RATE - 2) < 0.1, suffix

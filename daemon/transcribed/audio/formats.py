@@ -8,6 +8,8 @@ read other files or the network. Both paths downmix and resample with the same s
 The duration cap is enforced on decoded samples, never trusted from headers.
 """
 
+import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,15 +67,38 @@ def decode_blocks(path: Path, max_seconds: float) -> Iterator[np.ndarray]:
 
 def open_source(path: Path) -> Source:
     """Open `path` with the decoder suited to its format; PermanentError when neither can."""
-    try:
-        opened = soundfile.SoundFile(path)
-    except RuntimeError:  # LibsndfileError and friends: not a format libsndfile can read
-        return _open_with_pyav(path)
-    if opened.format not in _SOUNDFILE_FORMATS:
-        opened.close()
-        return _open_with_pyav(path)
+    with _reachable(path) as name:
+        try:
+            opened = soundfile.SoundFile(name)
+        except RuntimeError:  # LibsndfileError and friends: not a format libsndfile can read
+            return _open_with_pyav(path, name)
+        if opened.format not in _SOUNDFILE_FORMATS:
+            opened.close()
+            return _open_with_pyav(path, name)
     claimed = opened.frames / opened.samplerate if opened.frames > 0 else None
     return Source(claimed, _soundfile_blocks(opened))
+
+
+@contextlib.contextmanager
+def _reachable(path: Path) -> Iterator[str]:
+    """`path` as libsndfile and FFmpeg can open it. They take UTF-8 text, and a Linux name
+    may be any bytes (a file copied from an old Windows share: "caf\xe9.wav"): such a name is
+    reached through an open descriptor's /proc/self/fd entry, which each opens for itself."""
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    else:
+        yield str(path)
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as error:
+        raise PermanentError(f"cannot be read ({error.strerror})") from None
+    try:
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
 
 
 def to_16k_mono(
@@ -158,11 +183,12 @@ def _soundfile_blocks(opened: soundfile.SoundFile) -> Iterator[RawBlock]:
             yield block, rate
 
 
-def _open_with_pyav(path: Path) -> Source:
+def _open_with_pyav(path: Path, name: str) -> Source:
+    """`name`: how FFmpeg reaches `path` (`_reachable`)."""
     import av  # only in the child; keeps ffmpeg out of the daemon process
 
     try:
-        container = av.open(str(path), mode="r", options=_PYAV_OPTIONS, timeout=30.0)
+        container = av.open(name, mode="r", options=_PYAV_OPTIONS, timeout=30.0)
     except (av.error.FFmpegError, ValueError) as error:
         raise PermanentError(not_audio_reason(path, _short(error))) from None
     if not container.streams.audio:
