@@ -188,7 +188,18 @@ def test_an_original_whose_writers_cannot_be_seen_is_kept_a_while_after_its_clai
     with pytest.raises(recheck.StillBeingWritten, match="settle_seconds_unseen"):
         disposer.dispose(job)
     assert work.names() != []
-    assert disposer.dispose(dataclasses.replace(job, created=job.created - 61)) == "deleted"
+    assert disposer.dispose(_claimed_earlier(job, 61)) == "deleted"
+
+
+def _claimed_earlier(job: Job, seconds: float, *, wall: float | None = None) -> Job:
+    """`job` as if claimed `seconds` earlier on the boot clock, and `wall` seconds earlier
+    on the wall clock (the same unless the time was set meanwhile)."""
+    assert job.claimed_uptime is not None, "claims record the boot clock on Linux"
+    return dataclasses.replace(
+        job,
+        created=job.created - (seconds if wall is None else wall),
+        claimed_uptime=job.claimed_uptime - seconds,
+    )
 
 
 def test_a_claim_made_while_the_clock_was_far_ahead_is_not_held_until_it_catches_up(
@@ -202,8 +213,28 @@ def test_a_claim_made_while_the_clock_was_far_ahead_is_not_held_until_it_catches
     monkeypatch.setattr(recheck, "open_for_writing", lambda fd: None)
     disposer = Disposer(jobs, work, "delete", None, tmp_path, hold_unseen=60)
     with pytest.raises(recheck.StillBeingWritten):  # a minute ahead: held, as ever
-        disposer.dispose(dataclasses.replace(job, created=job.created + 60))
-    assert disposer.dispose(dataclasses.replace(job, created=job.created + 86400)) == "deleted"
+        disposer.dispose(_claimed_earlier(job, 61, wall=-60))
+    assert disposer.dispose(_claimed_earlier(job, 61, wall=-86400)) == "deleted"
+
+
+def test_the_wall_clock_set_forward_after_a_claim_does_not_cut_the_hold_short(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An adversary's finding: a machine without a battery-backed clock (a Raspberry Pi)
+    claims a file, then NTP sets the time an hour forward: on the wall clock alone the hold
+    for a paused writer that cannot be seen was over at once. The boot clock still holds it;
+    a claim from another boot falls back to the wall clock."""
+    import transcribed.state.recheck as recheck
+
+    jobs, job, work = _job(tmp_path, b"tr.wav", b"recording bytes")
+    monkeypatch.setattr(recheck, "open_for_writing", lambda fd: None)
+    disposer = Disposer(jobs, work, "delete", None, tmp_path, hold_unseen=60)
+    stepped = _claimed_earlier(job, 5, wall=3600 + 5)
+    with pytest.raises(recheck.StillBeingWritten, match="settle_seconds_unseen"):
+        disposer.dispose(stepped)
+    assert work.names() != []
+    assert disposer.dispose(dataclasses.replace(stepped, claimed_boot="another boot"))
+    assert work.names() == []
 
 
 @contextlib.contextmanager

@@ -36,6 +36,7 @@ from transcribed import faults
 from transcribed.backoff import LONGEST_WAIT_SECONDS  # a wait further away: a wrong clock
 from transcribed.files.content import Content, Fingerprint
 from transcribed.state import schema
+from transcribed.state.boot_clock import boot_time
 
 
 class FailureKind(enum.StrEnum):
@@ -101,6 +102,8 @@ class Job:
     retry_started: float | None = None
     failure_reason: str | None = None
     created: float = 0.0  # when it was claimed (wall clock)
+    claimed_boot: str | None = None  # ... and on the boot clock (`boot_clock`): which boot,
+    claimed_uptime: float | None = None  # and the seconds since it
 
     @property
     def fingerprint(self) -> Fingerprint | None:
@@ -175,12 +178,21 @@ class JobQueue:
         """Record the intent to move `relpath` to `work_name` before the rename happens. Its
         number is new: never one a retried job had (`jobs retry 33` twice must not find
         another recording under 33)."""
-        now = self._now()
+        now, booted = self._now(), boot_time()
         cursor = self._db.execute(
-            "INSERT INTO jobs (id, state, relpath, work_name, created, updated) VALUES ("
+            "INSERT INTO jobs (id, state, relpath, work_name, created, updated, claimed_boot,"
+            " claimed_uptime) VALUES ("
             " 1 + MAX(COALESCE((SELECT MAX(id) FROM jobs), 0),"
-            "         COALESCE((SELECT MAX(job) FROM retried), 0)), ?, ?, ?, ?, ?)",
-            (JobState.CLAIMING, relpath, work_name, now, now),
+            "         COALESCE((SELECT MAX(job) FROM retried), 0)), ?, ?, ?, ?, ?, ?, ?)",
+            (
+                JobState.CLAIMING,
+                relpath,
+                work_name,
+                now,
+                now,
+                booted.boot if booted else None,
+                booted.seconds if booted else None,
+            ),
         )
         assert cursor.lastrowid is not None
         faults.point("db.claiming")

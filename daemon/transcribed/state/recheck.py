@@ -13,6 +13,7 @@ import time
 from transcribed.backoff import LONGEST_WAIT_SECONDS
 from transcribed.files.content import Content, Fingerprint, hash_descriptor, open_for_writing
 from transcribed.files.filesystems import sees_every_writer
+from transcribed.state.boot_clock import seconds_since
 from transcribed.state.queue import Job, JobQueue
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -47,9 +48,14 @@ _HELD = (
 
 
 def _claimed_within(job: Job, seconds: float) -> bool:
-    """Whether `job` was claimed less than `seconds` ago. A claim further in the future than
-    any wait (the clock was far ahead then, and was corrected) is not waited out: the clock
-    may take days to catch up."""
+    """Whether `job` was claimed less than `seconds` ago, by either clock. The boot clock
+    (in the boot that claimed it) is not moved by a step of the wall clock: NTP setting the
+    time forward at boot does not end the wait early. On the wall clock, a claim further in
+    the future than any wait (the clock was far ahead then, and was corrected) is not waited
+    out: the clock may take days to catch up."""
+    booted = seconds_since(job.claimed_boot, job.claimed_uptime)
+    if booted is not None and booted < seconds:
+        return True
     since = time.time() - job.created
     return -LONGEST_WAIT_SECONDS <= since < seconds
 

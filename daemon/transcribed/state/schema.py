@@ -113,16 +113,21 @@ def _before_versions(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS jobs_by_finished ON jobs(finished)")
 
 
-def _progress_next(db: sqlite3.Connection) -> None:
-    """Step 2: where a running job's next model answer reaches at least (`StreamProgress`): the
-    progress `status` estimates between answers moves toward it, never past it."""
+def _progress_next_and_boot_clock(db: sqlite3.Connection) -> None:
+    """Step 2. `progress_next_seconds`: where a running job's next model answer reaches at
+    least (`StreamProgress`): the progress `status` estimates between answers moves toward
+    it, never past it. `claimed_boot`, `claimed_uptime`: when the job was claimed on the boot
+    clock (`boot_clock`), which a step of the wall clock does not move: the hold of a file
+    whose writers cannot be seen is not cut short by NTP setting the time forward."""
     db.execute("ALTER TABLE jobs ADD COLUMN progress_next_seconds REAL")
+    db.execute("ALTER TABLE jobs ADD COLUMN claimed_boot TEXT")
+    db.execute("ALTER TABLE jobs ADD COLUMN claimed_uptime REAL")
 
 
 Step = Callable[[sqlite3.Connection], None]
 
 # Step N takes a database from version N-1 to N.
-STEPS: Sequence[Step] = (_before_versions, _progress_next)
+STEPS: Sequence[Step] = (_before_versions, _progress_next_and_boot_clock)
 LATEST = len(STEPS)
 
 
