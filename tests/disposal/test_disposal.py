@@ -346,3 +346,26 @@ def test_a_shred_never_takes_a_moves_start_for_its_own(tmp_path: Path) -> None:
     work.file(job.work_name).write_bytes(b"recording, and more")
     with pytest.raises(RecordingChanged):
         Disposer(jobs, work, "shred", None, tmp_path).dispose(jobs.get(job.id))
+
+
+def test_an_archived_original_takes_its_transcripts_number_when_it_can(tmp_path: Path) -> None:
+    """An adversary's finding: x.wav dropped again was transcribed as x-3.json but archived
+    as x-2.wav (each folder gave its first free number). The archive now takes the
+    transcript's name where it is free, and the first free name where it is not."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    jobs, job, work = _job(tmp_path, b"team/x.wav", b"third take")
+    (archive / "team").mkdir()
+    (archive / "team" / "x.wav").write_bytes(b"earlier")  # x-2.wav was deleted by hand
+    disposer = Disposer(jobs, work, "move", archive, tmp_path)
+    numbered = dataclasses.replace(job, outputs=("/out/team/x-3.json", "/out/team/x-3.txt"))
+    assert disposer.dispose(numbered) == "moved"
+    assert (archive / "team" / "x-3.wav").read_bytes() == b"third take"
+
+    (tmp_path / "again").mkdir()
+    jobs, job, work = _job(tmp_path / "again", b"team/x.wav", b"fourth take")
+    (archive / "team" / "x-4.wav").write_bytes(b"someone else's")
+    disposer = Disposer(jobs, work, "move", archive, tmp_path)
+    assert disposer.dispose(dataclasses.replace(job, outputs=("/out/team/x-4.json",))) == "moved"
+    assert (archive / "team" / "x-2.wav").read_bytes() == b"fourth take"
+    assert (archive / "team" / "x-4.wav").read_bytes() == b"someone else's"

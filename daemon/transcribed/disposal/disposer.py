@@ -20,6 +20,7 @@ from transcribed.disposal.assurance import Assurance, assess
 from transcribed.errors import FolderUnusable, RecordingVanished
 from transcribed.files.content import hash_file
 from transcribed.files.durable import (
+    NAME_MAX,
     check_outside,
     fsync_dir,
     link_or_copy_no_overwrite,
@@ -196,7 +197,10 @@ class Disposer:
         check_outside(root, self._work.inbox)
         try:
             folder = make_folders(root, Path(relpath.parent))
-            target = unique_name(folder, relpath.name, reserve, companion)
+            target = (
+                _beside_transcript(folder, job, relpath.name) if root == self._archive else None
+            )
+            target = target or unique_name(folder, relpath.name, reserve, companion)
         except OSError as error:
             if error.errno != errno.ENAMETOOLONG:
                 raise
@@ -204,6 +208,22 @@ class Disposer:
             target = unique_name(root, relpath.name, reserve, companion)
         check_outside(folder, self._work.inbox)
         return target
+
+
+def _beside_transcript(folder: Path, job: Job, name: str) -> Path | None:
+    """The archived original's name that matches its transcript's when the outbox gave the
+    transcript a numbered name (`x-3.json` for `x.wav`: `x-3.wav`), if that name is free;
+    else None (the first free name is taken, and the two may differ)."""
+    stem, dot, suffix = name.rpartition(".")
+    if not job.outputs or not stem:
+        return None
+    published = PurePosixPath(job.outputs[0]).stem
+    if not (published.startswith(f"{stem}-") and published[len(stem) + 1 :].isdigit()):
+        return None
+    candidate = folder / f"{published}{dot}{suffix}"
+    if len(os.fsencode(candidate.name)) > NAME_MAX or os.path.lexists(candidate):
+        return None
+    return candidate
 
 
 def _is_copy_of(target: Path, job: Job) -> bool:
