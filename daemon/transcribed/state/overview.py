@@ -207,11 +207,12 @@ def _running(job: Job, now: float, speed: float | None = None) -> dict[str, Any]
 
 def _toward(confirmed: float, bound: float, paced: float) -> float:
     """`confirmed` moved on by `paced` seconds, but bent so that it approaches `bound`
-    without reaching it: almost linear while far, then ever slower."""
+    without reaching it: at the pace while far, then ever slower (half the gap when the pace
+    says all of it; an answer twice as late as the pace predicted still sees it move)."""
     gap = bound - confirmed
     if gap <= 0 or paced <= 0:
         return confirmed
-    return confirmed + gap * -math.expm1(-paced / gap)
+    return confirmed + gap * paced / (paced + gap)
 
 
 def _backlog(
