@@ -47,7 +47,9 @@ def test_5xx_resets_and_latency_are_retried_on_the_other_server(
 ) -> None:
     flaky, good = pair
     engine = remote_engine([flaky.url, good.url], vllm_max_in_flight=2)
-    flaky.faults.errors, flaky.faults.resets, good.faults.latency = 2, 2, 0.2
+    # One of each: DOWN_AFTER failures in a row would mark it down (another test), and the
+    # faults left unmet (seen in CI: 503, reset, reset, then down).
+    flaky.faults.errors, flaky.faults.resets, good.faults.latency = 1, 1, 0.2
     try:
         texts = engine.transcribe(_chunks(8))
     finally:
