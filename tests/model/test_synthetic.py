@@ -60,3 +60,11 @@ def test_the_tiny_size_is_the_tests_checkpoint_built_once(tmp_path: Path) -> Non
     stamp = (folder / "config.json").stat().st_mtime_ns
     assert build_synthetic(folder, "tiny") == folder
     assert (folder / "config.json").stat().st_mtime_ns == stamp  # not built again
+
+
+def test_the_weights_are_as_readable_as_the_configuration(tmp_path: Path) -> None:
+    """Found on main: model.safetensors was written 0600 while the rest followed the umask,
+    so a daemon running as the systemd unit's own user could not read a model built by hand."""
+    folder = build_synthetic(tmp_path / "tiny", "tiny")
+    modes = {path.name: path.stat().st_mode & 0o777 for path in folder.iterdir()}
+    assert set(modes.values()) == {modes["config.json"]}, modes

@@ -99,6 +99,17 @@ def _save(folder: Path, model: Any, tokenizer: Any, template: str) -> None:
         feature_extractor=Qwen3ASRFeatureExtractor(), tokenizer=tokenizer, chat_template=template
     )
     processor.save_pretrained(folder)
+    _readable_like_config(folder)
+
+
+def _readable_like_config(folder: Path) -> None:
+    """The weights as readable as the rest. Transformers writes `config.json` by the umask
+    but the safetensors file 0600, so a daemon running as another user (the systemd unit's
+    own) could read the model's configuration and not its weights."""
+    mode = (folder / "config.json").stat().st_mode & 0o777
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(mode)
 
 
 def _tokenizer(extra_tokens: tuple[str, ...] = ()) -> Any:
@@ -354,6 +365,7 @@ def _build_diarizer(folder: Path, seed: int, audio: dict[str, int], head: dict[s
     Nemotron3DiarizationProcessor(
         features, subsampling_factor=config.audio_config.subsampling_factor
     ).save_pretrained(folder)
+    _readable_like_config(folder)
     return folder
 
 
