@@ -120,3 +120,22 @@ def test_a_database_from_a_newer_release_is_refused_with_what_to_do(tmp_path: Pa
     with pytest.raises(ConfigError, match=r"newer transcribed.*transcribed recover"):
         JobQueue(database)
     assert _version(database) == schema.LATEST + 1
+
+
+def test_a_reader_of_a_database_one_step_behind_reads_its_jobs(tmp_path: Path) -> None:
+    """The page reads the database read-only, as the daemon left it: after an upgrade, a
+    daemon not yet restarted has not taken the newest step, and the columns it adds are
+    missing. The jobs read with those fields at their defaults, instead of failing."""
+    database = tmp_path / "jobs.db"
+    db = sqlite3.connect(database, isolation_level=None)
+    schema.upgrade(db, schema.STEPS[:1])
+    db.execute(
+        "INSERT INTO jobs (state, relpath, work_name, created, updated)"
+        " VALUES ('queued', x'612e776176', 'w-a.wav', 1, 1)"
+    )
+    db.close()
+    reader = JobQueue(database, read_only=True)
+    assert _version(database) == 1 < schema.LATEST
+    job = reader.get(1)
+    assert (job.relpath, job.progress_next_seconds, job.claimed_boot) == (b"a.wav", None, None)
+    assert [queued.id for queued in reader.in_state(JobState.QUEUED)] == [1]

@@ -831,8 +831,12 @@ def _marks(values: tuple[object, ...]) -> str:
 
 
 def _job(row: sqlite3.Row) -> Job:
-    """A row as a Job: columns map to fields by name; these few need converting."""
-    plain = {name: row[name] for name in _PLAIN_FIELDS}
+    """A row as a Job: columns map to fields by name; these few need converting. A column
+    a reader's database lacks keeps the field's default: the page reads the database
+    read-only, as the daemon left it, and a daemon not yet restarted after an upgrade has
+    not taken the newest schema step."""
+    columns = row.keys()
+    plain = {name: row[name] for name in _PLAIN_FIELDS if name in columns}
     return Job(
         **plain,
         state=JobState(row["state"]),
