@@ -376,6 +376,32 @@ def test_a_failure_the_failed_folder_cannot_take_waits_and_is_never_transcribed_
     assert runs == [job_id]
 
 
+def test_a_failure_waiting_for_the_failed_folder_is_transcribed_if_its_writer_finishes(
+    setup, disposals, folders, monkeypatch
+) -> None:
+    """I6: a failure decided on a half-written file (not audio yet) waits for the failed
+    folder; meanwhile its writer, which had only paused, finishes it. The recording is then
+    new content and is transcribed, not moved to the failed folder with the old reason."""
+    worker, jobs, work = setup
+
+    def half_written(path: Path) -> Path:
+        path.write_bytes(b"RIFF\x00\x00")  # a recorder that paused after 6 bytes
+        return path
+
+    job_id = _claim(jobs, work, "late.wav", half_written)
+    folders.failed.rmdir()
+    folders.failed.write_text("not a folder")
+    assert worker.step()
+    job = jobs.get(job_id)
+    assert job.state == JobState.QUEUED and job.failure_reason is not None
+    write_soundfile(work / job.work_name, 2, 16000, "PCM_16")  # the writer finishes
+    jobs._db.execute("UPDATE jobs SET not_before = 0 WHERE id = ?", (job_id,))
+    _run_until_done(worker, disposals, jobs, job_id)
+    job = jobs.get(job_id)
+    assert (job.state, job.versions, job.failure_reason) == (JobState.DONE, 1, None)
+    assert (folders.outbox / "late.json").is_file()
+
+
 def _raises(error: Exception):
     def fail(*args: object, **kwargs: object) -> None:
         raise error

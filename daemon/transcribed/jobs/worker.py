@@ -164,7 +164,7 @@ class Worker:
         log.info("job.started", job=job.id, file=name, attempt=job.attempts)
         started = time.monotonic()
         if job.failure_reason is not None or job.attempts > self.max_attempts:
-            self.fate.quarantine_owed(job)  # its failure is decided: only the move is owed
+            self._quarantine_owed(job)  # its failure is decided: only the move is owed
             return
         try:
             with self.job_scope():
@@ -178,6 +178,19 @@ class Worker:
         if self.wake_disposals is not None:
             self.wake_disposals.set()  # the disposal thread disposes of its original
         log.info("job.done", job=job.id, file=name, seconds=round(time.monotonic() - started, 3))
+
+    def _quarantine_owed(self, job: Job) -> None:
+        """Move a recording whose failure was decided to the failed folder, unless it has
+        changed since (I6: a writer that had paused may have finished it): then it is new
+        content, transcribed as such."""
+        try:
+            check_unchanged(self.work.file(job.work_name), job, self.jobs)
+        except FileNotFoundError:
+            pass  # the move says what became of it (a move cut short, or a reason alone)
+        except Exception as error:  # changed, still being written, unreadable now
+            self.fate.attempt_failed(job, error)
+            return
+        self.fate.quarantine_owed(job)
 
     def _recheck(self, job: Job) -> None:
         """The work file still holds what was hashed (docs/design.md I6), or the job cannot
