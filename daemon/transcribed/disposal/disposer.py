@@ -211,11 +211,11 @@ class Disposer:
 
 
 def _beside_transcript(folder: Path, job: Job, name: str) -> Path | None:
-    """The archived original's name that matches its transcript's when the outbox gave the
-    transcript a numbered name (`x-3.json` for `x.wav`: `x-3.wav`), if that name is free;
-    else None (the first free name is taken, and the two may differ)."""
+    """When the original's own name is taken in the archive (the same name dropped again),
+    the name that matches its transcript's numbered one (`x-3.json` for `x.wav`: `x-3.wav`),
+    if that is free; else None (its own name, or the first free one, which may differ)."""
     stem, dot, suffix = name.rpartition(".")
-    if not job.outputs or not stem:
+    if not job.outputs or not stem or not os.path.lexists(folder / name):
         return None
     published = PurePosixPath(job.outputs[0]).stem
     if not (published.startswith(f"{stem}-") and published[len(stem) + 1 :].isdigit()):
