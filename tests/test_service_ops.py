@@ -298,3 +298,32 @@ def test_originals_waiting_for_disposal_are_shown_and_kept_by_their_own_policy(
     )
     for transcript in folders.outbox.glob("*.json"):
         assert json.loads(transcript.read_text())["disposal"]["method"] == "move"
+
+
+def test_a_loop_hung_past_the_stop_grace_does_not_keep_the_daemon_from_exiting(
+    folders, tiny_model, tmp_path
+) -> None:
+    """Found in CI: a loop that did not end within the grace time (there the hasher, stuck
+    in a wait a SIGSTOP/SIGCONT had broken; here a model call that hangs) kept the process
+    alive after `daemon.stopped`, for good: Python waits for such threads at exit. It exits,
+    says which loop it left, and the job is taken up at the next start."""
+    env = folders.env(
+        tiny_model, TRANSCRIBED_SETTLE_SECONDS="0.3", TRANSCRIBED_TEST_FAULTS="model.batch=hang"
+    )
+    daemon = Daemon(env, tmp_path / "daemon.log")
+    daemon.wait_ready()
+    drop(folders.inbox, "stuck.wav", seed=1)
+    daemon.wait_for(lambda: bool(logged(daemon, "job.started")), 30)
+    time.sleep(1)  # into the model call
+    assert daemon.stop(timeout=40) == 0
+    [timeout] = logged(daemon, "daemon.stop_timeout")
+    assert timeout["still_running"] == ["model"]
+    assert logged(daemon, "daemon.stopped")
+
+    env.pop("TRANSCRIBED_TEST_FAULTS")
+    again = Daemon(env, tmp_path / "again.log")
+    try:
+        again.wait_ready()
+        again.wait_for(lambda: (folders.outbox / "stuck.json").exists(), 60)
+    finally:
+        again.stop_cleanly()

@@ -394,6 +394,7 @@ class Daemon:
         self._status_due = 0.0  # when the STATUS line is next refreshed
         self.settings = settings
         self.stop = threading.Event()
+        self.left_running: list[str] = []  # loops that had not ended by the end of a stop
         # Before the long model load: a SIGTERM or SIGHUP then is handled, not fatal.
         self._install_signal_handlers()
         if reloads_asked:  # during the start, before this handler: the main loop reloads
@@ -530,8 +531,9 @@ class Daemon:
         self._watch.stop()
         still_running = self._supervisor.join(SHUTDOWN_GRACE_SECONDS)
         self._hooks.close(still_running="hooks" in still_running)
-        if [name for name in still_running if name != "hooks"]:
-            log.warning("daemon.stop_timeout", seconds=SHUTDOWN_GRACE_SECONDS)
+        if stuck := [name for name in still_running if name != "hooks"]:
+            log.warning("daemon.stop_timeout", seconds=SHUTDOWN_GRACE_SECONDS, still_running=stuck)
+            self.left_running = stuck
         for worker in self._loops.workers:
             worker.decoder.close()
         self._work.close()

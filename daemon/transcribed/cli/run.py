@@ -1,7 +1,9 @@
 """`transcribed run`: the daemon in the foreground (what the systemd unit starts)."""
 
 import argparse
+import os
 import signal
+import sys
 
 from transcribed import faults
 from transcribed.cli.shared import check_device, check_model_files, offline_unless
@@ -25,7 +27,21 @@ def run(args: argparse.Namespace) -> int:
     offline_unless(settings.allow_download)
     from transcribed.service import Daemon
 
-    return Daemon(settings, args.config, reloads_asked=reloads).run()
+    daemon = Daemon(settings, args.config, reloads_asked=reloads)
+    code = daemon.run()
+    if daemon.left_running:
+        _exit_now(code)
+    return code
+
+
+def _exit_now(code: int) -> None:
+    """Exit although loops still run (a model call hung past the stop's grace time):
+    Python would otherwise wait for them at exit, for good. What they were doing is taken
+    up again at the next start, as after a crash; the lock is released and the log says
+    which loops they were."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 def settings_help() -> str:

@@ -50,7 +50,10 @@ class LargeFileHasher:
         self._database = database
         self._work = work
         self._stop = stop
-        self._pending: queue.SimpleQueue[tuple[int, str]] = queue.SimpleQueue()
+        # Not a SimpleQueue: its get(timeout) can block for good once a signal interrupts
+        # its wait after the deadline has passed (SIGSTOP then SIGCONT: seen at a stop,
+        # which then waited for this thread in vain).
+        self._pending: queue.Queue[tuple[int, str]] = queue.Queue()
         self._in_flight: set[int] = set()
         self._lock = threading.Lock()
         self._retries: list[tuple[float, int, str]] = []  # (when, job, relpath)

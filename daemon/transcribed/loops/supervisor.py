@@ -125,7 +125,10 @@ class Supervisor:
         return any(r.thread.is_alive() for r in self._runners if r.name == name)
 
     def problem(self) -> str | None:
-        """Why the loops are not healthy (a thread died, one is stuck); None when they are."""
+        """Why the loops are not healthy (a thread died, one is stuck); None when they are,
+        and once they are stopping (a loop that has ended then has not died)."""
+        if self.stop.is_set():
+            return None
         for runner in self._runners:
             if not runner.thread.is_alive():
                 return f"the {runner.name} thread has died"
