@@ -11,6 +11,12 @@ _ADVICE = {
     errno.EPERM: "permission denied: let the service user write there",
     errno.EROFS: "the folder is on a read-only filesystem: remount it read-write",
     errno.EIO: "the disk reported an I/O error: check it; the files are written again",
+    errno.ENOTDIR: "a file stands where a folder should be (the error names the path): move "
+    "it away; the job waits and resumes by itself",
+    errno.EISDIR: "a folder stands where a file should be written (the error names the "
+    "path): move it away; the job waits and resumes by itself",
+    errno.ENOENT: "a folder is missing (the error names the path): make it again, or mount "
+    "it; the job waits and resumes by itself",
 }
 
 

@@ -402,6 +402,27 @@ def test_a_failure_waiting_for_the_failed_folder_is_transcribed_if_its_writer_fi
     assert (folders.outbox / "late.json").is_file()
 
 
+def test_an_outbox_replaced_by_a_file_makes_the_job_wait_not_fail(
+    setup, disposals, folders
+) -> None:
+    """An adversary's finding: with the outbox (or a folder below it) replaced by a file,
+    ENOTDIR was taken for "a path that cannot exist", and a good recording went to the
+    failed folder. It is a folder problem the user can fix: the job waits, with a hint."""
+    worker, jobs, work = setup
+    job_id = _claim(jobs, work, "sub/good.wav", lambda p: write_soundfile(p, 1, 16000, "PCM_16"))
+    (folders.outbox / "sub").write_text("a file where a folder should be")
+    with capture_logs() as logs:
+        assert worker.step()
+    job = jobs.get(job_id)
+    assert (job.state, job.attempts) == (JobState.QUEUED, 0)
+    [waited] = [entry for entry in logs if entry["event"] == "job.retry_later"]
+    assert "a file stands where a folder should be" in waited["hint"]
+    (folders.outbox / "sub").unlink()
+    jobs._db.execute("UPDATE jobs SET not_before = 0 WHERE id = ?", (job_id,))
+    _run_until_done(worker, disposals, jobs, job_id)
+    assert (folders.outbox / "sub" / "good.json").is_file()
+
+
 def _raises(error: Exception):
     def fail(*args: object, **kwargs: object) -> None:
         raise error

@@ -42,8 +42,10 @@ from transcribed.state.recheck import RecordingChanged, StillBeingWritten
 
 log = get_logger(__name__)
 
-# Errors no retry can cure: a path that cannot exist (too long, invalid), a folder in the way.
-PERMANENT_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EINVAL, errno.ENOTDIR, errno.EISDIR})
+# Errors no retry can cure: a path that cannot exist (too long, a name the filesystem
+# refuses). Not a file where a folder should be, or the reverse (ENOTDIR, EISDIR: the outbox
+# replaced by a file): the user can fix that, and the recording waits for it.
+PERMANENT_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EINVAL})
 
 
 def _nothing(job: Job, outcome: str) -> None:
