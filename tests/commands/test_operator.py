@@ -15,6 +15,7 @@ import torch
 from conftest import hashed
 from support.recordings import write_soundfile
 from support.running import CLI, Daemon, cli, events
+from transcribed.state.instance import Holder
 from transcribed.state.overview import render_status, service_status, status_report
 from transcribed.state.queue import JobQueue
 
@@ -114,7 +115,8 @@ def test_status_shows_progress_and_an_eta(tmp_path: Path) -> None:
     queue.record_progress(job_id, 30.0, 120.0)
     started = queue.get(job_id).started
     assert started is not None
-    report = status_report(queue, now=started + 10)
+    live = Holder(pid=1, since=started - 60, alive_at=started + 10, ready=True)
+    report = status_report(queue, now=started + 10, daemon=live)
     running = report["running"][0]
     assert (running["percent"], running["eta_seconds"]) == (25, 30)
     assert "talk.wav: 25% (0:30 of 2:00 audio), about 0:30 left" in render_status(report)

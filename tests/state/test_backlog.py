@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import hashed
+from transcribed.state.instance import Holder
 from transcribed.state.overview import render_status, status_report
 from transcribed.state.queue import JobQueue
 
@@ -30,6 +31,11 @@ def clock() -> Clock:
 @pytest.fixture
 def jobs(tmp_path: Path, clock: Clock) -> JobQueue:
     return JobQueue(tmp_path / "jobs.sqlite3", clock=clock)
+
+
+def _live(at: float) -> Holder:
+    """A daemon that runs and showed it was alive at `at`: running jobs' progress moves."""
+    return Holder(pid=1, since=NOW - 3600, alive_at=at, ready=True)
 
 
 def _queued(jobs: JobQueue, name: str, size: int) -> int:
@@ -61,7 +67,7 @@ def test_the_only_running_job_and_the_backlog_agree(jobs, clock) -> None:
     clock.now = NOW - 10
     jobs.record_progress(wav, 1500.0, 1800.0)
     clock.now = NOW
-    report = status_report(jobs, now=NOW)
+    report = status_report(jobs, now=NOW, daemon=_live(NOW))
     own = report["running"][0]["eta_seconds"]
     assert own is not None and own < 60
     assert report["backlog"]["eta_seconds"] == own
@@ -76,7 +82,7 @@ def test_parallel_jobs_and_an_idle_hour_do_not_skew_the_pace(jobs, clock) -> Non
     for number in range(2):
         _queued(jobs, f"q{number}.mp3", 2 * MB)
     clock.now = NOW
-    backlog = status_report(jobs, now=NOW)["backlog"]
+    backlog = status_report(jobs, now=NOW, daemon=_live(NOW))["backlog"]
     assert backlog["audio_per_second"] == 16.0
     assert backlog["audio_seconds"] == 240
     assert backlog["eta_seconds"] == 15
@@ -90,7 +96,7 @@ def test_a_queued_file_is_measured_by_the_bytes_of_its_own_kind(jobs, clock) -> 
         _finished(jobs, clock, f"p{number}.mp3", 2 * MB, 120.0, NOW - 3000, 30.0)
     _queued(jobs, "next.wav", 16 * MB)
     clock.now = NOW
-    backlog = status_report(jobs, now=NOW)["backlog"]
+    backlog = status_report(jobs, now=NOW, daemon=_live(NOW))["backlog"]
     assert backlog["audio_seconds"] == 512  # half yesterday's WAV, not 16 MB of MP3 (960 s)
     assert backlog["eta_seconds"] == 32
 
@@ -98,7 +104,7 @@ def test_a_queued_file_is_measured_by_the_bytes_of_its_own_kind(jobs, clock) -> 
 def test_without_any_finished_job_the_eta_is_unknown_not_invented(jobs, clock) -> None:
     """Nothing has been measured yet: no ETA rather than a guess."""
     _queued(jobs, "first.mp3", MB)
-    report = status_report(jobs, now=NOW)
+    report = status_report(jobs, now=NOW, daemon=_live(NOW))
     assert report["backlog"]["eta_seconds"] is None
     assert "backlog" not in render_status(report)
 
@@ -113,7 +119,7 @@ def test_progress_between_answers_nears_the_next_answer_and_never_passes_it(jobs
     jobs.record_progress(job, 30.0, 900.0, 60.0)  # 1 s of audio a second; 30 s more in flight
 
     def shown(at: float) -> float:
-        return status_report(jobs, now=at)["running"][0]["audio_done_seconds"]
+        return status_report(jobs, now=at, daemon=_live(at))["running"][0]["audio_done_seconds"]
 
     looks = [shown(NOW + 30 + seconds) for seconds in (0, 5, 10, 20, 40, 80, 160, 600)]
     assert looks[0] == 30 and all(a < b for a, b in itertools.pairwise(looks[:6])), looks
@@ -122,3 +128,18 @@ def test_progress_between_answers_nears_the_next_answer_and_never_passes_it(jobs
     clock.now = NOW + 630
     jobs.record_progress(job, 60.0, 900.0, None)  # answered; nothing with the model now
     assert shown(NOW + 640) == shown(NOW + 700) == 60 >= looks[-1]
+
+
+def test_a_job_a_killed_daemon_left_running_stands_where_it_was(jobs, clock) -> None:
+    """An adversary's finding: after kill -9, status said the daemon was not running and
+    still moved the job's progress on and showed an ETA. Without a daemon at work (none, or
+    one silent for long) it shows what the model confirmed, and no ETA."""
+    job = _queued(jobs, "long.wav", 10 * MB)
+    assert jobs.next_job() is not None
+    clock.now = NOW + 30
+    jobs.record_progress(job, 30.0, 900.0, 60.0)
+    for daemon in (None, _live(NOW)):  # none; one last alive 100 s before the look
+        running = status_report(jobs, now=NOW + 100, daemon=daemon)["running"][0]
+        assert (running["audio_done_seconds"], running["eta_seconds"]) == (30.0, None)
+    moving = status_report(jobs, now=NOW + 40, daemon=_live(NOW + 40))["running"][0]
+    assert moving["audio_done_seconds"] > 30 and moving["eta_seconds"] is not None

@@ -121,11 +121,15 @@ def status_report(
     awaiting = jobs.awaiting_disposal()
     recordings, audio, busy = jobs.finished_since(now - _HOUR)
     queued = jobs.in_state(JobState.QUEUED)
-    speed = _job_speed(jobs, now)
-    running = [_running(job, now, speed) for job in jobs.in_state(JobState.RUNNING)]
+    about_daemon = _daemon(daemon, now)
+    # Progress is estimated between the model's answers only while a daemon works on it: a
+    # job a killed daemon left running (requeued at the next start) stands where it was.
+    working = about_daemon["running"] and about_daemon["silent_seconds"] is None
+    speed = _job_speed(jobs, now) if working else None
+    running = [_running(job, now, speed, working) for job in jobs.in_state(JobState.RUNNING)]
     return {
         "summary": status_line(counts, len(awaiting)),
-        "daemon": _daemon(daemon, now),
+        "daemon": about_daemon,
         "counts": counts,
         "running": running,
         "queued": [_brief(job) | {"waiting_for_retry": bool(job.error)} for job in queued],
@@ -173,14 +177,18 @@ def _job_speed(jobs: JobQueue, now: float) -> float | None:
     return audio / busy if busy > 0 and audio > 0 else None
 
 
-def _running(job: Job, now: float, speed: float | None = None) -> dict[str, Any]:
+def _running(
+    job: Job, now: float, speed: float | None = None, working: bool = True
+) -> dict[str, Any]:
     """Progress is confirmed when the model answers a chunk (up to minutes of audio apart);
     in between it moves on at the job's own pace (before its first answer: the last
     hour's), toward where the next answer will reach at least, and slows as it nears it,
     never passing it: a confirmation later than the pace predicted moves the figure forward,
     never back."""
     confirmed, expected = job.progress_seconds or 0.0, job.expected_seconds
-    if confirmed and job.started and job.progress_at and job.progress_at - job.started >= 1:
+    if not working:
+        speed = None
+    elif confirmed and job.started and job.progress_at and job.progress_at - job.started >= 1:
         speed = confirmed / (job.progress_at - job.started)  # this job's own pace so far
     done = confirmed
     if speed and job.progress_next_seconds is not None and job.progress_at is not None:
@@ -190,7 +198,7 @@ def _running(job: Job, now: float, speed: float | None = None) -> dict[str, Any]
     fraction = min(1.0, done / expected) if expected else None
     elapsed = now - job.started if job.started else None
     eta = None
-    if fraction and elapsed is not None and fraction > 0:
+    if working and fraction and elapsed is not None and fraction > 0:
         eta = round(elapsed * (1 - fraction) / fraction)
     since_progress = now - job.progress_at if job.progress_at is not None else None
     return _brief(job) | {
