@@ -177,13 +177,16 @@ def test_an_empty_file_is_still_arriving(folders, tiny_model, tmp_path, writer_s
     assert _the_transcript(folders.outbox)["source"]["sha256"] == digest(source)
 
 
-@pytest.mark.parametrize("disposal", ["delete", "move"])
+@pytest.mark.parametrize(
+    ("disposal", "removed"), [("delete", "*"), ("move", "*"), ("delete", "txt")]
+)
 def test_a_recording_dropped_again_after_its_transcript_was_removed_gets_one_again(
-    folders, tiny_model, tmp_path, disposal: str
+    folders, tiny_model, tmp_path, disposal: str, removed: str
 ) -> None:
     """Finding 3: drop meeting.wav, wait, `rm outbox/meeting.*`, drop it again: it was taken
     as a duplicate of the first and deleted (or archived as meeting-2.wav) with no transcript
-    anywhere."""
+    anywhere. And (a later adversary) with only meeting.txt removed, the one the README
+    reads: deleted, and the .txt never written again."""
     source = write_soundfile(tmp_path / "meeting.wav", 3, 16000, "PCM_16")
     env = _env(folders, tiny_model, disposal)
     log = tmp_path / "daemon.log"
@@ -192,13 +195,14 @@ def test_a_recording_dropped_again_after_its_transcript_was_removed_gets_one_aga
         daemon.wait_ready()
         (folders.inbox / "meeting.wav").write_bytes(source.read_bytes())
         daemon.wait_for(lambda: _settled(env, 1), 60)
-        for transcript in folders.outbox.glob("meeting.*"):
+        for transcript in folders.outbox.glob(f"meeting.{removed}"):
             transcript.unlink()
         (folders.inbox / "meeting.wav").write_bytes(source.read_bytes())
         daemon.wait_for(lambda: _settled(env, 2), 60)
     finally:
         assert daemon.stop() == 0
     assert _the_transcript(folders.outbox)["source"]["sha256"] == digest(source)
+    assert sorted(path.name for path in folders.outbox.iterdir()) == ["meeting.json", "meeting.txt"]
     archived = sorted(path.name for path in folders.archive.iterdir())
     assert archived == (["meeting-2.wav", "meeting.wav"] if disposal == "move" else [])
     assert any(e["event"] == "job.transcript_missing" for e in events(log))

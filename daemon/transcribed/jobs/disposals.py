@@ -103,22 +103,24 @@ class Disposals:
     def _transcript_on_disk(self, job: Job) -> bool:
         """The disk decides (docs/design.md I6): an original goes only while the transcript it
         counts on (its own, or for the same recording dropped again the first drop's) is on
-        disk and names its content. Otherwise it is transcribed again, and False."""
+        disk, every file of it, and names its content. Otherwise it is transcribed again (its
+        files written again where they were), and False."""
         owner = self._transcript_owner(job)
         name = display_name(os.path.basename(job.relpath))
-        if published_source(owner.outputs) == (job.sha256, name):
+        complete = all(os.path.exists(path) for path in owner.outputs)  # the .txt too
+        if complete and published_source(owner.outputs) == (job.sha256, name):
             return True
         outbox = self.destinations.outbox(self.rules.plan(os.fsdecode(job.relpath)).formats).root
         if not outbox.is_dir():  # away (unmounted?), not emptied: wait for it, transcribe nothing
             self.fate.outbox_away(job, outbox)
             return False
-        self.jobs.transcribe_again(job.id, "its transcript is no longer in the outbox")
+        self.jobs.transcribe_again(job.id, "its transcript is no longer whole in the outbox")
         log.warning(
             "job.transcript_missing",
             job=job.id,
             transcript_of=owner.id,
-            hint="the transcript was removed or replaced before the original was disposed of: "
-            "transcribed again, the original kept until then",
+            hint="the transcript (or one of its files) was removed or replaced before the "
+            "original was disposed of: transcribed again, the original kept until then",
         )
         return False
 
