@@ -64,3 +64,12 @@ def test_display_name_escapes_what_would_make_a_name_read_otherwise() -> None:
     assert display_name("report_\u202egpj.exe") == "report_\\u202egpj.exe"
     assert display_name("a\u2028b\u2067c\u200fd.wav") == "a\\u2028b\\u2067c\\u200fd.wav"
     assert display_name("Grüße - 会議 ✓.wav") == "Grüße - 会議 ✓.wav", "the rest shown as it is"
+
+
+def test_display_name_tells_a_literal_backslash_from_an_escaped_byte() -> None:
+    """An adversary's finding: `q\\xffq.wav` (typed with a backslash) and the name with the
+    byte 0xFF both showed as `q\\xffq.wav`, in the logs and in the transcript's source name,
+    so one transcript named the other recording."""
+    typed, byte = display_name(rb"q\xffq.wav"), display_name(b"q\xffq.wav")
+    assert (typed, byte) == ("q\\\\xffq.wav", "q\\xffq.wav")
+    assert display_name(rb"a\b.wav") == "a\\\\b.wav"

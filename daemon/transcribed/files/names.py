@@ -74,18 +74,26 @@ def not_a_recording(relpath: str) -> str | None:
 
 # Control characters, and the invisible ones that change how the text around them reads:
 # bidirectional overrides and marks ("report_<U+202E>gpj.exe" shows as "report_exe.jpg")
-# and the Unicode line and paragraph separators.
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+# and the Unicode line and paragraph separators; bytes that are not UTF-8 (decoded as lone
+# surrogates); and the backslash itself, which starts every escape: a name written with a
+# literal "\xff" must not read as the name with that byte.
+_UNPRINTABLE = re.compile(
+    r"[\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\udc80-\udcff]"
+)
 
 
 def display_name(path: str | bytes) -> str:
-    """A printable, one-line rendering of a file name that reads as it is: invalid UTF-8,
-    control characters and bidirectional controls escaped."""
+    """A printable, one-line rendering of a file name that reads as it is, and as no other
+    name does: invalid UTF-8, control characters, bidirectional controls and backslashes
+    escaped."""
     raw = path if isinstance(path, bytes) else os.fsencode(path)
-    text = raw.decode("utf-8", errors="backslashreplace")
-    return _UNPRINTABLE.sub(_escaped, text)
+    return _UNPRINTABLE.sub(_escaped, raw.decode("utf-8", errors="surrogateescape"))
 
 
 def _escaped(match: re.Match[str]) -> str:
     code = ord(match.group())
+    if code == ord("\\"):
+        return "\\\\"
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8
+        return f"\\x{code - 0xDC00:02x}"
     return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
