@@ -109,6 +109,21 @@ def test_folders_inside_the_inbox_missing_or_unwritable_are_refused(folders, tmp
         check_folders(settings)
 
 
+@pytest.mark.parametrize("role", ["archive_dir", "outbox", "failed_dir"])
+def test_an_inbox_inside_another_role_is_refused_at_the_start(folders, tmp_path, role) -> None:
+    """An adversary's finding: inbox = "arc/in" with archive_dir = "arc" started, then a
+    recording from the inbox's subfolder `in/` waited for ever (its archive copy would go to
+    arc/in/, the inbox). The reverse nesting is refused like the other."""
+    outer = tmp_path / "outer"
+    inbox = outer / "in"
+    inbox.mkdir(parents=True)
+    roles = {"outbox": folders.outbox, "archive_dir": folders.archive, "failed_dir": folders.failed}
+    roles[role] = outer
+    settings = Settings(inbox=inbox, state_dir=folders.state, **roles)
+    with pytest.raises(ConfigError, match=rf"inbox: .* is inside {role} "):
+        check_folders(settings)
+
+
 def test_model_settings_ignore_daemon_keys_for_one_shot_use(folders, tmp_path) -> None:
     config = _write_config(tmp_path / "c.toml", folders, model="/models/x", language="zh")
     settings = load_settings(config, ModelSettings)

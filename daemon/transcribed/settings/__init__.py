@@ -824,8 +824,16 @@ def _nesting_problems(inbox: Path, folders: dict[str, Path]) -> list[str]:
     problems = []
     for name, folder in folders.items():
         real = folder.resolve()
-        if name != "inbox" and real.is_relative_to(real_inbox):
+        if name == "inbox":
+            continue
+        if real.is_relative_to(real_inbox):
             problems.append(f"{name}: {folder} is inside the inbox; it would be picked up again")
+        elif name != "state_dir" and real_inbox.is_relative_to(real):
+            problems.append(
+                f"inbox: {inbox} is inside {name} ({folder}): what is written there for the "
+                "recordings of an inbox subfolder could land in the inbox; give each its own "
+                "folder"
+            )
     return problems
 
 
