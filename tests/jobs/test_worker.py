@@ -359,6 +359,8 @@ def test_a_failure_the_failed_folder_cannot_take_waits_and_is_never_transcribed_
     assert job.error.count("waiting") == 1
     waits = [entry for entry in logs if entry["event"] == "job.cannot_quarantine"]
     assert len(waits) == 2 * worker.max_attempts
+    started = [entry["attempt"] for entry in logs if entry["event"] == "job.started"]
+    assert started == [1], "a try at the move is not an attempt, nor logged as one"
     assert not [entry for entry in logs if "exc_info" in entry], "no traceback: a folder's fault"
 
     folders.failed.unlink()

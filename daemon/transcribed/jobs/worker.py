@@ -160,12 +160,12 @@ class Worker:
     # --- one job --------------------------------------------------------------------------
 
     def _process(self, job: Job) -> None:
-        name = display_name(job.relpath)
-        log.info("job.started", job=job.id, file=name, attempt=job.attempts)
-        started = time.monotonic()
         if job.failure_reason is not None or job.attempts > self.max_attempts:
             self._quarantine_owed(job)  # its failure is decided: only the move is owed
             return
+        name = display_name(job.relpath)
+        log.info("job.started", job=job.id, file=name, attempt=job.attempts)
+        started = time.monotonic()
         try:
             with self.job_scope():
                 self._transcribe_and_publish(job, started)
