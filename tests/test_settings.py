@@ -433,3 +433,22 @@ def test_hook_programs_must_exist_and_be_executable(folders, tmp_path) -> None:
     config = _write_config(tmp_path / "c.toml", folders)
     config.write_text(config.read_text() + f'on_done = ["{script}"]\non_failed = ["true"]\n')
     check_programs(load_settings(config, Settings))
+
+
+def test_a_state_dir_that_is_a_file_is_said_to_be_one(folders, tmp_path) -> None:
+    """An adversary's finding: state_dir pointing at a regular file was answered with
+    "its permissions (0644) shut you out: chmod u+rwX", advice that cannot help."""
+    from transcribed.settings.access import state_access_problem
+
+    state = tmp_path / "stfile"
+    state.write_text("not a folder")
+    assert state_access_problem(state) is None
+    settings = Settings(
+        inbox=folders.inbox,
+        outbox=folders.outbox,
+        archive_dir=folders.archive,
+        failed_dir=folders.failed,
+        state_dir=state,
+    )
+    with pytest.raises(ConfigError, match=r"state_dir: .*stfile is not a folder"):
+        check_folders(settings)

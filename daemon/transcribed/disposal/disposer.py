@@ -193,6 +193,8 @@ class Disposer:
         relpath = PurePosixPath(os.fsdecode(job.relpath))
         companion = REASON_SUFFIX if root == self._failed else ""
         if not root.is_dir():  # away for now: a name chosen there now would not be free later
+            if os.path.lexists(root):
+                raise FolderUnusable(errno.ENOTDIR, f"{root} is not a folder: make it one again")
             raise FolderUnusable(errno.ENOENT, f"{root} is missing (removed or unmounted?)")
         check_outside(root, self._work.inbox)
         try:

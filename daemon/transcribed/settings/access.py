@@ -5,6 +5,7 @@ gets one line naming the user to run as, not a PermissionError from deep inside 
 import os
 import pwd
 import shlex
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -54,6 +55,8 @@ def state_access_problem(state_dir: Path) -> StateAccessDenied | None:
         return None
     except PermissionError:
         return _denied(_nearest_existing(state_dir), state_dir, me)
+    if not stat.S_ISDIR(info.st_mode):  # not a question of access: the folder check says so
+        return None
     if not _may(state_dir, os.R_OK | os.W_OK | os.X_OK):
         return _denied(state_dir, state_dir, me, info)
     for name in _DATABASE_FILES:
