@@ -15,7 +15,7 @@ from conftest import hashed
 from transcribed.disposal.disposer import Disposer, shred
 from transcribed.errors import FolderUnusable, RecordingVanished
 from transcribed.files.content import hash_file
-from transcribed.state.queue import Job, JobQueue
+from transcribed.state.queue import Job, JobQueue, JobState
 from transcribed.state.recheck import RecordingChanged
 from transcribed.state.workfolder import WorkFolder
 
@@ -153,7 +153,7 @@ def test_the_same_recording_dropped_twice_is_archived_twice_even_with_the_archiv
         disposer.dispose(second)
     (tmp_path / "aside").rename(archive)
     assert disposer.dispose(jobs.get(second.id)) == "moved"
-    assert sorted(p.name for p in archive.iterdir()) == ["a-2.wav", "a.wav"]
+    assert sorted(p.name for p in archive.iterdir()) == ["a (copy 2).wav", "a.wav"]
 
 
 def test_a_recorded_target_holding_another_drops_bytes_is_not_taken_for_ours(
@@ -369,3 +369,22 @@ def test_an_archived_original_takes_its_transcripts_number_when_it_can(tmp_path:
     assert disposer.dispose(dataclasses.replace(job, outputs=("/out/team/x-4.json",))) == "moved"
     assert (archive / "team" / "x-2.wav").read_bytes() == b"fourth take"
     assert (archive / "team" / "x-4.wav").read_bytes() == b"someone else's"
+
+
+def test_the_same_recording_dropped_again_is_archived_outside_the_transcripts_numbers(
+    tmp_path: Path,
+) -> None:
+    """An adversary's finding: X, Y, X again, Z dropped as r.wav: the second X (a duplicate,
+    whose transcript is r.json) was archived as r-3.wav, and Z's transcript r-3.json then
+    sat beside another recording's original. A duplicate's copy is `r (copy 2).wav`."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    jobs, first, work = _job(tmp_path, b"r.wav", b"take X")
+    disposer = Disposer(jobs, work, "move", archive, tmp_path)
+    assert disposer.dispose(dataclasses.replace(first, outputs=("/out/r.json",))) == "moved"
+    again_id = jobs.begin_claim(b"r.wav", "again.wav")
+    work.file("again.wav").write_bytes(b"take X")
+    again = jobs.finish_claim(again_id, hashed(first.sha256 or "", len(b"take X")))
+    assert again.state == JobState.DUPLICATE
+    assert disposer.dispose(again) == "moved"
+    assert sorted(p.name for p in archive.iterdir()) == ["r (copy 2).wav", "r.wav"]

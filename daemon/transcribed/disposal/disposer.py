@@ -8,6 +8,7 @@ the work folder we opened). Otherwise the recording vanished, and the job says s
 """
 
 import errno
+import itertools
 import json
 import os
 import stat
@@ -22,6 +23,7 @@ from transcribed.files.content import hash_file
 from transcribed.files.durable import (
     NAME_MAX,
     check_outside,
+    fit_name,
     fsync_dir,
     link_or_copy_no_overwrite,
     make_folders,
@@ -29,7 +31,7 @@ from transcribed.files.durable import (
     unique_name,
 )
 from transcribed.files.names import REASON_SUFFIX
-from transcribed.state.queue import Job, JobQueue
+from transcribed.state.queue import Job, JobQueue, JobState
 from transcribed.state.recheck import check_unchanged
 from transcribed.state.workfolder import WorkFolder
 
@@ -199,9 +201,7 @@ class Disposer:
         check_outside(root, self._work.inbox)
         try:
             folder = make_folders(root, Path(relpath.parent))
-            target = (
-                _beside_transcript(folder, job, relpath.name) if root == self._archive else None
-            )
+            target = _archive_name(folder, job, relpath.name) if root == self._archive else None
             target = target or unique_name(folder, relpath.name, reserve, companion)
         except OSError as error:
             if error.errno != errno.ENAMETOOLONG:
@@ -212,12 +212,34 @@ class Disposer:
         return target
 
 
-def _beside_transcript(folder: Path, job: Job, name: str) -> Path | None:
-    """When the original's own name is taken in the archive (the same name dropped again),
-    the name that matches its transcript's numbered one (`x-3.json` for `x.wav`: `x-3.wav`),
-    if that is free; else None (its own name, or the first free one, which may differ)."""
+def _archive_name(folder: Path, job: Job, name: str) -> Path | None:
+    """An archived original keeps its own name where it is free (None: the caller takes
+    it). Where the same name was dropped before, the name says which transcript is its:
+    `x-3.wav` beside `x-3.json`; and the same recording dropped again, whose transcript is
+    the first drop's, is `x (copy 2).wav`, outside that numbering."""
+    if not os.path.lexists(folder / name):
+        return None
+    if job.state == JobState.DUPLICATE:
+        return _copy_name(folder, name)
+    return _beside_transcript(folder, job, name)
+
+
+def _copy_name(folder: Path, name: str) -> Path:
     stem, dot, suffix = name.rpartition(".")
-    if not job.outputs or not stem or not os.path.lexists(folder / name):
+    if not stem:
+        stem, dot, suffix = name, "", ""
+    for number in itertools.count(2):
+        candidate = folder / fit_name(stem, f" (copy {number}){dot}{suffix}")
+        if not os.path.lexists(candidate):
+            return candidate
+    raise AssertionError("unreachable: the numbers never end")
+
+
+def _beside_transcript(folder: Path, job: Job, name: str) -> Path | None:
+    """The name that matches the transcript's numbered one (`x-3.json` for `x.wav`:
+    `x-3.wav`), if that is free; else None (the first free name, which may differ)."""
+    stem, dot, suffix = name.rpartition(".")
+    if not job.outputs or not stem:
         return None
     published = PurePosixPath(job.outputs[0]).stem
     if not (published.startswith(f"{stem}-") and published[len(stem) + 1 :].isdigit()):
