@@ -8,7 +8,6 @@ the work folder we opened). Otherwise the recording vanished, and the job says s
 """
 
 import errno
-import itertools
 import json
 import os
 import stat
@@ -23,7 +22,6 @@ from transcribed.files.content import hash_file
 from transcribed.files.durable import (
     NAME_MAX,
     check_outside,
-    fit_name,
     fsync_dir,
     link_or_copy_no_overwrite,
     make_folders,
@@ -220,19 +218,8 @@ def _archive_name(folder: Path, job: Job, name: str) -> Path | None:
     if not os.path.lexists(folder / name):
         return None
     if job.state == JobState.DUPLICATE:
-        return _copy_name(folder, name)
+        return unique_name(folder, name, numbered=" (copy {})")
     return _beside_transcript(folder, job, name)
-
-
-def _copy_name(folder: Path, name: str) -> Path:
-    stem, dot, suffix = name.rpartition(".")
-    if not stem:
-        stem, dot, suffix = name, "", ""
-    for number in itertools.count(2):
-        candidate = folder / fit_name(stem, f" (copy {number}){dot}{suffix}")
-        if not os.path.lexists(candidate):
-            return candidate
-    raise AssertionError("unreachable: the numbers never end")
 
 
 def _beside_transcript(folder: Path, job: Job, name: str) -> Path | None:

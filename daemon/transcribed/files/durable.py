@@ -184,17 +184,20 @@ def _copy_fsynced(source: Path, target: Path) -> None:
         os.close(src)
 
 
-def unique_name(directory: Path, name: str, reserve: int = 0, companion: str = "") -> Path:
+def unique_name(
+    directory: Path, name: str, reserve: int = 0, companion: str = "", numbered: str = "-{}"
+) -> Path:
     """`directory/name`, or `stem-2.ext`, `stem-3.ext`… for the first name not yet taken
     (nor, with `companion`, that name plus it: a reason file beside a failed recording),
-    shortened where needed to leave `reserve` bytes for a suffix the caller adds."""
+    shortened where needed to leave `reserve` bytes for a suffix the caller adds.
+    `numbered`: how the number follows the stem (`" (copy {})"`: `stem (copy 2).ext`)."""
     stem, dot, suffix = name.rpartition(".")
     if not stem:
         stem, dot, suffix = name, "", ""
     candidate = directory / fit_name(stem, dot + suffix, reserve)
     number = 2
     while os.path.lexists(candidate) or (companion and os.path.lexists(f"{candidate}{companion}")):
-        candidate = directory / fit_name(stem, f"-{number}{dot}{suffix}", reserve)
+        candidate = directory / fit_name(stem, f"{numbered.format(number)}{dot}{suffix}", reserve)
         number += 1
     return candidate
 

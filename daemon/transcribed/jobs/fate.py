@@ -275,7 +275,7 @@ class Fate:
             job=job.id,
             error=str(problem),
             retry_in=delay,
-            hint=advice(problem) if isinstance(problem, OSError) else None,
+            hint=advice(problem),
         )
 
     def _fail(self, job: Job, error: str, kind: FailureKind) -> None:

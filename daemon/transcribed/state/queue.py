@@ -835,8 +835,11 @@ def _job(row: sqlite3.Row) -> Job:
     a reader's database lacks keeps the field's default: the page reads the database
     read-only, as the daemon left it, and a daemon not yet restarted after an upgrade has
     not taken the newest schema step."""
-    columns = row.keys()
-    plain = {name: row[name] for name in _PLAIN_FIELDS if name in columns}
+    try:
+        plain = {name: row[name] for name in _PLAIN_FIELDS}
+    except IndexError:  # a column missing: looked up once per row only then
+        columns = set(row.keys())
+        plain = {name: row[name] for name in _PLAIN_FIELDS if name in columns}
     return Job(
         **plain,
         state=JobState(row["state"]),
